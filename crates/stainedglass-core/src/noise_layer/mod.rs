@@ -1,0 +1,249 @@
+//! Noise layers (SPEC §3). Every layer returns a [`NoiseOutput`] and honours an optional
+//! `noise_mask`: elements where it is 0 pass through bit-exactly.
+
+mod cloak;
+mod patch;
+
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+pub use cloak::{CloakConfig, CloakNoiseLayer, CloakRecipe};
+pub use patch::{PatchCloakConfig, PatchCloakNoiseLayer};
+
+use crate::{Error, NoiseRng, Result};
+
+/// What a noise layer returns.
+#[derive(Debug, Clone)]
+pub struct NoiseOutput {
+    /// `x̃`, the input's shape.
+    pub transformed: Tensor,
+    /// μ (without batch dimension for input-independent layers).
+    pub mean: Tensor,
+    /// σ, same shape as `mean`.
+    pub std: Tensor,
+    /// Keep-mask `m` (1 = keep, 0 = suppressed to μ), same shape as `std`; `None` without masking.
+    pub mask: Option<Tensor>,
+}
+
+/// A stochastic transform `x ↦ x̃` with learnable parameters.
+pub trait NoiseLayer {
+    /// Transforms `x`; `noise_mask` (broadcastable to `x`, nonzero = transform) selects elements.
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput>;
+    /// The trainable parameters (all of them get weight decay 0).
+    fn parameters(&self) -> Vec<Var>;
+    /// Whether the noise loss should average σ over kept features only.
+    fn noise_loss_respects_mask(&self) -> bool;
+}
+
+/// Serializable configuration of a vision noise layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoiseLayerConfig {
+    Cloak(CloakConfig),
+    PatchCloak(PatchCloakConfig),
+}
+
+/// A closed set of vision noise layers, one type to save, load and train.
+#[derive(Debug)]
+pub enum VisionNoiseLayer {
+    Cloak(CloakNoiseLayer),
+    PatchCloak(PatchCloakNoiseLayer),
+}
+
+impl VisionNoiseLayer {
+    /// Builds a fresh layer from its config.
+    pub fn new(config: NoiseLayerConfig, device: &candle_core::Device) -> Result<Self> {
+        Ok(match config {
+            NoiseLayerConfig::Cloak(c) => Self::Cloak(CloakNoiseLayer::new(c, device)?),
+            NoiseLayerConfig::PatchCloak(c) => {
+                Self::PatchCloak(PatchCloakNoiseLayer::new(c, device)?)
+            }
+        })
+    }
+
+    /// The layer's config.
+    pub fn config(&self) -> NoiseLayerConfig {
+        match self {
+            Self::Cloak(l) => NoiseLayerConfig::Cloak(l.config().clone()),
+            Self::PatchCloak(l) => NoiseLayerConfig::PatchCloak(l.config().clone()),
+        }
+    }
+
+    /// Named tensors to save (`locs`, `rhos`, and a frozen mask if any).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Self::Cloak(l) => l.named_tensors(),
+            Self::PatchCloak(l) => l.named_tensors(),
+        }
+    }
+
+    /// Overwrites parameters from named tensors (shapes are checked by the caller).
+    pub fn set_named_tensors(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        match self {
+            Self::Cloak(l) => l.set_named_tensors(tensors),
+            Self::PatchCloak(l) => l.set_named_tensors(tensors),
+        }
+    }
+
+    /// Expected names and shapes of the saved tensors.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        self.named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dims().to_vec()))
+            .collect()
+    }
+
+    /// The per-image input shape `[C, H, W]` this layer accepts.
+    pub fn input_shape(&self) -> &[usize] {
+        match self {
+            Self::Cloak(l) => &l.config().shape,
+            Self::PatchCloak(l) => &l.config().shape,
+        }
+    }
+
+    /// The deterministic part of the transform: μ, σ and the keep-mask, without sampling.
+    pub fn statistics(&self) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        match self {
+            Self::Cloak(l) => l.statistics(),
+            Self::PatchCloak(l) => l.statistics(),
+        }
+    }
+}
+
+impl NoiseLayer for VisionNoiseLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        match self {
+            Self::Cloak(l) => l.forward(x, noise_mask, rng),
+            Self::PatchCloak(l) => l.forward(x, noise_mask, rng),
+        }
+    }
+    fn parameters(&self) -> Vec<Var> {
+        match self {
+            Self::Cloak(l) => l.parameters(),
+            Self::PatchCloak(l) => l.parameters(),
+        }
+    }
+    fn noise_loss_respects_mask(&self) -> bool {
+        match self {
+            Self::Cloak(l) => l.noise_loss_respects_mask(),
+            Self::PatchCloak(l) => l.noise_loss_respects_mask(),
+        }
+    }
+}
+
+/// Optional clamp of `x̃` after the transform; each side optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValueRange {
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
+}
+
+impl ValueRange {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let (Some(lo), Some(hi)) = (self.lo, self.hi) {
+            if !(lo < hi) {
+                return Err(Error::hyper(
+                    "value_range",
+                    format!("({lo}, {hi})"),
+                    "lo must be below hi",
+                ));
+            }
+        }
+        for v in [self.lo, self.hi].into_iter().flatten() {
+            if !v.is_finite() {
+                return Err(Error::hyper("value_range", v, "bounds must be finite"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let x = match self.lo {
+            Some(lo) => x.maximum(lo)?,
+            None => x,
+        };
+        match self.hi {
+            Some(hi) => x.minimum(hi),
+            None => Ok(x),
+        }
+    }
+}
+
+/// Checks that `x` is `[B, *shape]`.
+pub(crate) fn check_input(x: &Tensor, shape: &[usize]) -> Result<()> {
+    let d = x.dims();
+    if d.len() != shape.len() + 1 || &d[1..] != shape {
+        return Err(Error::Shape {
+            what: "noise layer input".into(),
+            expected: format!(
+                "[batch, {}]",
+                shape
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            got: d.to_vec(),
+        });
+    }
+    if x.dtype() != DType::F32 {
+        return Err(Error::Shape {
+            what: format!("noise layer input dtype {:?} (f32 required)", x.dtype()),
+            expected: "f32".into(),
+            got: d.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// `x̃` where `noise_mask` is nonzero, `x` (bit-exact) elsewhere.
+pub(crate) fn apply_noise_mask(
+    x: &Tensor,
+    transformed: Tensor,
+    noise_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Some(nm) = noise_mask else {
+        return Ok(transformed);
+    };
+    let pred = nm.to_dtype(DType::F32)?.ne(0f32)?;
+    let pred = pred.broadcast_as(x.shape()).map_err(|_| Error::Shape {
+        what: "noise_mask".into(),
+        expected: format!("broadcastable to {:?}", x.dims()),
+        got: nm.dims().to_vec(),
+    })?;
+    Ok(pred.where_cond(&transformed, x)?)
+}
+
+/// Common sampling path of input-independent layers: `x̃ = m ⊙ (x + σ ⊙ ε) + μ`, then clamp,
+/// then the noise mask.
+pub(crate) fn affine_transform(
+    x: &Tensor,
+    mean: &Tensor,
+    std: &Tensor,
+    keep: Option<&Tensor>,
+    range: &ValueRange,
+    noise_mask: Option<&Tensor>,
+    rng: &mut NoiseRng,
+) -> Result<Tensor> {
+    let eps = rng.standard_normal(x.shape(), x.device())?;
+    let noisy = (x + eps.broadcast_mul(std)?)?;
+    let noisy = match keep {
+        Some(m) => noisy.broadcast_mul(m)?,
+        None => noisy,
+    };
+    let out = range.apply(noisy.broadcast_add(mean)?)?;
+    apply_noise_mask(x, out, noise_mask)
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Fetches the real data sets the tests and the quickstart need into ./assets (ignored by git).
+# Idempotent: files already present with the right sha256 are kept; anything else is refetched.
+# Sources (see ../shared/ASSETS.md): Debian's dataset-fashion-mnist package, and digits.csv.gz
+# from the scikit-learn wheel on PyPI. Needs root for apt-get when Fashion-MNIST is not installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ASSETS=${SGT_ASSETS:-assets}
+mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl"
+
+check() { # file sha256 -> 0 if present and matching
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+verify() {
+  if ! check "$1" "$2"; then
+    echo "setup-assets: sha256 mismatch for $1 (expected $2); delete it and rerun" >&2
+    exit 1
+  fi
+}
+
+# --- Fashion-MNIST (Debian package) ---
+FM_SRC=/usr/share/datasets/fashion-mnist
+declare -A FM=(
+  [train-images-idx3-ubyte.gz]=b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7
+  [train-labels-idx1-ubyte.gz]=0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056
+  [t10k-images-idx3-ubyte.gz]=cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa
+  [t10k-labels-idx1-ubyte.gz]=8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05
+)
+need_fm=0
+for f in "${!FM[@]}"; do check "$ASSETS/fashion-mnist/$f" "${FM[$f]}" || need_fm=1; done
+if [ $need_fm = 1 ]; then
+  if [ ! -f "$FM_SRC/train-images-idx3-ubyte.gz" ]; then
+    echo "setup-assets: installing Debian package dataset-fashion-mnist"
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+  fi
+  for f in "${!FM[@]}"; do
+    cp "$FM_SRC/$f" "$ASSETS/fashion-mnist/$f.part" && mv "$ASSETS/fashion-mnist/$f.part" "$ASSETS/fashion-mnist/$f"
+  done
+fi
+for f in "${!FM[@]}"; do verify "$ASSETS/fashion-mnist/$f" "${FM[$f]}"; done
+
+# --- digits (scikit-learn wheel) ---
+DIGITS_SHA=09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
+if ! check "$ASSETS/digits/digits.csv.gz" $DIGITS_SHA; then
+  echo "setup-assets: downloading the scikit-learn 1.7.2 wheel for digits.csv.gz"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux2014_x86_64 -d "$ASSETS/dl" scikit-learn==1.7.2
+  whl=$(ls "$ASSETS"/dl/scikit_learn-1.7.2-*.whl | head -n1)
+  python3 - "$whl" "$ASSETS/digits/digits.csv.gz" <<'PY'
+import sys, zipfile, os
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    data = z.read("sklearn/datasets/data/digits.csv.gz")
+tmp = out + ".part"
+with open(tmp, "wb") as f:
+    f.write(data); f.flush(); os.fsync(f.fileno())
+os.replace(tmp, out)
+PY
+fi
+verify "$ASSETS/digits/digits.csv.gz" $DIGITS_SHA
+echo "setup-assets: ok ($ASSETS)"
