@@ -1,1 +1,35 @@
-fn main() {}
+//! `sgt`: the Stained Glass Transform command line. A thin layer over the library crates.
+
+mod vision;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sgt", version, about = "Stained Glass Transform: train, apply and evaluate SGTs")]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); raw inputs are never logged.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Image SGTs: train the base classifier, train the SGT, apply it, evaluate it.
+    #[command(subcommand)]
+    Vision(vision::VisionCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Vision(cmd) => vision::run(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

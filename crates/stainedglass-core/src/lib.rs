@@ -9,6 +9,7 @@ pub mod loss;
 pub mod mask;
 pub mod noise_layer;
 pub mod noisy_model;
+pub mod optim;
 pub mod param;
 pub mod rng;
 

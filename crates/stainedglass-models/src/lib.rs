@@ -1,1 +1,11 @@
+//! Base models behind small traits and the data-set readers: IDX (Fashion-MNIST) and CSV
+//! (scikit-learn digits, MNIST 5k) images, and small CNN / ResNet-18-style classifiers whose
+//! every op on the input path is differentiable (the SGT trains through them).
 
+pub mod data;
+pub mod error;
+pub mod vision;
+
+pub use data::{ImageDataset, Split};
+pub use error::{Error, Result};
+pub use vision::{Classifier, ClassifierArch, ClassifierConfig};

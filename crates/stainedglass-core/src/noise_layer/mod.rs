@@ -247,3 +247,15 @@ pub(crate) fn affine_transform(
     let out = range.apply(noisy.broadcast_add(mean)?)?;
     apply_noise_mask(x, out, noise_mask)
 }
+
+impl<L: NoiseLayer + ?Sized> NoiseLayer for &L {
+    fn forward(&self, x: &Tensor, noise_mask: Option<&Tensor>, rng: &mut NoiseRng) -> Result<NoiseOutput> {
+        (**self).forward(x, noise_mask, rng)
+    }
+    fn parameters(&self) -> Vec<Var> {
+        (**self).parameters()
+    }
+    fn noise_loss_respects_mask(&self) -> bool {
+        (**self).noise_loss_respects_mask()
+    }
+}

@@ -1,0 +1,198 @@
+//! Argument parsing and dispatch of `sgt vision …`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use stainedglass_core::noise_layer::{CloakConfig, CloakRecipe, NoiseLayerConfig, PatchCloakConfig, ValueRange};
+use stainedglass_core::StdParameterization;
+use stainedglass_models::{Classifier, ClassifierConfig, Split};
+use stainedglass_train::checkpoint::clear;
+use stainedglass_train::vision::{train_classifier, train_sgt, ClassifierTrainConfig, SgtTrainConfig};
+
+use super::data::DataArgs;
+
+#[derive(Subcommand)]
+pub enum VisionCommand {
+    /// Train the base image classifier (the provider's model).
+    TrainClassifier(TrainClassifierArgs),
+    /// Train an SGT on a frozen classifier with the composite cloak loss.
+    Train(TrainSgtArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Arch {
+    SmallCnn,
+    Resnet18,
+}
+
+#[derive(Args)]
+pub struct TrainClassifierArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "small-cnn")]
+    arch: Arch,
+    /// ResNet width (channels of the first stage).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Gaussian-noise augmentation: σ ~ U(0, this) per image.
+    #[arg(long, default_value_t = 0.0)]
+    noise_augment: f64,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: u64,
+    /// Output directory (model/, checkpoints/, metrics.jsonl).
+    #[arg(long)]
+    output: PathBuf,
+    /// Delete an existing run in --output instead of resuming it.
+    #[arg(long)]
+    fresh: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LayerKind {
+    /// CloakNoiseLayerOneShot: μ, σ and mask learned jointly.
+    Cloak,
+    /// Classic two-phase Cloak: grow σ, freeze the mask, fine-tune μ with α = 0.
+    CloakTwoPhase,
+    /// PatchCloakNoiseLayer.
+    Patch,
+}
+
+#[derive(Args)]
+pub struct TrainSgtArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Directory of the trained classifier (`.../model`).
+    #[arg(long)]
+    classifier: PathBuf,
+    #[arg(long, value_enum, default_value = "cloak")]
+    layer: LayerKind,
+    /// Fraction of features (largest σ) replaced by μ.
+    #[arg(long)]
+    percent_to_mask: Option<f64>,
+    /// Fixed α in [0, 1]; omit for adaptive α.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Adaptive α: allowed relative rise of the task loss over the clean loss.
+    #[arg(long, default_value_t = 0.1)]
+    tolerance: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    min_scale: f64,
+    #[arg(long, default_value_t = 2.0)]
+    max_scale: f64,
+    #[arg(long, default_value_t = 1.0)]
+    shallow: f64,
+    #[arg(long, default_value_t = -4.0, allow_hyphen_values = true)]
+    rhos_init: f64,
+    /// Patch size for --layer patch.
+    #[arg(long, default_value_t = 4)]
+    patch: usize,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<u64>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed the noise for a reproducible run (default: OS entropy).
+    #[arg(long)]
+    noise_seed: Option<u64>,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: u64,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    fresh: bool,
+}
+
+impl TrainSgtArgs {
+    pub fn config(&self, shape: [usize; 3]) -> Result<SgtTrainConfig> {
+        let std = StdParameterization::cloak(self.min_scale, self.max_scale, self.shallow)?;
+        let range = ValueRange { lo: Some(0.0), hi: Some(1.0) };
+        let layer = match self.layer {
+            LayerKind::Cloak | LayerKind::CloakTwoPhase => NoiseLayerConfig::Cloak(CloakConfig {
+                shape: shape.to_vec(),
+                std,
+                rhos_init: self.rhos_init,
+                percent_to_mask: self.percent_to_mask,
+                value_range: range,
+                recipe: if matches!(self.layer, LayerKind::CloakTwoPhase) { CloakRecipe::TwoPhase } else { CloakRecipe::OneShot },
+            }),
+            LayerKind::Patch => NoiseLayerConfig::PatchCloak(PatchCloakConfig {
+                std,
+                rhos_init: self.rhos_init,
+                percent_to_mask: self.percent_to_mask,
+                value_range: range,
+                ..PatchCloakConfig::new(&shape, (self.patch, self.patch))
+            }),
+        };
+        let mut cfg = SgtTrainConfig::new(layer);
+        cfg.alpha = self.alpha;
+        cfg.adaptive.tolerance = self.tolerance;
+        cfg.epochs = self.epochs;
+        cfg.max_steps = self.max_steps;
+        cfg.batch_size = self.batch_size;
+        cfg.lr = self.lr;
+        cfg.seed = self.seed;
+        cfg.noise_seed = self.noise_seed;
+        cfg.checkpoint_every = self.checkpoint_every;
+        Ok(cfg)
+    }
+}
+
+pub fn run(cmd: VisionCommand) -> Result<()> {
+    let device = Device::Cpu;
+    match cmd {
+        VisionCommand::TrainClassifier(a) => {
+            let train = a.data.load(Split::Train)?;
+            let test = a.data.load(Split::Test)?;
+            let model = match a.arch {
+                Arch::SmallCnn => ClassifierConfig::small_cnn(train.shape, train.num_classes),
+                Arch::Resnet18 => ClassifierConfig::resnet18(train.shape, train.num_classes, a.width),
+            };
+            let mut cfg = ClassifierTrainConfig::new(model);
+            cfg.epochs = a.epochs;
+            cfg.batch_size = a.batch_size;
+            cfg.lr = a.lr;
+            cfg.seed = a.seed;
+            cfg.noise_augment = a.noise_augment;
+            cfg.checkpoint_every = a.checkpoint_every;
+            if a.fresh {
+                clear(&a.output)?;
+            }
+            let run = train_classifier(&cfg, &train, Some(&test), &a.output, &device)?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        }
+        VisionCommand::Train(a) => {
+            let train = a.data.load(Split::Train)?;
+            let classifier = Classifier::load(&a.classifier, &device)
+                .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
+            if classifier.config().input_shape != train.shape {
+                bail!(
+                    "the classifier expects {:?} images but the data set has {:?}; pick the matching --dataset",
+                    classifier.config().input_shape,
+                    train.shape
+                );
+            }
+            let cfg = a.config(train.shape)?;
+            if a.fresh {
+                clear(&a.output)?;
+            }
+            let run = train_sgt(&cfg, &classifier, &train, &a.output, &device)?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! `sgt vision …` subcommands.
+
+mod commands;
+mod data;
+
+pub use commands::{run, VisionCommand};

@@ -1,0 +1,177 @@
+//! AdamW with saveable state. Written here rather than using `candle_nn::AdamW` because a resumed
+//! training run must restore the moment estimates, which candle-nn's optimizer does not expose.
+//! Noise parameters (μ, ρ) are optimised with weight decay 0 (SPEC §2).
+
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// The SGT default: weight decay 0 (decay would make μ and ρ vanish).
+    pub fn noise(lr: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::hyper("lr", self.lr, "the learning rate must be finite and > 0"));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err(Error::hyper("betas", format!("({}, {})", self.beta1, self.beta2), "must be in [0, 1)"));
+        }
+        if !(self.weight_decay >= 0.0) {
+            return Err(Error::hyper("weight_decay", self.weight_decay, "must be ≥ 0"));
+        }
+        Ok(())
+    }
+}
+
+/// AdamW over a fixed list of variables.
+pub struct AdamW {
+    vars: Vec<Var>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: u64,
+    config: AdamWConfig,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self> {
+        config.validate()?;
+        let m = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self { vars, m, v, t: 0, config })
+    }
+
+    pub fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// One update; variables without a gradient are left alone.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.t += 1;
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        for i in 0..self.vars.len() {
+            let Some(g) = grads.get(self.vars[i].as_tensor()) else { continue };
+            let g = g.to_dtype(DType::F32)?;
+            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
+            let var = &self.vars[i];
+            let decayed = if c.weight_decay > 0.0 {
+                (var.as_tensor() * (1.0 - c.lr * c.weight_decay))?
+            } else {
+                var.as_tensor().clone()
+            };
+            var.set(&(decayed - (update * c.lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+    pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+        let mut total = 0f64;
+        for v in &self.vars {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        let norm = total.sqrt();
+        if norm > max_norm && norm > 0.0 {
+            let s = max_norm / norm;
+            for v in &self.vars {
+                if let Some(g) = grads.remove(v.as_tensor()) {
+                    grads.insert(v.as_tensor(), (g * s)?);
+                }
+            }
+        }
+        Ok(norm)
+    }
+
+    /// Moment estimates and step count, for checkpoints.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.vars.len() + 1);
+        for i in 0..self.vars.len() {
+            out.push((format!("m.{i}"), self.m[i].clone()));
+            out.push((format!("v.{i}"), self.v[i].clone()));
+        }
+        let dev = self.vars.first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        out.push(("t".into(), Tensor::new(&[self.t as f32], &dev)?));
+        Ok(out)
+    }
+
+    /// Restores the state written by [`AdamW::state`] (shapes are checked).
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let missing = |n: &str| Error::artefact("<optimizer state>", format!("missing `{n}`"));
+        for i in 0..self.vars.len() {
+            for (name, slot) in [(format!("m.{i}"), &mut self.m[i]), (format!("v.{i}"), &mut self.v[i])] {
+                let t = state.get(&name).ok_or_else(|| missing(&name))?;
+                if t.dims() != slot.dims() {
+                    return Err(Error::artefact(
+                        "<optimizer state>",
+                        format!("`{name}` has shape {:?}, expected {:?}", t.dims(), slot.dims()),
+                    ));
+                }
+                *slot = t.to_dtype(DType::F32)?;
+            }
+        }
+        let t = state.get("t").ok_or_else(|| missing("t"))?;
+        self.t = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn minimises_a_quadratic_and_round_trips_state() {
+        let x = Var::new(&[3f32, -2.0], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![x.clone()], AdamWConfig::noise(0.1)).unwrap();
+        for _ in 0..300 {
+            let g = x.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            opt.step(&g).unwrap();
+        }
+        let v = x.as_tensor().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
+        let state: HashMap<_, _> = opt.state().unwrap().into_iter().collect();
+        let mut other = AdamW::new(vec![x.clone()], AdamWConfig::noise(0.1)).unwrap();
+        other.load_state(&state).unwrap();
+        assert_eq!(other.steps(), 300);
+        assert!(AdamW::new(vec![x], AdamWConfig::noise(-1.0)).is_err());
+    }
+}
