@@ -1,1 +1,9 @@
+//! Measuring Stained Glass Transforms: image quality metrics (PSNR, SSIM), a learned
+//! reconstruction attack, the vision evaluation report, and plots.
 
+pub mod error;
+pub mod image_metrics;
+pub mod plot;
+pub mod vision;
+
+pub use error::{Error, Result};

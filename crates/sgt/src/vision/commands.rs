@@ -19,6 +19,12 @@ pub enum VisionCommand {
     TrainClassifier(TrainClassifierArgs),
     /// Train an SGT on a frozen classifier with the composite cloak loss.
     Train(TrainSgtArgs),
+    /// Client side: transform images with a trained SGT artefact, write a PNG grid.
+    Apply(super::apply::ApplyArgs),
+    /// Evaluate an SGT: accuracy, SSIM/PSNR, masking, reconstruction attack, MI.
+    Eval(super::eval::EvalArgs),
+    /// Train and evaluate SGTs over several α; write curve.json and PNG plots.
+    Curve(super::eval::CurveArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,10 +76,10 @@ pub enum LayerKind {
 #[derive(Args)]
 pub struct TrainSgtArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub data: DataArgs,
     /// Directory of the trained classifier (`.../model`).
     #[arg(long)]
-    classifier: PathBuf,
+    pub classifier: PathBuf,
     #[arg(long, value_enum, default_value = "cloak")]
     layer: LayerKind,
     /// Fraction of features (largest σ) replaced by μ.
@@ -81,7 +87,7 @@ pub struct TrainSgtArgs {
     percent_to_mask: Option<f64>,
     /// Fixed α in [0, 1]; omit for adaptive α.
     #[arg(long)]
-    alpha: Option<f64>,
+    pub alpha: Option<f64>,
     /// Adaptive α: allowed relative rise of the task loss over the clean loss.
     #[arg(long, default_value_t = 0.1)]
     tolerance: f64,
@@ -112,9 +118,9 @@ pub struct TrainSgtArgs {
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
     #[arg(long)]
-    output: PathBuf,
+    pub output: PathBuf,
     #[arg(long)]
-    fresh: bool,
+    pub fresh: bool,
 }
 
 impl TrainSgtArgs {
@@ -192,6 +198,14 @@ pub fn run(cmd: VisionCommand) -> Result<()> {
             }
             let run = train_sgt(&cfg, &classifier, &train, &a.output, &device)?;
             println!("{}", serde_json::to_string_pretty(&run)?);
+        }
+        VisionCommand::Apply(a) => super::apply::run(a, &device)?,
+        VisionCommand::Eval(a) => super::eval::eval(a, &device)?,
+        VisionCommand::Curve(a) => {
+            if a.train.fresh {
+                clear(&a.train.output)?;
+            }
+            super::eval::curve(a, &device)?
         }
     }
     Ok(())

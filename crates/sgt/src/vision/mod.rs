@@ -1,6 +1,8 @@
 //! `sgt vision …` subcommands.
 
+mod apply;
 mod commands;
+mod eval;
 mod data;
 
 pub use commands::{run, VisionCommand};

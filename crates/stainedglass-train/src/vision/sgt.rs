@@ -181,10 +181,9 @@ pub fn train_sgt(
     if let Some(s) = opt_state {
         opt.load_state(&s)?;
     }
-    let mut rng = match cfg.noise_seed {
-        Some(s) => NoiseRng::seeded(s ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        None => NoiseRng::from_entropy(),
-    };
+    // Seeded runs derive each step's stream from (seed, step), so a resumed run draws exactly the
+    // noise the uninterrupted run would have drawn; unseeded runs use OS entropy throughout.
+    let mut entropy_rng = NoiseRng::from_entropy();
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"))?;
     let pb = progress_bar(total, step, "sgt");
     let save = |step: u64, layer: &VisionNoiseLayer, opt: &AdamW, loss: &CompositeLoss| -> Result<()> {
@@ -219,7 +218,9 @@ pub fn train_sgt(
             let t0 = Instant::now();
             let (x, y) = train.batch(b, device)?;
             let model = NoisyModel::new(classifier, &layer);
-            let out = model.forward(&x, Mode::Transformed, None, &mut rng)?;
+            let mut step_rng = cfg.noise_seed.map(|s| NoiseRng::seeded(s ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let rng = step_rng.as_mut().unwrap_or(&mut entropy_rng);
+            let out = model.forward(&x, Mode::Transformed, None, rng)?;
             let noise = out.noise.as_ref().ok_or_else(|| Error::Config("noise output missing".into()))?;
             let task = candle_nn::loss::cross_entropy(&out.base_model_output, &y)?;
             let rec = loss.compute(&task, noise, layer.noise_loss_respects_mask())?;

@@ -1,0 +1,135 @@
+//! `sgt vision eval` and `sgt vision curve`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use stainedglass_core::io::load_noise_layer;
+use stainedglass_eval::plot::{line_chart, Series};
+use stainedglass_eval::vision::{evaluate_vision, EvalOptions, ReconstructionConfig, VisionEval};
+use stainedglass_models::{Classifier, Split};
+use stainedglass_train::vision::train_sgt;
+
+use super::commands::TrainSgtArgs;
+use super::data::DataArgs;
+
+#[derive(Args, Clone)]
+pub struct EvalFlags {
+    /// Skip the learned reconstruction attack.
+    #[arg(long)]
+    pub no_attack: bool,
+    /// Training steps of the reconstruction attack.
+    #[arg(long, default_value_t = 600)]
+    pub attack_steps: usize,
+    /// Seed of the evaluation noise and attack (default: OS entropy for the noise).
+    #[arg(long)]
+    pub eval_seed: Option<u64>,
+}
+
+impl EvalFlags {
+    fn options(&self) -> EvalOptions {
+        EvalOptions {
+            reconstruction: (!self.no_attack).then(|| ReconstructionConfig {
+                steps: self.attack_steps,
+                seed: self.eval_seed.unwrap_or(0),
+                ..Default::default()
+            }),
+            seed: self.eval_seed,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Noise-layer artefact directory.
+    #[arg(long)]
+    pub sgt: PathBuf,
+    /// Trained classifier directory.
+    #[arg(long)]
+    pub classifier: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub flags: EvalFlags,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(a: EvalArgs, device: &Device) -> Result<()> {
+    let layer = load_noise_layer(&a.sgt, device).with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
+    let classifier = Classifier::load(&a.classifier, device)
+        .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
+    let test = a.data.load(Split::Test)?;
+    let train = a.data.load(Split::Train)?;
+    if classifier.config().input_shape != test.shape {
+        bail!("the classifier expects {:?} images; the data set has {:?}", classifier.config().input_shape, test.shape);
+    }
+    let r = evaluate_vision(&classifier, &layer, &test, &train, &a.flags.options(), device)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_table(&r);
+    }
+    Ok(())
+}
+
+fn print_table(r: &VisionEval) {
+    println!("test images            {}", r.test_images);
+    println!("clean accuracy         {:.4}", r.clean_accuracy);
+    println!("transformed accuracy   {:.4}  (drop {:.2} points)", r.transformed_accuracy, r.accuracy_drop_points);
+    println!("mean SSIM(x, x̃)        {:.4}", r.mean_ssim);
+    println!("mean PSNR(x, x̃)        {:.2} dB", r.mean_psnr_db);
+    println!("masked fraction        {:.3}", r.masked_fraction);
+    println!("mean σ                 {:.4}", r.mean_sigma);
+    if let Some(p) = r.reconstruction_psnr_db {
+        println!("reconstruction PSNR    {p:.2} dB");
+    }
+}
+
+#[derive(Args)]
+pub struct CurveArgs {
+    #[command(flatten)]
+    pub train: TrainSgtArgs,
+    /// α values to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.3,0.5,0.7,0.9")]
+    pub alphas: Vec<f64>,
+    #[command(flatten)]
+    pub flags: EvalFlags,
+}
+
+pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
+    let classifier = Classifier::load(&a.train.classifier, device)?;
+    let train = a.train.data.load(Split::Train)?;
+    let test = a.train.data.load(Split::Test)?;
+    let root = a.train.output.clone();
+    let mut rows = Vec::new();
+    for &alpha in &a.alphas.clone() {
+        a.train.alpha = Some(alpha);
+        let cfg = a.train.config(train.shape)?;
+        let out = root.join(format!("alpha-{alpha}"));
+        eprintln!("training α = {alpha} into {}", out.display());
+        let run = train_sgt(&cfg, &classifier, &train, &out, device)?;
+        let layer = load_noise_layer(&run.artefact_dir, device)?;
+        let r = evaluate_vision(&classifier, &layer, &test, &train, &a.flags.options(), device)?;
+        eprintln!("α = {alpha}: {}", serde_json::to_string(&r)?);
+        rows.push(serde_json::json!({"alpha": alpha, "eval": r}));
+    }
+    let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
+    let series = |xk: &str| Series {
+        name: "SGT (Cloak one-shot)".into(),
+        points: rows.iter().map(|r| (get(r, xk), 100.0 * get(r, "transformed_accuracy"), format!("α={}", r["alpha"]))).collect(),
+    };
+    let clean = rows.first().map(|r| 100.0 * get(r, "clean_accuracy")).unwrap_or(f64::NAN);
+    let title = format!("Privacy–utility over α (clean accuracy {clean:.1}%)");
+    line_chart(&root.join("curve_ssim.png"), &title, "mean SSIM(x, x̃)  (lower = more private)", "transformed accuracy (%)", &[series("mean_ssim")])?;
+    if !a.flags.no_attack {
+        line_chart(&root.join("curve_reconstruction.png"), &title, "reconstruction PSNR (dB, lower = more private)", "transformed accuracy (%)", &[series("reconstruction_psnr_db")])?;
+    }
+    let json = serde_json::to_string_pretty(&rows)?;
+    stainedglass_core::io::atomic_write(&root.join("curve.json"), json.as_bytes())?;
+    println!("{json}");
+    Ok(())
+}
