@@ -5,7 +5,11 @@ mod vision;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sgt", version, about = "Stained Glass Transform: train, apply and evaluate SGTs")]
+#[command(
+    name = "sgt",
+    version,
+    about = "Stained Glass Transform: train, apply and evaluate SGTs"
+)]
 struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); raw inputs are never logged.
     #[arg(long, global = true, default_value = "warn")]
@@ -23,8 +27,12 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
     };

@@ -63,7 +63,7 @@ pub fn mutual_information(
     let xt = rows(transformed, b, d, "x̃")?;
     let mu = rows(mean, b, d, "mean")?;
     let sd = rows(std, b, d, "std")?;
-    if sd.iter().any(|&s| !(s > 0.0) || !s.is_finite()) {
+    if sd.iter().any(|&s| s.is_nan() || s <= 0.0 || !s.is_finite()) {
         return Err(Error::hyper(
             "std",
             "≤ 0 or non-finite",

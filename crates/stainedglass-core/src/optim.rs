@@ -33,13 +33,25 @@ impl AdamWConfig {
 
     fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::hyper("lr", self.lr, "the learning rate must be finite and > 0"));
+            return Err(Error::hyper(
+                "lr",
+                self.lr,
+                "the learning rate must be finite and > 0",
+            ));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return Err(Error::hyper("betas", format!("({}, {})", self.beta1, self.beta2), "must be in [0, 1)"));
+            return Err(Error::hyper(
+                "betas",
+                format!("({}, {})", self.beta1, self.beta2),
+                "must be in [0, 1)",
+            ));
         }
-        if !(self.weight_decay >= 0.0) {
-            return Err(Error::hyper("weight_decay", self.weight_decay, "must be ≥ 0"));
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
+            return Err(Error::hyper(
+                "weight_decay",
+                self.weight_decay,
+                "must be ≥ 0",
+            ));
         }
         Ok(())
     }
@@ -57,9 +69,18 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self> {
         config.validate()?;
-        let m = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let m = vars
+            .iter()
+            .map(|v| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
-        Ok(Self { vars, m, v, t: 0, config })
+        Ok(Self {
+            vars,
+            m,
+            v,
+            t: 0,
+            config,
+        })
     }
 
     pub fn learning_rate(&self) -> f64 {
@@ -82,7 +103,9 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for i in 0..self.vars.len() {
-            let Some(g) = grads.get(self.vars[i].as_tensor()) else { continue };
+            let Some(g) = grads.get(self.vars[i].as_tensor()) else {
+                continue;
+            };
             let g = g.to_dtype(DType::F32)?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -105,7 +128,11 @@ impl AdamW {
         let mut total = 0f64;
         for v in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         let norm = total.sqrt();
@@ -127,7 +154,11 @@ impl AdamW {
             out.push((format!("m.{i}"), self.m[i].clone()));
             out.push((format!("v.{i}"), self.v[i].clone()));
         }
-        let dev = self.vars.first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let dev = self
+            .vars
+            .first()
+            .map(|v| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
         out.push(("t".into(), Tensor::new(&[self.t as f32], &dev)?));
         Ok(out)
     }
@@ -136,19 +167,32 @@ impl AdamW {
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         let missing = |n: &str| Error::artefact("<optimizer state>", format!("missing `{n}`"));
         for i in 0..self.vars.len() {
-            for (name, slot) in [(format!("m.{i}"), &mut self.m[i]), (format!("v.{i}"), &mut self.v[i])] {
+            for (name, slot) in [
+                (format!("m.{i}"), &mut self.m[i]),
+                (format!("v.{i}"), &mut self.v[i]),
+            ] {
                 let t = state.get(&name).ok_or_else(|| missing(&name))?;
                 if t.dims() != slot.dims() {
                     return Err(Error::artefact(
                         "<optimizer state>",
-                        format!("`{name}` has shape {:?}, expected {:?}", t.dims(), slot.dims()),
+                        format!(
+                            "`{name}` has shape {:?}, expected {:?}",
+                            t.dims(),
+                            slot.dims()
+                        ),
                     ));
                 }
                 *slot = t.to_dtype(DType::F32)?;
             }
         }
         let t = state.get("t").ok_or_else(|| missing("t"))?;
-        self.t = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
+        self.t = t
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as u64;
         Ok(())
     }
 }
@@ -163,7 +207,14 @@ mod tests {
         let x = Var::new(&[3f32, -2.0], &Device::Cpu).unwrap();
         let mut opt = AdamW::new(vec![x.clone()], AdamWConfig::noise(0.1)).unwrap();
         for _ in 0..300 {
-            let g = x.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let g = x
+                .as_tensor()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             opt.step(&g).unwrap();
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();

@@ -138,7 +138,7 @@ pub struct BoundedMean {
 impl BoundedMean {
     /// Validated bounded mean (`bound > 0`).
     pub fn new(bound: f64, shift: f64) -> Result<Self> {
-        if !(bound > 0.0 && bound.is_finite()) || !shift.is_finite() {
+        if !(bound > 0.0 && bound.is_finite() && shift.is_finite()) {
             return Err(Error::hyper(
                 "mean bound",
                 bound,

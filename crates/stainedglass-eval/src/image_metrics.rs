@@ -9,7 +9,12 @@ const WIN: usize = 7;
 
 /// PSNR in dB between two images of equal length (values in [0, 1]); capped at 100 dB.
 pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len().max(1) as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64;
     if mse <= 1e-10 {
         100.0
     } else {
@@ -46,7 +51,8 @@ pub fn ssim(a: &[f32], b: &[f32], shape: [usize; 3]) -> f64 {
                 let va = (saa / n - ma * ma) * cov_norm;
                 let vb = (sbb / n - mb * mb) * cov_norm;
                 let cab = (sab / n - ma * mb) * cov_norm;
-                total += ((2.0 * ma * mb + c1) * (2.0 * cab + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+                total += ((2.0 * ma * mb + c1) * (2.0 * cab + c2))
+                    / ((ma * ma + mb * mb + c1) * (va + vb + c2));
                 count += 1;
             }
         }
@@ -63,7 +69,11 @@ mod tests {
         let a: Vec<f32> = (0..784).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
         assert!((ssim(&a, &a, [1, 28, 28]) - 1.0).abs() < 1e-9);
         assert_eq!(psnr(&a, &a), 100.0);
-        let b: Vec<f32> = a.iter().enumerate().map(|(i, &x)| (x + if i % 2 == 0 { 0.1 } else { -0.1 }).clamp(0.0, 1.0)).collect();
+        let b: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (x + if i % 2 == 0 { 0.1 } else { -0.1 }).clamp(0.0, 1.0))
+            .collect();
         let s = ssim(&a, &b, [1, 28, 28]);
         assert!(s < 0.99 && s > 0.0, "{s}");
         assert!((psnr(&a, &b) - 20.0).abs() < 1.0);

@@ -20,8 +20,17 @@ pub struct Series {
 }
 
 /// Line chart with labelled points (e.g. accuracy vs SSIM over α), written as PNG.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| (p.0, p.1)))
+        .collect();
     if all.is_empty() {
         return Err(Error::Input("nothing to plot".into()));
     }
@@ -80,7 +89,9 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
 pub fn image_grid(path: &Path, rows: &[Vec<Vec<f32>>], shape: [usize; 3], zoom: u32) -> Result<()> {
     let [c, h, w] = shape;
     if c != 1 && c != 3 {
-        return Err(Error::Input(format!("image grids need 1 or 3 channels, got {c}")));
+        return Err(Error::Input(format!(
+            "image grids need 1 or 3 channels, got {c}"
+        )));
     }
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
     if cols == 0 {
@@ -88,16 +99,30 @@ pub fn image_grid(path: &Path, rows: &[Vec<Vec<f32>>], shape: [usize; 3], zoom: 
     }
     let gap = 2u32;
     let (cw, ch) = (w as u32 * zoom + gap, h as u32 * zoom + gap);
-    let mut img = image::RgbImage::from_pixel(cols * cw, rows.len() as u32 * ch, image::Rgb([255, 255, 255]));
+    let mut img = image::RgbImage::from_pixel(
+        cols * cw,
+        rows.len() as u32 * ch,
+        image::Rgb([255, 255, 255]),
+    );
     for (r, row) in rows.iter().enumerate() {
         for (col, pix) in row.iter().enumerate() {
             for y in 0..h {
                 for x in 0..w {
-                    let v = |k: usize| (pix[k * h * w + y * w + x].clamp(0.0, 1.0) * 255.0).round() as u8;
-                    let rgb = if c == 1 { [v(0); 3] } else { [v(0), v(1), v(2)] };
+                    let v = |k: usize| {
+                        (pix[k * h * w + y * w + x].clamp(0.0, 1.0) * 255.0).round() as u8
+                    };
+                    let rgb = if c == 1 {
+                        [v(0); 3]
+                    } else {
+                        [v(0), v(1), v(2)]
+                    };
                     for dy in 0..zoom {
                         for dx in 0..zoom {
-                            img.put_pixel(col as u32 * cw + x as u32 * zoom + dx, r as u32 * ch + y as u32 * zoom + dy, image::Rgb(rgb));
+                            img.put_pixel(
+                                col as u32 * cw + x as u32 * zoom + dx,
+                                r as u32 * ch + y as u32 * zoom + dy,
+                                image::Rgb(rgb),
+                            );
                         }
                     }
                 }
@@ -122,7 +147,13 @@ mod tests {
         line_chart(&p, "curve", "SSIM", "accuracy", &[s]).unwrap();
         assert!(std::fs::metadata(&p).unwrap().len() > 1000);
         let g = dir.path().join("g.png");
-        image_grid(&g, &[vec![vec![0.5; 4]; 3], vec![vec![1.0; 4]; 3]], [1, 2, 2], 4).unwrap();
+        image_grid(
+            &g,
+            &[vec![vec![0.5; 4]; 3], vec![vec![1.0; 4]; 3]],
+            [1, 2, 2],
+            4,
+        )
+        .unwrap();
         let im = image::open(&g).unwrap();
         assert_eq!((im.width(), im.height()), (3 * 10, 2 * 10));
         assert!(line_chart(&p, "x", "x", "y", &[]).is_err());

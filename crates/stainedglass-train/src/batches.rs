@@ -15,7 +15,13 @@ pub fn batches_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize 
 }
 
 /// Index lists of one epoch's batches.
-pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: u64, drop_last: bool) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    drop_last: bool,
+) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     idx.shuffle(&mut rng);

@@ -33,16 +33,24 @@ impl Checkpoints {
     }
 
     /// Writes a checkpoint for `step`.
-    pub fn save<S: Serialize>(&self, step: u64, groups: &[(&str, Vec<(String, Tensor)>)], state: &S) -> Result<PathBuf> {
+    pub fn save<S: Serialize>(
+        &self,
+        step: u64,
+        groups: &[(&str, Vec<(String, Tensor)>)],
+        state: &S,
+    ) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
         let name = format!("step-{step:08}");
-        let tmp = self.root.join(format!(".tmp-{name}-{}", std::process::id()));
+        let tmp = self
+            .root
+            .join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         for (group, tensors) in groups {
             save_tensors(&tmp.join(format!("{group}.safetensors")), tensors)?;
         }
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::ckpt(&tmp, e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(state).map_err(|e| Error::ckpt(&tmp, e.to_string()))?;
         atomic_write(&tmp.join(STATE), &json)?;
         let fin = self.root.join(&name);
         let _ = std::fs::remove_dir_all(&fin);
@@ -53,7 +61,9 @@ impl Checkpoints {
     }
 
     fn prune(&self, keep_latest: &str) {
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return };
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return;
+        };
         let mut steps: Vec<String> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().to_string())
@@ -69,7 +79,11 @@ impl Checkpoints {
     }
 
     /// Loads the newest complete checkpoint, if any.
-    pub fn load_latest<S: DeserializeOwned>(&self, groups: &[&str], device: &Device) -> Result<Option<Checkpoint<S>>> {
+    pub fn load_latest<S: DeserializeOwned>(
+        &self,
+        groups: &[&str],
+        device: &Device,
+    ) -> Result<Option<Checkpoint<S>>> {
         let ptr = self.root.join(LATEST);
         if !ptr.exists() {
             return Ok(None);
@@ -78,13 +92,26 @@ impl Checkpoints {
         let dir = self.root.join(name.trim());
         let spath = dir.join(STATE);
         let bytes = std::fs::read(&spath).map_err(|e| Error::io(&spath, e))?;
-        let state: S = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::ckpt(&spath, format!("malformed training state ({e}); delete the checkpoint directory to start over")))?;
+        let state: S = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::ckpt(
+                &spath,
+                format!(
+                    "malformed training state ({e}); delete the checkpoint directory to start over"
+                ),
+            )
+        })?;
         let mut tensors = HashMap::new();
         for g in groups {
-            tensors.insert(g.to_string(), load_tensors(&dir.join(format!("{g}.safetensors")), device)?);
+            tensors.insert(
+                g.to_string(),
+                load_tensors(&dir.join(format!("{g}.safetensors")), device)?,
+            );
         }
-        Ok(Some(Checkpoint { dir, tensors, state }))
+        Ok(Some(Checkpoint {
+            dir,
+            tensors,
+            state,
+        }))
     }
 }
 
@@ -104,15 +131,28 @@ mod tests {
     fn save_prune_and_load_latest() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpoints::new(dir.path());
-        assert!(c.load_latest::<u64>(&["w"], &Device::Cpu).unwrap().is_none());
+        assert!(c
+            .load_latest::<u64>(&["w"], &Device::Cpu)
+            .unwrap()
+            .is_none());
         for step in [1u64, 2, 3] {
             let t = Tensor::new(&[step as f32], &Device::Cpu).unwrap();
-            c.save(step, &[("w", vec![("x".into(), t)])], &step).unwrap();
+            c.save(step, &[("w", vec![("x".into(), t)])], &step)
+                .unwrap();
         }
         let ck = c.load_latest::<u64>(&["w"], &Device::Cpu).unwrap().unwrap();
         assert_eq!(ck.state, 3);
         assert_eq!(ck.tensors["w"]["x"].to_vec1::<f32>().unwrap(), vec![3.0]);
-        let n = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("step-")).count();
+        let n = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("step-")
+            })
+            .count();
         assert_eq!(n, 2);
     }
 }

@@ -33,7 +33,9 @@ impl MetricsLog {
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_vec(record).map_err(|e| Error::Config(e.to_string()))?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(&line)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))
     }
 }

@@ -51,7 +51,11 @@ fn load_png(path: &Path, shape: &[usize]) -> Result<Vec<f32>> {
         );
     }
     Ok(match c {
-        1 => img.to_luma8().pixels().map(|p| p.0[0] as f32 / 255.0).collect(),
+        1 => img
+            .to_luma8()
+            .pixels()
+            .map(|p| p.0[0] as f32 / 255.0)
+            .collect(),
         3 => {
             let rgb = img.to_rgb8();
             let mut v = vec![0f32; 3 * h * w];
@@ -67,7 +71,8 @@ fn load_png(path: &Path, shape: &[usize]) -> Result<Vec<f32>> {
 }
 
 pub fn run(a: ApplyArgs, device: &Device) -> Result<()> {
-    let layer = load_noise_layer(&a.sgt, device).with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
+    let layer = load_noise_layer(&a.sgt, device)
+        .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
     let shape = layer.input_shape().to_vec();
     let x = if !a.png.is_empty() {
         let mut all = Vec::new();
@@ -77,9 +82,15 @@ pub fn run(a: ApplyArgs, device: &Device) -> Result<()> {
         Tensor::from_vec(all, (a.png.len(), shape[0], shape[1], shape[2]), device)?
     } else if let Some(p) = &a.input {
         let t = stainedglass_core::io::load_tensors(p, device)?;
-        let x = t.get("images").with_context(|| format!("{} has no tensor named `images`", p.display()))?;
+        let x = t
+            .get("images")
+            .with_context(|| format!("{} has no tensor named `images`", p.display()))?;
         if x.dtype() != DType::F32 {
-            bail!("`images` in {} is {:?}; f32 in [0, 1] is required", p.display(), x.dtype());
+            bail!(
+                "`images` in {} is {:?}; f32 in [0, 1] is required",
+                p.display(),
+                x.dtype()
+            );
         }
         ensure_finite(x, "input images")?;
         x.clone()
@@ -93,15 +104,24 @@ pub fn run(a: ApplyArgs, device: &Device) -> Result<()> {
     };
     let mut rng = NoiseRng::new(a.seed);
     let out = layer.forward(&x, None, &mut rng)?;
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
-    save_tensors(&a.output.join("transformed.safetensors"), &[("images".into(), out.transformed.clone())])?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
+    save_tensors(
+        &a.output.join("transformed.safetensors"),
+        &[("images".into(), out.transformed.clone())],
+    )?;
     let n: usize = shape.iter().product();
     let to_rows = |t: &Tensor| -> Result<Vec<Vec<f32>>> {
         let v = t.flatten_all()?.to_vec1::<f32>()?;
         Ok(v.chunks(n).map(|c| c.to_vec()).collect())
     };
     let grid = a.output.join("grid.png");
-    image_grid(&grid, &[to_rows(&x)?, to_rows(&out.transformed)?], [shape[0], shape[1], shape[2]], 4)?;
+    image_grid(
+        &grid,
+        &[to_rows(&x)?, to_rows(&out.transformed)?],
+        [shape[0], shape[1], shape[2]],
+        4,
+    )?;
     println!(
         "{}",
         serde_json::json!({

@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
-use stainedglass_core::noise_layer::{CloakConfig, CloakRecipe, NoiseLayerConfig, PatchCloakConfig, ValueRange};
+use stainedglass_core::noise_layer::{
+    CloakConfig, CloakRecipe, NoiseLayerConfig, PatchCloakConfig, ValueRange,
+};
 use stainedglass_core::StdParameterization;
 use stainedglass_models::{Classifier, ClassifierConfig, Split};
 use stainedglass_train::checkpoint::clear;
-use stainedglass_train::vision::{train_classifier, train_sgt, ClassifierTrainConfig, SgtTrainConfig};
+use stainedglass_train::vision::{
+    train_classifier, train_sgt, ClassifierTrainConfig, SgtTrainConfig,
+};
 
 use super::data::DataArgs;
 
@@ -126,7 +130,10 @@ pub struct TrainSgtArgs {
 impl TrainSgtArgs {
     pub fn config(&self, shape: [usize; 3]) -> Result<SgtTrainConfig> {
         let std = StdParameterization::cloak(self.min_scale, self.max_scale, self.shallow)?;
-        let range = ValueRange { lo: Some(0.0), hi: Some(1.0) };
+        let range = ValueRange {
+            lo: Some(0.0),
+            hi: Some(1.0),
+        };
         let layer = match self.layer {
             LayerKind::Cloak | LayerKind::CloakTwoPhase => NoiseLayerConfig::Cloak(CloakConfig {
                 shape: shape.to_vec(),
@@ -134,7 +141,11 @@ impl TrainSgtArgs {
                 rhos_init: self.rhos_init,
                 percent_to_mask: self.percent_to_mask,
                 value_range: range,
-                recipe: if matches!(self.layer, LayerKind::CloakTwoPhase) { CloakRecipe::TwoPhase } else { CloakRecipe::OneShot },
+                recipe: if matches!(self.layer, LayerKind::CloakTwoPhase) {
+                    CloakRecipe::TwoPhase
+                } else {
+                    CloakRecipe::OneShot
+                },
             }),
             LayerKind::Patch => NoiseLayerConfig::PatchCloak(PatchCloakConfig {
                 std,
@@ -166,7 +177,9 @@ pub fn run(cmd: VisionCommand) -> Result<()> {
             let test = a.data.load(Split::Test)?;
             let model = match a.arch {
                 Arch::SmallCnn => ClassifierConfig::small_cnn(train.shape, train.num_classes),
-                Arch::Resnet18 => ClassifierConfig::resnet18(train.shape, train.num_classes, a.width),
+                Arch::Resnet18 => {
+                    ClassifierConfig::resnet18(train.shape, train.num_classes, a.width)
+                }
             };
             let mut cfg = ClassifierTrainConfig::new(model);
             cfg.epochs = a.epochs;
@@ -183,8 +196,9 @@ pub fn run(cmd: VisionCommand) -> Result<()> {
         }
         VisionCommand::Train(a) => {
             let train = a.data.load(Split::Train)?;
-            let classifier = Classifier::load(&a.classifier, &device)
-                .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
+            let classifier = Classifier::load(&a.classifier, &device).with_context(|| {
+                format!("loading the classifier from {}", a.classifier.display())
+            })?;
             if classifier.config().input_shape != train.shape {
                 bail!(
                     "the classifier expects {:?} images but the data set has {:?}; pick the matching --dataset",

@@ -38,14 +38,18 @@ impl DataArgs {
             DatasetKind::FashionMnist => {
                 let dir = self.assets.join("fashion-mnist");
                 if !dir.exists() {
-                    bail!("{} not found: run ./scripts/setup-assets.sh first (or pass --assets)", dir.display());
+                    bail!(
+                        "{} not found: run ./scripts/setup-assets.sh first (or pass --assets)",
+                        dir.display()
+                    );
                 }
                 ImageDataset::fashion_mnist(&dir, split)?
             }
             DatasetKind::Digits => {
                 let p = self.assets.join("digits/digits.csv.gz");
-                let mut all = ImageDataset::digits(&p)
-                    .with_context(|| "run ./scripts/setup-assets.sh first (or pass --assets)".to_string())?;
+                let mut all = ImageDataset::digits(&p).with_context(|| {
+                    "run ./scripts/setup-assets.sh first (or pass --assets)".to_string()
+                })?;
                 let test = all.split_off(DIGITS_TEST);
                 match split {
                     Split::Train => all,

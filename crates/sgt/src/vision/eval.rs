@@ -59,15 +59,27 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs, device: &Device) -> Result<()> {
-    let layer = load_noise_layer(&a.sgt, device).with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
+    let layer = load_noise_layer(&a.sgt, device)
+        .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
     let classifier = Classifier::load(&a.classifier, device)
         .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
     let test = a.data.load(Split::Test)?;
     let train = a.data.load(Split::Train)?;
     if classifier.config().input_shape != test.shape {
-        bail!("the classifier expects {:?} images; the data set has {:?}", classifier.config().input_shape, test.shape);
+        bail!(
+            "the classifier expects {:?} images; the data set has {:?}",
+            classifier.config().input_shape,
+            test.shape
+        );
     }
-    let r = evaluate_vision(&classifier, &layer, &test, &train, &a.flags.options(), device)?;
+    let r = evaluate_vision(
+        &classifier,
+        &layer,
+        &test,
+        &train,
+        &a.flags.options(),
+        device,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -79,7 +91,10 @@ pub fn eval(a: EvalArgs, device: &Device) -> Result<()> {
 fn print_table(r: &VisionEval) {
     println!("test images            {}", r.test_images);
     println!("clean accuracy         {:.4}", r.clean_accuracy);
-    println!("transformed accuracy   {:.4}  (drop {:.2} points)", r.transformed_accuracy, r.accuracy_drop_points);
+    println!(
+        "transformed accuracy   {:.4}  (drop {:.2} points)",
+        r.transformed_accuracy, r.accuracy_drop_points
+    );
     println!("mean SSIM(x, x̃)        {:.4}", r.mean_ssim);
     println!("mean PSNR(x, x̃)        {:.2} dB", r.mean_psnr_db);
     println!("masked fraction        {:.3}", r.masked_fraction);
@@ -113,20 +128,51 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
         eprintln!("training α = {alpha} into {}", out.display());
         let run = train_sgt(&cfg, &classifier, &train, &out, device)?;
         let layer = load_noise_layer(&run.artefact_dir, device)?;
-        let r = evaluate_vision(&classifier, &layer, &test, &train, &a.flags.options(), device)?;
+        let r = evaluate_vision(
+            &classifier,
+            &layer,
+            &test,
+            &train,
+            &a.flags.options(),
+            device,
+        )?;
         eprintln!("α = {alpha}: {}", serde_json::to_string(&r)?);
         rows.push(serde_json::json!({"alpha": alpha, "eval": r}));
     }
     let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
     let series = |xk: &str| Series {
         name: "SGT (Cloak one-shot)".into(),
-        points: rows.iter().map(|r| (get(r, xk), 100.0 * get(r, "transformed_accuracy"), format!("α={}", r["alpha"]))).collect(),
+        points: rows
+            .iter()
+            .map(|r| {
+                (
+                    get(r, xk),
+                    100.0 * get(r, "transformed_accuracy"),
+                    format!("α={}", r["alpha"]),
+                )
+            })
+            .collect(),
     };
-    let clean = rows.first().map(|r| 100.0 * get(r, "clean_accuracy")).unwrap_or(f64::NAN);
+    let clean = rows
+        .first()
+        .map(|r| 100.0 * get(r, "clean_accuracy"))
+        .unwrap_or(f64::NAN);
     let title = format!("Privacy–utility over α (clean accuracy {clean:.1}%)");
-    line_chart(&root.join("curve_ssim.png"), &title, "mean SSIM(x, x̃)  (lower = more private)", "transformed accuracy (%)", &[series("mean_ssim")])?;
+    line_chart(
+        &root.join("curve_ssim.png"),
+        &title,
+        "mean SSIM(x, x̃)  (lower = more private)",
+        "transformed accuracy (%)",
+        &[series("mean_ssim")],
+    )?;
     if !a.flags.no_attack {
-        line_chart(&root.join("curve_reconstruction.png"), &title, "reconstruction PSNR (dB, lower = more private)", "transformed accuracy (%)", &[series("reconstruction_psnr_db")])?;
+        line_chart(
+            &root.join("curve_reconstruction.png"),
+            &title,
+            "reconstruction PSNR (dB, lower = more private)",
+            "transformed accuracy (%)",
+            &[series("reconstruction_psnr_db")],
+        )?;
     }
     let json = serde_json::to_string_pretty(&rows)?;
     stainedglass_core::io::atomic_write(&root.join("curve.json"), json.as_bytes())?;

@@ -2,7 +2,7 @@
 
 mod apply;
 mod commands;
-mod eval;
 mod data;
+mod eval;
 
 pub use commands::{run, VisionCommand};

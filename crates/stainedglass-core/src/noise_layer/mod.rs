@@ -154,7 +154,7 @@ pub struct ValueRange {
 impl ValueRange {
     pub(crate) fn validate(&self) -> Result<()> {
         if let (Some(lo), Some(hi)) = (self.lo, self.hi) {
-            if !(lo < hi) {
+            if lo >= hi || lo.is_nan() || hi.is_nan() {
                 return Err(Error::hyper(
                     "value_range",
                     format!("({lo}, {hi})"),
@@ -249,7 +249,12 @@ pub(crate) fn affine_transform(
 }
 
 impl<L: NoiseLayer + ?Sized> NoiseLayer for &L {
-    fn forward(&self, x: &Tensor, noise_mask: Option<&Tensor>, rng: &mut NoiseRng) -> Result<NoiseOutput> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
         (**self).forward(x, noise_mask, rng)
     }
     fn parameters(&self) -> Vec<Var> {

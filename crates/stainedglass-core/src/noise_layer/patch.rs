@@ -71,7 +71,11 @@ impl PatchCloakConfig {
             ));
         }
         let (ph, pw) = self.patch_size;
-        if ph == 0 || pw == 0 || self.shape[1] % ph != 0 || self.shape[2] % pw != 0 {
+        if ph == 0
+            || pw == 0
+            || !self.shape[1].is_multiple_of(ph)
+            || !self.shape[2].is_multiple_of(pw)
+        {
             return Err(Error::hyper(
                 "patch_size",
                 format!("({ph}, {pw})"),

@@ -60,7 +60,11 @@ impl ReconstructionAttack {
         let last = self.convs.len() - 1;
         for (i, c) in self.convs.iter().enumerate() {
             h = c.forward(&h)?;
-            h = if i < last { h.relu()? } else { candle_nn::ops::sigmoid(&h)? };
+            h = if i < last {
+                h.relu()?
+            } else {
+                candle_nn::ops::sigmoid(&h)?
+            };
         }
         Ok(h)
     }
@@ -78,7 +82,9 @@ impl ReconstructionAttack {
         let mut opt = AdamW::new(vm.all_vars(), AdamWConfig::noise(cfg.lr))?;
         let mut rng = NoiseRng::seeded(cfg.seed);
         for _ in 0..cfg.steps {
-            let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.index(train.len())).collect();
+            let idx: Vec<usize> = (0..cfg.batch_size)
+                .map(|_| rng.index(train.len()))
+                .collect();
             let (x, _) = train.batch(&idx, device)?;
             let xt = layer.forward(&x, None, &mut rng)?.transformed.detach();
             let loss = (attack.reconstruct(&xt)? - &x)?.sqr()?.mean_all()?;
@@ -88,7 +94,13 @@ impl ReconstructionAttack {
     }
 
     /// Mean PSNR (dB) of reconstructions of `layer`-transformed `test` images.
-    pub fn evaluate(&self, layer: &impl NoiseLayer, test: &ImageDataset, rng: &mut NoiseRng, device: &Device) -> Result<f64> {
+    pub fn evaluate(
+        &self,
+        layer: &impl NoiseLayer,
+        test: &ImageDataset,
+        rng: &mut NoiseRng,
+        device: &Device,
+    ) -> Result<f64> {
         let idx: Vec<usize> = (0..test.len()).collect();
         let n = test.image_size();
         let mut total = 0.0;

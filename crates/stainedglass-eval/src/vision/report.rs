@@ -82,7 +82,12 @@ pub fn evaluate_vision(
         let (x, y) = test.batch(chunk, device)?;
         let out = layer.forward(&x, None, &mut rng)?;
         let count = |logits: candle_core::Tensor| -> Result<usize> {
-            Ok(logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+            Ok(logits
+                .argmax(D::Minus1)?
+                .eq(&y)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()? as usize)
         };
         clean_ok += count(classifier.forward(&x)?)?;
         tr_ok += count(classifier.forward(&out.transformed)?)?;
@@ -111,21 +116,37 @@ pub fn evaluate_vision(
         let k = opts.mi_components.min(test.len());
         let sel: Vec<usize> = (0..k).collect();
         let (x, _) = test.batch(&sel, device)?;
-        let out = layer.forward(&x, None, &mut rng)?;
-        // A masked feature is the constant μ: its conditional σ is 0. Use σ_min there so the
-        // Gaussian estimate stays finite (the feature then carries no information about x).
+        // MI is estimated for the Gaussian part of the transform, before the value-range clamp
+        // (a deterministic post-processing, which cannot add information: the estimate is an
+        // upper bound for the clamped output). A masked feature is the constant μ; it is modelled
+        // as N(μ, σ_min²), independent of x, so it contributes no information.
         let (lo, _) = match layer.config() {
             stainedglass_core::NoiseLayerConfig::Cloak(c) => c.std.bounds(),
             stainedglass_core::NoiseLayerConfig::PatchCloak(c) => c.std.bounds(),
         };
+        let lo = lo.max(1e-4);
         let (eff_x, eff_std) = match &mask {
-            Some(m) => (x.broadcast_mul(m)?, ((&std * m)? + ((1.0 - m)? * lo.max(1e-4))?)?),
+            Some(m) => (
+                x.broadcast_mul(m)?,
+                (std.broadcast_mul(m)? + ((1.0 - m)? * lo)?)?,
+            ),
             None => (x.clone(), std.clone()),
         };
-        let mi = mutual_information(&eff_x, &out.transformed, &mean, &eff_std, None, &mut rng)?;
-        let tiny = (std.ones_like()? * lo.max(1e-4))?;
-        let zero = mean.zeros_like()?;
-        let clean = mutual_information(&x, &x, &zero, &tiny, None, &mut rng)?;
+        let eps = rng.standard_normal(x.shape(), device)?;
+        let sample = eff_x
+            .broadcast_add(&mean)?
+            .add(&eps.broadcast_mul(&eff_std)?)?;
+        let mi = mutual_information(&eff_x, &sample, &mean, &eff_std, None, &mut rng)?;
+        let tiny = (std.ones_like()? * lo)?;
+        let clean_sample = (&x + (rng.standard_normal(x.shape(), device)? * lo)?)?;
+        let clean = mutual_information(
+            &x,
+            &clean_sample,
+            &mean.zeros_like()?,
+            &tiny,
+            None,
+            &mut rng,
+        )?;
         (Some(mi), Some((k as f64).ln()), Some(clean))
     } else {
         (None, None, None)

@@ -9,7 +9,10 @@ use crate::{Error, Result};
 fn header(bytes: &[u8], path: &Path, magic: u32, ndim: usize) -> Result<Vec<usize>> {
     let need = 4 + 4 * ndim;
     if bytes.len() < need {
-        return Err(Error::data(path, format!("file too short for an IDX header ({} bytes)", bytes.len())));
+        return Err(Error::data(
+            path,
+            format!("file too short for an IDX header ({} bytes)", bytes.len()),
+        ));
     }
     let m = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if m != magic {
@@ -28,7 +31,10 @@ fn header(bytes: &[u8], path: &Path, magic: u32, ndim: usize) -> Result<Vec<usiz
     if bytes.len() != expected {
         return Err(Error::data(
             path,
-            format!("expected {expected} bytes for dims {dims:?}, found {} (truncated download?)", bytes.len()),
+            format!(
+                "expected {expected} bytes for dims {dims:?}, found {} (truncated download?)",
+                bytes.len()
+            ),
         ));
     }
     Ok(dims)
@@ -62,9 +68,18 @@ mod tests {
         let (px, n, h, w) = read_idx_images(&p).unwrap();
         assert_eq!((px, n, h, w), (vec![1, 2, 3, 4], 2, 2, 1));
         std::fs::write(&p, &b[..18]).unwrap();
-        assert!(read_idx_images(&p).unwrap_err().to_string().contains("truncated"));
-        assert!(read_idx_labels(&p).unwrap_err().to_string().contains("magic"));
+        assert!(read_idx_images(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        assert!(read_idx_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         std::fs::write(&p, [0x1f, 0x8b, 0, 1]).unwrap();
-        assert!(read_idx_images(&p).unwrap_err().to_string().contains("gzip"));
+        assert!(read_idx_images(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("gzip"));
     }
 }

@@ -55,7 +55,11 @@ impl ImageDataset {
                     got: vec![i],
                 });
             }
-            x.extend(self.pixels[i * n..(i + 1) * n].iter().map(|&p| p as f32 / self.max_value));
+            x.extend(
+                self.pixels[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|&p| p as f32 / self.max_value),
+            );
             y.push(self.labels[i]);
         }
         let [c, h, w] = self.shape;
@@ -72,7 +76,9 @@ impl ImageDataset {
         Self {
             pixels: self.pixels[..n * s].to_vec(),
             labels: self.labels[..n].to_vec(),
-            ..self.clone()
+            shape: self.shape,
+            num_classes: self.num_classes,
+            max_value: self.max_value,
         }
     }
 
@@ -81,12 +87,13 @@ impl ImageDataset {
         let n = n.min(self.len());
         let keep = self.len() - n;
         let s = self.image_size();
-        let other = Self {
+        Self {
             pixels: self.pixels.split_off(keep * s),
             labels: self.labels.split_off(keep),
-            ..self.clone()
-        };
-        other
+            shape: self.shape,
+            num_classes: self.num_classes,
+            max_value: self.max_value,
+        }
     }
 
     /// Fashion-MNIST from a directory holding the four `*-ubyte.gz` files.
@@ -95,11 +102,15 @@ impl ImageDataset {
             Split::Train => "train",
             Split::Test => "t10k",
         };
-        let (pixels, n, h, w) = read_idx_images(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
+        let (pixels, n, h, w) =
+            read_idx_images(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
         let lpath = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
         let labels = read_idx_labels(&lpath)?;
         if labels.len() != n {
-            return Err(Error::data(&lpath, format!("{} labels for {n} images", labels.len())));
+            return Err(Error::data(
+                &lpath,
+                format!("{} labels for {n} images", labels.len()),
+            ));
         }
         let ds = Self {
             pixels,
@@ -120,8 +131,15 @@ impl ImageDataset {
     }
 
     fn check_labels(&self, path: &Path) -> Result<()> {
-        if let Some(&bad) = self.labels.iter().find(|&&l| l as usize >= self.num_classes) {
-            return Err(Error::data(path, format!("label {bad} ≥ number of classes {}", self.num_classes)));
+        if let Some(&bad) = self
+            .labels
+            .iter()
+            .find(|&&l| l as usize >= self.num_classes)
+        {
+            return Err(Error::data(
+                path,
+                format!("label {bad} ≥ number of classes {}", self.num_classes),
+            ));
         }
         Ok(())
     }

@@ -51,7 +51,9 @@ impl BatchNorm2d {
         }
         let inv = (var + self.eps)?.sqrt()?.recip()?;
         let scale = (inv * &self.weight)?;
-        let y = centered.broadcast_mul(&scale.unsqueeze(1)?)?.broadcast_add(&self.bias.unsqueeze(1)?)?;
+        let y = centered
+            .broadcast_mul(&scale.unsqueeze(1)?)?
+            .broadcast_add(&self.bias.unsqueeze(1)?)?;
         y.reshape((c, b, h, w))?.transpose(0, 1)
     }
 }

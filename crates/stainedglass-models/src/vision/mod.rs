@@ -27,8 +27,13 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
 pub enum ClassifierArch {
-    SmallCnn { channels: (usize, usize), hidden: usize },
-    ResNet18 { width: usize },
+    SmallCnn {
+        channels: (usize, usize),
+        hidden: usize,
+    },
+    ResNet18 {
+        width: usize,
+    },
 }
 
 /// What a classifier file says about the model.
@@ -69,13 +74,18 @@ impl ClassifierConfig {
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.format_version != FORMAT_VERSION {
-            return Err(format!("format version {} unsupported (expected {FORMAT_VERSION})", self.format_version));
+            return Err(format!(
+                "format version {} unsupported (expected {FORMAT_VERSION})",
+                self.format_version
+            ));
         }
         if self.input_shape.contains(&0) || self.num_classes < 2 {
             return Err("input shape must be positive and num_classes ≥ 2".into());
         }
         match self.model {
-            ClassifierArch::SmallCnn { channels, hidden } if channels.0 == 0 || channels.1 == 0 || hidden == 0 => {
+            ClassifierArch::SmallCnn { channels, hidden }
+                if channels.0 == 0 || channels.1 == 0 || hidden == 0 =>
+            {
                 Err("small_cnn sizes must be > 0".into())
             }
             ClassifierArch::ResNet18 { width: 0 } => Err("resnet18 width must be > 0".into()),
@@ -101,14 +111,25 @@ impl Classifier {
     fn build(config: ClassifierConfig, vb: VarBuilder, varmap: Option<VarMap>) -> Result<Self> {
         config.validate().map_err(|r| Error::model("<config>", r))?;
         let net = match config.model {
-            ClassifierArch::SmallCnn { channels, hidden } => {
-                Net::SmallCnn(SmallCnn::new(config.input_shape, channels, hidden, config.num_classes, vb)?)
-            }
-            ClassifierArch::ResNet18 { width } => {
-                Net::ResNet18(ResNet18::new(config.input_shape[0], width, config.num_classes, vb)?)
-            }
+            ClassifierArch::SmallCnn { channels, hidden } => Net::SmallCnn(SmallCnn::new(
+                config.input_shape,
+                channels,
+                hidden,
+                config.num_classes,
+                vb,
+            )?),
+            ClassifierArch::ResNet18 { width } => Net::ResNet18(ResNet18::new(
+                config.input_shape[0],
+                width,
+                config.num_classes,
+                vb,
+            )?),
         };
-        Ok(Self { config, net, varmap })
+        Ok(Self {
+            config,
+            net,
+            varmap,
+        })
     }
 
     /// A freshly initialised, trainable classifier.
@@ -122,9 +143,18 @@ impl Classifier {
         &self.config
     }
 
-    /// Trainable variables (empty for a frozen model).
+    /// Trainable variables sorted by name (a stable order, so optimizer state can be
+    /// checkpointed by position); empty for a frozen model.
     pub fn trainable_vars(&self) -> Vec<candle_core::Var> {
-        self.varmap.as_ref().map(|v| v.all_vars()).unwrap_or_default()
+        let Some(vm) = &self.varmap else {
+            return Vec::new();
+        };
+        let Ok(data) = vm.data().lock() else {
+            return Vec::new();
+        };
+        let mut named: Vec<(&String, &candle_core::Var)> = data.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        named.into_iter().map(|(_, v)| v.clone()).collect()
     }
 
     /// Whether weights are plain tensors that no optimizer can update.
@@ -155,22 +185,38 @@ impl Classifier {
 
     /// Named weights (for saving and checkpoints).
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let vm = self
-            .varmap
-            .as_ref()
-            .ok_or_else(|| Error::model("<memory>", "a frozen classifier has no variables to save"))?;
-        let data = vm.data().lock().map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
-        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, var)| (k.clone(), var.as_tensor().clone())).collect();
+        let vm = self.varmap.as_ref().ok_or_else(|| {
+            Error::model("<memory>", "a frozen classifier has no variables to save")
+        })?;
+        let data = vm
+            .data()
+            .lock()
+            .map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
+        let mut v: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(v)
     }
 
     /// Overwrites weights of a trainable classifier (checkpoint resume).
-    pub fn set_named_tensors(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
-        let vm = self.varmap.as_ref().ok_or_else(|| Error::model("<memory>", "classifier is frozen"))?;
-        let data = vm.data().lock().map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
+    pub fn set_named_tensors(
+        &self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let vm = self
+            .varmap
+            .as_ref()
+            .ok_or_else(|| Error::model("<memory>", "classifier is frozen"))?;
+        let data = vm
+            .data()
+            .lock()
+            .map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
         for (k, var) in data.iter() {
-            let t = tensors.get(k).ok_or_else(|| Error::model("<checkpoint>", format!("missing tensor `{k}`")))?;
+            let t = tensors
+                .get(k)
+                .ok_or_else(|| Error::model("<checkpoint>", format!("missing tensor `{k}`")))?;
             var.set(t)?;
         }
         Ok(())
@@ -180,7 +226,8 @@ impl Classifier {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         save_tensors(&dir.join(MODEL_WEIGHTS_FILE), &self.named_tensors()?)?;
-        let json = serde_json::to_vec_pretty(&self.config).map_err(|e| Error::model(dir, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.config)
+            .map_err(|e| Error::model(dir, e.to_string()))?;
         atomic_write(&dir.join(MODEL_CONFIG_FILE), &json)?;
         Ok(())
     }
@@ -189,8 +236,8 @@ impl Classifier {
     pub fn load_config(dir: &Path) -> Result<ClassifierConfig> {
         let cpath = dir.join(MODEL_CONFIG_FILE);
         let bytes = std::fs::read(&cpath).map_err(|e| Error::io(&cpath, e))?;
-        let config: ClassifierConfig =
-            serde_json::from_slice(&bytes).map_err(|e| Error::model(&cpath, format!("malformed config: {e}")))?;
+        let config: ClassifierConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::model(&cpath, format!("malformed config: {e}")))?;
         config.validate().map_err(|r| Error::model(&cpath, r))?;
         Ok(config)
     }
@@ -215,7 +262,8 @@ impl Classifier {
 
 impl BaseModel for Classifier {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_t(x, false).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.forward_t(x, false)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
@@ -227,7 +275,10 @@ mod tests {
     #[test]
     fn save_load_round_trip_is_frozen_and_identical() {
         let dir = tempfile::tempdir().unwrap();
-        for cfg in [ClassifierConfig::small_cnn([1, 8, 8], 10), ClassifierConfig::resnet18([1, 8, 8], 10, 4)] {
+        for cfg in [
+            ClassifierConfig::small_cnn([1, 8, 8], 10),
+            ClassifierConfig::resnet18([1, 8, 8], 10, 4),
+        ] {
             let m = Classifier::new_trainable(cfg, &Device::Cpu).unwrap();
             let x = Tensor::rand(0f32, 1.0, (3, 1, 8, 8), &Device::Cpu).unwrap();
             // One training-mode pass moves the running statistics away from their init.
@@ -243,27 +294,47 @@ mod tests {
 
     #[test]
     fn gradient_reaches_the_input_through_every_layer() {
-        for cfg in [ClassifierConfig::small_cnn([1, 8, 8], 10), ClassifierConfig::resnet18([1, 8, 8], 10, 4)] {
+        for cfg in [
+            ClassifierConfig::small_cnn([1, 8, 8], 10),
+            ClassifierConfig::resnet18([1, 8, 8], 10, 4),
+        ] {
             let m = Classifier::new_trainable(cfg, &Device::Cpu).unwrap();
-            let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (2, 1, 8, 8), &Device::Cpu).unwrap()).unwrap();
+            let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (2, 1, 8, 8), &Device::Cpu).unwrap())
+                .unwrap();
             let y = m.forward_t(x.as_tensor(), false).unwrap();
             let g = y.sum_all().unwrap().backward().unwrap();
             let gx = g.get(x.as_tensor()).expect("gradient cut before the input");
-            assert!(gx.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            assert!(
+                gx.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            );
         }
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        let m = Classifier::new_trainable(ClassifierConfig::small_cnn([1, 8, 8], 10), &Device::Cpu).unwrap();
+        let m = Classifier::new_trainable(ClassifierConfig::small_cnn([1, 8, 8], 10), &Device::Cpu)
+            .unwrap();
         let x = Tensor::zeros((2, 1, 9, 8), DType::F32, &Device::Cpu).unwrap();
         assert!(m.forward_t(&x, false).is_err());
         let dir = tempfile::tempdir().unwrap();
         m.save(dir.path()).unwrap();
         // A config for another architecture does not match the weights.
         let other = ClassifierConfig::resnet18([1, 8, 8], 10, 4);
-        std::fs::write(dir.path().join(MODEL_CONFIG_FILE), serde_json::to_vec(&other).unwrap()).unwrap();
-        let e = Classifier::load(dir.path(), &Device::Cpu).err().unwrap().to_string();
+        std::fs::write(
+            dir.path().join(MODEL_CONFIG_FILE),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        let e = Classifier::load(dir.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("missing tensor"), "{e}");
     }
 }

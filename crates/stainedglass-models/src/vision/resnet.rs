@@ -68,14 +68,24 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
-    pub fn new(in_channels: usize, width: usize, classes: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        in_channels: usize,
+        width: usize,
+        classes: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let mut blocks = Vec::new();
         let mut cin = width;
         for (stage, mult) in [1usize, 2, 4, 8].into_iter().enumerate() {
             let cout = width * mult;
             for b in 0..2 {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.{b}", stage + 1)))?);
+                blocks.push(BasicBlock::new(
+                    cin,
+                    cout,
+                    stride,
+                    vb.pp(format!("layer{}.{b}", stage + 1)),
+                )?);
                 cin = cout;
             }
         }
@@ -88,7 +98,10 @@ impl ResNet18 {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.stem_bn.forward_t(&self.stem.forward(x)?, train)?.relu()?;
+        let mut h = self
+            .stem_bn
+            .forward_t(&self.stem.forward(x)?, train)?
+            .relu()?;
         for b in &self.blocks {
             h = b.forward_t(&h, train)?;
         }

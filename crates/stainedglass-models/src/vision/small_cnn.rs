@@ -52,6 +52,7 @@ impl Module for SmallCnn {
         for c in &self.convs {
             h = c.forward(&h)?.relu()?;
         }
-        self.fc2.forward(&self.fc1.forward(&h.flatten_from(1)?)?.relu()?)
+        self.fc2
+            .forward(&self.fc1.forward(&h.flatten_from(1)?)?.relu()?)
     }
 }

@@ -48,10 +48,15 @@ impl ClassifierTrainConfig {
 
     fn validate(&self) -> Result<()> {
         if self.epochs == 0 || self.batch_size == 0 || self.checkpoint_every == 0 {
-            return Err(Error::Config("epochs, batch_size and checkpoint_every must be > 0".into()));
+            return Err(Error::Config(
+                "epochs, batch_size and checkpoint_every must be > 0".into(),
+            ));
         }
         if !(self.noise_augment >= 0.0 && self.noise_augment.is_finite()) {
-            return Err(Error::Config(format!("noise_augment = {} must be ≥ 0", self.noise_augment)));
+            return Err(Error::Config(format!(
+                "noise_augment = {} must be ≥ 0",
+                self.noise_augment
+            )));
         }
         Ok(())
     }
@@ -140,15 +145,22 @@ pub fn train_classifier(
     let save = |step: u64, opt: &AdamW| -> Result<()> {
         ckpts.save(
             step,
-            &[("model", model.named_tensors()?), ("optimizer", opt.state()?)],
-            &State { step, config: cfg.clone() },
+            &[
+                ("model", model.named_tensors()?),
+                ("optimizer", opt.state()?),
+            ],
+            &State {
+                step,
+                config: cfg.clone(),
+            },
         )?;
         Ok(())
     };
     while step < total {
         let epoch = step / per_epoch;
         let batches = epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch, true);
-        let mut aug_rng = NoiseRng::seeded(cfg.seed ^ (epoch + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut aug_rng =
+            NoiseRng::seeded(cfg.seed ^ (epoch + 1).wrapping_mul(0xA24B_AED4_963E_E407));
         for b in batches.iter().skip((step % per_epoch) as usize) {
             let t0 = Instant::now();
             let (x, y) = train.batch(b, device)?;
@@ -157,7 +169,10 @@ pub fn train_classifier(
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(Error::Diverged { step, what: "classifier loss".into() });
+                return Err(Error::Diverged {
+                    step,
+                    what: "classifier loss".into(),
+                });
             }
             opt.step(&loss.backward()?)?;
             step += 1;
@@ -172,7 +187,7 @@ pub fn train_classifier(
             })?;
             pb.set_position(step);
             pb.set_message(format!("loss {lv:.3} acc {acc:.3}"));
-            if step % cfg.checkpoint_every == 0 {
+            if step.is_multiple_of(cfg.checkpoint_every) {
                 save(step, &opt)?;
             }
         }
@@ -182,7 +197,12 @@ pub fn train_classifier(
     let model_dir = out.join("model");
     model.save(&model_dir)?;
     let test_accuracy = match test {
-        Some(t) => Some(accuracy(&Classifier::load(&model_dir, device)?, t, 500, device)?),
+        Some(t) => Some(accuracy(
+            &Classifier::load(&model_dir, device)?,
+            t,
+            500,
+            device,
+        )?),
         None => None,
     };
     Ok(ClassifierRun {

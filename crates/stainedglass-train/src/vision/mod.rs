@@ -15,11 +15,20 @@ use crate::Result;
 /// Number of correct predictions of `logits` `[B, K]` for labels `[B]`.
 pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let pred = logits.argmax(D::Minus1)?;
-    Ok(pred.eq(labels)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+    Ok(pred
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize)
 }
 
 /// Clean accuracy of `model` on `ds`.
-pub fn accuracy(model: &impl BaseModel, ds: &ImageDataset, batch_size: usize, device: &Device) -> Result<f64> {
+pub fn accuracy(
+    model: &impl BaseModel,
+    ds: &ImageDataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64> {
     let mut ok = 0;
     let idx: Vec<usize> = (0..ds.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {

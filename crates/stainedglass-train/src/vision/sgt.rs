@@ -131,13 +131,19 @@ pub fn train_sgt(
     device: &Device,
 ) -> Result<SgtRun> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.checkpoint_every == 0 {
-        return Err(Error::Config("epochs, batch_size and checkpoint_every must be > 0".into()));
+        return Err(Error::Config(
+            "epochs, batch_size and checkpoint_every must be > 0".into(),
+        ));
     }
     if !classifier.is_frozen() {
-        return Err(Error::Config("the base classifier must be frozen (load it from disk)".into()));
+        return Err(Error::Config(
+            "the base classifier must be frozen (load it from disk)".into(),
+        ));
     }
     let mut layer = VisionNoiseLayer::new(cfg.noise_layer.clone(), device)?;
-    if layer.input_shape() != classifier.config().input_shape || train.shape != classifier.config().input_shape {
+    if layer.input_shape() != classifier.config().input_shape
+        || train.shape != classifier.config().input_shape
+    {
         return Err(Error::Config(format!(
             "shapes disagree: noise layer {:?}, classifier {:?}, data {:?}",
             layer.input_shape(),
@@ -148,7 +154,11 @@ pub fn train_sgt(
     let mut loss = cfg.loss()?;
     let per_epoch = batches_per_epoch(train.len(), cfg.batch_size, true) as u64;
     if per_epoch == 0 {
-        return Err(Error::Config(format!("batch size {} exceeds the {} training images", cfg.batch_size, train.len())));
+        return Err(Error::Config(format!(
+            "batch size {} exceeds the {} training images",
+            cfg.batch_size,
+            train.len()
+        )));
     }
     let mut total = per_epoch * cfg.epochs as u64;
     if let Some(m) = cfg.max_steps {
@@ -186,19 +196,26 @@ pub fn train_sgt(
     let mut entropy_rng = NoiseRng::from_entropy();
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"))?;
     let pb = progress_bar(total, step, "sgt");
-    let save = |step: u64, layer: &VisionNoiseLayer, opt: &AdamW, loss: &CompositeLoss| -> Result<()> {
-        ckpts.save(
-            step,
-            &[("noise_layer", layer.named_tensors()), ("optimizer", opt.state()?)],
-            &State {
+    let save =
+        |step: u64, layer: &VisionNoiseLayer, opt: &AdamW, loss: &CompositeLoss| -> Result<()> {
+            ckpts.save(
                 step,
-                config: cfg.clone(),
-                loss: loss.clone(),
-            },
-        )?;
-        Ok(())
-    };
-    let adaptive = matches!(loss.alpha, Alpha::Adaptive(AdaptiveAlpha { target: None, .. }));
+                &[
+                    ("noise_layer", layer.named_tensors()),
+                    ("optimizer", opt.state()?),
+                ],
+                &State {
+                    step,
+                    config: cfg.clone(),
+                    loss: loss.clone(),
+                },
+            )?;
+            Ok(())
+        };
+    let adaptive = matches!(
+        loss.alpha,
+        Alpha::Adaptive(AdaptiveAlpha { target: None, .. })
+    );
     'outer: while step < total {
         let epoch = step / per_epoch;
         let batches = epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch, true);
@@ -218,14 +235,22 @@ pub fn train_sgt(
             let t0 = Instant::now();
             let (x, y) = train.batch(b, device)?;
             let model = NoisyModel::new(classifier, &layer);
-            let mut step_rng = cfg.noise_seed.map(|s| NoiseRng::seeded(s ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let mut step_rng = cfg
+                .noise_seed
+                .map(|s| NoiseRng::seeded(s ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             let rng = step_rng.as_mut().unwrap_or(&mut entropy_rng);
             let out = model.forward(&x, Mode::Transformed, None, rng)?;
-            let noise = out.noise.as_ref().ok_or_else(|| Error::Config("noise output missing".into()))?;
+            let noise = out
+                .noise
+                .as_ref()
+                .ok_or_else(|| Error::Config("noise output missing".into()))?;
             let task = candle_nn::loss::cross_entropy(&out.base_model_output, &y)?;
             let rec = loss.compute(&task, noise, layer.noise_loss_respects_mask())?;
             if !rec.composite_loss.to_scalar::<f32>()?.is_finite() {
-                return Err(Error::Diverged { step, what: "composite loss".into() });
+                return Err(Error::Diverged {
+                    step,
+                    what: "composite loss".into(),
+                });
             }
             opt.step(&rec.composite_loss.backward()?)?;
             let clean_task_loss = if adaptive {
@@ -236,7 +261,11 @@ pub fn train_sgt(
             };
             loss.observe(rec.task_loss, clean_task_loss)?;
             step += 1;
-            let mean_sigma = noise.std.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mean_sigma = noise
+                .std
+                .mean_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             let masked_fraction = match &noise.mask {
                 Some(m) => 1.0 - m.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
                 None => 0.0,
@@ -262,7 +291,7 @@ pub fn train_sgt(
                 "task {:.3} noise {:.3} α {:.2} σ̄ {mean_sigma:.3} acc {acc:.2}",
                 rec.task_loss, rec.noise_loss, rec.alpha
             ));
-            if step % cfg.checkpoint_every == 0 {
+            if step.is_multiple_of(cfg.checkpoint_every) {
                 save(step, &layer, &opt, &loss)?;
             }
         }
