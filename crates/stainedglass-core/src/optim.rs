@@ -106,7 +106,9 @@ impl AdamW {
             let Some(g) = grads.get(self.vars[i].as_tensor()) else {
                 continue;
             };
-            let g = g.to_dtype(DType::F32)?;
+            // Detached: a gradient can carry its step's whole graph, and the moments would
+            // chain every step's graph together (unbounded memory).
+            let g = g.detach().to_dtype(DType::F32)?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -117,8 +119,8 @@ impl AdamW {
                 var.as_tensor().clone()
             };
             var.set(&(decayed - (update * c.lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -224,5 +226,27 @@ mod tests {
         other.load_state(&state).unwrap();
         assert_eq!(other.steps(), 300);
         assert!(AdamW::new(vec![x], AdamWConfig::noise(-1.0)).is_err());
+    }
+
+    #[test]
+    fn moments_hold_no_graph_across_steps() {
+        // A gradient that depends on the variable (d/dx x³ = 3x²) is itself tracked; the moments
+        // must not keep that graph alive, or memory grows with every step.
+        let x = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![x.clone()], AdamWConfig::noise(0.01)).unwrap();
+        for _ in 0..3 {
+            let g = x
+                .as_tensor()
+                .powf(3.0)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            opt.step(&g).unwrap();
+        }
+        for (name, t) in opt.state().unwrap() {
+            assert!(!t.track_op(), "{name} still references a graph");
+        }
     }
 }

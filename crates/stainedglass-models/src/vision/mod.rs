@@ -139,6 +139,66 @@ impl Classifier {
         Self::build(config, vb, Some(varmap))
     }
 
+    /// A trainable classifier initialised reproducibly from `seed` (candle's CPU `randn` cannot
+    /// be seeded, so the same distributions are redrawn from ChaCha): conv/linear weights Kaiming
+    /// normal (std √2/√fan_in), their biases U(±1/√fan_in), batch-norm scale 1 and shift 0.
+    pub fn new_seeded(config: ClassifierConfig, device: &Device, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::{Distribution, StandardNormal};
+        let m = Self::new_trainable(config, device)?;
+        let vars = m.named_vars()?;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let fan_in = |name: &str| -> Option<usize> {
+            let stem = name
+                .strip_suffix("bias")
+                .or_else(|| name.strip_suffix("weight"))?;
+            let w = vars.iter().find(|(n, _)| n == &format!("{stem}weight"))?;
+            (w.1.rank() >= 2).then(|| w.1.dims()[1..].iter().product())
+        };
+        for (name, var) in &vars {
+            let n = var.elem_count();
+            let values: Option<Vec<f32>> = match (name.rsplit('.').next(), fan_in(name)) {
+                (Some("weight"), Some(f)) => {
+                    let std = (2.0 / f as f64).sqrt();
+                    Some(
+                        (0..n)
+                            .map(|_| {
+                                let z: f64 = StandardNormal.sample(&mut rng);
+                                (std * z) as f32
+                            })
+                            .collect(),
+                    )
+                }
+                (Some("bias"), Some(f)) => {
+                    let b = 1.0 / (f as f64).sqrt();
+                    Some((0..n).map(|_| rng.random_range(-b..b) as f32).collect())
+                }
+                _ => None, // batch-norm parameters and statistics keep their constant init
+            };
+            if let Some(v) = values {
+                var.set(&Tensor::from_vec(v, var.shape(), device)?)?;
+            }
+        }
+        Ok(m)
+    }
+
+    fn named_vars(&self) -> Result<Vec<(String, candle_core::Var)>> {
+        let vm = self
+            .varmap
+            .as_ref()
+            .ok_or_else(|| Error::model("<memory>", "classifier is frozen"))?;
+        let data = vm
+            .data()
+            .lock()
+            .map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
+        let mut v: Vec<(String, candle_core::Var)> = data
+            .iter()
+            .map(|(k, var)| (k.clone(), var.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    }
+
     pub fn config(&self) -> &ClassifierConfig {
         &self.config
     }
@@ -146,15 +206,9 @@ impl Classifier {
     /// Trainable variables sorted by name (a stable order, so optimizer state can be
     /// checkpointed by position); empty for a frozen model.
     pub fn trainable_vars(&self) -> Vec<candle_core::Var> {
-        let Some(vm) = &self.varmap else {
-            return Vec::new();
-        };
-        let Ok(data) = vm.data().lock() else {
-            return Vec::new();
-        };
-        let mut named: Vec<(&String, &candle_core::Var)> = data.iter().collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
+        self.named_vars()
+            .map(|v| v.into_iter().map(|(_, v)| v).collect())
+            .unwrap_or_default()
     }
 
     /// Whether weights are plain tensors that no optimizer can update.
@@ -279,7 +333,14 @@ mod tests {
             ClassifierConfig::small_cnn([1, 8, 8], 10),
             ClassifierConfig::resnet18([1, 8, 8], 10, 4),
         ] {
-            let m = Classifier::new_trainable(cfg, &Device::Cpu).unwrap();
+            let m = Classifier::new_seeded(cfg.clone(), &Device::Cpu, 3).unwrap();
+            let again = Classifier::new_seeded(cfg, &Device::Cpu, 3).unwrap();
+            let (a, b) = (m.named_tensors().unwrap(), again.named_tensors().unwrap());
+            for ((n, x), (_, y)) in a.iter().zip(&b) {
+                let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(x, y, "{n} not reproducible");
+            }
             let x = Tensor::rand(0f32, 1.0, (3, 1, 8, 8), &Device::Cpu).unwrap();
             // One training-mode pass moves the running statistics away from their init.
             m.forward_t(&x, true).unwrap();

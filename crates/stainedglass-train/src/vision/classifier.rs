@@ -114,7 +114,7 @@ pub fn train_classifier(
             train.shape, cfg.model.input_shape
         )));
     }
-    let model = Classifier::new_trainable(cfg.model.clone(), device)?;
+    let model = Classifier::new_seeded(cfg.model.clone(), device, cfg.seed)?;
     let mut opt = AdamW::new(
         model.trainable_vars(),
         AdamWConfig {
@@ -159,11 +159,12 @@ pub fn train_classifier(
     while step < total {
         let epoch = step / per_epoch;
         let batches = epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch, true);
-        let mut aug_rng =
-            NoiseRng::seeded(cfg.seed ^ (epoch + 1).wrapping_mul(0xA24B_AED4_963E_E407));
         for b in batches.iter().skip((step % per_epoch) as usize) {
             let t0 = Instant::now();
             let (x, y) = train.batch(b, device)?;
+            // Augmentation noise derives from (seed, step): a resumed run draws the same noise.
+            let mut aug_rng =
+                NoiseRng::seeded(cfg.seed ^ (step + 1).wrapping_mul(0xA24B_AED4_963E_E407));
             let x = augment(&x, cfg.noise_augment, &mut aug_rng)?;
             let logits = model.forward_t(&x, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
