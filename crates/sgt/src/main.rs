@@ -1,5 +1,6 @@
 //! `sgt`: the Stained Glass Transform command line. A thin layer over the library crates.
 
+mod bench;
 mod vision;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     /// Image SGTs: train the base classifier, train the SGT, apply it, evaluate it.
     #[command(subcommand)]
     Vision(vision::VisionCommand),
+    /// Benchmarks printing machine-readable JSON (compare with bench/*.py).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() {
@@ -35,6 +39,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

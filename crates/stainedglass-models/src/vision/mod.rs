@@ -2,6 +2,7 @@
 //! `VarMap`) or frozen (weights loaded as plain tensors — no variable, no optimizer).
 
 mod batch_norm;
+mod frozen;
 mod resnet;
 mod small_cnn;
 

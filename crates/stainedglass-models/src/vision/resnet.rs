@@ -3,37 +3,29 @@
 //! global average pooling and a linear head. Batch-norm everywhere, as in ResNet-18.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d_no_bias, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNorm2d;
+use super::frozen::{Conv, Dense};
 
-fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    conv2d_no_bias(cin, cout, 3, cfg, vb)
+fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv> {
+    Conv::new(cin, cout, 3, stride, 1, false, vb)
 }
 
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm2d,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm2d,
-    shortcut: Option<(Conv2d, BatchNorm2d)>,
+    shortcut: Option<(Conv, BatchNorm2d)>,
 }
 
 impl BasicBlock {
     fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
-            let cfg = Conv2dConfig {
-                stride,
-                ..Default::default()
-            };
             Some((
-                conv2d_no_bias(cin, cout, 1, cfg, vb.pp("downsample.0"))?,
+                Conv::new(cin, cout, 1, stride, 0, false, vb.pp("downsample.0"))?,
                 BatchNorm2d::new(cout, vb.pp("downsample.1"))?,
             ))
         } else {
@@ -61,10 +53,10 @@ impl BasicBlock {
 
 #[derive(Debug, Clone)]
 pub struct ResNet18 {
-    stem: Conv2d,
+    stem: Conv,
     stem_bn: BatchNorm2d,
     blocks: Vec<BasicBlock>,
-    fc: Linear,
+    fc: Dense,
 }
 
 impl ResNet18 {
@@ -93,7 +85,7 @@ impl ResNet18 {
             stem: conv3(in_channels, width, 1, vb.pp("conv1"))?,
             stem_bn: BatchNorm2d::new(width, vb.pp("bn1"))?,
             blocks,
-            fc: linear(cin, classes, vb.pp("fc"))?,
+            fc: Dense::new(cin, classes, vb.pp("fc"))?,
         })
     }
 

@@ -2,7 +2,9 @@
 //! pooling, whose candle backward is wrong or missing) and two linear layers.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::frozen::{Conv, Dense};
 
 /// Output size of a 3×3, padding-1 convolution with `stride`.
 pub(crate) fn conv_out(n: usize, stride: usize) -> usize {
@@ -11,9 +13,9 @@ pub(crate) fn conv_out(n: usize, stride: usize) -> usize {
 
 #[derive(Debug, Clone)]
 pub struct SmallCnn {
-    convs: Vec<Conv2d>,
-    fc1: Linear,
-    fc2: Linear,
+    convs: Vec<Conv>,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl SmallCnn {
@@ -24,24 +26,19 @@ impl SmallCnn {
         classes: usize,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let cfg = |stride| Conv2dConfig {
-            padding: 1,
-            stride,
-            ..Default::default()
-        };
         let (c1, c2) = channels;
         let convs = vec![
-            conv2d(in_shape[0], c1, 3, cfg(1), vb.pp("conv1"))?,
-            conv2d(c1, c1, 3, cfg(2), vb.pp("conv2"))?,
-            conv2d(c1, c2, 3, cfg(1), vb.pp("conv3"))?,
-            conv2d(c2, c2, 3, cfg(2), vb.pp("conv4"))?,
+            Conv::new(in_shape[0], c1, 3, 1, 1, true, vb.pp("conv1"))?,
+            Conv::new(c1, c1, 3, 2, 1, true, vb.pp("conv2"))?,
+            Conv::new(c1, c2, 3, 1, 1, true, vb.pp("conv3"))?,
+            Conv::new(c2, c2, 3, 2, 1, true, vb.pp("conv4"))?,
         ];
         let h = conv_out(conv_out(in_shape[1], 2), 2);
         let w = conv_out(conv_out(in_shape[2], 2), 2);
         Ok(Self {
             convs,
-            fc1: linear(c2 * h * w, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, classes, vb.pp("fc2"))?,
+            fc1: Dense::new(c2 * h * w, hidden, vb.pp("fc1"))?,
+            fc2: Dense::new(hidden, classes, vb.pp("fc2"))?,
         })
     }
 }
