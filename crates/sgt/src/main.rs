@@ -20,6 +20,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Image SGTs: train the base classifier, train the SGT, apply it, evaluate it.
     #[command(subcommand)]

@@ -18,6 +18,7 @@ use stainedglass_train::vision::{
 use super::data::DataArgs;
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum VisionCommand {
     /// Train the base image classifier (the provider's model).
     TrainClassifier(TrainClassifierArgs),
