@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on the real assets (fetched first). Release mode: candle in debug is
-# ~25x slower per step, and the CLI shares the same build.
+# ~25x slower per step, and the CLI shares the same build. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-assets.sh
 export SGT_ASSETS="${SGT_ASSETS:-$PWD/assets}"
-cargo test --release --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -477,3 +477,92 @@ fn interrupted_classifier_training_resumes_to_the_same_model() {
         );
     }
 }
+
+#[test]
+fn two_phase_and_patch_layers_train_on_digits() {
+    let clf = digits_classifier().to_string_lossy().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_string_lossy().to_string();
+    // Two-phase Cloak: the second half fine-tunes μ with the mask frozen (saved in the artefact).
+    ok(&[
+        "vision",
+        "train",
+        "--dataset",
+        "digits",
+        "--classifier",
+        &clf,
+        "--layer",
+        "cloak-two-phase",
+        "--percent-to-mask",
+        "0.5",
+        "--alpha",
+        "0.3",
+        "--max-steps",
+        "40",
+        "--batch-size",
+        "32",
+        "--output",
+        &d("two"),
+    ]);
+    let metrics = std::fs::read_to_string(dir.path().join("two/metrics.jsonl")).unwrap();
+    let phases: Vec<u64> = metrics
+        .lines()
+        .map(|l| json(l)["phase"].as_u64().unwrap())
+        .collect();
+    assert_eq!((phases[0], phases[39]), (1, 2));
+    assert_eq!(json(metrics.lines().last().unwrap())["alpha"], 0.0);
+    let l = load_noise_layer(&dir.path().join("two/noise_layer"), &Device::Cpu).unwrap();
+    assert!(l.named_tensors().iter().any(|(n, _)| n == "frozen_mask"));
+    // Patch layer: 2×2 patches on 8×8 → 16 patches, ⌈0.5·16⌉ = 8 suppressed.
+    ok(&[
+        "vision",
+        "train",
+        "--dataset",
+        "digits",
+        "--classifier",
+        &clf,
+        "--layer",
+        "patch",
+        "--patch",
+        "2",
+        "--percent-to-mask",
+        "0.5",
+        "--max-steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--output",
+        &d("patch"),
+    ]);
+    let r = json(&ok(&[
+        "vision",
+        "eval",
+        "--dataset",
+        "digits",
+        "--sgt",
+        &d("patch/noise_layer"),
+        "--classifier",
+        &clf,
+        "--no-attack",
+        "--json",
+    ]));
+    assert!(
+        (r["masked_fraction"].as_f64().unwrap() - 0.5).abs() < 1e-6,
+        "{r}"
+    );
+    let o = fails(&[
+        "vision",
+        "train",
+        "--dataset",
+        "digits",
+        "--classifier",
+        &clf,
+        "--layer",
+        "patch",
+        "--patch",
+        "3",
+        "--output",
+        &d("p3"),
+    ]);
+    assert!(stderr(&o).contains("patch_size"), "{}", stderr(&o));
+}

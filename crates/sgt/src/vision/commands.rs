@@ -58,6 +58,9 @@ pub struct TrainClassifierArgs {
     /// Gaussian-noise augmentation: σ ~ U(0, this) per image.
     #[arg(long, default_value_t = 0.0)]
     noise_augment: f64,
+    /// Pixel-masking augmentation: up to this fraction of pixels replaced by random values.
+    #[arg(long, default_value_t = 0.0)]
+    mask_augment: f64,
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
     /// Output directory (model/, checkpoints/, metrics.jsonl).
@@ -188,6 +191,7 @@ pub fn run(cmd: VisionCommand) -> Result<()> {
             cfg.lr = a.lr;
             cfg.seed = a.seed;
             cfg.noise_augment = a.noise_augment;
+            cfg.mask_augment = a.mask_augment;
             cfg.checkpoint_every = a.checkpoint_every;
             if a.fresh {
                 clear(&a.output)?;

@@ -30,6 +30,10 @@ pub struct ClassifierTrainConfig {
     /// 0 disables it.
     #[serde(default)]
     pub noise_augment: f64,
+    /// Pixel-masking augmentation: a fraction f ~ U(0, mask_augment) of each image's pixels is
+    /// replaced by random values. 0 disables it.
+    #[serde(default)]
+    pub mask_augment: f64,
 }
 
 impl ClassifierTrainConfig {
@@ -43,6 +47,7 @@ impl ClassifierTrainConfig {
             seed: 0,
             checkpoint_every: 200,
             noise_augment: 0.0,
+            mask_augment: 0.0,
         }
     }
 
@@ -51,6 +56,12 @@ impl ClassifierTrainConfig {
             return Err(Error::Config(
                 "epochs, batch_size and checkpoint_every must be > 0".into(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.mask_augment) {
+            return Err(Error::Config(format!(
+                "mask_augment = {} must be in [0, 1]",
+                self.mask_augment
+            )));
         }
         if !(self.noise_augment >= 0.0 && self.noise_augment.is_finite()) {
             return Err(Error::Config(format!(
@@ -87,15 +98,41 @@ struct Record {
     images_per_s: f64,
 }
 
-fn augment(x: &Tensor, max_std: f64, rng: &mut NoiseRng) -> Result<Tensor> {
-    if max_std <= 0.0 {
+/// Robustness augmentation (each part off at 0):
+/// - Gaussian noise with σ ~ U(0, `max_std`) per image;
+/// - pixel masking: a fraction f ~ U(0, `max_mask`) of the pixels of each image is replaced by
+///   uniform random values, so the model learns to ignore suppressed features.
+///
+/// The result is clamped to [0, 1].
+fn augment(x: &Tensor, max_std: f64, max_mask: f64, rng: &mut NoiseRng) -> Result<Tensor> {
+    if max_std <= 0.0 && max_mask <= 0.0 {
         return Ok(x.clone());
     }
     let b = x.dim(0)?;
-    let stds: Vec<f32> = (0..b).map(|_| (rng.uniform() * max_std) as f32).collect();
-    let s = Tensor::from_vec(stds, (b, 1, 1, 1), x.device())?;
-    let eps = rng.standard_normal(x.shape(), x.device())?;
-    Ok((x + eps.broadcast_mul(&s)?)?.clamp(0f32, 1f32)?)
+    let n = x.elem_count() / b.max(1);
+    let dev = x.device();
+    let mut x = x.clone();
+    if max_std > 0.0 {
+        let stds: Vec<f32> = (0..b).map(|_| (rng.uniform() * max_std) as f32).collect();
+        let s = Tensor::from_vec(stds, (b, 1, 1, 1), dev)?;
+        let eps = rng.standard_normal(x.shape(), dev)?;
+        x = (x + eps.broadcast_mul(&s)?)?;
+    }
+    if max_mask > 0.0 {
+        let mut keep = Vec::with_capacity(b * n);
+        let mut fill = Vec::with_capacity(b * n);
+        for _ in 0..b {
+            let f = rng.uniform() * max_mask;
+            for _ in 0..n {
+                keep.push(u8::from(rng.uniform() >= f));
+                fill.push(rng.uniform() as f32);
+            }
+        }
+        let keep = Tensor::from_vec(keep, x.shape(), dev)?;
+        let fill = Tensor::from_vec(fill, x.shape(), dev)?;
+        x = keep.where_cond(&x, &fill)?;
+    }
+    Ok(x.clamp(0f32, 1f32)?)
 }
 
 /// Trains a classifier into `out` (`model/`, `checkpoints/`, `metrics.jsonl`), resuming from the
@@ -165,7 +202,7 @@ pub fn train_classifier(
             // Augmentation noise derives from (seed, step): a resumed run draws the same noise.
             let mut aug_rng =
                 NoiseRng::seeded(cfg.seed ^ (step + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-            let x = augment(&x, cfg.noise_augment, &mut aug_rng)?;
+            let x = augment(&x, cfg.noise_augment, cfg.mask_augment, &mut aug_rng)?;
             let logits = model.forward_t(&x, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
