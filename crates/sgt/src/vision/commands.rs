@@ -110,6 +110,9 @@ pub struct TrainSgtArgs {
     /// Patch size for --layer patch.
     #[arg(long, default_value_t = 4)]
     patch: usize,
+    /// One-shot layer: fraction of the steps trained before the mask follows σ.
+    #[arg(long, default_value_t = 0.0)]
+    mask_warmup: f64,
     #[arg(long, default_value_t = 2)]
     epochs: usize,
     #[arg(long)]
@@ -164,6 +167,7 @@ impl TrainSgtArgs {
         cfg.adaptive.tolerance = self.tolerance;
         cfg.epochs = self.epochs;
         cfg.max_steps = self.max_steps;
+        cfg.mask_warmup = self.mask_warmup;
         cfg.batch_size = self.batch_size;
         cfg.lr = self.lr;
         cfg.seed = self.seed;

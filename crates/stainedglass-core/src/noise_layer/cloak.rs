@@ -87,6 +87,8 @@ pub struct CloakNoiseLayer {
     locs: Var,
     rhos: Var,
     frozen_mask: Option<Tensor>,
+    /// Runtime switch (not saved): a one-shot layer in mask warm-up transforms without masking.
+    mask_suspended: bool,
 }
 
 impl CloakNoiseLayer {
@@ -102,6 +104,7 @@ impl CloakNoiseLayer {
             locs,
             rhos,
             frozen_mask: None,
+            mask_suspended: false,
         })
     }
 
@@ -153,12 +156,20 @@ impl CloakNoiseLayer {
         self.frozen_mask.is_some()
     }
 
+    /// Suspends (true) or restores (false) the one-shot mask, e.g. for a warm-up in which σ
+    /// learns which features matter before the mask follows it. A frozen mask is unaffected.
+    pub fn suspend_mask(&mut self, suspended: bool) {
+        self.mask_suspended = suspended;
+    }
+
     fn keep_mask(&self, std: &Tensor) -> Result<Option<Tensor>> {
         if let Some(m) = &self.frozen_mask {
             return Ok(Some(m.clone()));
         }
         match (self.config.recipe, self.config.percent_to_mask) {
-            (CloakRecipe::OneShot, Some(p)) => Ok(Some(percent_keep_mask(std, p)?)),
+            (CloakRecipe::OneShot, Some(p)) if !self.mask_suspended => {
+                Ok(Some(percent_keep_mask(std, p)?))
+            }
             _ => Ok(None),
         }
     }
@@ -423,6 +434,23 @@ mod tests {
                 .unwrap()
                 > 0.0
         );
+    }
+
+    #[test]
+    fn suspended_one_shot_mask_transforms_every_feature() {
+        let mut l = layer(Some(0.5));
+        l.suspend_mask(true);
+        assert!(l
+            .forward(&input(), None, &mut NoiseRng::seeded(0))
+            .unwrap()
+            .mask
+            .is_none());
+        l.suspend_mask(false);
+        assert!(l
+            .forward(&input(), None, &mut NoiseRng::seeded(0))
+            .unwrap()
+            .mask
+            .is_some());
     }
 
     #[test]

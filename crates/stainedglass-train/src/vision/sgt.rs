@@ -44,6 +44,10 @@ pub struct SgtTrainConfig {
     /// Stop after this many steps (for quick runs); `None` = all epochs.
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// One-shot recipe: fraction of the steps trained without the mask first, so that σ learns
+    /// which features matter before the mask (largest σ) follows it. 0 = mask from step one.
+    #[serde(default)]
+    pub mask_warmup: f64,
 }
 
 impl SgtTrainConfig {
@@ -59,6 +63,7 @@ impl SgtTrainConfig {
             noise_seed: None,
             checkpoint_every: 200,
             max_steps: None,
+            mask_warmup: 0.0,
         }
     }
 
@@ -164,6 +169,13 @@ pub fn train_sgt(
     if let Some(m) = cfg.max_steps {
         total = total.min(m);
     }
+    if !(0.0..1.0).contains(&cfg.mask_warmup) {
+        return Err(Error::Config(format!(
+            "mask_warmup = {} must be in [0, 1)",
+            cfg.mask_warmup
+        )));
+    }
+    let warmup_steps = (cfg.mask_warmup * total as f64).round() as u64;
     let two_phase = cfg.recipe() == CloakRecipe::TwoPhase;
     let switch_at = if two_phase { total / 2 } else { u64::MAX };
 
@@ -232,6 +244,9 @@ pub fn train_sgt(
                 loss.alpha = Alpha::Fixed { alpha: 0.0 };
                 opt = optimizer(&layer, phase, cfg.lr)?;
             }
+            if let VisionNoiseLayer::Cloak(c) = &mut layer {
+                c.suspend_mask(step < warmup_steps);
+            }
             let t0 = Instant::now();
             let (x, y) = train.batch(b, device)?;
             let model = NoisyModel::new(classifier, &layer);
@@ -295,6 +310,9 @@ pub fn train_sgt(
                 save(step, &layer, &opt, &loss)?;
             }
         }
+    }
+    if let VisionNoiseLayer::Cloak(c) = &mut layer {
+        c.suspend_mask(false);
     }
     save(step, &layer, &opt, &loss)?;
     pb.finish_and_clear();
