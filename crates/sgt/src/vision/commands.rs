@@ -89,10 +89,10 @@ pub struct TrainSgtArgs {
     #[arg(long)]
     pub classifier: PathBuf,
     #[arg(long, value_enum, default_value = "cloak")]
-    layer: LayerKind,
+    pub layer: LayerKind,
     /// Fraction of features (largest σ) replaced by μ.
     #[arg(long)]
-    percent_to_mask: Option<f64>,
+    pub percent_to_mask: Option<f64>,
     /// Fixed α in [0, 1]; omit for adaptive α.
     #[arg(long)]
     pub alpha: Option<f64>,

@@ -19,8 +19,9 @@ pub struct EvalFlags {
     /// Skip the learned reconstruction attack.
     #[arg(long)]
     pub no_attack: bool,
-    /// Training steps of the reconstruction attack.
-    #[arg(long, default_value_t = 600)]
+    /// Training steps of the reconstruction attack (batch 64; about 2.3 s a step on 28×28
+    /// images on a 2-core CPU).
+    #[arg(long, default_value_t = 100)]
     pub attack_steps: usize,
     /// Seed of the evaluation noise and attack (default: OS entropy for the noise).
     #[arg(long)]
@@ -141,7 +142,11 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
     }
     let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
     let series = |xk: &str| Series {
-        name: "SGT (Cloak one-shot)".into(),
+        name: format!(
+            "SGT ({:?}, {}% masked)",
+            a.train.layer,
+            100.0 * a.train.percent_to_mask.unwrap_or(0.0)
+        ),
         points: rows
             .iter()
             .map(|r| {

@@ -24,7 +24,7 @@ pub struct ReconstructionConfig {
 impl Default for ReconstructionConfig {
     fn default() -> Self {
         Self {
-            steps: 600,
+            steps: 100,
             batch_size: 64,
             lr: 2e-3,
             channels: 32,
