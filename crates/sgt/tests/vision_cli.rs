@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use candle_core::Device;
 use common::*;
 use stainedglass_core::io::{load_noise_layer, load_tensors};
@@ -164,21 +162,7 @@ fn interrupted_training_resumes_to_the_same_result() {
     };
     let a = dir.path().join("a");
     let a_s = a.to_string_lossy().to_string();
-    let mut child = sgt().args(args(&a_s)).spawn().unwrap();
-    let start = Instant::now();
-    while !a.join("checkpoints/latest").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint written"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "the run finished before it could be interrupted"
-    );
+    kill_after_first_checkpoint(&args(&a_s), &a);
     let r = json(&ok(&args(&a_s)
         .iter()
         .map(|s| s.as_str())
@@ -438,20 +422,7 @@ fn interrupted_classifier_training_resumes_to_the_same_model() {
     };
     let a = dir.path().join("a");
     let a_s = a.to_string_lossy().to_string();
-    let mut child = sgt().args(args(&a_s)).spawn().unwrap();
-    let start = Instant::now();
-    while !a.join("checkpoints/latest").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint written"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    assert!(
-        !child.wait().unwrap().success(),
-        "finished before it could be interrupted"
-    );
+    kill_after_first_checkpoint(&args(&a_s), &a);
     let ra = json(&ok(&args(&a_s)
         .iter()
         .map(|s| s.as_str())

@@ -70,3 +70,23 @@ pub fn digits_classifier() -> &'static Path {
         dir.join("model")
     })
 }
+
+/// Starts `sgt args…`, kills it as soon as its first checkpoint under `out` exists, and checks
+/// that it had not finished by then.
+pub fn kill_after_first_checkpoint(args: &[String], out: &Path) {
+    let mut child = sgt().args(args).spawn().expect("spawn sgt");
+    let start = std::time::Instant::now();
+    while !out.join("checkpoints/latest").exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill sgt");
+    let status = child.wait().expect("wait for sgt");
+    assert!(
+        !status.success(),
+        "the run finished before it could be interrupted"
+    );
+}
