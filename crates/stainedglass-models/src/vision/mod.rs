@@ -184,10 +184,12 @@ impl Classifier {
     }
 
     fn named_vars(&self) -> Result<Vec<(String, candle_core::Var)>> {
-        let vm = self
-            .varmap
-            .as_ref()
-            .ok_or_else(|| Error::model("<memory>", "classifier is frozen"))?;
+        let vm = self.varmap.as_ref().ok_or_else(|| {
+            Error::model(
+                "<memory>",
+                "the classifier is frozen: it has no variables to save or update",
+            )
+        })?;
         let data = vm
             .data()
             .lock()
@@ -240,19 +242,11 @@ impl Classifier {
 
     /// Named weights (for saving and checkpoints).
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let vm = self.varmap.as_ref().ok_or_else(|| {
-            Error::model("<memory>", "a frozen classifier has no variables to save")
-        })?;
-        let data = vm
-            .data()
-            .lock()
-            .map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
-        let mut v: Vec<(String, Tensor)> = data
-            .iter()
-            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(v)
+        Ok(self
+            .named_vars()?
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect())
     }
 
     /// Overwrites weights of a trainable classifier (checkpoint resume).
@@ -260,17 +254,9 @@ impl Classifier {
         &self,
         tensors: &std::collections::HashMap<String, Tensor>,
     ) -> Result<()> {
-        let vm = self
-            .varmap
-            .as_ref()
-            .ok_or_else(|| Error::model("<memory>", "classifier is frozen"))?;
-        let data = vm
-            .data()
-            .lock()
-            .map_err(|_| Error::model("<memory>", "weight map lock poisoned"))?;
-        for (k, var) in data.iter() {
+        for (k, var) in self.named_vars()? {
             let t = tensors
-                .get(k)
+                .get(&k)
                 .ok_or_else(|| Error::model("<checkpoint>", format!("missing tensor `{k}`")))?;
             var.set(t)?;
         }
