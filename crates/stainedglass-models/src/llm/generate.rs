@@ -1,0 +1,321 @@
+//! Autoregressive generation with a KV cache from token ids or from input embeddings, with
+//! greedy decoding or sampling (temperature, top-k, top-p, repetition penalty), stop tokens,
+//! a token budget and an optional seed (otherwise the sampler draws from OS entropy).
+
+use super::model::{KvCache, Llama};
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// Decoding parameters. `temperature == 0` means greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    /// HF-style: logits of already-seen tokens are divided (if > 0) or multiplied by it.
+    pub repetition_penalty: f32,
+    /// Generation stops after emitting any of these (the model's end-of-turn ids belong here).
+    pub stop_tokens: Vec<u32>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            stop_tokens: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, expected: &str| {
+            Err(Error::Shape {
+                what: what.into(),
+                expected: expected.into(),
+                got: vec![],
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", "a finite value ≥ 0");
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad("top_p", "a value in (0, 1]");
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k", "at least 1");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", "a finite value > 0");
+        }
+        Ok(())
+    }
+}
+
+/// What to start from.
+pub enum Prompt<'a> {
+    Ids(&'a [u32]),
+    /// `(t, hidden)` or `(1, t, hidden)` input embeddings (e.g. SGT-transformed).
+    Embeds(&'a Tensor),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was generated (it is included in `tokens`).
+    Stop,
+    /// `max_new_tokens` or the context length was reached.
+    Length,
+    /// The token callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Picks the next token from logits.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha20Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = match params.seed {
+            Some(s) => ChaCha20Rng::seed_from_u64(s),
+            None => ChaCha20Rng::from_os_rng(),
+        };
+        Ok(Self { params, rng })
+    }
+
+    /// `logits` over the vocabulary; `seen` are the tokens the repetition penalty applies to.
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+        let mut l = logits.to_vec();
+        let rp = self.params.repetition_penalty;
+        if rp != 1.0 {
+            let mut done = std::collections::HashSet::new();
+            for &t in seen {
+                if done.insert(t) {
+                    if let Some(x) = l.get_mut(t as usize) {
+                        *x = if *x > 0.0 { *x / rp } else { *x * rp };
+                    }
+                }
+            }
+        }
+        if self.params.temperature == 0.0 {
+            return argmax(&l);
+        }
+        let temp = self.params.temperature as f32;
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
+        if let Some(k) = self.params.top_k {
+            idx.truncate(k.max(1));
+        }
+        let m = l[idx[0]] / temp;
+        let mut p: Vec<f32> = idx.iter().map(|&i| (l[i] / temp - m).exp()).collect();
+        let z: f32 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= z);
+        if let Some(top_p) = self.params.top_p {
+            let mut c = 0f32;
+            let mut keep = p.len();
+            for (n, x) in p.iter().enumerate() {
+                c += x;
+                if c >= top_p as f32 {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            p.truncate(keep);
+            idx.truncate(keep);
+        }
+        let z: f32 = p.iter().sum();
+        let mut u = self.rng.random::<f32>() * z;
+        for (n, x) in p.iter().enumerate() {
+            if u < *x {
+                return idx[n] as u32;
+            }
+            u -= x;
+        }
+        idx[p.len() - 1] as u32
+    }
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Llama {
+    /// Generates from `prompt` with a KV cache, calling `on_token` with each new token; it
+    /// returns `false` to stop early.
+    pub fn generate(
+        &self,
+        prompt: Prompt<'_>,
+        params: &SamplingParams,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        let mut sampler = Sampler::new(params.clone())?;
+        let (embeds, mut seen) = match prompt {
+            Prompt::Ids(ids) => {
+                if ids.is_empty() {
+                    return Err(Error::Shape {
+                        what: "prompt".into(),
+                        expected: "at least one token".into(),
+                        got: vec![0],
+                    });
+                }
+                let t = Tensor::new(ids, self.device())?.unsqueeze(0)?;
+                (self.embed(&t)?, ids.to_vec())
+            }
+            Prompt::Embeds(e) => {
+                let e = if e.rank() == 2 {
+                    e.unsqueeze(0)?
+                } else {
+                    e.clone()
+                };
+                (e, Vec::new())
+            }
+        };
+        let prompt_tokens = embeds.dim(1).unwrap_or(0);
+        let mut cache = KvCache::new(self.config().num_layers, 1);
+        let mut logits = self.forward_cached(&embeds, None, &mut cache)?;
+        let mut tokens = Vec::new();
+        let finish = loop {
+            if tokens.len() >= params.max_new_tokens {
+                break FinishReason::Length;
+            }
+            let row = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if row.iter().any(|x| x.is_nan()) {
+                return Err(Error::Shape {
+                    what: "logits with NaN".into(),
+                    expected: "finite logits (are the input embeddings finite?)".into(),
+                    got: vec![],
+                });
+            }
+            let next = sampler.sample(&row, &seen);
+            tokens.push(next);
+            seen.push(next);
+            if !on_token(next) {
+                break FinishReason::Cancelled;
+            }
+            if params.stop_tokens.contains(&next) {
+                break FinishReason::Stop;
+            }
+            if cache.len() + 1 > self.max_positions() {
+                break FinishReason::Length;
+            }
+            let e = self.embed(&Tensor::new(&[[next]], self.device())?)?;
+            logits = self.forward_cached(&e, None, &mut cache)?;
+        };
+        Ok(Generation {
+            tokens,
+            finish,
+            prompt_tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f64) -> SamplingParams {
+        SamplingParams {
+            temperature: t,
+            seed: Some(3),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_argmax_and_penalty_changes_it() {
+        let mut s = Sampler::new(params(0.0)).expect("sampler");
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[]), 1);
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 1.2,
+            ..params(0.0)
+        })
+        .expect("sampler");
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_seeded_sampling_repeats() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut s = Sampler::new(SamplingParams {
+            top_k: Some(1),
+            ..params(1.0)
+        })
+        .expect("sampler");
+        for _ in 0..20 {
+            assert_eq!(s.sample(&logits, &[]), argmax(&logits));
+        }
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                ..params(1.0)
+            })
+            .expect("sampler");
+            (0..30).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // One token holds ~90% of the mass; top_p 0.5 must always pick it.
+        let logits = [5.0, 0.0, 0.0, 0.0];
+        let mut s = Sampler::new(SamplingParams {
+            top_p: Some(0.5),
+            ..params(1.0)
+        })
+        .expect("sampler");
+        assert!((0..50).all(|_| s.sample(&logits, &[]) == 0));
+    }
+
+    #[test]
+    fn bad_parameters_are_rejected() {
+        for p in [
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+        ] {
+            assert!(Sampler::new(p).is_err());
+        }
+    }
+}

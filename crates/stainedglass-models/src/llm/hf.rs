@@ -1,0 +1,45 @@
+//! Writing a model as a Hugging Face folder (`config.json` + safetensors, optionally sharded),
+//! e.g. to compare against `transformers` on the same f32 weights. Files are written atomically.
+
+use super::model::Llama;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stainedglass_core::io::atomic_write(path, bytes)?;
+    Ok(())
+}
+
+/// Saves `model` under `dir` in `shards` safetensors files (1 = `model.safetensors`).
+pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg = serde_json::to_string_pretty(&model.config().to_hf_json())
+        .map_err(|e| Error::model(dir, e.to_string()))?;
+    atomic(&dir.join("config.json"), cfg.as_bytes())?;
+    let tensors: Vec<(String, Tensor)> = model
+        .hf_tensors()?
+        .into_iter()
+        .map(|(n, t)| t.contiguous().map(|t| (n, t)))
+        .collect::<candle_core::Result<_>>()?;
+    let shards = shards.clamp(1, tensors.len().max(1));
+    if shards == 1 {
+        stainedglass_core::io::save_tensors(&dir.join("model.safetensors"), &tensors)?;
+        return Ok(());
+    }
+    let per = tensors.len().div_ceil(shards);
+    let mut weight_map = BTreeMap::new();
+    for (i, chunk) in tensors.chunks(per).enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
+        stainedglass_core::io::save_tensors(&dir.join(&name), chunk)?;
+        for (n, _) in chunk {
+            weight_map.insert(n.clone(), name.clone());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    atomic(
+        &dir.join("model.safetensors.index.json"),
+        index.to_string().as_bytes(),
+    )
+}

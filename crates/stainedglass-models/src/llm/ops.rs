@@ -1,0 +1,760 @@
+//! Fused CPU ops for the Llama block, each with a hand-written backward pass: RMSNorm with a
+//! frozen weight, rotary embedding, SwiGLU, causal grouped-query attention, and a linear layer
+//! with a frozen weight. candle's own fast paths for these cut the gradient (see CANDLE.md) and
+//! its differentiable compositions are slow; these run row-parallel with rayon, compute only the
+//! input gradients (the base model is frozen), and match the reference compositions in
+//! `reference` (tested below). Non-CPU devices use the reference compositions.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let v = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+/// `y = x / sqrt(mean(x²) + eps) · w` over the last dimension; `w` is frozen.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    host: Arc<Vec<f32>>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Result<Self> {
+        let host = Arc::new(
+            weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        Ok(Self {
+            weight,
+            host,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if is_cpu_f32(x) {
+            x.contiguous()?.apply_op1(self.clone())
+        } else {
+            reference::rms_norm(x, &self.weight, self.eps as f64)
+        }
+    }
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "sg-rms-norm"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rms_norm")?;
+        let n = self.host.len();
+        let w = &self.host[..];
+        let mut y = vec![0f32; x.len()];
+        let eps = self.eps;
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(yr, xr)| {
+                let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
+                for k in 0..n {
+                    yr[k] = xr[k] * r * w[k];
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&g, &RmsNormBwd(self.clone()))?))
+    }
+}
+
+struct RmsNormBwd(RmsNorm);
+
+impl CustomOp2 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "sg-rms-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rms_norm_bwd")?;
+        let g = slice(s2, l2, "rms_norm_bwd")?;
+        let n = self.0.host.len();
+        let w = &self.0.host[..];
+        let eps = self.0.eps;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(d, (xr, gr))| {
+                let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
+                let mut s = 0f32;
+                for k in 0..n {
+                    s += xr[k] * w[k] * gr[k];
+                }
+                let c = r * r * r * s / n as f32;
+                for k in 0..n {
+                    d[k] = r * w[k] * gr[k] - xr[k] * c;
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- RoPE
+
+/// Cos/sin tables of the rotary embedding, `(max_positions, head_dim / 2)`.
+#[derive(Debug)]
+pub struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+    pub max_positions: usize,
+}
+
+impl RopeTable {
+    pub fn new(head_dim: usize, theta: f64, max_positions: usize) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for i in 0..half {
+                let inv = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Self {
+            cos,
+            sin,
+            half,
+            max_positions,
+        }
+    }
+}
+
+/// Half-split ("rotate_half") rotary embedding of `x: (b, t, h, d)` at per-token positions
+/// `positions[b·t]`; backward is the inverse rotation.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub table: Arc<RopeTable>,
+    pub positions: Arc<Vec<u32>>,
+    inverse: bool,
+}
+
+impl Rope {
+    pub fn new(table: Arc<RopeTable>, positions: Arc<Vec<u32>>) -> Self {
+        Self {
+            table,
+            positions,
+            inverse: false,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _, d) = x.dims4()?;
+        if self.positions.len() != b * t || d != 2 * self.table.half {
+            candle_core::bail!(
+                "rope: {} positions / head_dim {} for input {:?}",
+                self.positions.len(),
+                2 * self.table.half,
+                x.dims()
+            );
+        }
+        if let Some(&p) = self.positions.iter().max() {
+            if p as usize >= self.table.max_positions {
+                candle_core::bail!(
+                    "position {p} is beyond the model's context of {} tokens",
+                    self.table.max_positions
+                );
+            }
+        }
+        if is_cpu_f32(x) {
+            x.contiguous()?.apply_op1(self.clone())
+        } else {
+            reference::rope(x, &self.table, &self.positions)
+        }
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "sg-rope"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rope")?;
+        let (_, _, h, d) = l.shape().dims4()?;
+        let half = self.table.half;
+        let sign = if self.inverse { -1.0f32 } else { 1.0 };
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h * d)
+            .zip(x.par_chunks(h * d))
+            .zip(self.positions.par_iter())
+            .for_each(|((yr, xr), &p)| {
+                let c = &self.table.cos[p as usize * half..(p as usize + 1) * half];
+                let sn = &self.table.sin[p as usize * half..(p as usize + 1) * half];
+                for hh in 0..h {
+                    let xo = &xr[hh * d..(hh + 1) * d];
+                    let yo = &mut yr[hh * d..(hh + 1) * d];
+                    for i in 0..half {
+                        let (a, bb) = (xo[i], xo[i + half]);
+                        let s = sign * sn[i];
+                        yo[i] = a * c[i] - bb * s;
+                        yo[i + half] = bb * c[i] + a * s;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut inv = self.clone();
+        inv.inverse = !self.inverse;
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inv)?))
+    }
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+/// `silu(gate) · up` where `x = [gate | up]` on the last dimension (`2·ffn` → `ffn`).
+#[derive(Debug, Clone, Copy)]
+pub struct SwiGlu;
+
+impl SwiGlu {
+    pub fn forward(x: &Tensor) -> Result<Tensor> {
+        if is_cpu_f32(x) {
+            x.contiguous()?.apply_op1(SwiGlu)
+        } else {
+            reference::swiglu(x)
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "sg-swiglu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "swiglu")?;
+        let dims = l.shape().dims();
+        let two_f = dims[dims.len() - 1];
+        let f = two_f / 2;
+        let mut y = vec![0f32; x.len() / 2];
+        y.par_chunks_mut(f)
+            .zip(x.par_chunks(two_f))
+            .for_each(|(yr, xr)| {
+                let (g, u) = xr.split_at(f);
+                for k in 0..f {
+                    yr[k] = g[k] * sigmoid(g[k]) * u[k];
+                }
+            });
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("rank ≥ 1") = f;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &SwiGluBwd)?))
+    }
+}
+
+struct SwiGluBwd;
+
+impl CustomOp2 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "sg-swiglu-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "swiglu_bwd")?;
+        let g = slice(s2, l2, "swiglu_bwd")?;
+        let dims = l1.shape().dims();
+        let two_f = dims[dims.len() - 1];
+        let f = two_f / 2;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(two_f)
+            .zip(x.par_chunks(two_f).zip(g.par_chunks(f)))
+            .for_each(|(d, (xr, gr))| {
+                let (gate, up) = xr.split_at(f);
+                let (dg, du) = d.split_at_mut(f);
+                for k in 0..f {
+                    let s = sigmoid(gate[k]);
+                    let silu = gate[k] * s;
+                    du[k] = gr[k] * silu;
+                    dg[k] = gr[k] * up[k] * s * (1.0 + gate[k] * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+/// Causal grouped-query attention `softmax(q·kᵀ/√d + mask)·v`.
+/// `q: (b, t, hq, d)`, `k, v: (b, s, hkv, d)` with `s ≥ t`: query `i` sits at key index
+/// `s − t + i` and sees keys `0..=s − t + i` whose `key_valid[b·s + j]` is set. A query with no
+/// visible key (a left-padding position) outputs zeros.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub key_valid: Arc<Vec<u8>>,
+}
+
+impl Attention {
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, t, hq, d) = q.dims4()?;
+        let (bk, s, hkv, dk) = k.dims4()?;
+        if bk != b || dk != d || v.dims() != k.dims() || s < t || hkv == 0 || hq % hkv != 0 {
+            candle_core::bail!(
+                "attention: bad shapes q {:?} k {:?} v {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        if self.key_valid.len() != b * s {
+            candle_core::bail!(
+                "attention: key mask has {} entries for batch {b} × {s} keys",
+                self.key_valid.len()
+            );
+        }
+        if is_cpu_f32(q) {
+            q.contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, self.clone())
+        } else {
+            reference::attention(q, k, v, &self.key_valid)
+        }
+    }
+}
+
+struct Dims {
+    t: usize,
+    s: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(lq: &Layout, lk: &Layout) -> Result<Self> {
+        let (_, t, hq, d) = lq.shape().dims4()?;
+        let (_, s, hkv, _) = lk.shape().dims4()?;
+        Ok(Self { t, s, hq, hkv, d })
+    }
+}
+
+/// Probabilities of one query row against its visible keys; returns the number of keys seen
+/// (`p[j] = 0` for masked ones).
+fn row_probs(
+    q: &[f32],
+    k: &[f32],
+    valid: &[u8],
+    kv_off: usize,
+    kv_stride: usize,
+    last: usize,
+    scale: f32,
+    p: &mut [f32],
+) -> bool {
+    let mut m = f32::NEG_INFINITY;
+    for j in 0..=last {
+        if valid[j] != 0 {
+            let o = j * kv_stride + kv_off;
+            let sc = dot(q, &k[o..o + q.len()]) * scale;
+            p[j] = sc;
+            m = m.max(sc);
+        }
+    }
+    if m == f32::NEG_INFINITY {
+        return false;
+    }
+    let mut l = 0f32;
+    for j in 0..=last {
+        if valid[j] != 0 {
+            let e = (p[j] - m).exp();
+            p[j] = e;
+            l += e;
+        } else {
+            p[j] = 0.0;
+        }
+    }
+    let inv = 1.0 / l;
+    for x in p[..=last].iter_mut() {
+        *x *= inv;
+    }
+    true
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "sg-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            slice(sq, lq, "attention")?,
+            slice(sk, lk, "attention")?,
+            slice(sv, lv, "attention")?,
+        );
+        let Dims {
+            t, s, hq, hkv, d, ..
+        } = Dims::of(lq, lk)?;
+        let group = hq / hkv;
+        let scale = 1.0 / (d as f32).sqrt();
+        let kv_stride = hkv * d;
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(hq * d).enumerate().for_each_init(
+            || vec![0f32; s],
+            |p, (row, o)| {
+                let (bi, i) = (row / t, row % t);
+                let last = s - t + i;
+                let valid = &self.key_valid[bi * s..(bi + 1) * s];
+                let kb = &k[bi * s * kv_stride..(bi + 1) * s * kv_stride];
+                let vb = &v[bi * s * kv_stride..(bi + 1) * s * kv_stride];
+                for h in 0..hq {
+                    let qo = (row * hq + h) * d;
+                    let kv_off = (h / group) * d;
+                    let oh = &mut o[h * d..(h + 1) * d];
+                    if !row_probs(&q[qo..qo + d], kb, valid, kv_off, kv_stride, last, scale, p) {
+                        continue;
+                    }
+                    for j in 0..=last {
+                        if p[j] != 0.0 {
+                            let vo = j * kv_stride + kv_off;
+                            axpy(p[j], &vb[vo..vo + d], oh);
+                        }
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One op computes [dq | dk | dv] flattened; split afterwards.
+        let (b, t, hq, d) = q.dims4()?;
+        let (_, s, hkv, _) = k.dims4()?;
+        let packed = Tensor::cat(
+            &[
+                q.flatten_all()?,
+                k.flatten_all()?,
+                v.flatten_all()?,
+                grad.contiguous()?.flatten_all()?,
+            ],
+            0,
+        )?;
+        let bwd = AttentionBwd {
+            key_valid: self.key_valid.clone(),
+            dims: [b, t, s, hq, hkv, d],
+        };
+        let g = packed.apply_op1_no_bwd(&bwd)?;
+        let (nq, nk) = (b * t * hq * d, b * s * hkv * d);
+        let dq = g.narrow(0, 0, nq)?.reshape((b, t, hq, d))?;
+        let dk = g.narrow(0, nq, nk)?.reshape((b, s, hkv, d))?;
+        let dv = g.narrow(0, nq + nk, nk)?.reshape((b, s, hkv, d))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+struct AttentionBwd {
+    key_valid: Arc<Vec<u8>>,
+    dims: [usize; 6],
+}
+
+impl CustomOp1 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "sg-attention-bwd"
+    }
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let all = slice(st, l, "attention_bwd")?;
+        let [b, t, s, hq, hkv, d] = self.dims;
+        let (nq, nk) = (b * t * hq * d, b * s * hkv * d);
+        let (q, rest) = all.split_at(nq);
+        let (k, rest) = rest.split_at(nk);
+        let (v, g) = rest.split_at(nk);
+        let group = hq / hkv;
+        let scale = 1.0 / (d as f32).sqrt();
+        let kv_stride = hkv * d;
+        // Each task owns one (batch, kv head): its dk, dv and the dq of its query heads.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * hkv)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, kh) = (task / hkv, task % hkv);
+                let valid = &self.key_valid[bi * s..(bi + 1) * s];
+                let kb = &k[bi * s * kv_stride..(bi + 1) * s * kv_stride];
+                let vb = &v[bi * s * kv_stride..(bi + 1) * s * kv_stride];
+                let kv_off = kh * d;
+                let mut dq = vec![0f32; t * group * d];
+                let mut dk = vec![0f32; s * d];
+                let mut dv = vec![0f32; s * d];
+                let mut p = vec![0f32; s];
+                let mut dp = vec![0f32; s];
+                for gi in 0..group {
+                    let h = kh * group + gi;
+                    for i in 0..t {
+                        let last = s - t + i;
+                        let qo = ((bi * t + i) * hq + h) * d;
+                        let qi = &q[qo..qo + d];
+                        let gi_row = &g[qo..qo + d];
+                        if !row_probs(qi, kb, valid, kv_off, kv_stride, last, scale, &mut p) {
+                            continue;
+                        }
+                        let mut dsum = 0f32;
+                        for j in 0..=last {
+                            if p[j] != 0.0 {
+                                let vo = j * kv_stride + kv_off;
+                                dp[j] = dot(gi_row, &vb[vo..vo + d]);
+                                dsum += p[j] * dp[j];
+                            }
+                        }
+                        let dqi = &mut dq[(i * group + gi) * d..(i * group + gi + 1) * d];
+                        for j in 0..=last {
+                            if p[j] != 0.0 {
+                                let ds = p[j] * (dp[j] - dsum) * scale;
+                                let ko = j * kv_stride + kv_off;
+                                axpy(ds, &kb[ko..ko + d], dqi);
+                                axpy(ds, qi, &mut dk[j * d..(j + 1) * d]);
+                                axpy(p[j], gi_row, &mut dv[j * d..(j + 1) * d]);
+                            }
+                        }
+                    }
+                }
+                (dq, dk, dv)
+            })
+            .collect();
+        let mut out = vec![0f32; nq + 2 * nk];
+        {
+            let (oq, rest) = out.split_at_mut(nq);
+            let (ok, ov) = rest.split_at_mut(nk);
+            for (task, (dq, dk, dv)) in parts.iter().enumerate() {
+                let (bi, kh) = (task / hkv, task % hkv);
+                for i in 0..t {
+                    for gi in 0..group {
+                        let h = kh * group + gi;
+                        let dst = ((bi * t + i) * hq + h) * d;
+                        let src = (i * group + gi) * d;
+                        oq[dst..dst + d].copy_from_slice(&dq[src..src + d]);
+                    }
+                }
+                for j in 0..s {
+                    let dst = (bi * s + j) * kv_stride + kh * d;
+                    ok[dst..dst + d].copy_from_slice(&dk[j * d..(j + 1) * d]);
+                    ov[dst..dst + d].copy_from_slice(&dv[j * d..(j + 1) * d]);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
+    }
+}
+
+// ---------------------------------------------------------------- frozen linear
+
+/// `y = x·Wᵀ (+ b)` with a frozen `W: (out, in)`. When `x` carries a gradient the matmul is a
+/// custom op whose backward returns only `dx = dy·W` (candle's matmul would also compute the
+/// unused weight gradient).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `x: (…, in)` → `(…, out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = *dims.last().unwrap_or(&0);
+        let x2 = x.reshape(((), din))?;
+        let y = if x.track_op() && is_cpu_f32(x) {
+            x2.contiguous()?
+                .apply_op1(FrozenMatmul(self.weight.clone()))?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap_or(&mut 0) = self.out_features();
+        y.reshape(out)
+    }
+}
+
+struct FrozenMatmul(Tensor);
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "sg-frozen-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = Tensor::from_slice(slice(s, l, "linear")?, l.shape(), &candle_core::Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        let y = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.0)?))
+    }
+}
+
+// ---------------------------------------------------------------- reference compositions
+
+/// Differentiable compositions of candle ops: the oracle for the fused ops and the path on
+/// non-CPU devices.
+pub mod reference {
+    use super::RopeTable;
+    use candle_core::{DType, Device, Result, Tensor, D};
+
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    }
+
+    pub fn rope(x: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
+        let (b, t, _, d) = x.dims4()?;
+        let half = d / 2;
+        let mut c = Vec::with_capacity(b * t * half);
+        let mut s = Vec::with_capacity(b * t * half);
+        for &p in positions {
+            let p = p as usize;
+            c.extend_from_slice(&table.cos[p * half..(p + 1) * half]);
+            s.extend_from_slice(&table.sin[p * half..(p + 1) * half]);
+        }
+        let dev = x.device();
+        let c = Tensor::from_vec(c, (b, t, 1, half), dev)?;
+        let s = Tensor::from_vec(s, (b, t, 1, half), dev)?;
+        let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
+        let y1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+        let y2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
+        Tensor::cat(&[y1, y2], 3)
+    }
+
+    pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+        let f = x.dim(D::Minus1)? / 2;
+        let g = x.narrow(D::Minus1, 0, f)?;
+        let u = x.narrow(D::Minus1, f, f)?;
+        g.silu()? * u
+    }
+
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[u8]) -> Result<Tensor> {
+        let (b, t, hq, d) = q.dims4()?;
+        let (_, s, hkv, _) = k.dims4()?;
+        let g = hq / hkv;
+        let rep = |x: &Tensor| -> Result<Tensor> {
+            x.unsqueeze(3)?
+                .broadcast_as((b, s, hkv, g, d))?
+                .reshape((b, s, hq, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (kk, vv) = (rep(k)?, rep(v)?);
+        let qq = q.transpose(1, 2)?.contiguous()?;
+        let scores = (qq.matmul(&kk.t()?)? / (d as f64).sqrt())?;
+        let mut mask = vec![0f32; b * t * s];
+        let mut dead = vec![0f32; b * t];
+        for bi in 0..b {
+            for i in 0..t {
+                let mut any = false;
+                for j in 0..s {
+                    let ok = j <= s - t + i && key_valid[bi * s + j] != 0;
+                    any |= ok;
+                    mask[(bi * t + i) * s + j] = if ok { 0.0 } else { -1e9 };
+                }
+                dead[bi * t + i] = if any { 1.0 } else { 0.0 };
+            }
+        }
+        let dev: &Device = q.device();
+        let mask = Tensor::from_vec(mask, (b, 1, t, s), dev)?;
+        let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+        let o = p.matmul(&vv)?.transpose(1, 2)?;
+        let alive = Tensor::from_vec(dead, (b, t, 1, 1), dev)?.to_dtype(DType::F32)?;
+        o.broadcast_mul(&alive)
+    }
+}
+
+#[cfg(test)]
+mod tests;
