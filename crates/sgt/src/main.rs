@@ -1,6 +1,7 @@
 //! `sgt`: the Stained Glass Transform command line. A thin layer over the library crates.
 
 mod bench;
+mod lm;
 mod vision;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,10 @@ enum Command {
     /// Image SGTs: train the base classifier, train the SGT, apply it, evaluate it.
     #[command(subcommand)]
     Vision(vision::VisionCommand),
+    /// Generate text with a causal LM (chat template applied unless --raw).
+    Generate(lm::GenerateArgs),
+    /// Show the ids, tokens and masks the tokenizer wrapper produces for a prompt.
+    Tokenize(lm::TokenizeArgs),
     /// Benchmarks printing machine-readable JSON (compare with bench/*.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -40,6 +45,8 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
+        Command::Generate(a) => lm::run_generate(a),
+        Command::Tokenize(a) => lm::run_tokenize(a),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {

@@ -17,6 +17,9 @@ pub enum Error {
         expected: String,
         got: Vec<usize>,
     },
+    /// A parameter outside its valid range.
+    #[error("invalid {what}: expected {expected}")]
+    Invalid { what: String, expected: String },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

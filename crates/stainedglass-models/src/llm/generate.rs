@@ -39,10 +39,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, expected: &str| {
-            Err(Error::Shape {
+            Err(Error::Invalid {
                 what: what.into(),
                 expected: expected.into(),
-                got: vec![],
             })
         };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -179,10 +178,9 @@ impl Llama {
         let (embeds, mut seen) = match prompt {
             Prompt::Ids(ids) => {
                 if ids.is_empty() {
-                    return Err(Error::Shape {
-                        what: "prompt".into(),
+                    return Err(Error::Invalid {
+                        what: "prompt (empty)".into(),
                         expected: "at least one token".into(),
-                        got: vec![0],
                     });
                 }
                 let t = Tensor::new(ids, self.device())?.unsqueeze(0)?;
@@ -207,10 +205,9 @@ impl Llama {
             }
             let row = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             if row.iter().any(|x| x.is_nan()) {
-                return Err(Error::Shape {
-                    what: "logits with NaN".into(),
-                    expected: "finite logits (are the input embeddings finite?)".into(),
-                    got: vec![],
+                return Err(Error::Invalid {
+                    what: "logits (NaN)".into(),
+                    expected: "finite logits; are the input embeddings finite?".into(),
                 });
             }
             let next = sampler.sample(&row, &seen);

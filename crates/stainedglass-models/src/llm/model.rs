@@ -205,8 +205,30 @@ impl Llama {
         let (b, t, _) = self.check_embeds(embeds)?;
         let mask = self.mask_vec(attention_mask, b, t)?;
         let mut cache = KvCache::new(self.cfg.num_layers, b);
-        let h = self.run(embeds, &mask, &mut cache, stop, false)?;
-        Ok(h)
+        self.run(embeds, &mask, &mut cache, stop, false, None)
+    }
+
+    /// The full pass, also returning every residual-stream state: `states[k]` is the input of
+    /// layer `k` (`states[0]` = embeddings, `states[L]` = the last layer's output, before the
+    /// final norm). Returns `(logits, states)`.
+    pub fn forward_with_states(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (b, t, _) = self.check_embeds(embeds)?;
+        let mask = self.mask_vec(attention_mask, b, t)?;
+        let mut cache = KvCache::new(self.cfg.num_layers, b);
+        let mut states = Vec::with_capacity(self.cfg.num_layers + 1);
+        let logits = self.run(
+            embeds,
+            &mask,
+            &mut cache,
+            Stop::Logits,
+            false,
+            Some(&mut states),
+        )?;
+        Ok((logits, states))
     }
 
     /// Logits `(b, t, vocab)` from token ids.
@@ -230,7 +252,7 @@ impl Llama {
             });
         }
         let mask = self.mask_vec(attention_mask, b, t)?;
-        self.run(embeds, &mask, cache, Stop::Logits, true)
+        self.run(embeds, &mask, cache, Stop::Logits, true, None)
     }
 
     fn check_embeds(&self, embeds: &Tensor) -> Result<(usize, usize, usize)> {
@@ -278,6 +300,7 @@ impl Llama {
         cache: &mut KvCache,
         stop: Stop,
         last_only: bool,
+        mut states: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
         let n_layers = match stop {
@@ -323,6 +346,9 @@ impl Llama {
         let (hq, hkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut x = embeds.clone();
         for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+            if let Some(s) = states.as_deref_mut() {
+                s.push(x.clone());
+            }
             let h = blk.attn_norm.forward(&x)?;
             let qkv = blk.qkv.forward(&h)?;
             let q = qkv.narrow(2, 0, hq * d)?.reshape((b, t, hq, d))?;
@@ -345,6 +371,9 @@ impl Llama {
             let h = blk.mlp_norm.forward(&x)?;
             let m = SwiGlu::forward(&blk.gate_up.forward(&h)?)?;
             x = (x + blk.down.forward(&m)?)?;
+        }
+        if let Some(s) = states.as_deref_mut() {
+            s.push(x.clone());
         }
         if let Stop::AtLayer(_) = stop {
             return Ok(x);
