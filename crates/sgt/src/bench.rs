@@ -17,6 +17,8 @@ use stainedglass_models::{Classifier, ClassifierConfig};
 pub enum BenchCommand {
     /// Vision SGT: training step (small CNN, Fashion-MNIST shape) and client transform.
     Vision(VisionBenchArgs),
+    /// Causal LM: prefill and decode at batch 1, an SGT-style training step, decode memory.
+    Llm(crate::bench_llm::LlmBenchArgs),
 }
 
 #[derive(Args)]
@@ -36,6 +38,7 @@ pub struct VisionBenchArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vision(a) => vision(a),
+        BenchCommand::Llm(a) => crate::bench_llm::llm(a),
     }
 }
 
@@ -109,7 +112,7 @@ fn vision(a: VisionBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+pub fn rayon_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

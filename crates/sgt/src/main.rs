@@ -1,6 +1,7 @@
 //! `sgt`: the Stained Glass Transform command line. A thin layer over the library crates.
 
 mod bench;
+mod bench_llm;
 mod lm;
 mod vision;
 
@@ -30,6 +31,8 @@ enum Command {
     Generate(lm::GenerateArgs),
     /// Show the ids, tokens and masks the tokenizer wrapper produces for a prompt.
     Tokenize(lm::TokenizeArgs),
+    /// Write a model as a Hugging Face folder (f32 safetensors, config, tokenizer).
+    ConvertHf(lm::ConvertHfArgs),
     /// Benchmarks printing machine-readable JSON (compare with bench/*.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,6 +50,7 @@ fn main() {
         Command::Vision(cmd) => vision::run(cmd),
         Command::Generate(a) => lm::run_generate(a),
         Command::Tokenize(a) => lm::run_tokenize(a),
+        Command::ConvertHf(a) => lm::run_convert_hf(a),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {

@@ -2,7 +2,9 @@
 //! stops at any layer, generates with a KV cache, and passes gradients to its input embeddings
 //! through frozen weights. Loads GGUF (dequantized to f32) and Hugging Face folders.
 
+pub mod blas;
 pub mod config;
+pub mod gemv;
 pub mod generate;
 pub mod hf;
 pub mod model;

@@ -19,29 +19,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-#[inline]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
+use super::gemv::dot;
 
 fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -382,6 +360,7 @@ impl Attention {
 }
 
 struct Dims {
+    b: usize,
     t: usize,
     s: usize,
     hq: usize,
@@ -391,52 +370,58 @@ struct Dims {
 
 impl Dims {
     fn of(lq: &Layout, lk: &Layout) -> Result<Self> {
-        let (_, t, hq, d) = lq.shape().dims4()?;
+        let (b, t, hq, d) = lq.shape().dims4()?;
         let (_, s, hkv, _) = lk.shape().dims4()?;
-        Ok(Self { t, s, hq, hkv, d })
+        Ok(Self {
+            b,
+            t,
+            s,
+            hq,
+            hkv,
+            d,
+        })
     }
 }
 
-/// Probabilities of one query row against its visible keys; returns the number of keys seen
-/// (`p[j] = 0` for masked ones).
-fn row_probs(
-    q: &[f32],
-    k: &[f32],
-    valid: &[u8],
-    kv_off: usize,
-    kv_stride: usize,
-    last: usize,
-    scale: f32,
-    p: &mut [f32],
-) -> bool {
-    let mut m = f32::NEG_INFINITY;
-    for j in 0..=last {
-        if valid[j] != 0 {
-            let o = j * kv_stride + kv_off;
-            let sc = dot(q, &k[o..o + q.len()]) * scale;
-            p[j] = sc;
-            m = m.max(sc);
+/// Turns scaled scores `sc (t×s)` into causal, key-masked softmax probabilities in place. A row
+/// with no visible key becomes all zeros.
+fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
+    for i in 0..t {
+        let last = s - t + i;
+        let row = &mut sc[i * s..(i + 1) * s];
+        let mut m = f32::NEG_INFINITY;
+        for j in 0..=last {
+            if valid[j] != 0 {
+                m = m.max(row[j]);
+            }
+        }
+        if m == f32::NEG_INFINITY {
+            row.fill(0.0);
+            continue;
+        }
+        let mut l = 0f32;
+        for j in 0..s {
+            if j <= last && valid[j] != 0 {
+                let e = (row[j] - m).exp();
+                row[j] = e;
+                l += e;
+            } else {
+                row[j] = 0.0;
+            }
+        }
+        let inv = 1.0 / l;
+        for x in row.iter_mut() {
+            *x *= inv;
         }
     }
-    if m == f32::NEG_INFINITY {
-        return false;
-    }
-    let mut l = 0f32;
-    for j in 0..=last {
-        if valid[j] != 0 {
-            let e = (p[j] - m).exp();
-            p[j] = e;
-            l += e;
-        } else {
-            p[j] = 0.0;
-        }
-    }
-    let inv = 1.0 / l;
-    for x in p[..=last].iter_mut() {
-        *x *= inv;
-    }
-    true
 }
+
+/// A raw pointer that may cross threads; every task writes a disjoint region through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes, joined before the buffer is read.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
 
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
@@ -457,33 +442,62 @@ impl CustomOp3 for Attention {
             slice(sv, lv, "attention")?,
         );
         let Dims {
-            t, s, hq, hkv, d, ..
+            b,
+            t,
+            s,
+            hq,
+            hkv,
+            d,
         } = Dims::of(lq, lk)?;
         let group = hq / hkv;
         let scale = 1.0 / (d as f32).sqrt();
-        let kv_stride = hkv * d;
         let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hq * d).enumerate().for_each_init(
-            || vec![0f32; s],
-            |p, (row, o)| {
-                let (bi, i) = (row / t, row % t);
-                let last = s - t + i;
+        let op = SendPtr(out.as_mut_ptr());
+        (0..b * hq).into_par_iter().for_each_init(
+            || vec![0f32; t * s],
+            |p, task| {
+                let (bi, h) = (task / hq, task % hq);
+                let kh = h / group;
                 let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                let kb = &k[bi * s * kv_stride..(bi + 1) * s * kv_stride];
-                let vb = &v[bi * s * kv_stride..(bi + 1) * s * kv_stride];
-                for h in 0..hq {
-                    let qo = (row * hq + h) * d;
-                    let kv_off = (h / group) * d;
-                    let oh = &mut o[h * d..(h + 1) * d];
-                    if !row_probs(&q[qo..qo + d], kb, valid, kv_off, kv_stride, last, scale, p) {
-                        continue;
-                    }
-                    for j in 0..=last {
-                        if p[j] != 0.0 {
-                            let vo = j * kv_stride + kv_off;
-                            axpy(p[j], &vb[vo..vo + d], oh);
-                        }
-                    }
+                let op = op;
+                // SAFETY: offsets stay inside q/k/v/out for the shapes checked in `forward`;
+                // each task writes only head `h` of batch `bi` of `out`.
+                unsafe {
+                    let qp = q.as_ptr().add((bi * t * hq + h) * d);
+                    let kp = k.as_ptr().add((bi * s * hkv + kh) * d);
+                    let vp = v.as_ptr().add((bi * s * hkv + kh) * d);
+                    let (ldq, ldk) = (hq * d, hkv * d);
+                    super::blas::sgemm_strided(
+                        false,
+                        true,
+                        t,
+                        s,
+                        d,
+                        scale,
+                        qp,
+                        ldq,
+                        kp,
+                        ldk,
+                        0.0,
+                        p.as_mut_ptr(),
+                        s,
+                    );
+                    masked_softmax(p, t, s, valid);
+                    super::blas::sgemm_strided(
+                        false,
+                        false,
+                        t,
+                        d,
+                        s,
+                        1.0,
+                        p.as_ptr(),
+                        s,
+                        vp,
+                        ldk,
+                        0.0,
+                        op.0.add((bi * t * hq + h) * d),
+                        ldq,
+                    );
                 }
             },
         );
@@ -536,85 +550,131 @@ impl CustomOp1 for AttentionBwd {
         let all = slice(st, l, "attention_bwd")?;
         let [b, t, s, hq, hkv, d] = self.dims;
         let (nq, nk) = (b * t * hq * d, b * s * hkv * d);
+        if all.len() != 2 * nq + 2 * nk {
+            candle_core::bail!("attention_bwd: packed input has the wrong size");
+        }
         let (q, rest) = all.split_at(nq);
         let (k, rest) = rest.split_at(nk);
         let (v, g) = rest.split_at(nk);
         let group = hq / hkv;
         let scale = 1.0 / (d as f32).sqrt();
-        let kv_stride = hkv * d;
+        let (ldq, ldk) = (hq * d, hkv * d);
+        let mut out = vec![0f32; nq + 2 * nk];
+        let base = SendPtr(out.as_mut_ptr());
         // Each task owns one (batch, kv head): its dk, dv and the dq of its query heads.
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * hkv)
-            .into_par_iter()
-            .map(|task| {
+        (0..b * hkv).into_par_iter().for_each_init(
+            || (vec![0f32; t * s], vec![0f32; t * s]),
+            |(p, dp), task| {
                 let (bi, kh) = (task / hkv, task % hkv);
                 let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                let kb = &k[bi * s * kv_stride..(bi + 1) * s * kv_stride];
-                let vb = &v[bi * s * kv_stride..(bi + 1) * s * kv_stride];
-                let kv_off = kh * d;
-                let mut dq = vec![0f32; t * group * d];
-                let mut dk = vec![0f32; s * d];
-                let mut dv = vec![0f32; s * d];
-                let mut p = vec![0f32; s];
-                let mut dp = vec![0f32; s];
-                for gi in 0..group {
-                    let h = kh * group + gi;
-                    for i in 0..t {
-                        let last = s - t + i;
-                        let qo = ((bi * t + i) * hq + h) * d;
-                        let qi = &q[qo..qo + d];
-                        let gi_row = &g[qo..qo + d];
-                        if !row_probs(qi, kb, valid, kv_off, kv_stride, last, scale, &mut p) {
-                            continue;
-                        }
-                        let mut dsum = 0f32;
-                        for j in 0..=last {
-                            if p[j] != 0.0 {
-                                let vo = j * kv_stride + kv_off;
-                                dp[j] = dot(gi_row, &vb[vo..vo + d]);
-                                dsum += p[j] * dp[j];
+                let base = base;
+                // SAFETY: offsets stay inside the packed buffers for these dims; this task
+                // writes only dq of its query heads and dk/dv of kv head kh, batch bi.
+                unsafe {
+                    let kp = k.as_ptr().add((bi * s * hkv + kh) * d);
+                    let vp = v.as_ptr().add((bi * s * hkv + kh) * d);
+                    let dkp = base.0.add(nq + (bi * s * hkv + kh) * d);
+                    let dvp = base.0.add(nq + nk + (bi * s * hkv + kh) * d);
+                    for h in kh * group..(kh + 1) * group {
+                        let qp = q.as_ptr().add((bi * t * hq + h) * d);
+                        let gp = g.as_ptr().add((bi * t * hq + h) * d);
+                        let dqp = base.0.add((bi * t * hq + h) * d);
+                        super::blas::sgemm_strided(
+                            false,
+                            true,
+                            t,
+                            s,
+                            d,
+                            scale,
+                            qp,
+                            ldq,
+                            kp,
+                            ldk,
+                            0.0,
+                            p.as_mut_ptr(),
+                            s,
+                        );
+                        masked_softmax(p, t, s, valid);
+                        super::blas::sgemm_strided(
+                            false,
+                            true,
+                            t,
+                            s,
+                            d,
+                            1.0,
+                            gp,
+                            ldq,
+                            vp,
+                            ldk,
+                            0.0,
+                            dp.as_mut_ptr(),
+                            s,
+                        );
+                        for i in 0..t {
+                            let pr = &p[i * s..(i + 1) * s];
+                            let dr = &mut dp[i * s..(i + 1) * s];
+                            let dsum = dot(pr, dr);
+                            for j in 0..s {
+                                dr[j] = pr[j] * (dr[j] - dsum) * scale;
                             }
                         }
-                        let dqi = &mut dq[(i * group + gi) * d..(i * group + gi + 1) * d];
-                        for j in 0..=last {
-                            if p[j] != 0.0 {
-                                let ds = p[j] * (dp[j] - dsum) * scale;
-                                let ko = j * kv_stride + kv_off;
-                                axpy(ds, &kb[ko..ko + d], dqi);
-                                axpy(ds, qi, &mut dk[j * d..(j + 1) * d]);
-                                axpy(p[j], gi_row, &mut dv[j * d..(j + 1) * d]);
-                            }
-                        }
+                        super::blas::sgemm_strided(
+                            false,
+                            false,
+                            t,
+                            d,
+                            s,
+                            1.0,
+                            dp.as_ptr(),
+                            s,
+                            kp,
+                            ldk,
+                            0.0,
+                            dqp,
+                            ldq,
+                        );
+                        super::blas::sgemm_strided(
+                            true,
+                            false,
+                            s,
+                            d,
+                            t,
+                            1.0,
+                            dp.as_ptr(),
+                            s,
+                            qp,
+                            ldq,
+                            1.0,
+                            dkp,
+                            ldk,
+                        );
+                        super::blas::sgemm_strided(
+                            true,
+                            false,
+                            s,
+                            d,
+                            t,
+                            1.0,
+                            p.as_ptr(),
+                            s,
+                            gp,
+                            ldq,
+                            1.0,
+                            dvp,
+                            ldk,
+                        );
                     }
                 }
-                (dq, dk, dv)
-            })
-            .collect();
-        let mut out = vec![0f32; nq + 2 * nk];
-        {
-            let (oq, rest) = out.split_at_mut(nq);
-            let (ok, ov) = rest.split_at_mut(nk);
-            for (task, (dq, dk, dv)) in parts.iter().enumerate() {
-                let (bi, kh) = (task / hkv, task % hkv);
-                for i in 0..t {
-                    for gi in 0..group {
-                        let h = kh * group + gi;
-                        let dst = ((bi * t + i) * hq + h) * d;
-                        let src = (i * group + gi) * d;
-                        oq[dst..dst + d].copy_from_slice(&dq[src..src + d]);
-                    }
-                }
-                for j in 0..s {
-                    let dst = (bi * s + j) * kv_stride + kh * d;
-                    ok[dst..dst + d].copy_from_slice(&dk[j * d..(j + 1) * d]);
-                    ov[dst..dst + d].copy_from_slice(&dv[j * d..(j + 1) * d]);
-                }
-            }
-        }
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
     }
 }
 
 // ---------------------------------------------------------------- frozen linear
+
+/// Up to this many rows, a linear layer runs as row-wise dot products (`gemv`).
+const GEMV_MAX_ROWS: usize = 4;
 
 /// `y = x·Wᵀ (+ b)` with a frozen `W: (out, in)`. When `x` carries a gradient the matmul is a
 /// custom op whose backward returns only `dx = dy·W` (candle's matmul would also compute the
@@ -642,14 +702,31 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// Few-row product through `gemv::gemv_rows`, reading the weight in place.
+    fn gemv(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        let n = self.out_features();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; m * n];
+        with_host_slice(&self.weight, |w| {
+            super::gemv::gemv_rows(&xs, w, m, k, n, &mut out)
+        })?;
+        Tensor::from_vec(out, (m, n), x.device())
+    }
+
     /// `x: (…, in)` → `(…, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let din = *dims.last().unwrap_or(&0);
         let x2 = x.reshape(((), din))?;
+        let rows = x2.dim(0)?;
         let y = if x.track_op() && is_cpu_f32(x) {
             x2.contiguous()?
                 .apply_op1(FrozenMatmul(self.weight.clone()))?
+        } else if rows <= GEMV_MAX_ROWS && is_cpu_f32(x) && is_cpu_f32(&self.weight) {
+            self.gemv(&x2.contiguous()?)?
+        } else if is_cpu_f32(x) && is_cpu_f32(&self.weight) && super::blas::available() {
+            matmul_host(&x2.contiguous()?, &self.weight, true)?
         } else {
             x2.matmul(&self.weight.t()?)?
         };
@@ -665,19 +742,49 @@ impl Linear {
 
 struct FrozenMatmul(Tensor);
 
+/// Runs `f` on the contiguous host data of a CPU f32 tensor.
+fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (st, layout) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(c) => Ok(f(slice(c, layout, "host slice")?)),
+        _ => candle_core::bail!("a CPU tensor was expected"),
+    }
+}
+
+/// `x (m×k) · wᵀ` for `w (n×k)` if `transposed`, else `x · w` for `w (k×n)`; BLAS when
+/// available, candle otherwise.
+fn matmul_host(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let n = if transposed { w.dim(0)? } else { w.dim(1)? };
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; m * n];
+    let done = with_host_slice(&x, |xs| {
+        with_host_slice(w, |ws| {
+            super::blas::sgemm(xs, ws, &mut out, m, n, k, transposed)
+        })
+    })??;
+    if done {
+        Tensor::from_vec(out, (m, n), x.device())
+    } else if transposed {
+        x.matmul(&w.t()?)
+    } else {
+        x.matmul(w)
+    }
+}
+
 impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "sg-frozen-matmul"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = Tensor::from_slice(slice(s, l, "linear")?, l.shape(), &candle_core::Device::Cpu)?;
-        let y = x.matmul(&self.0.t()?)?;
+        let y = matmul_host(&x, &self.0, true)?;
         let shape = y.shape().clone();
         let y = y.flatten_all()?.to_vec1::<f32>()?;
         Ok((CpuStorage::F32(y), shape))
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.0)?))
+        Ok(Some(matmul_host(&grad.contiguous()?, &self.0, false)?))
     }
 }
 

@@ -1,0 +1,137 @@
+//! `sgt bench llm`: machine-readable prefill and decode throughput at batch 1, one SGT-style
+//! training step (clean forward to layer k without grad + noisy forward to layer k + backward to
+//! the input embeddings), and peak RSS during decode. `bench/llm_torch.py` measures the same
+//! computation with `transformers`; `bench/run_llm.sh` runs both and prints the ratios.
+
+use crate::lm::model_args::ModelArgs;
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use stainedglass_models::llm::{Prompt, SamplingParams, Stop};
+use std::time::Instant;
+
+#[derive(Debug, Args)]
+pub struct LlmBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub prefill_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    pub train_batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub train_seq: usize,
+    #[arg(long, default_value_t = 6)]
+    pub layer: usize,
+    #[arg(long, default_value_t = 3)]
+    pub train_steps: usize,
+}
+
+fn peak_rss_reset() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+pub fn llm(a: LlmBenchArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let model = a.model.load_model()?;
+    let cfg = model.config().clone();
+    let weight_mb = {
+        let per_layer = cfg.hidden_size * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+            + cfg.num_heads * cfg.head_dim * cfg.hidden_size
+            + 3 * cfg.hidden_size * cfg.intermediate_size
+            + 2 * cfg.hidden_size;
+        let head = if cfg.tie_word_embeddings {
+            0
+        } else {
+            cfg.vocab_size * cfg.hidden_size
+        };
+        (cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head)
+            as f64
+            * 4.0
+            / (1024.0 * 1024.0)
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut rand_ids = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(100..cfg.vocab_size as u32))
+            .collect()
+    };
+    // prefill: the last position's logits, as generation needs.
+    let ids = rand_ids(a.prefill_tokens);
+    let x = model.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
+    let prefill_once = || -> Result<()> {
+        let mut cache = stainedglass_models::llm::KvCache::new(cfg.num_layers, 1);
+        model.forward_cached(&x, None, &mut cache)?;
+        Ok(())
+    };
+    prefill_once()?;
+    let t = Instant::now();
+    for _ in 0..3 {
+        prefill_once()?;
+    }
+    let prefill = 3.0 * a.prefill_tokens as f64 / t.elapsed().as_secs_f64();
+    // decode: greedy after a 16-token prompt; time from the first generated token on.
+    peak_rss_reset();
+    let params = SamplingParams {
+        max_new_tokens: a.decode_tokens + 1,
+        ..Default::default()
+    };
+    let mut t_first = None;
+    model.generate(Prompt::Ids(&ids[..16]), &params, |_| {
+        if t_first.is_none() {
+            t_first = Some(Instant::now());
+        }
+        true
+    })?;
+    let decode = a.decode_tokens as f64 / t_first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
+    let decode_peak = peak_rss_mb();
+    // training-style step
+    let tids = rand_ids(a.train_batch * a.train_seq);
+    let base = model.embed(&Tensor::from_vec(tids, (a.train_batch, a.train_seq), &dev)?)?;
+    let noise = (Tensor::randn(0f32, 1.0, base.dims(), &dev)? * 0.01)?;
+    let mask = Tensor::ones((a.train_batch, a.train_seq), candle_core::DType::U8, &dev)?;
+    let step = || -> Result<()> {
+        let clean = model.forward_embeds(&base, Some(&mask), Stop::AtLayer(a.layer))?;
+        let x = Var::from_tensor(&(&base + &noise)?)?;
+        let noisy = model.forward_embeds(x.as_tensor(), Some(&mask), Stop::AtLayer(a.layer))?;
+        let loss = (noisy - clean)?.sqr()?.mean_all()?;
+        let g = loss.backward()?;
+        anyhow::ensure!(
+            g.get(&x).is_some(),
+            "no gradient reached the input embeddings"
+        );
+        Ok(())
+    };
+    step()?;
+    let t = Instant::now();
+    for _ in 0..a.train_steps {
+        step()?;
+    }
+    let train = (a.train_steps * a.train_batch * a.train_seq) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "rust-candle",
+            "threads": crate::bench::rayon_threads(),
+            "prefill_tokens_per_s": prefill,
+            "decode_tokens_per_s": decode,
+            "train_step_tokens_per_s": train,
+            "decode_peak_rss_mb": decode_peak,
+            "weights_f32_mb": weight_mb,
+        })
+    );
+    Ok(())
+}

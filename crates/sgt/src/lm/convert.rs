@@ -1,0 +1,52 @@
+//! `sgt convert-hf`: write a model (e.g. the bundled GGUF, dequantized) as a Hugging Face folder
+//! with f32 safetensors, its config and tokenizer files, loadable by `transformers` and by us.
+
+use super::model_args::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ConvertHfArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of safetensors shards.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+}
+
+pub fn run_convert_hf(a: ConvertHfArgs) -> Result<()> {
+    let model = a.model.load_model()?;
+    let tok = a.model.load_tokenizer()?;
+    stainedglass_models::llm::hf::save_hf_folder(&model, &a.out, a.shards)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+    let mut cfg = serde_json::json!({
+        "bos_token": name(tok.bos_id()),
+        "eos_token": name(tok.eos_id()),
+        "pad_token": name(tok.pad_id()),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let Ok(t) = tok.chat_template() {
+        cfg["chat_template"] = serde_json::json!(t.source());
+    }
+    stainedglass_core::io::atomic_write(&a.out.join("tokenizer.json"), tok.to_json().as_bytes())?;
+    stainedglass_core::io::atomic_write(
+        &a.out.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    let gen = serde_json::json!({
+        "bos_token_id": tok.bos_id(),
+        "eos_token_id": tok.eos_id(),
+        "pad_token_id": tok.pad_id(),
+    });
+    stainedglass_core::io::atomic_write(
+        &a.out.join("generation_config.json"),
+        gen.to_string().as_bytes(),
+    )?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
