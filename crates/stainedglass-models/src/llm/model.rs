@@ -372,7 +372,7 @@ impl Llama {
             let m = SwiGlu::forward(&blk.gate_up.forward(&h)?)?;
             x = (x + blk.down.forward(&m)?)?;
         }
-        if let Some(s) = states.as_deref_mut() {
+        if let Some(s) = states {
             s.push(x.clone());
         }
         if let Stop::AtLayer(_) = stop {

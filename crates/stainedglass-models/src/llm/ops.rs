@@ -423,6 +423,14 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// A method (not field access) so closures capture the whole `Send` wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation (see the op bodies).
+        unsafe { self.0.add(offset) }
+    }
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "sg-attention"
@@ -459,7 +467,6 @@ impl CustomOp3 for Attention {
                 let (bi, h) = (task / hq, task % hq);
                 let kh = h / group;
                 let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                let op = op;
                 // SAFETY: offsets stay inside q/k/v/out for the shapes checked in `forward`;
                 // each task writes only head `h` of batch `bi` of `out`.
                 unsafe {
@@ -495,7 +502,7 @@ impl CustomOp3 for Attention {
                         vp,
                         ldk,
                         0.0,
-                        op.0.add((bi * t * hq + h) * d),
+                        op.at((bi * t * hq + h) * d),
                         ldq,
                     );
                 }
@@ -567,18 +574,17 @@ impl CustomOp1 for AttentionBwd {
             |(p, dp), task| {
                 let (bi, kh) = (task / hkv, task % hkv);
                 let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                let base = base;
                 // SAFETY: offsets stay inside the packed buffers for these dims; this task
                 // writes only dq of its query heads and dk/dv of kv head kh, batch bi.
                 unsafe {
                     let kp = k.as_ptr().add((bi * s * hkv + kh) * d);
                     let vp = v.as_ptr().add((bi * s * hkv + kh) * d);
-                    let dkp = base.0.add(nq + (bi * s * hkv + kh) * d);
-                    let dvp = base.0.add(nq + nk + (bi * s * hkv + kh) * d);
+                    let dkp = base.at(nq + (bi * s * hkv + kh) * d);
+                    let dvp = base.at(nq + nk + (bi * s * hkv + kh) * d);
                     for h in kh * group..(kh + 1) * group {
                         let qp = q.as_ptr().add((bi * t * hq + h) * d);
                         let gp = g.as_ptr().add((bi * t * hq + h) * d);
-                        let dqp = base.0.add((bi * t * hq + h) * d);
+                        let dqp = base.at((bi * t * hq + h) * d);
                         super::blas::sgemm_strided(
                             false,
                             true,
@@ -777,11 +783,19 @@ impl CustomOp1 for FrozenMatmul {
         "sg-frozen-matmul"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = Tensor::from_slice(slice(s, l, "linear")?, l.shape(), &candle_core::Device::Cpu)?;
-        let y = matmul_host(&x, &self.0, true)?;
-        let shape = y.shape().clone();
-        let y = y.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(y), shape))
+        let x = slice(s, l, "linear")?;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.0.dim(0)?;
+        let mut out = vec![0f32; m * n];
+        let done = with_host_slice(&self.0, |w| {
+            super::blas::sgemm(x, w, &mut out, m, n, k, true)
+        })?;
+        if done {
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
+        let xt = Tensor::from_slice(x, (m, k), &candle_core::Device::Cpu)?;
+        let y = xt.matmul(&self.0.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(matmul_host(&grad.contiguous()?, &self.0, false)?))

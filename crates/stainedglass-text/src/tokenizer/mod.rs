@@ -11,6 +11,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+/// Byte spans `(start, end)` of tokens in the encoded text.
+pub type Offsets = Vec<(usize, usize)>;
+
 /// End-of-turn markers of common chat formats; those in the vocabulary stop generation.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"];
 
@@ -202,7 +205,7 @@ impl TextTokenizer {
     }
 
     /// Ids and byte offsets `(start, end)` into `text` of each token.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let enc = self
             .inner
             .encode(text, false)
