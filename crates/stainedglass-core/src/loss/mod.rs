@@ -1,7 +1,13 @@
-//! Losses (SPEC §5.1): the composite cloak loss with fixed or adaptive α.
+//! Losses: the composite cloak loss with fixed or adaptive α (SPEC §5.1) and the LLM
+//! distillation loss (SPEC §5.2).
 
 mod composite;
+pub mod distillation;
 
 pub use composite::{
     noise_loss, noise_loss_wrapper, AdaptiveAlpha, Alpha, CompositeLoss, LossRecord,
+};
+pub use distillation::{
+    distillation_loss_factory, DistillationConfig, DistillationInputs, DistillationLoss,
+    DistillationRecord,
 };

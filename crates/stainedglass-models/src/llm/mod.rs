@@ -8,10 +8,14 @@ pub mod gemv;
 pub mod generate;
 pub mod hf;
 pub mod model;
+pub mod noisy;
 pub mod ops;
+pub mod transformer_cloak;
 pub mod weights;
 
 pub use config::LlamaConfig;
 pub use generate::{FinishReason, Generation, Prompt, Sampler, SamplingParams};
 pub use model::{KvCache, Llama, Stop};
+pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};
+pub use transformer_cloak::{TransformerCloak, TransformerCloakConfig};
 pub use weights::GgufFile;

@@ -19,6 +19,22 @@ pub enum Stop {
     Logits,
 }
 
+/// RoPE positions that count real tokens only (`mask` 1 = token), so a left-padded row sees the
+/// positions of its unpadded sequence.
+pub fn positions_from_mask(mask: &[u8], b: usize, t: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(b * t);
+    for bi in 0..b {
+        let mut p = 0u32;
+        for i in 0..t {
+            out.push(p);
+            if mask[bi * t + i] != 0 {
+                p += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The longest context a model instance supports (bounds the RoPE table).
 const MAX_ROPE_POSITIONS: usize = 32_768;
 

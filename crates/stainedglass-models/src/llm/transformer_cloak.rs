@@ -1,0 +1,507 @@
+//! TransformerCloak (SPEC §3.3): the sequence-dependent SGT for LLM input embeddings.
+//! `(μ, r) = Estimator(x, attention_mask)`, `σ = Param(r)`,
+//! `x̃_t = x_t + n_t·(μ_t + σ_t ⊙ ε_t)`; with `percent_to_mask` the largest-σ features of each
+//! transformed token are replaced by `μ`. The estimator is `L_est` decoder layers of the base
+//! architecture (initialised from the base model's first layers, causal attention, so token `t`
+//! depends on tokens `≤ t` only), then two `d → d` heads: the mean head (zero-initialised,
+//! bounded mean) and the ρ head (bias `rhos_init`).
+//!
+//! It lives beside the Llama block it reuses: `stainedglass-core` cannot depend on models.
+
+use super::config::LlamaConfig;
+use super::model::{positions_from_mask, Llama};
+use super::ops::{reference, Attention, Rope, RopeTable, SwiGlu};
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use stainedglass_core::noise_layer::{NoiseLayer, NoiseOutput};
+use stainedglass_core::param::{BoundedMean, StdParameterization};
+use stainedglass_core::NoiseRng;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Serializable configuration of a TransformerCloak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerCloakConfig {
+    /// Architecture of the estimator's decoder layers (the base model's).
+    pub base: LlamaConfig,
+    /// Number of estimator decoder layers (`L_est`).
+    pub estimator_layers: usize,
+    /// σ bounds `(min, max)`.
+    pub scale: (f64, f64),
+    pub shallow: f64,
+    pub rhos_init: f64,
+    /// Bound `b` of the mean `μ = b·tanh(r / b)`.
+    pub mean_bound: f64,
+    /// Fraction of each transformed token's features replaced by μ (largest σ first).
+    pub percent_to_mask: Option<f64>,
+}
+
+impl TransformerCloakConfig {
+    /// SPEC defaults for `base`: one estimator layer, σ ∈ (1e-4, 2), shallow 1, ρ₀ = −4.
+    pub fn new(base: LlamaConfig) -> Self {
+        Self {
+            base,
+            estimator_layers: 1,
+            scale: (1e-4, 2.0),
+            shallow: 1.0,
+            rhos_init: -4.0,
+            mean_bound: 1.0,
+            percent_to_mask: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, expected: &str| {
+            Err(Error::Invalid {
+                what: what.into(),
+                expected: expected.into(),
+            })
+        };
+        if self.estimator_layers == 0 || self.estimator_layers > self.base.num_layers {
+            return bad(
+                "estimator_layers",
+                &format!(
+                    "between 1 and the base model's {} layers",
+                    self.base.num_layers
+                ),
+            );
+        }
+        StdParameterization::cloak(self.scale.0, self.scale.1, self.shallow).map_err(|e| {
+            Error::Invalid {
+                what: "scale/shallow".into(),
+                expected: e.to_string(),
+            }
+        })?;
+        BoundedMean::new(self.mean_bound, 0.0).map_err(|e| Error::Invalid {
+            what: "mean_bound".into(),
+            expected: e.to_string(),
+        })?;
+        if let Some(p) = self.percent_to_mask {
+            if !(0.0..=1.0).contains(&p) {
+                return bad("percent_to_mask", "a fraction in [0, 1]");
+            }
+        }
+        if !self.rhos_init.is_finite() {
+            return bad("rhos_init", "a finite number");
+        }
+        Ok(())
+    }
+}
+
+/// One trainable decoder layer of the estimator.
+struct EstimatorBlock {
+    attn_norm: Var,
+    qkv: Var,
+    qkv_bias: Option<Var>,
+    o: Var,
+    mlp_norm: Var,
+    gate_up: Var,
+    down: Var,
+}
+
+fn linear(x: &Tensor, w: &Var, b: Option<&Var>) -> candle_core::Result<Tensor> {
+    let y = x.broadcast_matmul(&w.as_tensor().t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b.as_tensor()),
+        None => Ok(y),
+    }
+}
+
+/// The learned, input-dependent noise layer for token embeddings.
+pub struct TransformerCloak {
+    config: TransformerCloakConfig,
+    blocks: Vec<EstimatorBlock>,
+    mean_w: Var,
+    mean_b: Var,
+    rho_w: Var,
+    rho_b: Var,
+    param: StdParameterization,
+    mean: BoundedMean,
+    rope: Arc<RopeTable>,
+}
+
+impl TransformerCloak {
+    /// A fresh layer whose estimator starts as the base model's first `estimator_layers`
+    /// decoder layers (copied, then trained).
+    pub fn from_base(config: TransformerCloakConfig, base: &Llama) -> Result<Self> {
+        config.validate()?;
+        if &config.base != base.config() {
+            return Err(Error::Invalid {
+                what: "TransformerCloak base config".into(),
+                expected: "the configuration of the base model it wraps".into(),
+            });
+        }
+        let tensors: HashMap<String, Tensor> = base.hf_tensors()?.into_iter().collect();
+        let mut named = HashMap::new();
+        for i in 0..config.estimator_layers {
+            for (n, t) in block_from_hf(&tensors, i)? {
+                named.insert(format!("estimator.layers.{i}.{n}"), t);
+            }
+        }
+        let d = config.base.hidden_size;
+        let dev = base.device();
+        named.insert(
+            "mean_head.weight".into(),
+            Tensor::zeros((d, d), DType::F32, dev)?,
+        );
+        named.insert("mean_head.bias".into(), Tensor::zeros(d, DType::F32, dev)?);
+        named.insert(
+            "rho_head.weight".into(),
+            Tensor::zeros((d, d), DType::F32, dev)?,
+        );
+        named.insert(
+            "rho_head.bias".into(),
+            Tensor::full(config.rhos_init as f32, d, dev)?,
+        );
+        Self::from_named(config, &named, dev)
+    }
+
+    /// Rebuilds a layer from its config and named tensors (see [`Self::named_tensors`]).
+    pub fn from_named(
+        config: TransformerCloakConfig,
+        named: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let expected = Self::expected_shapes(&config);
+        for (name, shape) in &expected {
+            let t = named.get(name).ok_or_else(|| Error::Invalid {
+                what: format!("TransformerCloak tensor `{name}`"),
+                expected: "present in the saved layer".into(),
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Shape {
+                    what: format!("TransformerCloak tensor `{name}`"),
+                    expected: format!("{shape:?}"),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        let var = |n: &str| -> Result<Var> {
+            let t = named[n].to_dtype(DType::F32)?.to_device(device)?;
+            Ok(Var::from_tensor(&t)?)
+        };
+        let mut blocks = Vec::new();
+        for i in 0..config.estimator_layers {
+            let p = format!("estimator.layers.{i}");
+            blocks.push(EstimatorBlock {
+                attn_norm: var(&format!("{p}.attn_norm"))?,
+                qkv: var(&format!("{p}.qkv"))?,
+                qkv_bias: if config.base.attention_bias {
+                    Some(var(&format!("{p}.qkv_bias"))?)
+                } else {
+                    None
+                },
+                o: var(&format!("{p}.o"))?,
+                mlp_norm: var(&format!("{p}.mlp_norm"))?,
+                gate_up: var(&format!("{p}.gate_up"))?,
+                down: var(&format!("{p}.down"))?,
+            });
+        }
+        let param = StdParameterization::cloak(config.scale.0, config.scale.1, config.shallow)
+            .map_err(|e| Error::Invalid {
+                what: "scale".into(),
+                expected: e.to_string(),
+            })?;
+        let mean = BoundedMean::new(config.mean_bound, 0.0).map_err(|e| Error::Invalid {
+            what: "mean_bound".into(),
+            expected: e.to_string(),
+        })?;
+        let rope = Arc::new(RopeTable::new(
+            config.base.head_dim,
+            config.base.rope_theta,
+            config.base.max_position_embeddings.min(32_768),
+        ));
+        Ok(Self {
+            mean_w: var("mean_head.weight")?,
+            mean_b: var("mean_head.bias")?,
+            rho_w: var("rho_head.weight")?,
+            rho_b: var("rho_head.bias")?,
+            blocks,
+            param,
+            mean,
+            rope,
+            config,
+        })
+    }
+
+    /// Names and shapes of every tensor of a layer with `config`.
+    pub fn expected_shapes(config: &TransformerCloakConfig) -> Vec<(String, Vec<usize>)> {
+        let c = &config.base;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        let mut v = Vec::new();
+        for i in 0..config.estimator_layers {
+            let p = format!("estimator.layers.{i}");
+            v.push((format!("{p}.attn_norm"), vec![d]));
+            v.push((format!("{p}.qkv"), vec![qkv, d]));
+            if c.attention_bias {
+                v.push((format!("{p}.qkv_bias"), vec![qkv]));
+            }
+            v.push((format!("{p}.o"), vec![d, c.num_heads * c.head_dim]));
+            v.push((format!("{p}.mlp_norm"), vec![d]));
+            v.push((format!("{p}.gate_up"), vec![2 * f, d]));
+            v.push((format!("{p}.down"), vec![d, f]));
+        }
+        for h in ["mean_head", "rho_head"] {
+            v.push((format!("{h}.weight"), vec![d, d]));
+            v.push((format!("{h}.bias"), vec![d]));
+        }
+        v
+    }
+
+    pub fn config(&self) -> &TransformerCloakConfig {
+        &self.config
+    }
+
+    /// Every tensor by name, sorted (for saving).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("estimator.layers.{i}");
+            v.push((format!("{p}.attn_norm"), b.attn_norm.as_tensor().clone()));
+            v.push((format!("{p}.qkv"), b.qkv.as_tensor().clone()));
+            if let Some(bias) = &b.qkv_bias {
+                v.push((format!("{p}.qkv_bias"), bias.as_tensor().clone()));
+            }
+            v.push((format!("{p}.o"), b.o.as_tensor().clone()));
+            v.push((format!("{p}.mlp_norm"), b.mlp_norm.as_tensor().clone()));
+            v.push((format!("{p}.gate_up"), b.gate_up.as_tensor().clone()));
+            v.push((format!("{p}.down"), b.down.as_tensor().clone()));
+        }
+        v.push(("mean_head.weight".into(), self.mean_w.as_tensor().clone()));
+        v.push(("mean_head.bias".into(), self.mean_b.as_tensor().clone()));
+        v.push(("rho_head.weight".into(), self.rho_w.as_tensor().clone()));
+        v.push(("rho_head.bias".into(), self.rho_b.as_tensor().clone()));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// μ and σ `(b, t, d)` for `x (b, t, d)`.
+    pub fn statistics(&self, x: &Tensor, attention_mask: &[u8]) -> Result<(Tensor, Tensor)> {
+        let (b, t, d) = x.dims3()?;
+        if d != self.config.base.hidden_size {
+            return Err(Error::Shape {
+                what: "TransformerCloak input".into(),
+                expected: format!("(batch, seq, {})", self.config.base.hidden_size),
+                got: x.dims().to_vec(),
+            });
+        }
+        let c = &self.config.base;
+        let positions = positions_from_mask(attention_mask, b, t);
+        let rope = Rope::new(self.rope.clone(), Arc::new(positions));
+        let attn = Attention {
+            key_valid: Arc::new(attention_mask.to_vec()),
+        };
+        let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mut h = x.to_dtype(DType::F32)?;
+        for blk in &self.blocks {
+            let n = reference::rms_norm(&h, blk.attn_norm.as_tensor(), c.rms_norm_eps)?;
+            let qkv = linear(&n, &blk.qkv, blk.qkv_bias.as_ref())?;
+            let q = qkv.narrow(2, 0, hq * hd)?.reshape((b, t, hq, hd))?;
+            let k = qkv.narrow(2, hq * hd, hkv * hd)?.reshape((b, t, hkv, hd))?;
+            let v = qkv
+                .narrow(2, (hq + hkv) * hd, hkv * hd)?
+                .reshape((b, t, hkv, hd))?;
+            let a = attn.forward(&rope.forward(&q)?, &rope.forward(&k)?, &v)?;
+            h = (h + linear(&a.reshape((b, t, hq * hd))?, &blk.o, None)?)?;
+            let n = reference::rms_norm(&h, blk.mlp_norm.as_tensor(), c.rms_norm_eps)?;
+            let m = SwiGlu::forward(&linear(&n, &blk.gate_up, None)?)?;
+            h = (h + linear(&m, &blk.down, None)?)?;
+        }
+        let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b))?;
+        let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b))?;
+        let mean = self.mean.forward(&r_mean)?;
+        let std = self.param.forward(&r_rho)?;
+        Ok((mean, std))
+    }
+
+    /// Transforms `x (b, t, d)`: tokens with `noise_mask = 0` (and padding) pass bit-exactly.
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        attention_mask: Option<&[u8]>,
+        noise_mask: Option<&[u8]>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        let (b, t, d) = x.dims3()?;
+        let ones = vec![1u8; b * t];
+        let am = attention_mask.unwrap_or(&ones);
+        let nm = noise_mask.unwrap_or(am);
+        if am.len() != b * t || nm.len() != b * t {
+            return Err(Error::Shape {
+                what: "attention / noise mask".into(),
+                expected: format!("{} entries (batch × seq)", b * t),
+                got: vec![am.len(), nm.len()],
+            });
+        }
+        let (mean, std) = self.statistics(x, am)?;
+        let eps = rng.standard_normal((b, t, d), x.device())?;
+        let noise = (std.clone() * eps)?;
+        let keep = match self.config.percent_to_mask {
+            Some(p) if p > 0.0 => Some(per_token_keep_mask(&std, p)?),
+            _ => None,
+        };
+        let x32 = x.to_dtype(DType::F32)?;
+        let candidate = match &keep {
+            // Kept features: x + μ + σε; suppressed ones: μ.
+            Some(k) => {
+                let full = ((&x32 + &mean)? + &noise)?;
+                k.where_cond(&full, &mean)?
+            }
+            None => ((&x32 + &mean)? + &noise)?,
+        };
+        let sel: Vec<u8> = nm
+            .iter()
+            .zip(am)
+            .map(|(&n, &a)| u8::from(n != 0 && a != 0))
+            .collect();
+        let sel = Tensor::from_vec(sel, (b, t, 1), x.device())?.broadcast_as((b, t, d))?;
+        let transformed = sel.where_cond(&candidate, &x32)?;
+        let mask = match keep {
+            Some(k) => Some(k.to_dtype(DType::F32)?),
+            None => None,
+        };
+        Ok(NoiseOutput {
+            transformed,
+            mean,
+            std,
+            mask,
+        })
+    }
+}
+
+/// Per-token keep mask (u8, 1 = keep): the `⌈p·d⌉` largest σ of every token are suppressed.
+fn per_token_keep_mask(std: &Tensor, p: f64) -> Result<Tensor> {
+    let (b, t, d) = std.dims3()?;
+    let k = stainedglass_core::mask::masked_count(p, d);
+    let v = std.detach().flatten_all()?.to_vec1::<f32>()?;
+    let mut keep = vec![1u8; v.len()];
+    let mut order: Vec<usize> = Vec::with_capacity(d);
+    for row in 0..b * t {
+        let r = &v[row * d..(row + 1) * d];
+        order.clear();
+        order.extend(0..d);
+        order.sort_by(|&a, &c| r[c].total_cmp(&r[a]));
+        for &j in &order[..k] {
+            keep[row * d + j] = 0;
+        }
+    }
+    Ok(Tensor::from_vec(keep, (b, t, d), std.device())?)
+}
+
+/// The estimator's tensors for block `i`, fused like the base model's, from HF-named weights.
+fn block_from_hf(t: &HashMap<String, Tensor>, i: usize) -> Result<Vec<(String, Tensor)>> {
+    let p = format!("model.layers.{i}");
+    let g = |n: &str| -> Result<Tensor> {
+        t.get(&format!("{p}.{n}"))
+            .cloned()
+            .ok_or_else(|| Error::Invalid {
+                what: format!("base tensor {p}.{n}"),
+                expected: "present in the base model".into(),
+            })
+    };
+    let mut v = vec![
+        ("attn_norm".to_string(), g("input_layernorm.weight")?),
+        (
+            "qkv".to_string(),
+            Tensor::cat(
+                &[
+                    g("self_attn.q_proj.weight")?,
+                    g("self_attn.k_proj.weight")?,
+                    g("self_attn.v_proj.weight")?,
+                ],
+                0,
+            )?,
+        ),
+        ("o".to_string(), g("self_attn.o_proj.weight")?),
+        (
+            "mlp_norm".to_string(),
+            g("post_attention_layernorm.weight")?,
+        ),
+        (
+            "gate_up".to_string(),
+            Tensor::cat(&[g("mlp.gate_proj.weight")?, g("mlp.up_proj.weight")?], 0)?,
+        ),
+        ("down".to_string(), g("mlp.down_proj.weight")?),
+    ];
+    if let Ok(bq) = g("self_attn.q_proj.bias") {
+        let bias = Tensor::cat(
+            &[bq, g("self_attn.k_proj.bias")?, g("self_attn.v_proj.bias")?],
+            0,
+        )?;
+        v.push(("qkv_bias".to_string(), bias));
+    }
+    Ok(v)
+}
+
+impl NoiseLayer for TransformerCloak {
+    /// `noise_mask`: `(b, t)` over tokens (nonzero = transform); no attention mask (no padding).
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> stainedglass_core::Result<NoiseOutput> {
+        let nm = match noise_mask {
+            Some(m) => Some(
+                m.flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|&v| u8::from(v != 0.0))
+                    .collect::<Vec<u8>>(),
+            ),
+            None => None,
+        };
+        self.forward_masked(x, None, nm.as_deref(), rng)
+            .map_err(|e| stainedglass_core::Error::Shape {
+                what: e.to_string(),
+                expected: String::new(),
+                got: vec![],
+            })
+    }
+
+    fn parameters(&self) -> Vec<Var> {
+        let mut v = Vec::new();
+        for b in &self.blocks {
+            v.extend([
+                b.attn_norm.clone(),
+                b.qkv.clone(),
+                b.o.clone(),
+                b.mlp_norm.clone(),
+                b.gate_up.clone(),
+                b.down.clone(),
+            ]);
+            if let Some(bias) = &b.qkv_bias {
+                v.push(bias.clone());
+            }
+        }
+        v.extend([
+            self.mean_w.clone(),
+            self.mean_b.clone(),
+            self.rho_w.clone(),
+            self.rho_b.clone(),
+        ]);
+        v
+    }
+
+    fn noise_loss_respects_mask(&self) -> bool {
+        true
+    }
+}
+
+/// Mean of σ over the features of transformed tokens (for logs).
+pub fn mean_sigma(std: &Tensor, noise_mask: &[u8]) -> Result<f64> {
+    let (b, t, _) = std.dims3()?;
+    let per_tok = std.mean(D::Minus1)?.flatten_all()?.to_vec1::<f32>()?;
+    let (mut s, mut n) = (0f64, 0usize);
+    for (i, &m) in noise_mask.iter().enumerate().take(b * t) {
+        if m != 0 {
+            s += per_tok[i] as f64;
+            n += 1;
+        }
+    }
+    Ok(if n == 0 { 0.0 } else { s / n as f64 })
+}
