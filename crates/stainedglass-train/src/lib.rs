@@ -6,6 +6,7 @@ pub mod batches;
 pub mod checkpoint;
 pub mod error;
 pub mod metrics;
+pub mod text;
 pub mod vision;
 
 pub use error::{Error, Result};

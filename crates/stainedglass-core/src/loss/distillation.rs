@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 /// Hyper-parameters of the distillation loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DistillationConfig {
     /// Layer whose activations are compared; `None` = logits.
     pub distillation_layer_index: Option<usize>,
@@ -25,7 +26,6 @@ pub struct DistillationConfig {
     pub distillation_layer_cosine_distance_loss_weight: f64,
     pub distillation_layer_l2_distance_loss_weight: f64,
     /// Use `|cos(x, x̃)|` in `L_sim`.
-    #[serde(default)]
     pub absolute_cosine_similarity: bool,
 }
 

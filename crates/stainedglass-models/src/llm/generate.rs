@@ -233,6 +233,89 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Generates for several prompts at once (left-padded, one KV cache): decoding a batch reads
+    /// the weights once per step for every row. Row `i` samples with seed `seed + i` when a seed
+    /// is given. Rows stop independently; the batch ends when all have.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+    ) -> Result<Vec<Generation>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(Error::Invalid {
+                what: "prompt (empty)".into(),
+                expected: "at least one token per prompt".into(),
+            });
+        }
+        let b = prompts.len();
+        let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t);
+        for p in prompts {
+            ids.extend(std::iter::repeat_n(0u32, t - p.len()));
+            ids.extend_from_slice(p);
+            mask.extend(std::iter::repeat_n(0u8, t - p.len()));
+            mask.extend(std::iter::repeat_n(1u8, p.len()));
+        }
+        let dev = self.device();
+        let mut samplers = (0..b)
+            .map(|i| {
+                Sampler::new(SamplingParams {
+                    seed: params.seed.map(|s| s.wrapping_add(i as u64)),
+                    ..params.clone()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut cache = KvCache::new(self.config().num_layers, b);
+        let x = self.embed(&Tensor::from_vec(ids, (b, t), dev)?)?;
+        let m = Tensor::from_vec(mask, (b, t), dev)?;
+        let mut logits = self.forward_cached(&x, Some(&m), &mut cache)?;
+        let mut seen: Vec<Vec<u32>> = prompts.to_vec();
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finish: Vec<Option<FinishReason>> = vec![None; b];
+        loop {
+            let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let mut next = vec![0u32; b];
+            let mut alive = vec![0u8; b];
+            for i in 0..b {
+                if finish[i].is_some() {
+                    continue;
+                }
+                let tok = samplers[i].sample(&rows[i], &seen[i]);
+                out[i].push(tok);
+                seen[i].push(tok);
+                next[i] = tok;
+                alive[i] = 1;
+                if params.stop_tokens.contains(&tok) {
+                    finish[i] = Some(FinishReason::Stop);
+                } else if out[i].len() >= params.max_new_tokens {
+                    finish[i] = Some(FinishReason::Length);
+                }
+            }
+            if finish.iter().all(Option::is_some) || cache.len() + 1 > self.max_positions() {
+                break;
+            }
+            let e = self.embed(&Tensor::from_vec(next, (b, 1), dev)?)?;
+            let m = Tensor::from_vec(alive, (b, 1), dev)?;
+            logits = self.forward_cached(&e, Some(&m), &mut cache)?;
+        }
+        Ok(out
+            .into_iter()
+            .zip(finish)
+            .zip(prompts)
+            .map(|((tokens, f), p)| Generation {
+                tokens,
+                finish: f.unwrap_or(FinishReason::Length),
+                prompt_tokens: p.len(),
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,9 @@ pub fn positions_from_mask(mask: &[u8], b: usize, t: usize) -> Vec<u32> {
     out
 }
 
+/// Smallest KV-cache capacity allocated (positions).
+const MIN_CACHE: usize = 64;
+
 /// The longest context a model instance supports (bounds the RoPE table).
 const MAX_ROPE_POSITIONS: usize = 32_768;
 
@@ -60,6 +63,42 @@ impl KvCache {
             kv: vec![None; num_layers],
             key_valid: vec![Vec::new(); batch],
             next_pos: vec![0; batch],
+        }
+    }
+
+    /// Layer `li`'s key and value buffers `(b, capacity, kv_heads, head_dim)` holding `used`
+    /// positions, grown (doubling, old entries copied) so that `need` positions fit.
+    fn reserve(
+        &mut self,
+        li: usize,
+        like: &Tensor,
+        used: usize,
+        need: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, _, h, d) = like.dims4()?;
+        let cap = self.kv[li]
+            .as_ref()
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
+        if cap < need {
+            let new_cap = need.max(2 * cap).max(MIN_CACHE);
+            let nk = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
+            let nv = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
+            if let Some((ok, ov)) = self.kv[li].take() {
+                let used = used.min(cap);
+                if used > 0 {
+                    nk.slice_set(&ok.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
+                    nv.slice_set(&ov.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
+                }
+            }
+            self.kv[li] = Some((nk, nv));
+        }
+        match &self.kv[li] {
+            Some((k, v)) => Ok((k.clone(), v.clone())),
+            None => Err(Error::Shape {
+                what: "KV cache".into(),
+                expected: "allocated buffers".into(),
+                got: vec![],
+            }),
         }
     }
 
@@ -375,14 +414,15 @@ impl Llama {
             let q = rope.forward(&q)?;
             let mut k = rope.forward(&k)?;
             let mut v = v.contiguous()?;
-            if let Some((pk, pv)) = cache.kv[li].take() {
-                k = Tensor::cat(&[&pk, &k], 1)?;
-                v = Tensor::cat(&[&pv, &v], 1)?;
+            if last_only {
+                // Write the new keys/values into the preallocated cache and attend over a view.
+                let (ck, cv) = cache.reserve(li, &k, past, past + t)?;
+                ck.slice_set(&k.contiguous()?, 1, past)?;
+                cv.slice_set(&v, 1, past)?;
+                k = ck.narrow(1, 0, past + t)?;
+                v = cv.narrow(1, 0, past + t)?;
             }
             let a = attn.forward(&q, &k, &v)?;
-            if last_only {
-                cache.kv[li] = Some((k, v));
-            }
             x = (x + blk.o.forward(&a.reshape((b, t, hq * d))?)?)?;
             let h = blk.mlp_norm.forward(&x)?;
             let m = SwiGlu::forward(&blk.gate_up.forward(&h)?)?;

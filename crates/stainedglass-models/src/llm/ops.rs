@@ -351,12 +351,34 @@ impl Attention {
             );
         }
         if is_cpu_f32(q) {
-            q.contiguous()?
-                .apply_op3(&k.contiguous()?, &v.contiguous()?, self.clone())
+            // K/V may be views of a larger preallocated cache: only the batch stride differs.
+            let kv = |t: &Tensor| -> Result<Tensor> {
+                if batch_strided(t.layout()) {
+                    Ok(t.clone())
+                } else {
+                    t.contiguous()
+                }
+            };
+            q.contiguous()?.apply_op3(&kv(k)?, &kv(v)?, self.clone())
         } else {
             reference::attention(q, k, v, &self.key_valid)
         }
     }
+}
+
+/// A rank-4 layout whose last three dimensions are contiguous (any batch stride).
+fn batch_strided(l: &Layout) -> bool {
+    let (d, st) = (l.dims(), l.stride());
+    d.len() == 4 && st[3] == 1 && st[2] == d[3] && st[1] == d[2] * d[3]
+}
+
+/// Data from the layout's start and the batch stride of a [`batch_strided`] tensor.
+fn batch_view<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], usize)> {
+    if !batch_strided(l) {
+        candle_core::bail!("{op}: key/value tensors need contiguous inner dimensions");
+    }
+    let v = s.as_slice::<f32>()?;
+    Ok((&v[l.start_offset()..], l.stride()[0]))
 }
 
 struct Dims {
@@ -444,11 +466,9 @@ impl CustomOp3 for Attention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            slice(sq, lq, "attention")?,
-            slice(sk, lk, "attention")?,
-            slice(sv, lv, "attention")?,
-        );
+        let q = slice(sq, lq, "attention")?;
+        let (k, kbs) = batch_view(sk, lk, "attention")?;
+        let (v, vbs) = batch_view(sv, lv, "attention")?;
         let Dims {
             b,
             t,
@@ -471,8 +491,8 @@ impl CustomOp3 for Attention {
                 // each task writes only head `h` of batch `bi` of `out`.
                 unsafe {
                     let qp = q.as_ptr().add((bi * t * hq + h) * d);
-                    let kp = k.as_ptr().add((bi * s * hkv + kh) * d);
-                    let vp = v.as_ptr().add((bi * s * hkv + kh) * d);
+                    let kp = k.as_ptr().add(bi * kbs + kh * d);
+                    let vp = v.as_ptr().add(bi * vbs + kh * d);
                     let (ldq, ldk) = (hq * d, hkv * d);
                     super::blas::sgemm_strided(
                         false,

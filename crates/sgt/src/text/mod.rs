@@ -1,0 +1,118 @@
+//! `sgt text …`: prepare chat training data with the base model, train a text SGT.
+
+use crate::lm::model_args::ModelArgs;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use stainedglass_train::text::{data, RunOptions, TextTrainConfig};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum TextCommand {
+    /// Answer the bundled chat prompts with the base model (greedy, batched) and write the
+    /// conversations as JSON lines (skipped when the file exists unless --force).
+    PrepareData(PrepareArgs),
+    /// Train a TransformerCloak with the distillation loss (resumes from checkpoints).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "runs/text-data/conversations.jsonl")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 160)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Use only the first N prompt records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// TOML config (see configs/text-sgt-smollm2.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, default_value = "runs/text-sgt")]
+    pub output: PathBuf,
+    /// Ignore existing checkpoints.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+pub fn run(cmd: TextCommand) -> Result<()> {
+    match cmd {
+        TextCommand::PrepareData(a) => prepare(a),
+        TextCommand::Train(a) => train(a),
+    }
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    if a.out.exists() && !a.force {
+        eprintln!(
+            "{} exists; reusing it (--force to regenerate)",
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let tok = a.model.load_tokenizer()?;
+    let model = a.model.load_model()?;
+    let mut prompts = data::load_prompt_turns(&a.model.assets.join("chat"))?;
+    if let Some(n) = a.limit {
+        prompts.truncate(n);
+    }
+    let pb = stainedglass_train::metrics::progress_bar(
+        prompts.iter().map(Vec::len).sum::<usize>() as u64,
+        0,
+        "replies",
+    );
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let n = data::prepare_conversations(
+        &model,
+        &tok,
+        &prompts,
+        &a.out,
+        a.max_new_tokens,
+        a.batch,
+        |done, _| pb.set_position(done as u64),
+    )?;
+    pb.finish_and_clear();
+    eprintln!("wrote {n} conversations to {}", a.out.display());
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut cfg = TextTrainConfig::load(&a.config)?;
+    if cfg.model.path.is_none() {
+        cfg.model.path = a.model.model.clone();
+    }
+    let margs = crate::lm::model_args::ModelArgs {
+        model: cfg.model.path.clone(),
+        ..a.model.clone()
+    };
+    let tok = Arc::new(margs.load_tokenizer()?);
+    let model = margs.load_model()?;
+    let summary = stainedglass_train::text::train(
+        &cfg,
+        &model,
+        tok,
+        &a.output,
+        &RunOptions {
+            fresh: a.fresh,
+            progress: std::io::stderr().is_terminal(),
+        },
+    )
+    .with_context(|| format!("training into {}", a.output.display()))?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}

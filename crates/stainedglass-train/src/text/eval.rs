@@ -1,0 +1,155 @@
+//! Quick privacy and utility checks run by the text trainer on held-out conversations:
+//! nearest-neighbour token recovery (cosine and L2, top-1) of the transformed tokens against the
+//! vocabulary embedding table, and next-token top-1 agreement and KL between the clean and the
+//! transformed runs on the assistant replies (teacher-forced).
+
+use crate::Result;
+use candle_core::{DType, Tensor, D};
+use serde::Serialize;
+use stainedglass_core::NoiseRng;
+use stainedglass_models::llm::ops::Linear;
+use stainedglass_models::llm::{Llama, Stop, TransformerCloak};
+use stainedglass_text::EncodedPrompt;
+
+/// Nearest rows of the embedding table by cosine similarity and by L2 distance.
+pub struct EmbeddingIndex {
+    table: Linear,
+    norms: Vec<f32>,
+}
+
+/// Rows scored at once (bounds the `(rows × vocab)` score matrix).
+const CHUNK: usize = 256;
+
+impl EmbeddingIndex {
+    pub fn new(table: &Tensor) -> Result<Self> {
+        let norms = table.sqr()?.sum(D::Minus1)?.sqrt()?.to_vec1::<f32>()?;
+        Ok(Self {
+            table: Linear::new(table.clone(), None),
+            norms,
+        })
+    }
+
+    /// For `x (n, d)`: `(cosine top-1 ids, L2 top-1 ids)`.
+    pub fn nearest(&self, x: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (n, _) = x.dims2()?;
+        let (mut cos, mut l2) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for start in (0..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - start);
+            let scores = self.table.forward(&x.narrow(0, start, len)?.detach())?;
+            for row in scores.to_vec2::<f32>()? {
+                let (mut bc, mut bcs) = (0usize, f32::NEG_INFINITY);
+                let (mut bl, mut bls) = (0usize, f32::INFINITY);
+                for (j, &s) in row.iter().enumerate() {
+                    let nj = self.norms[j];
+                    let c = s / nj.max(1e-12);
+                    if c > bcs {
+                        bcs = c;
+                        bc = j;
+                    }
+                    let d = nj * nj - 2.0 * s;
+                    if d < bls {
+                        bls = d;
+                        bl = j;
+                    }
+                }
+                cos.push(bc as u32);
+                l2.push(bl as u32);
+            }
+        }
+        Ok((cos, l2))
+    }
+}
+
+/// Results of one quick evaluation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QuickEval {
+    pub nn_top1_cosine: f64,
+    pub nn_top1_l2: f64,
+    pub transformed_tokens: usize,
+    pub next_token_agreement: f64,
+    pub next_token_kl: f64,
+    pub predicted_tokens: usize,
+}
+
+/// Evaluates `cloak` on `rows` (encoded with labels; `loss_mask` marks reply tokens), one
+/// conversation at a time. `transform = false` measures the clean embeddings (recovery should be
+/// 100%, agreement 100%).
+pub fn quick_eval(
+    model: &Llama,
+    cloak: &TransformerCloak,
+    index: &EmbeddingIndex,
+    rows: &[EncodedPrompt],
+    rng: &mut NoiseRng,
+    transform: bool,
+) -> Result<QuickEval> {
+    let dev = model.device();
+    let (mut hit_c, mut hit_l, mut n_tr) = (0usize, 0usize, 0usize);
+    let (mut agree, mut kl, mut n_pred) = (0usize, 0f64, 0usize);
+    for r in rows {
+        let t = r.len();
+        let ids = Tensor::from_vec(r.input_ids.clone(), (1, t), dev)?;
+        let x = model.embed(&ids)?;
+        let am = Tensor::from_vec(r.attention_mask.clone(), (1, t), dev)?;
+        let xt = if transform {
+            cloak
+                .forward_masked(&x, Some(&r.attention_mask), Some(&r.noise_mask), rng)?
+                .transformed
+        } else {
+            x.clone()
+        };
+        // Nearest-neighbour recovery on transformed tokens.
+        let sel: Vec<u32> = (0..t)
+            .filter(|&i| r.noise_mask[i] == 1 && r.attention_mask[i] == 1)
+            .map(|i| i as u32)
+            .collect();
+        if !sel.is_empty() {
+            let idx = Tensor::new(sel.as_slice(), dev)?;
+            let rows_x = xt.squeeze(0)?.index_select(&idx, 0)?;
+            let (c, l) = index.nearest(&rows_x)?;
+            for (k, &i) in sel.iter().enumerate() {
+                let truth = r.input_ids[i as usize];
+                hit_c += usize::from(c[k] == truth);
+                hit_l += usize::from(l[k] == truth);
+            }
+            n_tr += sel.len();
+        }
+        // Next-token agreement and KL where the next token is a reply token.
+        let lm = r.loss_mask.clone().unwrap_or_else(|| vec![0; t]);
+        let pos: Vec<u32> = (0..t.saturating_sub(1))
+            .filter(|&i| lm[i + 1] == 1)
+            .map(|i| i as u32)
+            .collect();
+        if pos.is_empty() {
+            continue;
+        }
+        let pidx = Tensor::new(pos.as_slice(), dev)?;
+        let lc = model
+            .forward_embeds(&x, Some(&am), Stop::Logits)?
+            .squeeze(0)?
+            .index_select(&pidx, 0)?;
+        let lt = model
+            .forward_embeds(&xt.detach(), Some(&am), Stop::Logits)?
+            .squeeze(0)?
+            .index_select(&pidx, 0)?;
+        let ac = lc.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let at = lt.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        agree += ac.iter().zip(&at).filter(|(a, b)| a == b).count();
+        let lpc = candle_nn::ops::log_softmax(&lc, D::Minus1)?;
+        let lpt = candle_nn::ops::log_softmax(&lt, D::Minus1)?;
+        let k = (lpc.exp()? * (&lpc - &lpt)?)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        kl += k;
+        n_pred += pos.len();
+    }
+    let frac = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+    Ok(QuickEval {
+        nn_top1_cosine: frac(hit_c, n_tr),
+        nn_top1_l2: frac(hit_l, n_tr),
+        transformed_tokens: n_tr,
+        next_token_agreement: frac(agree, n_pred),
+        next_token_kl: if n_pred == 0 { 0.0 } else { kl / n_pred as f64 },
+        predicted_tokens: n_pred,
+    })
+}

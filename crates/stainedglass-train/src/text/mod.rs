@@ -1,0 +1,9 @@
+//! Training a text SGT (TransformerCloak) on a frozen causal LM with the distillation loss.
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod trainer;
+
+pub use config::TextTrainConfig;
+pub use trainer::{load_sgt, save_sgt, train, RunOptions, TrainSummary};

@@ -1,0 +1,163 @@
+//! The text-SGT trainer on the bundled SmolLM2 with a tiny config: metrics, checkpoints,
+//! bit-exact resume, saved layer, and the quick evaluation's sanity on clean embeddings.
+
+use candle_core::Device;
+use stainedglass_models::llm::Llama;
+use stainedglass_text::TextTokenizer;
+use stainedglass_train::text::{load_sgt, train, RunOptions, TextTrainConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+fn gguf() -> PathBuf {
+    let assets = std::env::var("SGT_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} missing: run ./scripts/setup-assets.sh",
+        p.display()
+    );
+    p
+}
+
+fn model() -> &'static Llama {
+    static M: OnceLock<Llama> = OnceLock::new();
+    M.get_or_init(|| Llama::load(&gguf(), &Device::Cpu).expect("load"))
+}
+
+fn tok() -> Arc<TextTokenizer> {
+    Arc::new(TextTokenizer::from_model_path(&gguf()).expect("tokenizer"))
+}
+
+fn data(dir: &Path) -> PathBuf {
+    let convs = [
+        (
+            "What is the capital of France?",
+            "The capital of France is Paris.",
+        ),
+        ("Name a primary colour.", "Red is a primary colour."),
+        (
+            "How many legs does a spider have?",
+            "A spider has eight legs.",
+        ),
+        ("What is 2 + 3?", "2 + 3 = 5."),
+        (
+            "Which planet is the largest?",
+            "Jupiter is the largest planet.",
+        ),
+        ("What do bees make?", "Bees make honey."),
+    ];
+    let mut s = String::new();
+    for (q, a) in convs {
+        let v = serde_json::json!({"messages": [
+            {"role": "user", "content": q}, {"role": "assistant", "content": a}]});
+        s.push_str(&v.to_string());
+        s.push('\n');
+    }
+    let p = dir.join("convs.jsonl");
+    std::fs::write(&p, s).expect("write");
+    p
+}
+
+fn config(data: &Path, steps: u64) -> TextTrainConfig {
+    let text = format!(
+        "[data]\nconversations = {:?}\nheld_out = 2\nmax_length = 48\n\
+         [loss]\ndistillation_layer_index = 2\n\
+         [train]\nsteps = {steps}\nbatch_size = 2\nwarmup_steps = 1\neval_every = 2\n\
+         checkpoint_every = 2\ngrad_accumulation = 2\n",
+        data.to_string_lossy()
+    );
+    TextTrainConfig::from_toml(&text, Path::new("test.toml")).expect("config")
+}
+
+fn max_diff_layers(a: &Path, b: &Path) -> f32 {
+    let a = load_sgt(a, &Device::Cpu).expect("load a");
+    let b = load_sgt(b, &Device::Cpu).expect("load b");
+    let mut m = 0f32;
+    for ((na, ta), (nb, tb)) in a.named_tensors().iter().zip(b.named_tensors()) {
+        assert_eq!(na, &nb);
+        let d = (ta - &tb)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff");
+        m = m.max(d);
+    }
+    m
+}
+
+#[test]
+fn trains_checkpoints_and_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = data(dir.path());
+    let opts = RunOptions::default();
+    let cfg = config(&d, 4);
+    let full = dir.path().join("full");
+    let s = train(&cfg, model(), tok(), &full, &opts).expect("train");
+    assert_eq!(s.steps, 4);
+    assert!(s.resumed_from.is_none());
+    // Clean embeddings: every token recovered, every next token agreed.
+    assert_eq!(s.clean_eval.nn_top1_cosine, 1.0);
+    assert_eq!(s.clean_eval.nn_top1_l2, 1.0);
+    assert_eq!(s.clean_eval.next_token_agreement, 1.0);
+    assert!(s.final_eval.transformed_tokens > 0 && s.final_eval.predicted_tokens > 0);
+    let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).expect("metrics");
+    let recs: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let train_recs: Vec<_> = recs.iter().filter(|r| r["kind"] == "train").collect();
+    assert_eq!(train_recs.len(), 4);
+    for key in [
+        "loss",
+        "distillation_loss",
+        "std_log_ratio_loss",
+        "input_embedding_similarity",
+        "alpha",
+        "mean_sigma",
+        "lr",
+        "tokens_per_s",
+        "grad_norm",
+    ] {
+        assert!(train_recs[0].get(key).is_some(), "metrics lack {key}");
+    }
+    assert_eq!(recs.iter().filter(|r| r["kind"] == "eval").count(), 2);
+
+    // Simulate a kill after step 2: drop the step-4 checkpoint, point `latest` at step 2, rerun.
+    let resumed = dir.path().join("resumed");
+    copy_dir(&full, &resumed);
+    let ck = resumed.join("checkpoints");
+    std::fs::remove_dir_all(ck.join("step-00000004")).expect("rm");
+    std::fs::write(ck.join("latest"), "step-00000002").expect("latest");
+    std::fs::remove_dir_all(resumed.join("sgt")).expect("rm sgt");
+    let s2 = train(&cfg, model(), tok(), &resumed, &opts).expect("resume");
+    assert_eq!(s2.resumed_from, Some(2));
+    assert_eq!(
+        max_diff_layers(&full.join("sgt"), &resumed.join("sgt")),
+        0.0
+    );
+    // The layer changed during training.
+    let fresh = dir.path().join("fresh");
+    train(&config(&d, 1), model(), tok(), &fresh, &opts).expect("one step");
+    assert!(max_diff_layers(&full.join("sgt"), &fresh.join("sgt")) > 0.0);
+    // A different config refuses to resume.
+    let e = train(&config(&d, 6), model(), tok(), &resumed, &opts)
+        .err()
+        .expect("config changed");
+    assert!(e.to_string().contains("different config"), "{e}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let p = e.path();
+        let q = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &q);
+        } else {
+            std::fs::copy(&p, &q).expect("copy");
+        }
+    }
+}
