@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Vision(VisionBenchArgs),
     /// Causal LM: prefill and decode at batch 1, an SGT-style training step, decode memory.
     Llm(crate::bench_llm::LlmBenchArgs),
+    /// Text SGT: one training step (TransformerCloak + distillation to layer k).
+    TextSgt(crate::bench_text::TextSgtBenchArgs),
 }
 
 #[derive(Args)]
@@ -39,6 +41,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vision(a) => vision(a),
         BenchCommand::Llm(a) => crate::bench_llm::llm(a),
+        BenchCommand::TextSgt(a) => crate::bench_text::text_sgt(a),
     }
 }
 

@@ -1,5 +1,7 @@
 //! `sgt text …`: prepare chat training data with the base model, train a text SGT.
 
+pub mod curve;
+
 use crate::lm::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -15,6 +17,8 @@ pub enum TextCommand {
     PrepareData(PrepareArgs),
     /// Train a TransformerCloak with the distillation loss (resumes from checkpoints).
     Train(TrainArgs),
+    /// Plot recovery and agreement over training from a run's metrics.jsonl.
+    Curve(curve::CurveArgs),
 }
 
 #[derive(Args)]
@@ -52,6 +56,7 @@ pub fn run(cmd: TextCommand) -> Result<()> {
     match cmd {
         TextCommand::PrepareData(a) => prepare(a),
         TextCommand::Train(a) => train(a),
+        TextCommand::Curve(a) => curve::run(a),
     }
 }
 

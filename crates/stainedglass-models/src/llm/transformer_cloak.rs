@@ -255,6 +255,22 @@ impl TransformerCloak {
         &self.config
     }
 
+    /// The parameters split into `(weights, head biases)`: the biases of the mean and ρ heads
+    /// set the per-feature noise level directly and usually train with a larger learning rate.
+    pub fn parameter_groups(&self) -> (Vec<Var>, Vec<Var>) {
+        let biases = vec![self.mean_b.clone(), self.rho_b.clone()];
+        let weights = self
+            .parameters()
+            .into_iter()
+            .filter(|p| {
+                biases
+                    .iter()
+                    .all(|b| b.as_tensor().id() != p.as_tensor().id())
+            })
+            .collect();
+        (weights, biases)
+    }
+
     /// Every tensor by name, sorted (for saving).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();

@@ -76,7 +76,10 @@ impl Default for SgtSection {
 pub struct TrainSection {
     pub steps: u64,
     pub batch_size: usize,
+    /// Peak learning rate of the estimator and the head weights.
     pub learning_rate: f64,
+    /// Peak learning rate of the mean and ρ head biases (the per-feature noise levels).
+    pub bias_learning_rate: f64,
     pub warmup_steps: u64,
     /// Linear decay to this fraction of the peak learning rate at the last step.
     pub final_lr_fraction: f64,
@@ -96,6 +99,7 @@ impl Default for TrainSection {
             steps: 1000,
             batch_size: 4,
             learning_rate: 1e-3,
+            bias_learning_rate: 2e-2,
             warmup_steps: 50,
             final_lr_fraction: 0.1,
             grad_accumulation: 1,
@@ -161,8 +165,13 @@ impl TextTrainConfig {
 
     /// Learning rate at `step` (0-based): linear warm-up, then linear decay.
     pub fn learning_rate(&self, step: u64) -> f64 {
+        self.schedule(step) * self.train.learning_rate
+    }
+
+    /// The schedule's factor at `step`, in `(0, 1]`.
+    pub fn schedule(&self, step: u64) -> f64 {
         let t = &self.train;
-        let peak = t.learning_rate;
+        let peak = 1.0;
         if step < t.warmup_steps {
             return peak * (step + 1) as f64 / t.warmup_steps as f64;
         }

@@ -178,6 +178,15 @@ pub fn load_sgt(dir: &Path, device: &candle_core::Device) -> Result<TransformerC
     Ok(TransformerCloak::from_named(cfg, &t, device)?)
 }
 
+/// AdamW (weight decay 0) for the weights and, at its own learning rate, the head biases.
+fn optimizers(cloak: &TransformerCloak, cfg: &TextTrainConfig) -> Result<(AdamW, AdamW)> {
+    let (w, b) = cloak.parameter_groups();
+    Ok((
+        AdamW::new(w, AdamWConfig::noise(cfg.train.learning_rate))?,
+        AdamW::new(b, AdamWConfig::noise(cfg.train.bias_learning_rate))?,
+    ))
+}
+
 /// Trains (or resumes) a text SGT into `output`.
 pub fn train(
     cfg: &TextTrainConfig,
@@ -219,8 +228,8 @@ pub fn train(
     sc.mean_bound = cfg.sgt.mean_bound;
     sc.percent_to_mask = cfg.sgt.percent_to_mask;
     let ckpts = Checkpoints::new(&ckdir);
-    let resumed = ckpts.load_latest::<State>(&["sgt", "optimizer"], &dev)?;
-    let (cloak, mut opt, start) = match resumed {
+    let resumed = ckpts.load_latest::<State>(&["sgt", "optimizer", "optimizer_bias"], &dev)?;
+    let (cloak, (mut opt, mut opt_b), start) = match resumed {
         Some(ck) => {
             if ck.state.config != *cfg {
                 return Err(Error::ckpt(
@@ -229,20 +238,15 @@ pub fn train(
                 ));
             }
             let cloak = TransformerCloak::from_named(sc, &ck.tensors["sgt"], &dev)?;
-            let mut opt = AdamW::new(
-                cloak.parameters(),
-                AdamWConfig::noise(cfg.train.learning_rate),
-            )?;
+            let (mut opt, mut opt_b) = optimizers(&cloak, cfg)?;
             opt.load_state(&ck.tensors["optimizer"])?;
-            (cloak, opt, ck.state.step)
+            opt_b.load_state(&ck.tensors["optimizer_bias"])?;
+            (cloak, (opt, opt_b), ck.state.step)
         }
         None => {
             let cloak = TransformerCloak::from_base(sc, model)?;
-            let opt = AdamW::new(
-                cloak.parameters(),
-                AdamWConfig::noise(cfg.train.learning_rate),
-            )?;
-            (cloak, opt, 0)
+            let opts = optimizers(&cloak, cfg)?;
+            (cloak, opts, 0)
         }
     };
     let loss = distillation_loss_factory(cfg.loss.clone())?;
@@ -272,6 +276,7 @@ pub fn train(
         let t0 = Instant::now();
         let lr = cfg.learning_rate(step);
         opt.set_learning_rate(lr);
+        opt_b.set_learning_rate(cfg.schedule(step) * cfg.train.bias_learning_rate);
         let mut acc: Option<Vec<Tensor>> = None;
         let mut last_grads = None;
         let mut sums: HashMap<&str, f64> = HashMap::new();
@@ -340,17 +345,18 @@ pub fn train(
         for (p, g) in cloak.parameters().iter().zip(acc) {
             grads.insert(p.as_tensor(), g);
         }
-        let grad_norm = match cfg.train.clip_grad_norm {
-            Some(c) => opt.clip_grad_norm(&mut grads, c)?,
-            None => opt.clip_grad_norm(&mut grads, f64::INFINITY)?,
-        };
-        if !grad_norm.is_finite() {
+        // Clip the weights' and the biases' gradients separately (their scales differ).
+        let clip = cfg.train.clip_grad_norm.unwrap_or(f64::INFINITY);
+        let grad_norm = opt.clip_grad_norm(&mut grads, clip)?;
+        let bias_norm = opt_b.clip_grad_norm(&mut grads, clip)?;
+        if !(grad_norm.is_finite() && bias_norm.is_finite()) {
             return Err(Error::Diverged {
                 step,
                 what: "the gradient norm".into(),
             });
         }
         opt.step(&grads)?;
+        opt_b.step(&grads)?;
         let done = step + 1;
         metrics.write(&TrainRecord {
             kind: "train",
@@ -401,7 +407,11 @@ pub fn train(
             };
             ckpts.save(
                 done,
-                &[("sgt", cloak.named_tensors()), ("optimizer", opt.state()?)],
+                &[
+                    ("sgt", cloak.named_tensors()),
+                    ("optimizer", opt.state()?),
+                    ("optimizer_bias", opt_b.state()?),
+                ],
                 &state,
             )?;
         }
