@@ -62,6 +62,7 @@ pub fn text_sgt(a: TextSgtBenchArgs) -> Result<()> {
             input_embeds: &x,
             transformed_embeds: &noise.transformed,
             std: &noise.std,
+            keep_mask: noise.mask.as_ref(),
         })?;
         let mut g = rec.loss.backward()?;
         opt.clip_grad_norm(&mut g, 1.0)?;

@@ -115,6 +115,7 @@ fn initial_transform_is_near_identity_for_the_loss() {
             input_embeds: &tr.input_embeds,
             transformed_embeds: &noise.transformed,
             std: &noise.std,
+            keep_mask: None,
         })
         .expect("compute");
     let get = |n: &str| r.components.iter().find(|(k, _)| *k == n).expect(n).1;

@@ -142,9 +142,7 @@ fn trains_checkpoints_and_resumes_bit_exactly() {
     train(&config(&d, 1), model(), tok(), &fresh, &opts).expect("one step");
     assert!(max_diff_layers(&full.join("sgt"), &fresh.join("sgt")) > 0.0);
     // A different config refuses to resume.
-    let e = train(&config(&d, 6), model(), tok(), &resumed, &opts)
-        .err()
-        .expect("config changed");
+    let e = train(&config(&d, 6), model(), tok(), &resumed, &opts).expect_err("config changed");
     assert!(e.to_string().contains("different config"), "{e}");
 }
 

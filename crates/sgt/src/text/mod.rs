@@ -19,6 +19,23 @@ pub enum TextCommand {
     Train(TrainArgs),
     /// Plot recovery and agreement over training from a run's metrics.jsonl.
     Curve(curve::CurveArgs),
+    /// Quick evaluation of a trained SGT on the config's held-out conversations (JSON).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The training config (its data section names the held-out conversations).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The trained layer (a run's `sgt/` folder).
+    #[arg(long)]
+    pub sgt: PathBuf,
+    /// Evaluate only the first N held-out conversations.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -57,6 +74,7 @@ pub fn run(cmd: TextCommand) -> Result<()> {
         TextCommand::PrepareData(a) => prepare(a),
         TextCommand::Train(a) => train(a),
         TextCommand::Curve(a) => curve::run(a),
+        TextCommand::Eval(a) => eval(a),
     }
 }
 
@@ -119,5 +137,25 @@ fn train(a: TrainArgs) -> Result<()> {
     )
     .with_context(|| format!("training into {}", a.output.display()))?;
     println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let cfg = TextTrainConfig::load(&a.config)?;
+    let margs = crate::lm::model_args::ModelArgs {
+        model: cfg.model.path.clone().or(a.model.model.clone()),
+        ..a.model.clone()
+    };
+    let tok = Arc::new(margs.load_tokenizer()?);
+    let model = margs.load_model()?;
+    let cloak = stainedglass_train::text::load_sgt(&a.sgt, model.device())
+        .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
+    let clean =
+        stainedglass_train::text::held_out_eval(&cfg, &model, tok.clone(), &cloak, a.limit, false)?;
+    let sgt = stainedglass_train::text::held_out_eval(&cfg, &model, tok, &cloak, a.limit, true)?;
+    println!(
+        "{}",
+        serde_json::json!({"clean": clean, "transformed": sgt})
+    );
     Ok(())
 }

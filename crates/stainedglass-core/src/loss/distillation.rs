@@ -90,6 +90,9 @@ pub struct DistillationInputs<'a> {
     pub transformed_embeds: &'a Tensor,
     /// σ, `(b, t, d)`.
     pub std: &'a Tensor,
+    /// Keep-mask `(b, t, d)` (1 = kept, 0 = replaced by μ) of a masking layer: `L_std` then
+    /// averages over kept features only, as the vision noise loss does.
+    pub keep_mask: Option<&'a Tensor>,
 }
 
 /// One evaluation: the tensor to backpropagate and the components as numbers.
@@ -164,7 +167,16 @@ impl DistillationLoss {
         // Noise-to-signal term: −log(σ / rms(x)) averaged over transformed tokens.
         let x = f32_(&i.input_embeds.detach())?;
         let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
-        let log_ratio = f32_(i.std)?.broadcast_div(&rms)?.log()?.mean(D::Minus1)?;
+        let log_ratio = f32_(i.std)?.broadcast_div(&rms)?.log()?;
+        let log_ratio = match i.keep_mask {
+            Some(k) => {
+                let k = f32_(k)?;
+                (log_ratio * &k)?
+                    .sum(D::Minus1)?
+                    .broadcast_div(&k.sum(D::Minus1)?.maximum(1.0)?)?
+            }
+            None => log_ratio.mean(D::Minus1)?,
+        };
         let l_std = masked_mean(&log_ratio, &nm)?.neg()?;
         // Input-embedding similarity.
         let mut sim = cosine(&x, &f32_(i.transformed_embeds)?)?;
@@ -222,6 +234,7 @@ mod tests {
                 input_embeds: &x,
                 transformed_embeds: &x,
                 std: &std,
+                keep_mask: None,
             })
             .expect("compute");
         let get = |n: &str| r.components.iter().find(|(k, _)| *k == n).expect(n).1;
@@ -258,6 +271,7 @@ mod tests {
                 input_embeds: &x,
                 transformed_embeds: &x,
                 std: &std,
+                keep_mask: None,
             })
             .expect("compute");
         let g = r.loss.backward().expect("backward");

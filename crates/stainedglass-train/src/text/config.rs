@@ -6,17 +6,11 @@ use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::DistillationConfig;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     /// `.gguf` file or Hugging Face folder; empty = the bundled SmolLM2 under the assets dir.
     pub path: Option<PathBuf>,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        Self { path: None }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -29,22 +29,29 @@ impl EmbeddingIndex {
         })
     }
 
-    /// For `x (n, d)`: `(cosine top-1 ids, L2 top-1 ids)`.
-    pub fn nearest(&self, x: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
+    /// For `x (n, d)`: `(cosine top-1 ids, L2 top-1 ids, top-1 ids of −x by cosine)`. The
+    /// last is the attacker who guesses the transform flipped the embedding's sign.
+    pub fn nearest(&self, x: &Tensor) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
         let (n, _) = x.dims2()?;
         let (mut cos, mut l2) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut flipped = Vec::with_capacity(n);
         for start in (0..n).step_by(CHUNK) {
             let len = CHUNK.min(n - start);
             let scores = self.table.forward(&x.narrow(0, start, len)?.detach())?;
             for row in scores.to_vec2::<f32>()? {
                 let (mut bc, mut bcs) = (0usize, f32::NEG_INFINITY);
                 let (mut bl, mut bls) = (0usize, f32::INFINITY);
+                let (mut bf, mut bfs) = (0usize, f32::INFINITY);
                 for (j, &s) in row.iter().enumerate() {
                     let nj = self.norms[j];
                     let c = s / nj.max(1e-12);
                     if c > bcs {
                         bcs = c;
                         bc = j;
+                    }
+                    if c < bfs {
+                        bfs = c;
+                        bf = j;
                     }
                     let d = nj * nj - 2.0 * s;
                     if d < bls {
@@ -54,9 +61,10 @@ impl EmbeddingIndex {
                 }
                 cos.push(bc as u32);
                 l2.push(bl as u32);
+                flipped.push(bf as u32);
             }
         }
-        Ok((cos, l2))
+        Ok((cos, l2, flipped))
     }
 }
 
@@ -65,6 +73,8 @@ impl EmbeddingIndex {
 pub struct QuickEval {
     pub nn_top1_cosine: f64,
     pub nn_top1_l2: f64,
+    /// Recovery by cosine nearest neighbour of `−x̃` (a sign-flip attacker).
+    pub nn_top1_cosine_flipped: f64,
     pub transformed_tokens: usize,
     pub next_token_agreement: f64,
     pub next_token_kl: f64,
@@ -83,7 +93,7 @@ pub fn quick_eval(
     transform: bool,
 ) -> Result<QuickEval> {
     let dev = model.device();
-    let (mut hit_c, mut hit_l, mut n_tr) = (0usize, 0usize, 0usize);
+    let (mut hit_c, mut hit_l, mut hit_f, mut n_tr) = (0usize, 0usize, 0usize, 0usize);
     let (mut agree, mut kl, mut n_pred) = (0usize, 0f64, 0usize);
     for r in rows {
         let t = r.len();
@@ -105,11 +115,12 @@ pub fn quick_eval(
         if !sel.is_empty() {
             let idx = Tensor::new(sel.as_slice(), dev)?;
             let rows_x = xt.squeeze(0)?.index_select(&idx, 0)?;
-            let (c, l) = index.nearest(&rows_x)?;
+            let (c, l, f) = index.nearest(&rows_x)?;
             for (k, &i) in sel.iter().enumerate() {
                 let truth = r.input_ids[i as usize];
                 hit_c += usize::from(c[k] == truth);
                 hit_l += usize::from(l[k] == truth);
+                hit_f += usize::from(f[k] == truth);
             }
             n_tr += sel.len();
         }
@@ -147,6 +158,7 @@ pub fn quick_eval(
     Ok(QuickEval {
         nn_top1_cosine: frac(hit_c, n_tr),
         nn_top1_l2: frac(hit_l, n_tr),
+        nn_top1_cosine_flipped: frac(hit_f, n_tr),
         transformed_tokens: n_tr,
         next_token_agreement: frac(agree, n_pred),
         next_token_kl: if n_pred == 0 { 0.0 } else { kl / n_pred as f64 },

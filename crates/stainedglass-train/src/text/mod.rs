@@ -6,4 +6,4 @@ pub mod eval;
 pub mod trainer;
 
 pub use config::TextTrainConfig;
-pub use trainer::{load_sgt, save_sgt, train, RunOptions, TrainSummary};
+pub use trainer::{held_out_eval, load_sgt, save_sgt, train, RunOptions, TrainSummary};

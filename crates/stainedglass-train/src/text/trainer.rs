@@ -178,6 +178,25 @@ pub fn load_sgt(dir: &Path, device: &candle_core::Device) -> Result<TransformerC
     Ok(TransformerCloak::from_named(cfg, &t, device)?)
 }
 
+/// The quick evaluation of `cloak` on the config's held-out conversations (`limit` of them, or
+/// all), with the trainer's evaluation noise seed.
+pub fn held_out_eval(
+    cfg: &TextTrainConfig,
+    model: &Llama,
+    tok: Arc<TextTokenizer>,
+    cloak: &TransformerCloak,
+    limit: Option<usize>,
+    transform: bool,
+) -> Result<QuickEval> {
+    let convs = super::data::load_conversations(&cfg.data.conversations)?;
+    let held = &convs[convs.len().saturating_sub(cfg.data.held_out)..];
+    let n = limit.unwrap_or(held.len()).min(held.len());
+    let rows = encode_all(&tok, &held[..n], cfg, true)?;
+    let index = EmbeddingIndex::new(model.embedding_table())?;
+    let mut rng = NoiseRng::seeded(cfg.train.seed ^ 0xE7A1);
+    quick_eval(model, cloak, &index, &rows, &mut rng, transform)
+}
+
 /// AdamW (weight decay 0) for the weights and, at its own learning rate, the head biases.
 fn optimizers(cloak: &TransformerCloak, cfg: &TextTrainConfig) -> Result<(AdamW, AdamW)> {
     let (w, b) = cloak.parameter_groups();
@@ -307,6 +326,7 @@ pub fn train(
                 input_embeds: &x,
                 transformed_embeds: &noise.transformed,
                 std: &noise.std,
+                keep_mask: noise.mask.as_ref(),
             })?;
             for (name, v) in &rec.components {
                 *sums.entry(name).or_insert(0.0) += v / micro as f64;
