@@ -133,7 +133,7 @@ impl Llama {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if path.is_dir() {
             let (cfg, map) = weights::load_hf_folder(path, device)?;
-            Self::from_tensors(cfg, map, device)
+            Self::assemble(cfg, map, device)
         } else if path.exists() {
             let file = GgufFile::open(path)?;
             Self::from_gguf(&file, device)
@@ -149,12 +149,18 @@ impl Llama {
     pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<Self> {
         let cfg = LlamaConfig::from_gguf(&file.content, &file.path)?;
         let map = weights::load_gguf(file, &cfg, device)?;
-        Self::from_tensors(cfg, map, device)
+        Self::assemble(cfg, map, device)
     }
 
     /// Builds the model from HF-named f32 tensors (checked with `weights::check_tensors`).
-    pub fn from_tensors(cfg: LlamaConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
+    pub fn from_tensors(cfg: LlamaConfig, map: TensorMap, device: &Device) -> Result<Self> {
         weights::check_tensors(&map, &cfg, Path::new("<tensors>"))?;
+        Self::assemble(cfg, map, device)
+    }
+
+    /// Builds the model from tensors the loaders have already checked (presence, shapes,
+    /// finite values), so a load scans the weights once.
+    fn assemble(cfg: LlamaConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
         let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
