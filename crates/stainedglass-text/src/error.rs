@@ -13,6 +13,9 @@ pub enum Error {
     /// A prompt the wrapper cannot encode (empty, unknown role, too long, …).
     #[error("invalid prompt: {0}")]
     Prompt(String),
+    /// A client artefact that is missing, corrupt or inconsistent.
+    #[error("SGT artefact {path}: {reason}")]
+    Artefact { path: PathBuf, reason: String },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -3,12 +3,14 @@
 //! of SPEC §6 that turns chat or instruction prompts into ids, attention mask, noise mask and,
 //! for training, labels and loss mask.
 
+pub mod artefact;
 pub mod error;
 pub mod prompt;
 pub mod template;
 pub mod tokenizer;
 pub mod wrapper;
 
+pub use artefact::{StainedGlassTransformForText, TransformedPrompt};
 pub use error::{Error, Result};
 pub use prompt::{Instruction, Message, PromptInput, Role};
 pub use template::ChatTemplate;

@@ -1,0 +1,85 @@
+//! Hashing and the atomic write of a whole artefact directory.
+
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "artefact".into());
+    dir.with_file_name(format!(
+        ".{name}.{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ))
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Writes `files` into a fresh sibling directory (each fsynced), then swaps it in for `dir`:
+/// a reader sees the old artefact or the new one, never a mix.
+pub(crate) fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| io(dir, e))?.join(dir)
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    }
+    let tmp = sibling(&dir, "tmp");
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir(&tmp)?;
+        for (name, bytes) in files {
+            let mut f = std::fs::File::create(tmp.join(name))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(&tmp, e));
+    }
+    let old = sibling(&dir, "old");
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(&dir, &old).map_err(|e| io(&dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, &dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(&dir, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}

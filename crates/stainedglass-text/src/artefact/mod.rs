@@ -1,0 +1,437 @@
+//! `StainedGlassTransformForText` (SPEC §7): the client artefact a provider ships. A directory
+//! with a versioned `config.json`, `model.safetensors` (the SGT parameters and the input
+//! embedding table, optionally f16), `tokenizer.json`, `tokenizer_config.json` and
+//! `chat_template.jinja`. Loading validates the version, every file's sha256, tensor names,
+//! shapes, dtypes and finiteness, and the embedding table's hash; applying it to a prompt
+//! returns the transformed embeddings and attention mask a server consumes.
+
+pub mod config;
+mod files;
+
+pub use config::{ArtefactConfig, EmbeddingDtype, NoiseMaskPolicy};
+
+use crate::error::{Error, Result};
+use crate::prompt::PromptInput;
+use crate::tokenizer::TextTokenizer;
+use crate::wrapper::{Padding, TokenizerWrapper, WrapperOptions};
+use candle_core::{DType, Device, Tensor};
+use config::*;
+use stainedglass_core::NoiseRng;
+use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How [`StainedGlassTransformForText::new`] packages a trained layer.
+#[derive(Debug, Clone)]
+pub struct ArtefactOptions {
+    /// Name of the base model recorded in the config.
+    pub base_model_name: String,
+    pub embedding_dtype: EmbeddingDtype,
+    pub transform_all_tokens: bool,
+}
+
+/// A prompt after the transform: what the client sends (`embeddings`, `attention_mask`) and
+/// what stays local (`input_ids`, `noise_mask`).
+#[derive(Debug, Clone)]
+pub struct TransformedPrompt {
+    /// `(seq, hidden)` f32.
+    pub embeddings: Tensor,
+    pub attention_mask: Vec<u8>,
+    pub noise_mask: Vec<u8>,
+    pub input_ids: Vec<u32>,
+}
+
+/// The client-side text transform: tokenizer, chat template, embedding table and SGT.
+pub struct StainedGlassTransformForText {
+    config: ArtefactConfig,
+    cloak: TransformerCloak,
+    /// `(vocab, hidden)` f32 (values rounded through f16 when the artefact stores f16).
+    embeddings: Tensor,
+    wrapper: TokenizerWrapper,
+}
+
+impl std::fmt::Debug for StainedGlassTransformForText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StainedGlassTransformForText")
+            .field("base_model", &self.config.base_model)
+            .field("embedding_dtype", &self.config.embedding_dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+/// sha256 (hex) of a `(vocab, hidden)` table as f32 little-endian, row-major.
+pub fn embedding_sha256(table: &Tensor) -> Result<String> {
+    let v = table
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut bytes = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    Ok(files::sha256_hex(&bytes))
+}
+
+fn wrapper_options(policy: NoiseMaskPolicy) -> WrapperOptions {
+    WrapperOptions {
+        add_generation_prompt: true,
+        transform_all_tokens: policy.transform_all_tokens,
+        padding: Padding::None,
+        ..WrapperOptions::default()
+    }
+}
+
+fn artefact_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Artefact {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl StainedGlassTransformForText {
+    /// Packages a trained layer with the base model's embedding table and tokenizer.
+    pub fn new(
+        cloak: TransformerCloak,
+        base_embeddings: &Tensor,
+        tokenizer: Arc<TextTokenizer>,
+        options: ArtefactOptions,
+    ) -> Result<Self> {
+        let base = &cloak.config().base;
+        let (v, d) = base_embeddings.dims2()?;
+        if (v, d) != (base.vocab_size, base.hidden_size) {
+            return Err(Error::Prompt(format!(
+                "the embedding table is {v}×{d} but the SGT was built for {}×{}; pass the \
+                 base model the SGT was trained on",
+                base.vocab_size, base.hidden_size
+            )));
+        }
+        if tokenizer.vocab_size() > v {
+            return Err(Error::Prompt(format!(
+                "the tokenizer has {} tokens but the embedding table only {v} rows",
+                tokenizer.vocab_size()
+            )));
+        }
+        tokenizer.chat_template()?;
+        let hash = embedding_sha256(base_embeddings)?;
+        let table = base_embeddings.to_dtype(DType::F32)?;
+        let embeddings = match options.embedding_dtype {
+            EmbeddingDtype::F32 => table,
+            EmbeddingDtype::F16 => table.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+        };
+        let policy = NoiseMaskPolicy {
+            transform_all_tokens: options.transform_all_tokens,
+        };
+        let config = ArtefactConfig {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            noise_layer: NoiseLayerSection {
+                kind: "transformer_cloak".into(),
+                config: cloak.config().clone(),
+            },
+            base_model: BaseModelSection {
+                name: options.base_model_name,
+                vocab_size: v,
+                hidden_size: d,
+                embedding_sha256: hash,
+            },
+            noise_mask: policy,
+            files: BTreeMap::new(),
+            embedding_dtype: options.embedding_dtype,
+        };
+        Ok(Self {
+            config,
+            cloak,
+            embeddings,
+            wrapper: TokenizerWrapper::new(tokenizer, wrapper_options(policy)),
+        })
+    }
+
+    pub fn config(&self) -> &ArtefactConfig {
+        &self.config
+    }
+
+    pub fn cloak(&self) -> &TransformerCloak {
+        &self.cloak
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        self.wrapper.tokenizer()
+    }
+
+    /// The `(vocab, hidden)` f32 input-embedding table.
+    pub fn embeddings(&self) -> &Tensor {
+        &self.embeddings
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.base_model.hidden_size
+    }
+
+    /// Writes the artefact to `dir` atomically: every file goes to a sibling temporary
+    /// directory which then replaces `dir`.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let tok = self.tokenizer();
+        let store = match self.config.embedding_dtype {
+            EmbeddingDtype::F32 => self.embeddings.clone(),
+            EmbeddingDtype::F16 => self.embeddings.to_dtype(DType::F16)?,
+        };
+        let mut tensors = self.cloak.named_tensors();
+        tensors.push((EMBEDDING_TENSOR.to_string(), store));
+        let weights = stainedglass_core::io::safetensors_bytes(&tensors)
+            .map_err(|e| artefact_err(dir, e.to_string()))?;
+        let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+        let tok_cfg = serde_json::json!({
+            "bos_token": name(tok.bos_id()),
+            "eos_token": name(tok.eos_id()),
+            "pad_token": name(tok.pad_id()),
+        });
+        let contents: Vec<(&str, Vec<u8>)> = vec![
+            (WEIGHTS_FILE, weights),
+            (TOKENIZER_FILE, tok.to_json().as_bytes().to_vec()),
+            (
+                TOKENIZER_CONFIG_FILE,
+                serde_json::to_vec_pretty(&tok_cfg)
+                    .map_err(|e| artefact_err(dir, e.to_string()))?,
+            ),
+            (
+                TEMPLATE_FILE,
+                tok.chat_template()?.source().as_bytes().to_vec(),
+            ),
+        ];
+        let mut config = self.config.clone();
+        config.files = contents
+            .iter()
+            .map(|(n, b)| (n.to_string(), files::sha256_hex(b)))
+            .collect();
+        let cfg =
+            serde_json::to_vec_pretty(&config).map_err(|e| artefact_err(dir, e.to_string()))?;
+        let mut all = contents;
+        all.push((CONFIG_FILE, cfg));
+        files::write_dir_atomic(dir, &all)
+    }
+
+    /// Loads and validates an artefact written by [`Self::save_pretrained`].
+    pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
+            path: cfg_path.clone(),
+            source: e,
+        })?;
+        let probe: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| artefact_err(&cfg_path, format!("not valid JSON: {e}")))?;
+        match probe.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT) => {}
+            other => {
+                return Err(artefact_err(
+                    &cfg_path,
+                    format!(
+                        "format is {other:?}, expected \"{FORMAT}\" (is this a text SGT \
+                         artefact written by `sgt text export`?)"
+                    ),
+                ))
+            }
+        }
+        match probe.get("format_version").and_then(|f| f.as_u64()) {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            other => {
+                return Err(artefact_err(
+                    &cfg_path,
+                    format!(
+                        "format_version {other:?} is not supported; this build reads version \
+                         {FORMAT_VERSION} (upgrade sgt or re-export the artefact)"
+                    ),
+                ))
+            }
+        }
+        let config: ArtefactConfig = serde_json::from_value(probe)
+            .map_err(|e| artefact_err(&cfg_path, format!("invalid config: {e}")))?;
+        if config.noise_layer.kind != "transformer_cloak" {
+            return Err(artefact_err(
+                &cfg_path,
+                format!(
+                    "noise layer kind `{}` is not supported (expected transformer_cloak)",
+                    config.noise_layer.kind
+                ),
+            ));
+        }
+        for required in [WEIGHTS_FILE, TOKENIZER_FILE, TEMPLATE_FILE] {
+            if !config.files.contains_key(required) {
+                return Err(artefact_err(
+                    &cfg_path,
+                    format!("`files` does not list {required}"),
+                ));
+            }
+        }
+        let mut blobs = HashMap::new();
+        for (name, want) in &config.files {
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(artefact_err(&cfg_path, format!("bad file name `{name}`")));
+            }
+            let p = dir.join(name);
+            let bytes = std::fs::read(&p).map_err(|e| Error::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+            let got = files::sha256_hex(&bytes);
+            if &got != want {
+                return Err(artefact_err(
+                    &p,
+                    format!(
+                        "sha256 is {got}, config.json says {want}: the file is corrupt, \
+                         truncated or from another artefact; re-export or re-download it"
+                    ),
+                ));
+            }
+            blobs.insert(name.clone(), bytes);
+        }
+        let wpath = dir.join(WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load_buffer(&blobs[WEIGHTS_FILE], device)
+            .map_err(|e| artefact_err(&wpath, format!("not a readable safetensors file: {e}")))?;
+        let cloak = Self::check_cloak(&config, &tensors, &wpath, device)?;
+        let embeddings = Self::check_embeddings(&config, &tensors, &wpath)?;
+        let tokenizer = Arc::new(TextTokenizer::from_folder(dir)?);
+        if tokenizer.vocab_size() > config.base_model.vocab_size {
+            return Err(artefact_err(
+                &dir.join(TOKENIZER_FILE),
+                "the tokenizer has more tokens than the embedding table has rows",
+            ));
+        }
+        tokenizer.chat_template()?;
+        let policy = config.noise_mask;
+        Ok(Self {
+            config,
+            cloak,
+            embeddings,
+            wrapper: TokenizerWrapper::new(tokenizer, wrapper_options(policy)),
+        })
+    }
+
+    fn check_cloak(
+        config: &ArtefactConfig,
+        tensors: &HashMap<String, Tensor>,
+        path: &Path,
+        device: &Device,
+    ) -> Result<TransformerCloak> {
+        let cc: &TransformerCloakConfig = &config.noise_layer.config;
+        let base = &config.base_model;
+        if (cc.base.vocab_size, cc.base.hidden_size) != (base.vocab_size, base.hidden_size) {
+            return Err(artefact_err(
+                path,
+                "the noise layer's base architecture disagrees with base_model",
+            ));
+        }
+        let expected = TransformerCloak::expected_shapes(cc);
+        let mut named = HashMap::new();
+        for (name, shape) in &expected {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| artefact_err(path, format!("missing tensor `{name}`")))?;
+            if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
+                return Err(artefact_err(
+                    path,
+                    format!(
+                        "tensor `{name}` is {:?} {:?}, expected F32 {shape:?}",
+                        t.dtype(),
+                        t.dims()
+                    ),
+                ));
+            }
+            stainedglass_core::error::ensure_finite(t, name)
+                .map_err(|e| artefact_err(path, e.to_string()))?;
+            named.insert(name.clone(), t.clone());
+        }
+        for name in tensors.keys() {
+            if name != EMBEDDING_TENSOR && !named.contains_key(name) {
+                return Err(artefact_err(path, format!("unexpected tensor `{name}`")));
+            }
+        }
+        TransformerCloak::from_named(cc.clone(), &named, device)
+            .map_err(|e| artefact_err(path, e.to_string()))
+    }
+
+    fn check_embeddings(
+        config: &ArtefactConfig,
+        tensors: &HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<Tensor> {
+        let base = &config.base_model;
+        let t = tensors
+            .get(EMBEDDING_TENSOR)
+            .ok_or_else(|| artefact_err(path, format!("missing tensor `{EMBEDDING_TENSOR}`")))?;
+        let want_dtype = match config.embedding_dtype {
+            EmbeddingDtype::F32 => DType::F32,
+            EmbeddingDtype::F16 => DType::F16,
+        };
+        if t.dims() != [base.vocab_size, base.hidden_size] || t.dtype() != want_dtype {
+            return Err(artefact_err(
+                path,
+                format!(
+                    "`{EMBEDDING_TENSOR}` is {:?} {:?}, expected {want_dtype:?} [{}, {}]",
+                    t.dtype(),
+                    t.dims(),
+                    base.vocab_size,
+                    base.hidden_size
+                ),
+            ));
+        }
+        let table = t.to_dtype(DType::F32)?;
+        stainedglass_core::error::ensure_finite(&table, EMBEDDING_TENSOR)
+            .map_err(|e| artefact_err(path, e.to_string()))?;
+        if config.embedding_dtype == EmbeddingDtype::F32 {
+            let got = embedding_sha256(&table)?;
+            if got != base.embedding_sha256 {
+                return Err(artefact_err(
+                    path,
+                    format!(
+                        "the embedding table hashes to {got}, base_model.embedding_sha256 is {}",
+                        base.embedding_sha256
+                    ),
+                ));
+            }
+        }
+        Ok(table)
+    }
+
+    /// Tokenizes `prompt` with the chat template (generation prompt appended), embeds it and
+    /// applies the SGT with fresh noise from `rng`.
+    pub fn apply(&self, prompt: &PromptInput, rng: &mut NoiseRng) -> Result<TransformedPrompt> {
+        let enc = self.wrapper.encode(prompt)?;
+        self.apply_ids(&enc.input_ids, &enc.noise_mask, rng)
+    }
+
+    /// Embeds `ids` and transforms the tokens with `noise_mask = 1`.
+    pub fn apply_ids(
+        &self,
+        ids: &[u32],
+        noise_mask: &[u8],
+        rng: &mut NoiseRng,
+    ) -> Result<TransformedPrompt> {
+        if ids.is_empty() || ids.len() != noise_mask.len() {
+            return Err(Error::Prompt(format!(
+                "{} ids with {} noise-mask entries; both must be equal and non-zero",
+                ids.len(),
+                noise_mask.len()
+            )));
+        }
+        let vocab = self.config.base_model.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::Prompt(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let dev = self.embeddings.device();
+        let idx = Tensor::new(ids, dev)?;
+        let x = self.embeddings.index_select(&idx, 0)?.unsqueeze(0)?;
+        let attention_mask = vec![1u8; ids.len()];
+        let out = self
+            .cloak
+            .forward_masked(&x, Some(&attention_mask), Some(noise_mask), rng)?;
+        Ok(TransformedPrompt {
+            embeddings: out.transformed.squeeze(0)?,
+            attention_mask,
+            noise_mask: noise_mask.to_vec(),
+            input_ids: ids.to_vec(),
+        })
+    }
+}
