@@ -112,4 +112,13 @@ with zipfile.ZipFile(whl) as z:
 PY
 fi
 for f in "${!CHAT[@]}"; do verify "$ASSETS/chat/$f" "${CHAT[$f]}"; done
+# --- Python client for the end-to-end serving test: the official `openai` package ---
+OPENAI_VERSION=3.57.0
+PY="$ASSETS/pyenv/bin/python"
+if ! "$PY" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  echo "setup-assets: creating $ASSETS/pyenv with openai==$OPENAI_VERSION"
+  rm -rf "$ASSETS/pyenv"
+  python3 -m venv "$ASSETS/pyenv"
+  "$ASSETS/pyenv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
 echo "setup-assets: ok ($ASSETS)"

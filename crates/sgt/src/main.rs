@@ -4,6 +4,7 @@ mod bench;
 mod bench_llm;
 mod bench_text;
 mod lm;
+mod serve;
 mod text;
 mod vision;
 
@@ -43,6 +44,12 @@ enum Command {
     Tokenize(lm::TokenizeArgs),
     /// Write a model as a Hugging Face folder (f32 safetensors, config, tokenizer).
     ConvertHf(lm::ConvertHfArgs),
+    /// Inference server: prompt embeddings in, tokens out (plain JSON or server-sent events).
+    Serve(serve::ServeArgs),
+    /// OpenAI-compatible client proxy: applies the SGT locally, forwards only embeddings.
+    Proxy(serve::ProxyArgs),
+    /// Bounded load test of a proxy's chat completions (latency percentiles, tokens/s).
+    Loadtest(serve::LoadtestArgs),
     /// Benchmarks printing machine-readable JSON (compare with bench/*.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,6 +69,9 @@ fn main() {
         Command::Generate(a) => lm::run_generate(a),
         Command::Tokenize(a) => lm::run_tokenize(a),
         Command::ConvertHf(a) => lm::run_convert_hf(a),
+        Command::Serve(a) => serve::run_serve(a),
+        Command::Proxy(a) => serve::run_proxy(a),
+        Command::Loadtest(a) => serve::run_loadtest(a),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {

@@ -125,6 +125,8 @@ pub fn save_bytes(tensor: &Tensor) -> candle_core::Result<Vec<u8>> {
         Ok(())
     };
     put("data.pkl", &pkl)?;
+    put(".format_version", b"1")?;
+    put(".storage_alignment", b"64")?;
     put("byteorder", b"little")?;
     put("data/0", &data)?;
     put("version", b"3\n")?;

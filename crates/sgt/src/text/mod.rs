@@ -1,5 +1,6 @@
 //! `sgt text …`: prepare chat training data with the base model, train a text SGT.
 
+pub mod artefact;
 pub mod curve;
 
 use crate::lm::model_args::ModelArgs;
@@ -21,6 +22,12 @@ pub enum TextCommand {
     Curve(curve::CurveArgs),
     /// Quick evaluation of a trained SGT on the config's held-out conversations (JSON).
     Eval(EvalArgs),
+    /// Package a trained SGT with the tokenizer, chat template and embedding table as the
+    /// client artefact (StainedGlassTransformForText).
+    Export(artefact::ExportArgs),
+    /// Apply a client artefact to a prompt: transformed embeddings to a file (safetensors or
+    /// torch.save), optionally previewing what a server could read back.
+    Apply(artefact::ApplyArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +82,8 @@ pub fn run(cmd: TextCommand) -> Result<()> {
         TextCommand::Train(a) => train(a),
         TextCommand::Curve(a) => curve::run(a),
         TextCommand::Eval(a) => eval(a),
+        TextCommand::Export(a) => artefact::export(a),
+        TextCommand::Apply(a) => artefact::apply(a),
     }
 }
 

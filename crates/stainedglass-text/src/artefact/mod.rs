@@ -169,8 +169,8 @@ impl StainedGlassTransformForText {
     }
 
     /// Writes the artefact to `dir` atomically: every file goes to a sibling temporary
-    /// directory which then replaces `dir`.
-    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+    /// directory which then replaces `dir`. Returns the config written (with file hashes).
+    pub fn save_pretrained(&self, dir: &Path) -> Result<ArtefactConfig> {
         let tok = self.tokenizer();
         let store = match self.config.embedding_dtype {
             EmbeddingDtype::F32 => self.embeddings.clone(),
@@ -208,7 +208,8 @@ impl StainedGlassTransformForText {
             serde_json::to_vec_pretty(&config).map_err(|e| artefact_err(dir, e.to_string()))?;
         let mut all = contents;
         all.push((CONFIG_FILE, cfg));
-        files::write_dir_atomic(dir, &all)
+        files::write_dir_atomic(dir, &all)?;
+        Ok(config)
     }
 
     /// Loads and validates an artefact written by [`Self::save_pretrained`].

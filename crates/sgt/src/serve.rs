@@ -1,0 +1,226 @@
+//! `sgt serve` (provider: embeddings in, tokens out), `sgt proxy` (client: OpenAI-compatible,
+//! applies the SGT locally) and `sgt loadtest`.
+
+use crate::lm::model_args::ModelArgs;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use stainedglass_serve::loadtest::{self, LoadSpec};
+use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
+use stainedglass_serve::server::{self, ServerConfig, ServerState};
+use stainedglass_text::StainedGlassTransformForText;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Prints the bound address on stdout (scripts and tests read it) and flushes.
+fn announce(what: &str, addr: std::net::SocketAddr) {
+    println!("{what} listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Accepted API key (repeat for several); also SGT_API_KEYS (comma-separated). None:
+    /// no authentication.
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_sequence_length: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Generations running at once (default: the number of cores).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// Requests allowed to wait for a slot; more get 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Model name reported by /v1/model (default: the model file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let path = a.model.model_path()?;
+    let tok = a.model.load_tokenizer()?;
+    let model = Arc::new(a.model.load_model()?);
+    let mut keys = a.api_keys.clone();
+    if let Ok(env) = std::env::var("SGT_API_KEYS") {
+        keys.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from),
+        );
+    }
+    if keys.is_empty() {
+        eprintln!("warning: no --api-key given; the server accepts unauthenticated requests");
+    }
+    let mut config = ServerConfig {
+        api_keys: keys,
+        max_body_bytes: a.max_body_bytes,
+        max_sequence_length: a.max_sequence_length,
+        max_new_tokens: a.max_new_tokens,
+        max_queue: a.max_queue,
+        model_name: a.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "model".into())
+        }),
+        ..ServerConfig::default()
+    };
+    if let Some(c) = a.max_concurrency {
+        config.max_concurrency = c;
+    }
+    let state = Arc::new(ServerState::new(model, tok.stop_tokens(), config)?);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (listener, addr) = server::bind(&format!("{}:{}", a.host, a.port)).await?;
+        announce("sgt serve", addr);
+        server::run(listener, server::router(state), server::shutdown_signal()).await?;
+        eprintln!("sgt serve: shut down");
+        Ok(())
+    })
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// `sgt serve`.
+    Sgt,
+    /// vLLM started with --enable-prompt-embeds.
+    Vllm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// The client artefact (written by `sgt text export`).
+    #[arg(long)]
+    pub sgt: PathBuf,
+    /// Base URL of the inference server, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    pub upstream: String,
+    #[arg(long, value_enum, default_value = "sgt")]
+    pub upstream_kind: Kind,
+    /// Bearer key for the upstream (also SGT_UPSTREAM_API_KEY).
+    #[arg(long, env = "SGT_UPSTREAM_API_KEY")]
+    pub upstream_api_key: Option<String>,
+    /// Ask the server to seal every generated token for this proxy (sgt upstream only).
+    #[arg(long)]
+    pub protect_output: bool,
+    /// Model name sent to vLLM.
+    #[arg(long, default_value = "default")]
+    pub vllm_model: String,
+    /// Precision of vLLM's prompt_embeds tensor.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub vllm_dtype: Precision,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Model id listed by /v1/models.
+    #[arg(long, default_value = "stainedglass")]
+    pub model_id: String,
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_prompt_tokens: usize,
+    /// Do not check at start-up that the server runs the artefact's base model.
+    #[arg(long)]
+    pub skip_model_check: bool,
+}
+
+pub fn run_proxy(a: ProxyArgs) -> Result<()> {
+    let sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
+        .with_context(|| format!("loading the artefact {}", a.sgt.display()))?;
+    let kind = match a.upstream_kind {
+        Kind::Sgt => UpstreamKind::Sgt,
+        Kind::Vllm => UpstreamKind::Vllm,
+    };
+    if a.protect_output && kind == UpstreamKind::Vllm {
+        anyhow::bail!("--protect-output needs an sgt upstream; vLLM cannot seal its output");
+    }
+    let upstream = Upstream {
+        kind,
+        url: a.upstream.clone(),
+        api_key: a.upstream_api_key.clone(),
+        model: a.vllm_model.clone(),
+        protect_output: a.protect_output,
+        vllm_dtype: match a.vllm_dtype {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        },
+    };
+    let config = ProxyConfig {
+        model_id: a.model_id.clone(),
+        default_max_tokens: a.default_max_tokens,
+        max_prompt_tokens: a.max_prompt_tokens,
+        ..ProxyConfig::default()
+    };
+    let state = Arc::new(ProxyState::new(Arc::new(sgt), upstream, config));
+    let rt = runtime()?;
+    rt.block_on(async move {
+        if !a.skip_model_check {
+            state.check_upstream().await?;
+        }
+        let (listener, addr) = server::bind(&format!("{}:{}", a.host, a.port)).await?;
+        announce("sgt proxy", addr);
+        server::run(listener, proxy::router(state), server::shutdown_signal()).await?;
+        eprintln!("sgt proxy: shut down");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct LoadtestArgs {
+    /// Base URL of the proxy.
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 16)]
+    pub max_tokens: usize,
+    /// Prompts to cycle through (repeat the flag); default: one fixed question.
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+}
+
+pub fn run_loadtest(a: LoadtestArgs) -> Result<()> {
+    let report = runtime()?.block_on(loadtest::run(LoadSpec {
+        url: a.url,
+        requests: a.requests,
+        concurrency: a.concurrency,
+        max_tokens: a.max_tokens,
+        prompts: a.prompts,
+    }));
+    println!("{}", serde_json::to_string(&report)?);
+    if report.errors > 0 {
+        anyhow::bail!("{} of {} requests failed", report.errors, report.requests);
+    }
+    Ok(())
+}

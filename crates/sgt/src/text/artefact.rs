@@ -1,0 +1,200 @@
+//! `sgt text export` (trained layer → client artefact) and `sgt text apply` (prompt →
+//! transformed embeddings file, with an optional "what the server could read" preview).
+
+use crate::lm::model_args::ModelArgs;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use stainedglass_core::NoiseRng;
+use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
+use stainedglass_text::{
+    Message, PromptInput, Role, StainedGlassTransformForText, TransformedPrompt,
+};
+use stainedglass_train::text::eval::EmbeddingIndex;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The trained layer (a training run's `sgt/` folder).
+    #[arg(long, required_unless_present = "init_only")]
+    pub sgt: Option<PathBuf>,
+    /// Export the untrained initial layer instead (σ at its minimum: almost no protection;
+    /// for smoke tests only).
+    #[arg(long, conflicts_with = "sgt")]
+    pub init_only: bool,
+    /// Artefact directory to write (replaced atomically).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Store the embedding table in f16 (half the size).
+    #[arg(long)]
+    pub f16: bool,
+    /// Transform every token, template scaffolding included, not only message contents.
+    #[arg(long)]
+    pub transform_all_tokens: bool,
+    /// Base-model name recorded in the artefact (default: the model file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let path = a.model.model_path()?;
+    let model = a.model.load_model()?;
+    let tok = Arc::new(a.model.load_tokenizer()?);
+    let cloak = match &a.sgt {
+        Some(dir) => stainedglass_train::text::load_sgt(dir, model.device())
+            .with_context(|| format!("loading the trained SGT from {}", dir.display()))?,
+        None => {
+            eprintln!(
+                "warning: exporting an UNTRAINED SGT (--init-only): it barely changes the \
+                 embeddings and protects nothing"
+            );
+            TransformerCloak::from_base(
+                TransformerCloakConfig::new(model.config().clone()),
+                &model,
+            )?
+        }
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into())
+    });
+    let sgt = StainedGlassTransformForText::new(
+        cloak,
+        model.embedding_table(),
+        tok,
+        ArtefactOptions {
+            base_model_name: name,
+            embedding_dtype: if a.f16 {
+                EmbeddingDtype::F16
+            } else {
+                EmbeddingDtype::F32
+            },
+            transform_all_tokens: a.transform_all_tokens,
+        },
+    )?;
+    let written = sgt
+        .save_pretrained(&a.output)
+        .with_context(|| format!("writing the artefact to {}", a.output.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "artefact": a.output,
+            "base_model": sgt.config().base_model,
+            "embedding_dtype": sgt.config().embedding_dtype,
+            "files": written.files,
+        })
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// One tensor `embeddings (seq, hidden)` f32 — what `sgt serve` accepts.
+    Safetensors,
+    /// `torch.save` of the `(seq, hidden)` tensor — vLLM's `prompt_embeds`.
+    Torch,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The client artefact (written by `sgt text export`).
+    #[arg(long)]
+    pub sgt: PathBuf,
+    /// The user message.
+    #[arg(long)]
+    pub prompt: String,
+    /// An optional system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Where to write the embeddings (format from --format, else from the extension: .pt →
+    /// torch, anything else → safetensors). Without it nothing is written.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// Also show what a server could read back by nearest-neighbour decoding.
+    #[arg(long)]
+    pub preview: bool,
+    /// Noise seed (reproducible, for tests); default: fresh OS entropy.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub fn apply(a: ApplyArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
+        .with_context(|| format!("loading the artefact {}", a.sgt.display()))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(Message::new(Role::System, s.clone()));
+    }
+    messages.push(Message::new(Role::User, a.prompt.clone()));
+    let t1 = Instant::now();
+    let out = sgt.apply(&PromptInput::Chat(messages), &mut NoiseRng::new(a.seed))?;
+    let apply_ms = t1.elapsed().as_secs_f64() * 1e3;
+    if let Some(path) = &a.output {
+        let format = a.format.unwrap_or(
+            if path.extension().is_some_and(|e| e == "pt" || e == "pth") {
+                OutputFormat::Torch
+            } else {
+                OutputFormat::Safetensors
+            },
+        );
+        let bytes = match format {
+            OutputFormat::Torch => stainedglass_serve::torch_save::save_bytes(&out.embeddings)?,
+            OutputFormat::Safetensors => {
+                let tensors = vec![("embeddings".to_string(), out.embeddings.clone())];
+                stainedglass_core::io::safetensors_bytes(&tensors)?
+            }
+        };
+        stainedglass_core::io::atomic_write(path, &bytes)?;
+    }
+    let mut report = serde_json::json!({
+        "tokens": out.input_ids.len(),
+        "transformed_tokens": out.noise_mask.iter().filter(|&&m| m != 0).count(),
+        "hidden_size": sgt.hidden_size(),
+        "load_ms": load_ms,
+        "apply_ms": apply_ms,
+        "output": a.output,
+    });
+    if a.preview {
+        report["preview"] = preview(&sgt, &out)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Nearest-neighbour (L2) decoding of the transformed embeddings against the artefact's
+/// table: the text a server could read back, beside the clean templated prompt.
+fn preview(
+    sgt: &StainedGlassTransformForText,
+    out: &TransformedPrompt,
+) -> Result<serde_json::Value> {
+    let index = EmbeddingIndex::new(sgt.embeddings())?;
+    let (_, read, _) = index.nearest(&out.embeddings.to_dtype(DType::F32)?)?;
+    let ids = &out.input_ids;
+    if read.len() != ids.len() {
+        bail!(
+            "internal: decoded {} of {} positions",
+            read.len(),
+            ids.len()
+        );
+    }
+    let transformed = out.noise_mask.iter().filter(|&&m| m != 0).count();
+    let hits = (0..ids.len())
+        .filter(|&i| out.noise_mask[i] != 0 && read[i] == ids[i])
+        .count();
+    let tok = sgt.tokenizer();
+    Ok(serde_json::json!({
+        "clean_prompt": tok.decode(ids, false)?,
+        "server_reads": tok.decode(&read, false)?,
+        "transformed_tokens_recovered": hits as f64 / transformed.max(1) as f64,
+    }))
+}
