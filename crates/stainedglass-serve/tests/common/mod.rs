@@ -1,0 +1,48 @@
+//! Shared by the serving tests: the bundled model (loaded once), servers on free loopback ports.
+
+#![allow(dead_code)]
+
+use candle_core::Device;
+use stainedglass_models::llm::Llama;
+use stainedglass_serve::server::{self, ServerConfig, ServerState};
+use stainedglass_text::TextTokenizer;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+pub fn gguf() -> PathBuf {
+    let assets = std::env::var("SGT_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} missing: run ./scripts/setup-assets.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn model() -> Arc<Llama> {
+    static M: OnceLock<Arc<Llama>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(Llama::load(&gguf(), &Device::Cpu).expect("load")))
+        .clone()
+}
+
+pub fn tokenizer() -> Arc<TextTokenizer> {
+    static T: OnceLock<Arc<TextTokenizer>> = OnceLock::new();
+    T.get_or_init(|| Arc::new(TextTokenizer::from_model_path(&gguf()).expect("tokenizer")))
+        .clone()
+}
+
+/// Starts a server with `config` on a free port; returns its base URL.
+pub async fn start_server(config: ServerConfig) -> String {
+    let state =
+        Arc::new(ServerState::new(model(), tokenizer().stop_tokens(), config).expect("state"));
+    let (listener, addr) = server::bind("127.0.0.1:0").await.expect("bind");
+    tokio::spawn(server::run(
+        listener,
+        server::router(state),
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}

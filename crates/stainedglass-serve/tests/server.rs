@@ -1,0 +1,304 @@
+//! The inference server on the bundled model: answers equal direct generation (plain, streamed
+//! and sealed), and every bad request gets the right 4xx while the server keeps serving.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use stainedglass_models::llm::{Prompt, SamplingParams};
+use stainedglass_serve::crypto::ClientKey;
+use stainedglass_serve::embeddings;
+use stainedglass_serve::proxy::upstream::SseParser;
+use stainedglass_serve::server::ServerConfig;
+
+const KEY: &str = "secret-key";
+
+fn prompt_embeddings() -> Tensor {
+    let tok = common::tokenizer();
+    let text =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let ids = tok.encode(text).expect("ids");
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu).expect("t");
+    common::model()
+        .embed(&ids.unsqueeze(0).expect("u"))
+        .expect("embed")
+        .squeeze(0)
+        .expect("s")
+}
+
+fn direct(e: &Tensor, max: usize) -> Vec<u32> {
+    let params = SamplingParams {
+        max_new_tokens: max,
+        stop_tokens: common::tokenizer().stop_tokens(),
+        ..SamplingParams::default()
+    };
+    common::model()
+        .generate(Prompt::Embeds(e), &params, |_| true)
+        .expect("generate")
+        .tokens
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        api_keys: vec![KEY.into()],
+        max_body_bytes: 1 << 20,
+        max_sequence_length: 64,
+        max_new_tokens: 16,
+        max_concurrency: 1,
+        max_queue: 0,
+        model_name: "smollm2".into(),
+    }
+}
+
+async fn post(url: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let resp = r.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("text");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn req(e: &Tensor, extra: Value) -> String {
+    let mut v = json!({"embeddings": embeddings::encode(e).expect("enc"), "max_tokens": 12});
+    for (k, x) in extra.as_object().expect("obj") {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_direct_generation_plain_streamed_and_sealed() {
+    let url = common::start_server(config()).await;
+    let e = prompt_embeddings();
+    let want = direct(&e, 12);
+    let text = common::tokenizer().decode(&want, true).expect("decode");
+    assert!(text.contains("Paris"), "{text}");
+
+    let (s, v) = post(&url, req(&e, json!({})), Some(KEY)).await;
+    assert_eq!(s, 200, "{v}");
+    let got: Vec<u32> = serde_json::from_value(v["tokens"].clone()).expect("tokens");
+    assert_eq!(got, want);
+    assert_eq!(v["usage"]["prompt_tokens"], e.dim(0).expect("dim"));
+
+    // Streamed.
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .bearer_auth(KEY)
+        .body(req(&e, json!({"stream": true})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let mut parser = SseParser::default();
+    let events = parser.feed(&resp.bytes().await.expect("bytes"));
+    let ids: Vec<u32> = events
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "token")
+        .map(|v| v["token"].as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(ids, want);
+    assert!(events.last().expect("done").contains("\"done\""));
+
+    // Sealed: the body carries no plain ids, and the client's key opens them in order.
+    let key = ClientKey::generate().expect("key");
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .bearer_auth(KEY)
+        .header("x-sgt-client-key", key.public_b64())
+        .body(req(&e, json!({})))
+        .send()
+        .await
+        .expect("send");
+    let v: Value = resp.json().await.expect("json");
+    assert!(v.get("tokens").is_none(), "{v}");
+    let mut opener = key
+        .opener(v["server_key"].as_str().expect("key"))
+        .expect("opener");
+    let opened: Vec<u32> = v["sealed"]
+        .as_array()
+        .expect("sealed")
+        .iter()
+        .map(|s| opener.open_token(s.as_str().expect("s")).expect("open"))
+        .collect();
+    assert_eq!(opened, want);
+    opener
+        .open_end(v["sealed_end"].as_str().expect("end"))
+        .expect("end record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_4xx_and_the_server_keeps_serving() {
+    let url = common::start_server(config()).await;
+    let e = prompt_embeddings();
+    let ok = req(&e, json!({"max_tokens": 2}));
+    let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
+        ("no key", ok.clone(), None, 401, "API key"),
+        ("wrong key", ok.clone(), Some("nope"), 401, "API key"),
+        (
+            "malformed JSON",
+            "{\"embeddings\": ".into(),
+            Some(KEY),
+            400,
+            "invalid request JSON",
+        ),
+        (
+            "unknown field",
+            req(&e, json!({"prompt": "hi"})),
+            Some(KEY),
+            400,
+            "unknown field `prompt`",
+        ),
+        (
+            "bad base64",
+            json!({"embeddings": "***", "max_tokens": 2}).to_string(),
+            Some(KEY),
+            400,
+            "base64",
+        ),
+        (
+            "not safetensors",
+            json!({"embeddings": "aGVsbG8gd29ybGQ=", "max_tokens": 2}).to_string(),
+            Some(KEY),
+            400,
+            "safetensors",
+        ),
+        (
+            "wrong hidden size",
+            req(
+                &Tensor::zeros((4, 512), DType::F32, &Device::Cpu).expect("z"),
+                json!({}),
+            ),
+            Some(KEY),
+            422,
+            "hidden size 512",
+        ),
+        (
+            "NaN",
+            req(
+                &(e.clone() / 0.0)
+                    .expect("nan")
+                    .affine(0.0, f64::NAN)
+                    .expect("nan"),
+                json!({}),
+            ),
+            Some(KEY),
+            422,
+            "non-finite",
+        ),
+        (
+            "too long",
+            req(
+                &Tensor::zeros((65, 576), DType::F32, &Device::Cpu).expect("z"),
+                json!({}),
+            ),
+            Some(KEY),
+            422,
+            "accepts 1 to 64",
+        ),
+        (
+            "too many tokens",
+            req(&e, json!({"max_tokens": 17})),
+            Some(KEY),
+            422,
+            "1 to 16",
+        ),
+        (
+            "bad temperature",
+            req(&e, json!({"temperature": -1.0})),
+            Some(KEY),
+            422,
+            "temperature",
+        ),
+        (
+            "too large",
+            format!("{{\"embeddings\": \"{}\"}}", "A".repeat(2 << 20)),
+            Some(KEY),
+            413,
+            "limit",
+        ),
+    ];
+    for (name, body, key, status, needle) in cases {
+        let (s, v) = post(&url, body, key).await;
+        assert_eq!(s, status, "{name}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{name}: `{msg}` should mention `{needle}`"
+        );
+        // Still serving.
+        let (s, v) = post(&url, ok.clone(), Some(KEY)).await;
+        assert_eq!(s, 200, "after {name}: {v}");
+    }
+    // Health needs no key; the model route does.
+    let h = reqwest::get(format!("{url}/health")).await.expect("health");
+    assert_eq!(h.status(), 200);
+    let m = reqwest::get(format!("{url}/v1/model"))
+        .await
+        .expect("model");
+    assert_eq!(m.status(), 401);
+    let m: Value = reqwest::Client::new()
+        .get(format!("{url}/v1/model"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("model")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(m["hidden_size"], 576);
+    assert_eq!(
+        m["embedding_sha256"],
+        stainedglass_text::artefact::embedding_sha256(common::model().embedding_table())
+            .expect("hash")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_with_503_instead_of_queueing_forever() {
+    // One slot, no queue: while a streamed generation holds the slot, a second request is refused.
+    let url = common::start_server(ServerConfig {
+        max_new_tokens: 16,
+        ..config()
+    })
+    .await;
+    let e = prompt_embeddings();
+    let mut first = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .bearer_auth(KEY)
+        .body(req(
+            &e,
+            json!({"stream": true, "max_tokens": 16, "temperature": 1.0, "seed": 3}),
+        ))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(first.status(), 200);
+    // The first event means the generation is running and holds the slot.
+    let chunk = first.chunk().await.expect("chunk");
+    assert!(chunk.is_some());
+    let (s, v) = post(&url, req(&e, json!({"max_tokens": 2})), Some(KEY)).await;
+    assert_eq!(s, 503, "{v}");
+    drop(first);
+    // The slot comes back once the first request is gone.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = post(&url, req(&e, json!({"max_tokens": 2})), Some(KEY))
+            .await
+            .0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+}
