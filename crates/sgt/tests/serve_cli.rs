@@ -56,6 +56,7 @@ impl Proc {
             Err(_) => {
                 let mut c = p.child.take().expect("child");
                 let _ = c.kill();
+                let _ = c.wait();
                 let mut err = String::new();
                 if let Some(mut s) = c.stderr.take() {
                     let _ = s.read_to_string(&mut err);

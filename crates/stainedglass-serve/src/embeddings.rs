@@ -23,7 +23,7 @@ fn safetensors_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
     .to_string();
     // Pad the header to 8 bytes as the format recommends.
     let mut h = header.into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len() * 4);
