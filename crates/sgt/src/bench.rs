@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Llm(crate::bench_llm::LlmBenchArgs),
     /// Text SGT: one training step (TransformerCloak + distillation to layer k).
     TextSgt(crate::bench_text::TextSgtBenchArgs),
+    /// Client side: applying the text artefact to a prompt, and the proxy's per-request overhead.
+    Apply(crate::bench_serve::ApplyBenchArgs),
 }
 
 #[derive(Args)]
@@ -42,6 +44,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vision(a) => vision(a),
         BenchCommand::Llm(a) => crate::bench_llm::llm(a),
         BenchCommand::TextSgt(a) => crate::bench_text::text_sgt(a),
+        BenchCommand::Apply(a) => crate::bench_serve::apply(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_llm;
+mod bench_serve;
 mod bench_text;
 mod lm;
 mod serve;

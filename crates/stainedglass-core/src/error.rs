@@ -70,11 +70,7 @@ impl Error {
 
 /// Fails with [`Error::NonFinite`] when `t` holds a NaN or an infinity.
 pub fn ensure_finite(t: &candle_core::Tensor, what: &str) -> Result<()> {
-    let v = t
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let count = v.iter().filter(|x| !x.is_finite()).count();
+    let count = non_finite_count(t)?;
     if count > 0 {
         return Err(Error::NonFinite {
             what: what.to_string(),
@@ -82,4 +78,28 @@ pub fn ensure_finite(t: &candle_core::Tensor, what: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Number of NaN or infinite values in `t`. Contiguous CPU float tensors are scanned in place
+/// (no copy: artefacts hold tables of hundreds of MB); anything else through an f32 copy.
+pub fn non_finite_count(t: &candle_core::Tensor) -> Result<usize> {
+    use candle_core::{CpuStorage, Storage};
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            match cpu {
+                CpuStorage::F32(v) => return Ok(v[a..b].iter().filter(|x| !x.is_finite()).count()),
+                CpuStorage::F16(v) => return Ok(v[a..b].iter().filter(|x| !x.is_finite()).count()),
+                CpuStorage::BF16(v) => {
+                    return Ok(v[a..b].iter().filter(|x| !x.is_finite()).count())
+                }
+                _ => {}
+            }
+        }
+    }
+    let v = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(v.iter().filter(|x| !x.is_finite()).count())
 }

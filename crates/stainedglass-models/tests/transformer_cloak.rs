@@ -190,3 +190,31 @@ fn bad_configs_are_rejected() {
     c.percent_to_mask = Some(1.5);
     assert!(TransformerCloak::from_base(c, model()).is_err());
 }
+
+#[test]
+fn inference_transform_matches_the_training_forward() {
+    // `transform` (no graph, BLAS-backed products) gives the training forward's values: same
+    // noise for the same seed, same suppressed features, products equal to float rounding.
+    let c = cloak(Some(0.5));
+    let x = model().embed(&ids()).expect("embed");
+    let nm: Vec<u8> = (0..IDS.len()).map(|i| u8::from(i % 3 != 0)).collect();
+    let a = c
+        .forward_masked(&x, None, Some(&nm), &mut NoiseRng::seeded(11))
+        .expect("train");
+    let b = c
+        .transform(&x, None, Some(&nm), &mut NoiseRng::seeded(11))
+        .expect("infer");
+    assert!(!b.transformed.track_op(), "no autograd graph at inference");
+    let (va, vb) = (vec3(&a.transformed), vec3(&b.transformed));
+    let worst = va
+        .iter()
+        .zip(&vb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max difference {worst}");
+    assert_eq!(
+        vec3(&a.mask.expect("mask")),
+        vec3(&b.mask.expect("mask")),
+        "same suppressed features"
+    );
+}

@@ -100,11 +100,31 @@ struct EstimatorBlock {
     down: Var,
 }
 
-fn linear(x: &Tensor, w: &Var, b: Option<&Var>) -> candle_core::Result<Tensor> {
+/// Whether a pass records the autograd graph (training) or not (applying a trained layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grad {
+    Track,
+    /// Detached weights: no graph, and products go through the BLAS-backed frozen linear.
+    Off,
+}
+
+fn linear(x: &Tensor, w: &Var, b: Option<&Var>, grad: Grad) -> candle_core::Result<Tensor> {
+    if grad == Grad::Off {
+        let lin =
+            super::ops::Linear::new(w.as_tensor().detach(), b.map(|b| b.as_tensor().detach()));
+        return lin.forward(x);
+    }
     let y = x.broadcast_matmul(&w.as_tensor().t()?)?;
     match b {
         Some(b) => y.broadcast_add(b.as_tensor()),
         None => Ok(y),
+    }
+}
+
+fn weight(v: &Var, grad: Grad) -> Tensor {
+    match grad {
+        Grad::Track => v.as_tensor().clone(),
+        Grad::Off => v.as_tensor().detach(),
     }
 }
 
@@ -296,6 +316,15 @@ impl TransformerCloak {
 
     /// μ and σ `(b, t, d)` for `x (b, t, d)`.
     pub fn statistics(&self, x: &Tensor, attention_mask: &[u8]) -> Result<(Tensor, Tensor)> {
+        self.statistics_with(x, attention_mask, Grad::Track)
+    }
+
+    fn statistics_with(
+        &self,
+        x: &Tensor,
+        attention_mask: &[u8],
+        grad: Grad,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t, d) = x.dims3()?;
         if d != self.config.base.hidden_size {
             return Err(Error::Shape {
@@ -313,33 +342,57 @@ impl TransformerCloak {
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let mut h = x.to_dtype(DType::F32)?;
         for blk in &self.blocks {
-            let n = reference::rms_norm(&h, blk.attn_norm.as_tensor(), c.rms_norm_eps)?;
-            let qkv = linear(&n, &blk.qkv, blk.qkv_bias.as_ref())?;
+            let n = reference::rms_norm(&h, &weight(&blk.attn_norm, grad), c.rms_norm_eps)?;
+            let qkv = linear(&n, &blk.qkv, blk.qkv_bias.as_ref(), grad)?;
             let q = qkv.narrow(2, 0, hq * hd)?.reshape((b, t, hq, hd))?;
             let k = qkv.narrow(2, hq * hd, hkv * hd)?.reshape((b, t, hkv, hd))?;
             let v = qkv
                 .narrow(2, (hq + hkv) * hd, hkv * hd)?
                 .reshape((b, t, hkv, hd))?;
             let a = attn.forward(&rope.forward(&q)?, &rope.forward(&k)?, &v)?;
-            h = (h + linear(&a.reshape((b, t, hq * hd))?, &blk.o, None)?)?;
-            let n = reference::rms_norm(&h, blk.mlp_norm.as_tensor(), c.rms_norm_eps)?;
-            let m = SwiGlu::forward(&linear(&n, &blk.gate_up, None)?)?;
-            h = (h + linear(&m, &blk.down, None)?)?;
+            h = (h + linear(&a.reshape((b, t, hq * hd))?, &blk.o, None, grad)?)?;
+            let n = reference::rms_norm(&h, &weight(&blk.mlp_norm, grad), c.rms_norm_eps)?;
+            let m = SwiGlu::forward(&linear(&n, &blk.gate_up, None, grad)?)?;
+            h = (h + linear(&m, &blk.down, None, grad)?)?;
         }
-        let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b))?;
-        let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b))?;
+        let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b), grad)?;
+        let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b), grad)?;
         let mean = self.mean.forward(&r_mean)?;
         let std = self.param.forward(&r_rho)?;
         Ok((mean, std))
     }
 
     /// Transforms `x (b, t, d)`: tokens with `noise_mask = 0` (and padding) pass bit-exactly.
+    /// Records the autograd graph (training).
     pub fn forward_masked(
         &self,
         x: &Tensor,
         attention_mask: Option<&[u8]>,
         noise_mask: Option<&[u8]>,
         rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        self.forward_impl(x, attention_mask, noise_mask, rng, Grad::Track)
+    }
+
+    /// [`Self::forward_masked`] for a trained layer: the same values, no autograd graph, and the
+    /// products on the BLAS-backed path (what a client runs).
+    pub fn transform(
+        &self,
+        x: &Tensor,
+        attention_mask: Option<&[u8]>,
+        noise_mask: Option<&[u8]>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        self.forward_impl(&x.detach(), attention_mask, noise_mask, rng, Grad::Off)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        attention_mask: Option<&[u8]>,
+        noise_mask: Option<&[u8]>,
+        rng: &mut NoiseRng,
+        grad: Grad,
     ) -> Result<NoiseOutput> {
         let (b, t, d) = x.dims3()?;
         let ones = vec![1u8; b * t];
@@ -352,7 +405,7 @@ impl TransformerCloak {
                 got: vec![am.len(), nm.len()],
             });
         }
-        let (mean, std) = self.statistics(x, am)?;
+        let (mean, std) = self.statistics_with(x, am, grad)?;
         let eps = rng.standard_normal((b, t, d), x.device())?;
         let noise = (std.clone() * eps)?;
         let keep = match self.config.percent_to_mask {
@@ -396,10 +449,15 @@ fn per_token_keep_mask(std: &Tensor, p: f64) -> Result<Tensor> {
     let mut keep = vec![1u8; v.len()];
     let mut order: Vec<usize> = Vec::with_capacity(d);
     for row in 0..b * t {
+        if k == 0 {
+            break;
+        }
         let r = &v[row * d..(row + 1) * d];
         order.clear();
         order.extend(0..d);
-        order.sort_by(|&a, &c| r[c].total_cmp(&r[a]));
+        // Largest σ first; ties broken by index so the choice is deterministic. Only the set
+        // of the k largest matters, so a selection (O(d)) replaces a sort.
+        order.select_nth_unstable_by(k - 1, |&a, &c| r[c].total_cmp(&r[a]).then(a.cmp(&c)));
         for &j in &order[..k] {
             keep[row * d + j] = 0;
         }

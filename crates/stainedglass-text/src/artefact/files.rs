@@ -10,6 +10,15 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A file's bytes, memory-mapped: large weights are hashed and parsed straight from the page
+/// cache instead of being copied into fresh (zeroed) memory first.
+pub(crate) fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    // SAFETY: the map is read-only and dropped after loading; a concurrent writer could change
+    // the bytes under us, which the sha256 check then reports as corruption.
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io(path, e))
+}
+
 fn io(path: &Path, e: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),

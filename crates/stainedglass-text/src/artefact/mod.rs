@@ -62,15 +62,34 @@ impl std::fmt::Debug for StainedGlassTransformForText {
 
 /// sha256 (hex) of a `(vocab, hidden)` table as f32 little-endian, row-major.
 pub fn embedding_sha256(table: &Tensor) -> Result<String> {
-    let v = table
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mut bytes = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        bytes.extend_from_slice(&x.to_le_bytes());
+    use candle_core::{CpuStorage, Storage};
+    use sha2::{Digest, Sha256};
+    let t = table.to_dtype(DType::F32)?.contiguous()?;
+    let mut hasher = Sha256::new();
+    let mut feed = |v: &[f32]| {
+        // Little-endian bytes in 64 KiB blocks: no copy of the whole table.
+        let mut buf = Vec::with_capacity(1 << 16);
+        for chunk in v.chunks(1 << 14) {
+            buf.clear();
+            for x in chunk {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            hasher.update(&buf);
+        }
+    };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => feed(&v[a..b]),
+        _ => {
+            drop(storage);
+            feed(&t.flatten_all()?.to_vec1::<f32>()?)
+        }
     }
-    Ok(files::sha256_hex(&bytes))
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn wrapper_options(policy: NoiseMaskPolicy) -> WrapperOptions {
@@ -270,10 +289,7 @@ impl StainedGlassTransformForText {
                 return Err(artefact_err(&cfg_path, format!("bad file name `{name}`")));
             }
             let p = dir.join(name);
-            let bytes = std::fs::read(&p).map_err(|e| Error::Io {
-                path: p.clone(),
-                source: e,
-            })?;
+            let bytes = files::map(&p)?;
             let got = files::sha256_hex(&bytes);
             if &got != want {
                 return Err(artefact_err(
@@ -427,7 +443,7 @@ impl StainedGlassTransformForText {
         let attention_mask = vec![1u8; ids.len()];
         let out = self
             .cloak
-            .forward_masked(&x, Some(&attention_mask), Some(noise_mask), rng)?;
+            .transform(&x, Some(&attention_mask), Some(noise_mask), rng)?;
         Ok(TransformedPrompt {
             embeddings: out.transformed.squeeze(0)?,
             attention_mask,

@@ -91,8 +91,9 @@ impl TextTokenizer {
                 .and_then(|t| t.as_str())
                 .map(str::to_string),
         };
-        let probe = tokenizers::Tokenizer::from_str(&json)
+        let inner = tokenizers::Tokenizer::from_str(&json)
             .map_err(|e| Error::tokenizer(&tj, format!("not a valid tokenizer.json: {e}")))?;
+        let probe = &inner;
         let lookup = |key: &str| {
             cfg.get(key)
                 .and_then(token_text)
@@ -103,7 +104,7 @@ impl TextTokenizer {
             lookup("eos_token"),
             lookup("pad_token"),
         );
-        Self::build(json, template, bos, eos, pad, &tj)
+        Self::assemble(inner, json, template, bos, eos, pad, &tj)
     }
 
     fn build(
@@ -116,6 +117,18 @@ impl TextTokenizer {
     ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_str(&json)
             .map_err(|e| Error::tokenizer(source, format!("cannot build tokenizer: {e}")))?;
+        Self::assemble(inner, json, template, bos_id, eos_id, pad_id, source)
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        json: String,
+        template: Option<String>,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        pad_id: Option<u32>,
+        source: &Path,
+    ) -> Result<Self> {
         let specials: HashSet<u32> = inner
             .get_added_tokens_decoder()
             .iter()
