@@ -1,0 +1,24 @@
+"""Renders docs/serving/README.md from the JSON written by reproduce.sh (no number typed by hand)."""
+import json, pathlib
+
+d = pathlib.Path(__file__).parent
+load = lambda n: json.loads((d / n).read_text())
+prev, chat, lt, bench, exp = load("apply_preview.json"), load("chat.json"), load("loadtest.json"), \
+    load("bench_apply.json"), load("export.json")
+vals = dict(
+    answer=chat["choices"][0]["message"]["content"].strip(),
+    clean_prompt=prev["preview"]["clean_prompt"].strip(),
+    server_reads=prev["preview"]["server_reads"].strip(),
+    recovered=f'{100 * prev["preview"]["transformed_tokens_recovered"]:.0f}%',
+    p_tokens=prev["tokens"], p_transformed=prev["transformed_tokens"],
+    lt_req=lt["requests"], lt_conc=lt["concurrency"], lt_err=lt["errors"],
+    lt_p50=f'{lt["latency_p50_ms"] / 1e3:.2f}', lt_p99=f'{lt["latency_p99_ms"] / 1e3:.2f}',
+    lt_tps=f'{lt["tokens_per_s"]:.1f}', lt_rps=f'{lt["requests_per_s"]:.2f}',
+    b_tokens=bench["prompt_tokens"], b_rust=bench["apply_ms"]["rust_median"],
+    b_torch=bench["apply_ms"]["torch_median"], b_speed=bench["apply_ms"]["speedup_rust_over_torch"],
+    b_proxy=bench["proxy_overhead_ms"]["rust_median"],
+    b_proxy_speed=bench["proxy_overhead_ms"]["speedup_vs_torch_apply_without_http"],
+    b_cold=bench["cold_start_sgt_text_apply_ms"], b_rep=bench["repeats"],
+    n_files=len(exp["files"]),
+)
+(d / "README.md").write_text((d / "README.tmpl.md").read_text().format(**vals))
