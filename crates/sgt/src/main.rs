@@ -5,6 +5,7 @@ mod bench_llm;
 mod bench_serve;
 mod bench_text;
 mod lm;
+mod quickstart;
 mod serve;
 mod text;
 mod vision;
@@ -45,6 +46,9 @@ enum Command {
     Tokenize(lm::TokenizeArgs),
     /// Write a model as a Hugging Face folder (f32 safetensors, config, tokenizer).
     ConvertHf(lm::ConvertHfArgs),
+    /// The whole product on the bundled model in one command: train a small text SGT, export the
+    /// client artefact, chat through the server and the proxy, write the quick report.
+    Quickstart(quickstart::QuickstartArgs),
     /// Inference server: prompt embeddings in, tokens out (plain JSON or server-sent events).
     Serve(serve::ServeArgs),
     /// OpenAI-compatible client proxy: applies the SGT locally, forwards only embeddings.
@@ -70,6 +74,7 @@ fn main() {
         Command::Generate(a) => lm::run_generate(a),
         Command::Tokenize(a) => lm::run_tokenize(a),
         Command::ConvertHf(a) => lm::run_convert_hf(a),
+        Command::Quickstart(a) => quickstart::run(a),
         Command::Serve(a) => serve::run_serve(a),
         Command::Proxy(a) => serve::run_proxy(a),
         Command::Loadtest(a) => serve::run_loadtest(a),

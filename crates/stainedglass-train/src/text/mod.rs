@@ -6,4 +6,6 @@ pub mod eval;
 pub mod trainer;
 
 pub use config::TextTrainConfig;
-pub use trainer::{held_out_eval, load_sgt, save_sgt, train, RunOptions, TrainSummary};
+pub use trainer::{
+    held_out_eval, held_out_rows, load_sgt, save_sgt, train, RunOptions, TrainSummary,
+};

@@ -197,6 +197,16 @@ pub fn held_out_eval(
     quick_eval(model, cloak, &index, &rows, &mut rng, transform)
 }
 
+/// The config's held-out conversations, encoded as the evaluations see them (labels included).
+pub fn held_out_rows(
+    cfg: &TextTrainConfig,
+    tok: &Arc<TextTokenizer>,
+) -> Result<Vec<EncodedPrompt>> {
+    let convs = super::data::load_conversations(&cfg.data.conversations)?;
+    let held = &convs[convs.len().saturating_sub(cfg.data.held_out)..];
+    encode_all(tok, held, cfg, true)
+}
+
 /// AdamW (weight decay 0) for the weights and, at its own learning rate, the head biases.
 fn optimizers(cloak: &TransformerCloak, cfg: &TextTrainConfig) -> Result<(AdamW, AdamW)> {
     let (w, b) = cloak.parameter_groups();
