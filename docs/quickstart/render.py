@@ -1,6 +1,7 @@
 """Copies a quickstart run's report into docs/quickstart/ and rewrites the README section between
 the quickstart markers from it (no number typed by hand). Usage:
-    python3 docs/quickstart/render.py runs/quickstart /tmp/quickstart-output.txt"""
+    ./scripts/quickstart.sh 2>&1 | tee /tmp/quickstart.log
+    python3 docs/quickstart/render.py runs/quickstart /tmp/quickstart.log"""
 import json, pathlib, shutil, sys
 
 root = pathlib.Path(__file__).resolve().parents[2]
@@ -13,11 +14,12 @@ out = log.read_text()
 r = json.loads((d / "report.json").read_text())
 t, c, chat = r["transformed"], r["clean"], r["extra"]["chat"]
 pct = lambda x: f"{100 * x:.1f}%"
-# The stdout part of the run (stage lines and bars go to stderr and are not kept).
-shown = "\n".join(l for l in out.splitlines() if l.strip())
+# The run's output (stdout and stderr merged; without a terminal there are no progress bars),
+# minus the asset set-up chatter and blank lines.
+shown = "\n".join(l for l in out.splitlines() if l.strip() and not l.startswith("setup-assets"))
 section = f"""<!-- quickstart:begin (rendered by docs/quickstart/render.py from a real run) -->
-What it prints (stdout of `./scripts/quickstart.sh` on the 2-core CI-class machine; the stage
-lines, progress bars and live loss go to stderr):
+What `./scripts/quickstart.sh` printed from a fresh clone on this 2-core machine (in a terminal
+the data and training stages also show progress bars with live loss components and ETA):
 
 ```
 {shown}

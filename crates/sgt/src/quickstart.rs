@@ -240,7 +240,23 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     eprintln!("  {}", art_dir.display());
 
     stage.begin("Private chat: sgt serve + sgt proxy on loopback");
-    let chat = serve_and_chat(&a, model.clone(), &tok, sgt.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let live = rt.block_on(start_services(model.clone(), &tok, sgt.clone()))?;
+    // From here on Ctrl-C stops the server and the proxy gracefully, then exits.
+    let (stop_server, stop_proxy) = (live.stop_server.clone(), live.stop_proxy.clone());
+    let keep = a.keep_running;
+    rt.spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("\n  Ctrl-C: stopping the server and the proxy");
+        stop_proxy.notify_one();
+        stop_server.notify_one();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        eprintln!("  server and proxy shut down");
+        std::process::exit(if keep { 0 } else { 130 });
+    });
+    let chat = rt.block_on(chat_once(&live, &tok, &sgt))?;
 
     stage.begin("Quick evaluation report");
     let report_dir = out.join("report");
@@ -258,6 +274,28 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         100.0 * t["nn_top1_cosine"].as_f64().unwrap_or(f64::NAN),
         100.0 * t["next_token_agreement"].as_f64().unwrap_or(f64::NAN),
     );
+    if a.keep_running {
+        let p = live.proxy_addr;
+        println!();
+        println!(
+            "The server (http://{}) and the proxy (http://{p}) keep running; Ctrl-C stops them.",
+            live.server_addr
+        );
+        println!(
+            "  curl -s http://{p}/v1/chat/completions -H 'content-type: application/json' \\\n    \
+             -d '{{\"model\":\"stainedglass\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+        );
+        println!(
+            "  python -c \"from openai import OpenAI; c = OpenAI(base_url='http://{p}/v1', \
+             api_key='-'); print(c.chat.completions.create(model='stainedglass', \
+             messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\""
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // The Ctrl-C task above ends the process.
+        rt.block_on(std::future::pending::<()>());
+    }
+    rt.block_on(live.shutdown());
+    eprintln!("  server and proxy shut down");
     println!(
         "Done in {:.0} s. Run again to resume; --keep-running leaves the server and proxy up.",
         stage.started.elapsed().as_secs_f64()
@@ -274,161 +312,176 @@ struct ChatResult {
     requests_seen: usize,
 }
 
-fn serve_and_chat(
-    a: &QuickstartArgs,
+/// The server and the proxy, running on the quickstart's runtime.
+struct Services {
+    server_addr: std::net::SocketAddr,
+    proxy_addr: std::net::SocketAddr,
+    limits: EmbeddingLimits,
+    /// Copies of every `/v1/generate` body the server received.
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop_server: Arc<tokio::sync::Notify>,
+    stop_proxy: Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<stainedglass_serve::Result<()>>>,
+}
+
+impl Services {
+    async fn shutdown(self) {
+        self.stop_proxy.notify_one();
+        self.stop_server.notify_one();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn start_services(
     model: Arc<stainedglass_models::llm::Llama>,
     tok: &TextTokenizer,
     sgt: Arc<StainedGlassTransformForText>,
-) -> Result<ChatResult> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let state = Arc::new(ServerState::new(model, tok.stop_tokens(), ServerConfig::default())?);
-        let limits = EmbeddingLimits {
-            hidden_size: state.info().hidden_size,
-            max_sequence_length: state.info().max_sequence_length,
-        };
-        // The server's own router, wrapped by a tap that keeps a copy of every generate body:
-        // the demo shows what the provider received, byte for byte.
-        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let tap = seen.clone();
-        let app = server::router(state).layer(axum::middleware::from_fn(
-            move |req: Request, next: axum::middleware::Next| {
-                let tap = tap.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-                    if parts.uri.path() == "/v1/generate" {
-                        tap.lock().map(|mut v| v.push(bytes.to_vec())).ok();
-                    }
-                    next.run(Request::from_parts(parts, Body::from(bytes))).await
+) -> Result<Services> {
+    let state = Arc::new(ServerState::new(
+        model,
+        tok.stop_tokens(),
+        ServerConfig::default(),
+    )?);
+    let limits = EmbeddingLimits {
+        hidden_size: state.info().hidden_size,
+        max_sequence_length: state.info().max_sequence_length,
+    };
+    // The server's own router, wrapped by a tap that keeps a copy of every generate body: the
+    // demo shows what the provider received, byte for byte.
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let tap = seen.clone();
+    let app = server::router(state).layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let tap = tap.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                if parts.uri.path() == "/v1/generate" {
+                    tap.lock().map(|mut v| v.push(bytes.to_vec())).ok();
                 }
-            },
-        ));
-        let (l, server_addr) = server::bind("127.0.0.1:0").await?;
-        let (stop_server, server_rx) = tokio::sync::oneshot::channel::<()>();
-        let server_task = tokio::spawn(server::run(l, app, async {
-            let _ = server_rx.await;
-        }));
-        let proxy_state = ProxyState::new(
-            sgt.clone(),
-            Upstream {
-                kind: UpstreamKind::Sgt,
-                url: format!("http://{server_addr}"),
-                api_key: None,
-                model: String::new(),
-                protect_output: true,
-                vllm_dtype: candle_core::DType::F32,
-            },
-            ProxyConfig::default(),
-        );
-        proxy_state.check_upstream().await?;
-        let (l, proxy_addr) = server::bind("127.0.0.1:0").await?;
-        let (stop_proxy, proxy_rx) = tokio::sync::oneshot::channel::<()>();
-        let proxy_task = tokio::spawn(server::run(l, proxy::router(Arc::new(proxy_state)), async {
-            let _ = proxy_rx.await;
-        }));
-        eprintln!("  sgt serve listening on http://{server_addr} (sealed output)");
-        eprintln!("  sgt proxy listening on http://{proxy_addr} (OpenAI-compatible)");
+                next.run(Request::from_parts(parts, Body::from(bytes)))
+                    .await
+            }
+        },
+    ));
+    let stop_server = Arc::new(tokio::sync::Notify::new());
+    let stop_proxy = Arc::new(tokio::sync::Notify::new());
+    let (l, server_addr) = server::bind("127.0.0.1:0").await?;
+    let s = stop_server.clone();
+    let server_task = tokio::spawn(server::run(l, app, async move { s.notified().await }));
+    let proxy_state = ProxyState::new(
+        sgt,
+        Upstream {
+            kind: UpstreamKind::Sgt,
+            url: format!("http://{server_addr}"),
+            api_key: None,
+            model: String::new(),
+            protect_output: true,
+            vllm_dtype: candle_core::DType::F32,
+        },
+        ProxyConfig::default(),
+    );
+    proxy_state.check_upstream().await?;
+    let (l, proxy_addr) = server::bind("127.0.0.1:0").await?;
+    let p = stop_proxy.clone();
+    let proxy_task = tokio::spawn(server::run(
+        l,
+        proxy::router(Arc::new(proxy_state)),
+        async move { p.notified().await },
+    ));
+    eprintln!("  sgt serve listening on http://{server_addr} (sealed output)");
+    eprintln!("  sgt proxy listening on http://{proxy_addr} (OpenAI-compatible)");
+    Ok(Services {
+        server_addr,
+        proxy_addr,
+        limits,
+        seen,
+        stop_server,
+        stop_proxy,
+        tasks: vec![server_task, proxy_task],
+    })
+}
 
-        let body = serde_json::json!({
-            "model": "stainedglass",
-            "messages": [{"role": "user", "content": QUESTION}],
-            "temperature": 0, "max_tokens": 48,
-        });
-        let ask = async {
-            let r = reqwest::Client::new()
-                .post(format!("http://{proxy_addr}/v1/chat/completions"))
-                .json(&body)
-                .send()
-                .await?;
-            let status = r.status();
-            let v: serde_json::Value = r.json().await?;
-            if !status.is_success() {
-                bail!("the proxy answered {status}: {v}");
-            }
-            Ok::<_, anyhow::Error>(
-                v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        };
-        let answer = tokio::select! {
-            r = ask => r?,
-            _ = tokio::signal::ctrl_c() => {
-                let _ = stop_proxy.send(());
-                let _ = stop_server.send(());
-                bail!("interrupted; run again to resume");
-            }
-        };
-        let received = seen.lock().map(|v| v.clone()).unwrap_or_default();
-        let last = received
-            .last()
-            .context("the server received no generate request")?;
-        let req: serde_json::Value = serde_json::from_slice(last)?;
-        let emb = embeddings::decode(req["embeddings"].as_str().unwrap_or_default(), limits)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // Nearest-neighbour decoding of exactly what the server received, beside the prompt.
-        let index = EmbeddingIndex::new(sgt.embeddings())?;
-        let (_, read, _) = index.nearest(&emb)?;
-        let mine = sgt.apply(
-            &stainedglass_text::PromptInput::Chat(vec![stainedglass_text::Message::new(
-                stainedglass_text::Role::User,
-                QUESTION,
-            )]),
-            &mut NoiseRng::seeded(0),
-        )?;
-        let content: Vec<usize> = (0..mine.input_ids.len())
-            .filter(|&i| mine.noise_mask[i] != 0)
-            .collect();
-        let pick = |ids: &[u32]| -> Vec<u32> { content.iter().filter_map(|&i| ids.get(i).copied()).collect() };
-        let clean = tok.decode(&pick(&mine.input_ids), false)?;
-        let server_reads = tok.decode(&pick(&read), false)?;
-        let hits = content
+/// Asks the question through the proxy and decodes what the server received.
+async fn chat_once(
+    live: &Services,
+    tok: &TextTokenizer,
+    sgt: &StainedGlassTransformForText,
+) -> Result<ChatResult> {
+    let body = serde_json::json!({
+        "model": "stainedglass",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0, "max_tokens": 48,
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", live.proxy_addr))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().await?;
+    if !status.is_success() {
+        bail!("the proxy answered {status}: {v}");
+    }
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let received = live.seen.lock().map(|v| v.clone()).unwrap_or_default();
+    let last = received
+        .last()
+        .context("the server received no generate request")?;
+    let req: serde_json::Value = serde_json::from_slice(last)?;
+    let emb = embeddings::decode(req["embeddings"].as_str().unwrap_or_default(), live.limits)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Nearest-neighbour decoding of exactly what the server received, beside the prompt.
+    let index = EmbeddingIndex::new(sgt.embeddings())?;
+    let (_, read, _) = index.nearest(&emb)?;
+    let mine = sgt.apply(
+        &stainedglass_text::PromptInput::Chat(vec![stainedglass_text::Message::new(
+            stainedglass_text::Role::User,
+            QUESTION,
+        )]),
+        &mut NoiseRng::seeded(0),
+    )?;
+    let content: Vec<usize> = (0..mine.input_ids.len())
+        .filter(|&i| mine.noise_mask[i] != 0)
+        .collect();
+    let pick = |ids: &[u32]| -> Vec<u32> {
+        content
             .iter()
-            .filter(|&&i| read.get(i) == mine.input_ids.get(i))
-            .count();
-        let recovered = hits as f64 / content.len().max(1) as f64;
-        println!();
-        println!("  You asked:        {QUESTION}");
-        println!("  The model said:   {}", answer.trim());
-        println!("  The server could read (nearest-neighbour decoding of what it received):");
-        println!("    clean prompt:   {}", clean.trim());
-        println!("    server's view:  {}", server_reads.trim());
-        println!(
-            "    ({} of {} message tokens recovered; the server got {} request(s) with only \
-             embeddings, no text or token ids)",
-            hits,
-            content.len(),
-            received.len()
-        );
-        if a.keep_running {
-            println!();
-            println!("The server and the proxy keep running; Ctrl-C stops them.");
-            println!(
-                "  curl -s http://{proxy_addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"stainedglass\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
-            );
-            println!(
-                "  python -c \"from openai import OpenAI; c = OpenAI(base_url='http://{proxy_addr}/v1', api_key='-'); \
-                 print(c.chat.completions.create(model='stainedglass', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\""
-            );
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("  stopping");
-        }
-        let _ = stop_proxy.send(());
-        let _ = stop_server.send(());
-        let _ = proxy_task.await;
-        let _ = server_task.await;
-        eprintln!("  server and proxy shut down");
-        Ok(ChatResult {
-            answer,
-            clean,
-            server_reads,
-            recovered,
-            requests_seen: received.len(),
-        })
+            .filter_map(|&i| ids.get(i).copied())
+            .collect()
+    };
+    let clean = tok.decode(&pick(&mine.input_ids), false)?;
+    let server_reads = tok.decode(&pick(&read), false)?;
+    let hits = content
+        .iter()
+        .filter(|&&i| read.get(i) == mine.input_ids.get(i))
+        .count();
+    println!();
+    println!("  You asked:        {QUESTION}");
+    println!("  The model said:   {}", answer.trim());
+    println!("  The server could read (nearest-neighbour decoding of what it received):");
+    println!("    clean prompt:   {}", clean.trim());
+    println!("    server's view:  {}", server_reads.trim());
+    println!(
+        "    ({} of {} message tokens recovered; the server got {} request(s) with only \
+         embeddings, no text or token ids)",
+        hits,
+        content.len(),
+        received.len()
+    );
+    Ok(ChatResult {
+        answer,
+        clean,
+        server_reads,
+        recovered: hits as f64 / content.len().max(1) as f64,
+        requests_seen: received.len(),
     })
 }
 
