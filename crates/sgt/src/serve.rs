@@ -45,10 +45,10 @@ pub struct ServeArgs {
     pub max_sequence_length: usize,
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
-    /// Generations running at once (default: the number of cores).
-    #[arg(long)]
-    pub max_concurrency: Option<usize>,
-    /// Requests allowed to wait for a slot; more get 503.
+    /// Requests decoded together in one batch (one KV cache, each row with its own sampling).
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrency: usize,
+    /// Requests allowed to wait while a batch runs; more get 503.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Model name reported by /v1/model (default: the model file's name).
@@ -72,7 +72,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     if keys.is_empty() {
         eprintln!("warning: no --api-key given; the server accepts unauthenticated requests");
     }
-    let mut config = ServerConfig {
+    let config = ServerConfig {
         api_keys: keys,
         max_body_bytes: a.max_body_bytes,
         max_sequence_length: a.max_sequence_length,
@@ -83,11 +83,8 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| "model".into())
         }),
-        ..ServerConfig::default()
+        max_concurrency: a.max_concurrency,
     };
-    if let Some(c) = a.max_concurrency {
-        config.max_concurrency = c;
-    }
     let state = Arc::new(ServerState::new(model, tok.stop_tokens(), config)?);
     let rt = runtime()?;
     rt.block_on(async move {

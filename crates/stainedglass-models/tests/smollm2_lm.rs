@@ -3,7 +3,9 @@
 //! errors on bad files.
 
 use candle_core::{DType, Device, Tensor, Var};
-use stainedglass_models::llm::{GgufFile, Llama, Prompt, SamplingParams, Stop};
+use stainedglass_models::llm::{
+    FinishReason, GgufFile, Llama, Prompt, RowRequest, SamplingParams, Stop,
+};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -371,4 +373,85 @@ fn batched_generation_equals_one_by_one() {
         let one = m.generate(Prompt::Ids(p), &params, |_| true).expect("one");
         assert_eq!(g.tokens, one.tokens, "batched greedy tokens differ");
     }
+}
+
+#[test]
+fn generate_rows_matches_single_generation_with_per_row_settings() {
+    // Independent requests batched together (left padding, one cache) give each row what it
+    // would get alone, with its own budget, stop tokens and seed; a cancelled row stops early.
+    let m = model();
+    let embed = |ids: &[u32]| {
+        m.embed(
+            &Tensor::new(ids, &Device::Cpu)
+                .expect("ids")
+                .unsqueeze(0)
+                .expect("u"),
+        )
+        .expect("embed")
+        .squeeze(0)
+        .expect("s")
+    };
+    let prompts = [IDS.to_vec(), IDS[..5].to_vec(), IDS[3..11].to_vec()];
+    let embeds: Vec<Tensor> = prompts.iter().map(|p| embed(p)).collect();
+    let params = [
+        SamplingParams {
+            max_new_tokens: 6,
+            ..Default::default()
+        },
+        SamplingParams {
+            max_new_tokens: 3,
+            ..Default::default()
+        },
+        SamplingParams {
+            max_new_tokens: 8,
+            stop_tokens: vec![2],
+            ..Default::default()
+        },
+    ];
+    let rows: Vec<RowRequest<'_>> = embeds
+        .iter()
+        .zip(&params)
+        .map(|(e, p)| RowRequest {
+            embeds: e,
+            params: p,
+        })
+        .collect();
+    let mut streamed = vec![Vec::new(); 3];
+    let out = m
+        .generate_rows(&rows, |i, t| {
+            streamed[i].push(t);
+            true
+        })
+        .expect("rows");
+    for i in 0..3 {
+        let one = m
+            .generate(Prompt::Embeds(&embeds[i]), &params[i], |_| true)
+            .expect("one");
+        assert_eq!(out[i].tokens, one.tokens, "row {i}");
+        assert_eq!(streamed[i], one.tokens, "row {i} callback");
+        assert!(out[i].tokens.len() <= params[i].max_new_tokens);
+        assert_eq!(out[i].prompt_tokens, prompts[i].len());
+    }
+    // A batch of one runs exactly `generate`'s computation, so seeded sampling reproduces it.
+    let sampled = SamplingParams {
+        max_new_tokens: 8,
+        temperature: 0.8,
+        seed: Some(5),
+        ..Default::default()
+    };
+    let one_row = [RowRequest {
+        embeds: &embeds[2],
+        params: &sampled,
+    }];
+    let a = m.generate_rows(&one_row, |_, _| true).expect("row");
+    let b = m
+        .generate(Prompt::Embeds(&embeds[2]), &sampled, |_| true)
+        .expect("one");
+    assert_eq!(a[0].tokens, b.tokens);
+    // Cancelling row 0 at its first token leaves the others untouched.
+    let out2 = m.generate_rows(&rows, |i, _| i != 0).expect("rows");
+    assert_eq!(out2[0].tokens.len(), 1);
+    assert_eq!(out2[0].finish, FinishReason::Cancelled);
+    assert_eq!(out2[1].tokens, out[1].tokens);
+    assert_eq!(out2[2].tokens, out[2].tokens);
 }

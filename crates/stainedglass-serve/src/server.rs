@@ -4,8 +4,10 @@
 //! parameters) and answers with token ids, as one JSON object or as server-sent events; with
 //! the `x-sgt-client-key` header every token is sealed for that key. `GET /v1/model` describes
 //! the model (hidden size, embedding hash) so a proxy can check it serves the right one;
-//! `GET /health` needs no key. Requests are admitted up to `max_concurrency` at a time with a
-//! bounded queue. Nothing a client sends or receives is logged, only sizes and timings.
+//! `GET /health` needs no key. One worker thread owns the model and decodes waiting requests
+//! together — up to `max_concurrency` rows in one batch with one KV cache, each row with its own
+//! sampling — while further requests wait in a bounded queue. Nothing a client sends or
+//! receives is logged, only sizes and timings.
 
 use crate::crypto::Sealer;
 use crate::embeddings::{self, EmbeddingLimits};
@@ -19,12 +21,13 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use stainedglass_models::llm::{FinishReason, Llama, Prompt, SamplingParams};
+use candle_core::Tensor;
+use stainedglass_models::llm::{FinishReason, Llama, RowRequest, SamplingParams};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 /// Limits and credentials of a server.
 #[derive(Debug, Clone)]
@@ -34,9 +37,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_sequence_length: usize,
     pub max_new_tokens: usize,
-    /// Generations running at once.
+    /// Requests decoded together in one batch.
     pub max_concurrency: usize,
-    /// Requests allowed to wait for a slot; more get 503.
+    /// Requests allowed to wait while a batch runs; more get 503.
     pub max_queue: usize,
     pub model_name: String,
 }
@@ -48,27 +51,36 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             max_sequence_length: 2048,
             max_new_tokens: 512,
-            max_concurrency: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            max_concurrency: 8,
             max_queue: 64,
             model_name: "model".into(),
         }
     }
 }
 
+/// A request handed to the batch worker; its events go back through `events`.
+struct Job {
+    embeds: Tensor,
+    params: SamplingParams,
+    sealer: Option<Sealer>,
+    events: mpsc::Sender<StreamEvent>,
+}
+
 /// Everything a request handler needs.
 pub struct ServerState {
-    model: Arc<Llama>,
     stop_tokens: Vec<u32>,
     config: ServerConfig,
     info: ModelInfo,
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Requests submitted and not yet taken into a batch.
+    waiting: Arc<AtomicUsize>,
+    /// Whether the worker is running a batch.
+    busy: Arc<AtomicBool>,
 }
 
 impl ServerState {
-    /// Wraps a loaded model; `stop_tokens` end a reply (the tokenizer's end-of-turn ids).
+    /// Wraps a loaded model and starts its batch worker; `stop_tokens` end a reply (the
+    /// tokenizer's end-of-turn ids).
     pub fn new(model: Arc<Llama>, stop_tokens: Vec<u32>, mut config: ServerConfig) -> Result<Self> {
         if config.max_concurrency == 0 {
             return Err(Error::Config("max_concurrency must be at least 1".into()));
@@ -85,13 +97,20 @@ impl ServerState {
             max_sequence_length: config.max_sequence_length,
             max_new_tokens: config.max_new_tokens,
         };
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicBool::new(false));
+        let (w, bz, max_batch) = (waiting.clone(), busy.clone(), config.max_concurrency);
+        std::thread::Builder::new()
+            .name("sgt-batcher".into())
+            .spawn(move || worker(model, rx, w, bz, max_batch))?;
         Ok(Self {
-            slots: Arc::new(Semaphore::new(config.max_concurrency)),
-            model,
             stop_tokens,
             config,
             info,
-            waiting: AtomicUsize::new(0),
+            jobs: std::sync::Mutex::new(tx),
+            waiting,
+            busy,
         })
     }
 
@@ -120,19 +139,104 @@ impl ServerState {
         }
     }
 
-    /// Waits for a generation slot, or refuses when the queue is full.
-    async fn admit(&self) -> std::result::Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
-        }
+    /// Queues a job for the worker, or refuses when a batch is running and the queue is full.
+    fn submit(&self, job: Job) -> std::result::Result<(), ApiError> {
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.config.max_queue {
+        if self.busy.load(Ordering::SeqCst) && queued >= self.config.max_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::Overloaded(queued));
         }
-        let permit = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        permit.map_err(|_| ApiError::Internal("the server is shutting down".into()))
+        let sent = self
+            .jobs
+            .lock()
+            .map_err(|_| ApiError::Internal("the batch worker is gone".into()))?
+            .send(job);
+        if sent.is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Internal("the batch worker is gone".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The batch worker: takes every waiting job (up to `max_batch`), decodes them together, repeats.
+fn worker(
+    model: Arc<Llama>,
+    rx: std::sync::mpsc::Receiver<Job>,
+    waiting: Arc<AtomicUsize>,
+    busy: Arc<AtomicBool>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        busy.store(true, Ordering::SeqCst);
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
+        run_batch(&model, jobs);
+        busy.store(false, Ordering::SeqCst);
+    }
+}
+
+fn run_batch(model: &Llama, mut jobs: Vec<Job>) {
+    let started = Instant::now();
+    for j in &jobs {
+        if let Some(s) = &j.sealer {
+            let _ = j.events.blocking_send(StreamEvent::Key {
+                server_key: s.server_key().to_string(),
+            });
+        }
+    }
+    let mut sealers: Vec<Option<Sealer>> = jobs.iter_mut().map(|j| j.sealer.take()).collect();
+    let rows: Vec<RowRequest<'_>> = jobs
+        .iter()
+        .map(|j| RowRequest {
+            embeds: &j.embeds,
+            params: &j.params,
+        })
+        .collect();
+    let senders: Vec<mpsc::Sender<StreamEvent>> = jobs.iter().map(|j| j.events.clone()).collect();
+    let result = model.generate_rows(&rows, |i, t| {
+        let ev = match sealers[i].as_mut() {
+            Some(s) => StreamEvent::Sealed {
+                sealed: s.seal_token(t),
+            },
+            None => StreamEvent::Token { token: t },
+        };
+        senders[i].blocking_send(ev).is_ok()
+    });
+    match result {
+        Ok(gens) => {
+            let total: usize = gens.iter().map(|g| g.tokens.len()).sum();
+            tracing::info!(
+                rows = gens.len(),
+                tokens = total,
+                ms = started.elapsed().as_millis() as u64,
+                "batch"
+            );
+            for ((g, tx), sealer) in gens.iter().zip(&senders).zip(sealers.iter_mut()) {
+                let f = finish(g.finish);
+                let _ = tx.blocking_send(StreamEvent::Done {
+                    finish_reason: f,
+                    usage: Usage {
+                        prompt_tokens: g.prompt_tokens,
+                        completion_tokens: g.tokens.len(),
+                    },
+                    sealed_end: sealer.as_mut().map(|s| s.seal_end(f)),
+                });
+            }
+        }
+        Err(e) => {
+            for tx in &senders {
+                let _ = tx.blocking_send(StreamEvent::Error {
+                    message: e.to_string(),
+                });
+            }
+        }
     }
 }
 
@@ -245,51 +349,16 @@ async fn generate(
     let embeds = tokio::task::spawn_blocking(move || embeddings::decode(&payload, limits))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let permit = st.admit().await?;
-    let positions = embeds.dim(0).unwrap_or(0);
+    // Room for every event of the reply: the worker never waits on a slow client.
+    let (tx, mut rx) = mpsc::channel::<StreamEvent>(params.max_new_tokens + 4);
+    let sealed = sealer.is_some();
+    st.submit(Job {
+        embeds,
+        params,
+        sealer: sealer.take(),
+        events: tx,
+    })?;
     if req.stream {
-        let (tx, rx) = mpsc::channel::<StreamEvent>(64);
-        let model = st.model.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let started = Instant::now();
-            if let Some(s) = &sealer {
-                let key = s.server_key().to_string();
-                if tx
-                    .blocking_send(StreamEvent::Key { server_key: key })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            let result = model.generate(Prompt::Embeds(&embeds), &params, |t| {
-                let ev = match sealer.as_mut() {
-                    Some(s) => StreamEvent::Sealed {
-                        sealed: s.seal_token(t),
-                    },
-                    None => StreamEvent::Token { token: t },
-                };
-                tx.blocking_send(ev).is_ok()
-            });
-            let ev = match result {
-                Ok(g) => {
-                    let f = finish(g.finish);
-                    log_done(positions, g.tokens.len(), started, sealer.is_some(), true);
-                    StreamEvent::Done {
-                        finish_reason: f,
-                        usage: Usage {
-                            prompt_tokens: g.prompt_tokens,
-                            completion_tokens: g.tokens.len(),
-                        },
-                        sealed_end: sealer.as_mut().map(|s| s.seal_end(f)),
-                    }
-                }
-                Err(e) => StreamEvent::Error {
-                    message: e.to_string(),
-                },
-            };
-            let _ = tx.blocking_send(ev);
-        });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             let ev = rx.recv().await?;
             let data = serde_json::to_string(&ev).unwrap_or_default();
@@ -297,51 +366,31 @@ async fn generate(
         });
         return Ok(Sse::new(stream).into_response());
     }
-    let model = st.model.clone();
-    let started = Instant::now();
-    let g = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        model.generate(Prompt::Embeds(&embeds), &params, |_| true)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    log_done(positions, g.tokens.len(), started, sealer.is_some(), false);
-    let f = finish(g.finish);
-    let usage = Usage {
-        prompt_tokens: g.prompt_tokens,
-        completion_tokens: g.tokens.len(),
-    };
-    let resp = match sealer.as_mut() {
-        Some(s) => GenerateResponse {
-            tokens: None,
-            sealed: Some(g.tokens.iter().map(|&t| s.seal_token(t)).collect()),
-            server_key: Some(s.server_key().to_string()),
-            sealed_end: Some(s.seal_end(f)),
-            finish_reason: f,
-            usage,
-        },
-        None => GenerateResponse {
-            tokens: Some(g.tokens),
-            sealed: None,
-            server_key: None,
-            sealed_end: None,
-            finish_reason: f,
-            usage,
-        },
-    };
-    Ok(Json(resp).into_response())
-}
-
-fn log_done(positions: usize, tokens: usize, started: Instant, sealed: bool, stream: bool) {
-    tracing::info!(
-        positions,
-        tokens,
-        ms = started.elapsed().as_millis() as u64,
-        sealed,
-        stream,
-        "generate"
-    );
+    let (mut tokens, mut sealed_tokens, mut server_key) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            StreamEvent::Key { server_key: k } => server_key = Some(k),
+            StreamEvent::Token { token } => tokens.push(token),
+            StreamEvent::Sealed { sealed } => sealed_tokens.push(sealed),
+            StreamEvent::Error { message } => return Err(ApiError::Internal(message)),
+            StreamEvent::Done {
+                finish_reason,
+                usage,
+                sealed_end,
+            } => {
+                let resp = GenerateResponse {
+                    tokens: (!sealed).then_some(tokens),
+                    sealed: sealed.then_some(sealed_tokens),
+                    server_key,
+                    sealed_end,
+                    finish_reason,
+                    usage,
+                };
+                return Ok(Json(resp).into_response());
+            }
+        }
+    }
+    Err(ApiError::Internal("the batch worker stopped".into()))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -302,3 +302,23 @@ async fn a_full_server_refuses_with_503_instead_of_queueing_forever() {
     }
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_decoded_together_and_all_answered() {
+    let url = common::start_server(ServerConfig {
+        max_concurrency: 4,
+        max_queue: 16,
+        ..config()
+    })
+    .await;
+    let e = prompt_embeddings();
+    let body = req(&e, json!({"max_tokens": 12}));
+    let calls = (0..6).map(|_| post(&url, body.clone(), Some(KEY)));
+    let tok = common::tokenizer();
+    for (s, v) in futures_util::future::join_all(calls).await {
+        assert_eq!(s, 200, "{v}");
+        let ids: Vec<u32> = serde_json::from_value(v["tokens"].clone()).expect("tokens");
+        let text = tok.decode(&ids, true).expect("decode");
+        assert!(text.contains("Paris"), "{text}");
+    }
+}

@@ -316,6 +316,122 @@ impl Llama {
     }
 }
 
+/// One request of a batched generation: prompt embeddings `(t, hidden)` and its own sampling.
+pub struct RowRequest<'a> {
+    pub embeds: &'a Tensor,
+    pub params: &'a SamplingParams,
+}
+
+impl Llama {
+    /// Generates for independent requests at once: the prompts are left-padded into one batch
+    /// with one KV cache (each decoding step reads the weights once for every row), and every
+    /// row keeps its own sampling parameters, stop tokens and budget. `on_token(row, token)`
+    /// returning `false` cancels that row. A batch of one computes exactly what [`Self::generate`]
+    /// computes from embeddings.
+    pub fn generate_rows(
+        &self,
+        rows: &[RowRequest<'_>],
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Generation>> {
+        let b = rows.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let h = self.config().hidden_size;
+        let mut lens = Vec::with_capacity(b);
+        for r in rows {
+            let (t, d) = r.embeds.dims2()?;
+            if t == 0 || d != h {
+                return Err(Error::Shape {
+                    what: "prompt embeddings".into(),
+                    expected: format!("(t ≥ 1, {h})"),
+                    got: r.embeds.dims().to_vec(),
+                });
+            }
+            lens.push(t);
+        }
+        let t = lens.iter().copied().max().unwrap_or(0);
+        let dev = self.device();
+        let mut padded = Vec::with_capacity(b);
+        let mut mask = Vec::with_capacity(b * t);
+        for (r, &len) in rows.iter().zip(&lens) {
+            let e = r.embeds.to_dtype(DType::F32)?;
+            padded.push(if len < t {
+                Tensor::cat(&[Tensor::zeros((t - len, h), DType::F32, dev)?, e], 0)?
+            } else {
+                e
+            });
+            mask.extend(std::iter::repeat_n(0u8, t - len));
+            mask.extend(std::iter::repeat_n(1u8, len));
+        }
+        let x = Tensor::stack(&padded, 0)?;
+        let mut samplers = rows
+            .iter()
+            .map(|r| Sampler::new(r.params.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut cache = KvCache::new(self.config().num_layers, b);
+        let full = lens.iter().all(|&l| l == t);
+        let m = Tensor::from_vec(mask, (b, t), dev)?;
+        let mut logits = self.forward_cached(&x, (!full).then_some(&m), &mut cache)?;
+        let mut seen: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finish: Vec<Option<FinishReason>> = vec![None; b];
+        loop {
+            let rows_l = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let mut next = vec![0u32; b];
+            for i in 0..b {
+                if finish[i].is_some() {
+                    continue;
+                }
+                if seen[i].len() >= rows[i].params.max_new_tokens {
+                    finish[i] = Some(FinishReason::Length);
+                    continue;
+                }
+                if rows_l[i].iter().any(|x| x.is_nan()) {
+                    return Err(Error::Invalid {
+                        what: "logits (NaN)".into(),
+                        expected: "finite logits; are the input embeddings finite?".into(),
+                    });
+                }
+                let tok = samplers[i].sample(&rows_l[i], &seen[i]);
+                seen[i].push(tok);
+                next[i] = tok;
+                if !on_token(i, tok) {
+                    finish[i] = Some(FinishReason::Cancelled);
+                } else if rows[i].params.stop_tokens.contains(&tok) {
+                    finish[i] = Some(FinishReason::Stop);
+                } else if seen[i].len() >= rows[i].params.max_new_tokens {
+                    finish[i] = Some(FinishReason::Length);
+                }
+            }
+            if finish.iter().all(Option::is_some) {
+                break;
+            }
+            if cache.len() + 1 > self.max_positions() {
+                for f in finish.iter_mut().filter(|f| f.is_none()) {
+                    *f = Some(FinishReason::Length);
+                }
+                break;
+            }
+            // Finished rows still occupy a slot; their new positions are masked out.
+            let still: Vec<u8> = (0..b).map(|i| u8::from(finish[i].is_none())).collect();
+            let e = self.embed(&Tensor::from_vec(next, (b, 1), dev)?)?;
+            let all = still.iter().all(|&a| a == 1);
+            let m = Tensor::from_vec(still, (b, 1), dev)?;
+            logits = self.forward_cached(&e, (!(all && full)).then_some(&m), &mut cache)?;
+        }
+        Ok(seen
+            .into_iter()
+            .zip(finish)
+            .zip(lens)
+            .map(|((tokens, f), p)| Generation {
+                tokens,
+                finish: f.unwrap_or(FinishReason::Length),
+                prompt_tokens: p,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ pub mod transformer_cloak;
 pub mod weights;
 
 pub use config::LlamaConfig;
-pub use generate::{FinishReason, Generation, Prompt, Sampler, SamplingParams};
+pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
 pub use model::{KvCache, Llama, Stop};
 pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};
 pub use transformer_cloak::{TransformerCloak, TransformerCloakConfig};
