@@ -98,12 +98,15 @@ impl Proc {
     }
 }
 
+/// Everything sent towards the server, one byte stream per connection.
+type Recording = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// Forwards TCP connections to `target`, recording everything sent towards it.
-fn relay(target: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+fn relay(target: String) -> (String, Recording) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let addr = listener.local_addr().expect("addr").to_string();
-    let record = Arc::new(Mutex::new(Vec::new()));
-    let rec = record.clone();
+    let record: Recording = Arc::default();
+    let all = record.clone();
     std::thread::spawn(move || {
         for inbound in listener.incoming().map_while(Result::ok) {
             let Ok(outbound) = TcpStream::connect(&target) else {
@@ -114,7 +117,8 @@ fn relay(target: String) -> (String, Arc<Mutex<Vec<u8>>>) {
                 outbound.try_clone().expect("clone"),
             );
             let (mut out_r, mut in_w) = (outbound, inbound);
-            let rec = rec.clone();
+            let rec: Arc<Mutex<Vec<u8>>> = Arc::default();
+            all.lock().expect("lock").push(rec.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
                 while let Ok(n) = in_r.read(&mut buf) {
@@ -306,7 +310,13 @@ fn openai_client_chats_through_proxy_and_server_sees_only_embeddings() {
     for log in [&proxy_err, &server_err] {
         assert!(!log.contains("France") && !log.contains("Paris"), "{log}");
     }
-    let generates = check_recording(&record.lock().expect("lock"));
+    let connections: Vec<Vec<u8>> = record
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|c| c.lock().expect("lock").clone())
+        .collect();
+    let generates: usize = connections.iter().map(|c| check_recording(c)).sum();
     assert_eq!(
         generates, 202,
         "2 chats + 200 load-test requests reached the server"
