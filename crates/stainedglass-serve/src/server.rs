@@ -177,12 +177,18 @@ fn worker(
             }
         }
         waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
-        run_batch(&model, jobs);
+        let finals = run_batch(&model, jobs);
+        // Free before the clients hear they are done: a client that sends its next request
+        // right after finds the worker idle, not a full queue.
         busy.store(false, Ordering::SeqCst);
+        for (tx, ev) in finals {
+            let _ = tx.blocking_send(ev);
+        }
     }
 }
 
-fn run_batch(model: &Llama, mut jobs: Vec<Job>) {
+/// Decodes one batch, streaming tokens; returns each row's final event for the caller to send.
+fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent>, StreamEvent)> {
     let started = Instant::now();
     for j in &jobs {
         if let Some(s) = &j.sealer {
@@ -218,25 +224,32 @@ fn run_batch(model: &Llama, mut jobs: Vec<Job>) {
                 ms = started.elapsed().as_millis() as u64,
                 "batch"
             );
-            for ((g, tx), sealer) in gens.iter().zip(&senders).zip(sealers.iter_mut()) {
-                let f = finish(g.finish);
-                let _ = tx.blocking_send(StreamEvent::Done {
-                    finish_reason: f,
-                    usage: Usage {
-                        prompt_tokens: g.prompt_tokens,
-                        completion_tokens: g.tokens.len(),
-                    },
-                    sealed_end: sealer.as_mut().map(|s| s.seal_end(f)),
-                });
-            }
+            gens.iter()
+                .zip(senders)
+                .zip(sealers.iter_mut())
+                .map(|((g, tx), sealer)| {
+                    let f = finish(g.finish);
+                    let ev = StreamEvent::Done {
+                        finish_reason: f,
+                        usage: Usage {
+                            prompt_tokens: g.prompt_tokens,
+                            completion_tokens: g.tokens.len(),
+                        },
+                        sealed_end: sealer.as_mut().map(|s| s.seal_end(f)),
+                    };
+                    (tx, ev)
+                })
+                .collect()
         }
-        Err(e) => {
-            for tx in &senders {
-                let _ = tx.blocking_send(StreamEvent::Error {
+        Err(e) => senders
+            .into_iter()
+            .map(|tx| {
+                let ev = StreamEvent::Error {
                     message: e.to_string(),
-                });
-            }
-        }
+                };
+                (tx, ev)
+            })
+            .collect(),
     }
 }
 
