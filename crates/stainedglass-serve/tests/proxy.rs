@@ -7,7 +7,6 @@ mod common;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
@@ -191,24 +190,7 @@ async fn proxy_over_our_server_streams_stops_and_refuses() {
 /// Reads a `torch.save` payload with candle's pickle parser.
 fn read_torch(bytes: &[u8]) -> Tensor {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
-    let mut pkl = Vec::new();
-    zip.by_name("archive/data.pkl")
-        .expect("pkl")
-        .read_to_end(&mut pkl)
-        .expect("read");
-    let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut std::io::BufReader::new(pkl.as_slice()))
-        .expect("pickle");
-    let info = stack
-        .finalize()
-        .expect("obj")
-        .into_tensor_info(
-            Object::Unicode("t".into()),
-            std::path::Path::new("archive/data"),
-        )
-        .expect("info")
-        .expect("tensor");
+    let info = common::pickled_tensor_info(&mut zip);
     let mut data = Vec::new();
     zip.by_name(&info.path)
         .expect("data")

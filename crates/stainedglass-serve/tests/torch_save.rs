@@ -1,10 +1,11 @@
 //! The `torch.save` writer read back by an independent reader: candle's pickle parser for the
 //! program, the zip entries for the data.
 
-use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 use stainedglass_serve::torch_save::save_bytes;
 use std::io::Read;
+
+mod common;
 
 fn read_back(bytes: &[u8]) -> (DType, Vec<usize>, Vec<usize>, Vec<u8>) {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
@@ -23,23 +24,7 @@ fn read_back(bytes: &[u8]) -> (DType, Vec<usize>, Vec<usize>, Vec<u8>) {
             "{want} missing from {names:?}"
         );
     }
-    let mut pkl = Vec::new();
-    zip.by_name("archive/data.pkl")
-        .expect("pkl")
-        .read_to_end(&mut pkl)
-        .expect("read");
-    let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut std::io::BufReader::new(pkl.as_slice()))
-        .expect("pickle parses");
-    let obj = stack.finalize().expect("one object");
-    let info = obj
-        .into_tensor_info(
-            Object::Unicode("x".into()),
-            std::path::Path::new("archive/data"),
-        )
-        .expect("tensor info")
-        .expect("a _rebuild_tensor_v2 tensor");
+    let info = common::pickled_tensor_info(&mut zip);
     assert_eq!(info.path, "archive/data/0");
     let mut data = Vec::new();
     let mut f = zip.by_name("archive/data/0").expect("data");

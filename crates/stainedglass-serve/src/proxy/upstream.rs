@@ -253,7 +253,7 @@ impl Decoder {
 
     fn decode(&mut self, data: &str) -> Vec<Result<Piece, ApiError>> {
         match self.kind {
-            UpstreamKind::Sgt => vec![self.sgt(data)].into_iter().flatten().collect(),
+            UpstreamKind::Sgt => self.sgt(data).into_iter().collect(),
             UpstreamKind::Vllm => self.vllm(data),
         }
     }

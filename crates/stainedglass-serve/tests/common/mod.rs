@@ -46,3 +46,30 @@ pub async fn start_server(config: ServerConfig) -> String {
     ));
     format!("http://{addr}")
 }
+
+/// The tensor a `torch.save` archive's `archive/data.pkl` rebuilds, read with candle's pickle
+/// parser (an independent reader of the format).
+pub fn pickled_tensor_info(
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+) -> candle_core::pickle::TensorInfo {
+    use candle_core::pickle::{Object, Stack};
+    use std::io::Read;
+    let mut pkl = Vec::new();
+    zip.by_name("archive/data.pkl")
+        .expect("pkl")
+        .read_to_end(&mut pkl)
+        .expect("read");
+    let mut stack = Stack::empty();
+    stack
+        .read_loop(&mut std::io::BufReader::new(pkl.as_slice()))
+        .expect("pickle parses");
+    stack
+        .finalize()
+        .expect("one object")
+        .into_tensor_info(
+            Object::Unicode("x".into()),
+            std::path::Path::new("archive/data"),
+        )
+        .expect("tensor info")
+        .expect("a _rebuild_tensor_v2 tensor")
+}
