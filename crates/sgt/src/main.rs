@@ -4,6 +4,7 @@ mod bench;
 mod bench_llm;
 mod bench_serve;
 mod bench_text;
+mod eval;
 mod lm;
 mod quickstart;
 mod serve;
@@ -40,6 +41,9 @@ enum Command {
     /// Text SGTs: prepare chat data, train a TransformerCloak.
     #[command(subcommand)]
     Text(text::TextCommand),
+    /// The attack and evaluation suite: reports with attacks, utility and baselines.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Generate text with a causal LM (chat template applied unless --raw).
     Generate(lm::GenerateArgs),
     /// Show the ids, tokens and masks the tokenizer wrapper produces for a prompt.
@@ -71,6 +75,7 @@ fn main() {
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
         Command::Text(cmd) => text::run(cmd),
+        Command::Eval(cmd) => eval::run(cmd),
         Command::Generate(a) => lm::run_generate(a),
         Command::Tokenize(a) => lm::run_tokenize(a),
         Command::ConvertHf(a) => lm::run_convert_hf(a),

@@ -38,7 +38,7 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
     std::fs::write(
         &cfg,
         format!(
-            "[data]\nconversations = {d:?}\nheld_out = 1\nmax_length = 40\n\
+            "[data]\nconversations = {d:?}\nheld_out = 1\nmax_length = 96\n\
              [loss]\ndistillation_layer_index = 2\n\
              [train]\nsteps = 2\nbatch_size = 2\nwarmup_steps = 1\neval_every = 1\n\
              checkpoint_every = 1\n"
@@ -69,6 +69,85 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         plots.to_str().expect("p"),
     ]);
     assert!(plots.join("curve_steps.png").exists() && plots.join("curve_tradeoff.png").exists());
+
+    // The attack suite on the tiny SGT: every mechanism, every attack, a report.
+    let qs = dir.path().join("questions.jsonl");
+    std::fs::write(
+        &qs,
+        "{\"question\": \"What is the capital of France?\", \"answers\": [\"Paris\"]}\n\
+         {\"question\": \"How many days are in a week?\", \"answers\": [\"seven\", \"7\"]}\n",
+    )
+    .expect("write");
+    let rep = dir.path().join("report");
+    let sgt_dir = out.join("sgt");
+    let args: Vec<String> = [
+        "eval",
+        "text",
+        "--config",
+        cfg.to_str().expect("p"),
+        "--sgt",
+        sgt_dir.to_str().expect("p"),
+        "--questions",
+        qs.to_str().expect("p"),
+        "--report",
+        rep.to_str().expect("p"),
+        "--epochs",
+        "1",
+        "--beamclean-rows",
+        "1",
+        "--beam",
+        "2",
+        "--gaussian",
+        "2,32",
+        "--metric-dp",
+        "32",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let line = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("eval json");
+    assert!(v["sgt_strongest_top1"].as_f64().is_some(), "{v}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).expect("report"))
+            .expect("json");
+    let m = r["mechanisms"].as_array().expect("mechanisms");
+    assert_eq!(m.len(), 5, "clean, sgt, 2 gaussian, 1 metric-dp");
+    assert_eq!(m[0]["attacks"]["nearest_neighbour_l2"]["top1"], 1.0);
+    assert_eq!(m[0]["utility"]["agreement"], 1.0);
+    assert_eq!(m[0]["answers_retained"], 1.0);
+    for a in [
+        "nearest_neighbour_cosine",
+        "nearest_neighbour_l2",
+        "noise_aware_nearest_neighbour",
+        "learned_mlp",
+        "learned_transformer",
+        "beamclean",
+    ] {
+        let top1 = m[1]["attacks"][a]["top1"].as_f64().expect(a);
+        assert!((0.0..=1.0).contains(&top1), "{a}: {top1}");
+    }
+    assert!(m[1]["information"]["mutual_information_nats"]
+        .as_f64()
+        .is_some());
+    // Noise as large as 32× the table's RMS per feature destroys more than a little.
+    let (g2, g32) = (
+        &m[2]["attacks"]["nearest_neighbour_l2"]["top1"],
+        &m[3]["attacks"]["nearest_neighbour_l2"]["top1"],
+    );
+    assert!(g32.as_f64() <= g2.as_f64(), "{g2} {g32}");
+    for f in [
+        "summary.md",
+        "privacy_utility.png",
+        "privacy_utility_answers.png",
+        "sigma_over_norm.png",
+    ] {
+        assert!(rep.join(f).exists(), "missing {f}");
+    }
+    // A malformed question file is named.
+    std::fs::write(&qs, "{\"question\": 1}\n").expect("write");
+    let e = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("questions.jsonl line 1"));
 
     // Bad configs are named.
     std::fs::write(&cfg, "[train]\nsteps = 0\n").expect("write");

@@ -74,6 +74,42 @@ fn digits_pipeline_train_apply_eval() {
     assert!(r["mean_ssim"].as_f64().unwrap() < 0.9, "{r}");
     assert!(r["transformed_accuracy"].as_f64().unwrap() > 0.5, "{r}");
 
+    // The report: SGT against Gaussian pixel noise, with plots and a summary.
+    let rep = dir.path().join("report");
+    let r = json(&ok(&[
+        "eval",
+        "vision",
+        "--dataset",
+        "digits",
+        "--sgt",
+        &sgt,
+        "--classifier",
+        &clf,
+        "--attack-steps",
+        "20",
+        "--eval-seed",
+        "0",
+        "--gaussian",
+        "0.05,0.5",
+        "--report",
+        &rep.to_string_lossy(),
+    ]));
+    assert!(r["reconstruction_psnr_db"].as_f64().is_some(), "{r}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).unwrap()).unwrap();
+    let b = report["gaussian_baselines"].as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    // More pixel noise: lower similarity to the clean image.
+    assert!(b[1]["mean_ssim"].as_f64().unwrap() < b[0]["mean_ssim"].as_f64().unwrap());
+    for f in [
+        "summary.md",
+        "privacy_utility.png",
+        "sigma.png",
+        "examples.png",
+    ] {
+        assert!(rep.join(f).exists(), "missing {f}");
+    }
+
     let app = dir.path().join("apply");
     let a = app.to_string_lossy().to_string();
     let r = json(&ok(&[

@@ -13,6 +13,8 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] stainedglass_core::Error),
     #[error(transparent)]
+    Text(#[from] stainedglass_text::Error),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

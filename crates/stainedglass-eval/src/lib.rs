@@ -1,5 +1,7 @@
 //! Measuring Stained Glass Transforms: image quality metrics (PSNR, SSIM), a learned
-//! reconstruction attack, the vision evaluation report, the quick text report, and plots.
+//! reconstruction attack, the vision evaluation report, the text attack suite (nearest-neighbour,
+//! learned and BeamClean-style inversion, mutual information, utility, baselines) and its
+//! reports, and plots.
 
 pub mod error;
 pub mod image_metrics;

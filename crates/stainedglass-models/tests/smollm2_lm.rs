@@ -196,6 +196,38 @@ fn kv_cache_generation_equals_uncached_recomputation() {
 }
 
 #[test]
+fn reordered_kv_cache_rows_continue_their_parents() {
+    // Two rows with different prefixes; after reorder([1, 1, 0]) each row's next logits equal
+    // those of its parent's prefix extended by the same token (what a beam search relies on).
+    let m = model();
+    let (a, b) = (&IDS[..6], &IDS[3..9]);
+    let mut cache = stainedglass_models::llm::KvCache::new(m.config().num_layers, 2);
+    let both = Tensor::from_vec([a, b].concat(), (2, 6), &Device::Cpu).expect("ids");
+    m.forward_cached(&m.embed(&both).expect("e"), None, &mut cache)
+        .expect("prefill");
+    cache.reorder(&[1, 1, 0]).expect("reorder");
+    let next = Tensor::new(&[[IDS[9]], [IDS[10]], [IDS[9]]], &Device::Cpu).expect("next");
+    let got = m
+        .forward_cached(&m.embed(&next).expect("e"), None, &mut cache)
+        .expect("step");
+    for (row, prefix, tok) in [(0, b, IDS[9]), (1, b, IDS[10]), (2, a, IDS[9])] {
+        let mut seq = prefix.to_vec();
+        seq.push(tok);
+        let full = m.forward_ids(&ids(&seq), None).expect("full");
+        let want = full
+            .narrow(1, seq.len() - 1, 1)
+            .and_then(|l| l.flatten_all())
+            .expect("w");
+        let have = got.get(row).expect("row");
+        assert!(max_diff(&want, &have) < 1e-3, "row {row}");
+    }
+    assert!(
+        cache.reorder(&[3]).is_err(),
+        "out-of-range rows are refused"
+    );
+}
+
+#[test]
 fn gradients_reach_the_input_embeddings() {
     let m = model();
     let e = m.embed(&ids(&IDS[..8])).expect("embed");

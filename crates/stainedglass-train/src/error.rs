@@ -21,6 +21,8 @@ pub enum Error {
     #[error(transparent)]
     Text(#[from] stainedglass_text::Error),
     #[error(transparent)]
+    Eval(#[from] stainedglass_eval::Error),
+    #[error(transparent)]
     Core(#[from] stainedglass_core::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -29,7 +29,7 @@ pub struct EvalFlags {
 }
 
 impl EvalFlags {
-    fn options(&self) -> EvalOptions {
+    pub(crate) fn options(&self) -> EvalOptions {
         EvalOptions {
             reconstruction: (!self.no_attack).then(|| ReconstructionConfig {
                 steps: self.attack_steps,

@@ -2,7 +2,7 @@
 
 mod apply;
 mod commands;
-mod data;
-mod eval;
+pub(crate) mod data;
+pub(crate) mod eval;
 
 pub use commands::{run, VisionCommand};

@@ -102,6 +102,30 @@ impl KvCache {
         }
     }
 
+    /// Keeps, in order, the batch rows `rows` (repeats allowed): after a beam-search step the
+    /// surviving beams continue from their parents' caches. The buffers are copied, so rows
+    /// never share storage.
+    pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        let b = self.next_pos.len();
+        if rows.is_empty() || rows.iter().any(|&r| r >= b) {
+            return Err(Error::Shape {
+                what: "KV cache reorder".into(),
+                expected: format!("1 or more row indices < {b}"),
+                got: rows.to_vec(),
+            });
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        for slot in &mut self.kv {
+            if let Some((k, v)) = slot.take() {
+                let i = Tensor::new(idx.as_slice(), k.device())?;
+                *slot = Some((k.index_select(&i, 0)?, v.index_select(&i, 0)?));
+            }
+        }
+        self.key_valid = rows.iter().map(|&r| self.key_valid[r].clone()).collect();
+        self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
+        Ok(())
+    }
+
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         self.key_valid.first().map_or(0, Vec::len)

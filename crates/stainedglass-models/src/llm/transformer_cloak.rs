@@ -319,12 +319,47 @@ impl TransformerCloak {
         self.statistics_with(x, attention_mask, Grad::Track)
     }
 
+    /// The estimator's last hidden states `(b, t, d)` for `x (b, t, d)` (before the mean and ρ
+    /// heads), recording the autograd graph. A learned inversion attack reuses the estimator as
+    /// a small causal transformer initialised from the base model.
+    pub fn estimator_hidden(&self, x: &Tensor, attention_mask: &[u8]) -> Result<Tensor> {
+        self.hidden_with(x, attention_mask, Grad::Track)
+    }
+
+    /// Variables of the estimator's decoder layers only (not the heads).
+    pub fn estimator_parameters(&self) -> Vec<Var> {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                let mut v = vec![
+                    b.attn_norm.clone(),
+                    b.qkv.clone(),
+                    b.o.clone(),
+                    b.mlp_norm.clone(),
+                    b.gate_up.clone(),
+                    b.down.clone(),
+                ];
+                v.extend(b.qkv_bias.clone());
+                v
+            })
+            .collect()
+    }
+
     fn statistics_with(
         &self,
         x: &Tensor,
         attention_mask: &[u8],
         grad: Grad,
     ) -> Result<(Tensor, Tensor)> {
+        let h = self.hidden_with(x, attention_mask, grad)?;
+        let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b), grad)?;
+        let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b), grad)?;
+        let mean = self.mean.forward(&r_mean)?;
+        let std = self.param.forward(&r_rho)?;
+        Ok((mean, std))
+    }
+
+    fn hidden_with(&self, x: &Tensor, attention_mask: &[u8], grad: Grad) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         if d != self.config.base.hidden_size {
             return Err(Error::Shape {
@@ -355,11 +390,7 @@ impl TransformerCloak {
             let m = SwiGlu::forward(&linear(&n, &blk.gate_up, None, grad)?)?;
             h = (h + linear(&m, &blk.down, None, grad)?)?;
         }
-        let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b), grad)?;
-        let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b), grad)?;
-        let mean = self.mean.forward(&r_mean)?;
-        let std = self.param.forward(&r_rho)?;
-        Ok((mean, std))
+        Ok(h)
     }
 
     /// Transforms `x (b, t, d)`: tokens with `noise_mask = 0` (and padding) pass bit-exactly.

@@ -7,66 +7,10 @@ use crate::Result;
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::ops::Linear;
 use stainedglass_models::llm::{Llama, Stop, TransformerCloak};
 use stainedglass_text::EncodedPrompt;
 
-/// Nearest rows of the embedding table by cosine similarity and by L2 distance.
-pub struct EmbeddingIndex {
-    table: Linear,
-    norms: Vec<f32>,
-}
-
-/// Rows scored at once (bounds the `(rows × vocab)` score matrix).
-const CHUNK: usize = 256;
-
-impl EmbeddingIndex {
-    pub fn new(table: &Tensor) -> Result<Self> {
-        let norms = table.sqr()?.sum(D::Minus1)?.sqrt()?.to_vec1::<f32>()?;
-        Ok(Self {
-            table: Linear::new(table.clone(), None),
-            norms,
-        })
-    }
-
-    /// For `x (n, d)`: `(cosine top-1 ids, L2 top-1 ids, top-1 ids of −x by cosine)`. The
-    /// last is the attacker who guesses the transform flipped the embedding's sign.
-    pub fn nearest(&self, x: &Tensor) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
-        let (n, _) = x.dims2()?;
-        let (mut cos, mut l2) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut flipped = Vec::with_capacity(n);
-        for start in (0..n).step_by(CHUNK) {
-            let len = CHUNK.min(n - start);
-            let scores = self.table.forward(&x.narrow(0, start, len)?.detach())?;
-            for row in scores.to_vec2::<f32>()? {
-                let (mut bc, mut bcs) = (0usize, f32::NEG_INFINITY);
-                let (mut bl, mut bls) = (0usize, f32::INFINITY);
-                let (mut bf, mut bfs) = (0usize, f32::INFINITY);
-                for (j, &s) in row.iter().enumerate() {
-                    let nj = self.norms[j];
-                    let c = s / nj.max(1e-12);
-                    if c > bcs {
-                        bcs = c;
-                        bc = j;
-                    }
-                    if c < bfs {
-                        bfs = c;
-                        bf = j;
-                    }
-                    let d = nj * nj - 2.0 * s;
-                    if d < bls {
-                        bls = d;
-                        bl = j;
-                    }
-                }
-                cos.push(bc as u32);
-                l2.push(bl as u32);
-                flipped.push(bf as u32);
-            }
-        }
-        Ok((cos, l2, flipped))
-    }
-}
+pub use stainedglass_eval::text::EmbeddingIndex;
 
 /// Results of one quick evaluation.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -7,5 +7,6 @@ pub mod trainer;
 
 pub use config::TextTrainConfig;
 pub use trainer::{
-    held_out_eval, held_out_rows, load_sgt, save_sgt, train, RunOptions, TrainSummary,
+    held_out_eval, held_out_rows, load_sgt, save_sgt, train, training_rows, RunOptions,
+    TrainSummary,
 };

@@ -207,6 +207,17 @@ pub fn held_out_rows(
     encode_all(tok, held, cfg, true)
 }
 
+/// The config's training conversations (all but the held-out ones), encoded like
+/// [`held_out_rows`]: an attacker's own text in the evaluation.
+pub fn training_rows(
+    cfg: &TextTrainConfig,
+    tok: &Arc<TextTokenizer>,
+) -> Result<Vec<EncodedPrompt>> {
+    let convs = super::data::load_conversations(&cfg.data.conversations)?;
+    let train = &convs[..convs.len().saturating_sub(cfg.data.held_out)];
+    encode_all(tok, train, cfg, true)
+}
+
 /// AdamW (weight decay 0) for the weights and, at its own learning rate, the head biases.
 fn optimizers(cloak: &TransformerCloak, cfg: &TextTrainConfig) -> Result<(AdamW, AdamW)> {
     let (w, b) = cloak.parameter_groups();

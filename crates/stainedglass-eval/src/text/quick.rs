@@ -40,7 +40,7 @@ pub struct PositionBucket {
     pub cosine: f64,
 }
 
-fn quantiles(v: &[f64]) -> Quantiles {
+pub fn quantiles(v: &[f64]) -> Quantiles {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     s.sort_by(f64::total_cmp);
     let q = |p: f64| {

@@ -1,0 +1,26 @@
+//! Text privacy and utility evaluation (SPEC §9): nearest-neighbour, learned and
+//! BeamClean-style inversion of transformed tokens, mutual information and σ/|x|, next-token
+//! utility, perplexity and answer accuracy, against the SGT and two baselines, with reports.
+
+pub mod beamclean;
+pub mod index;
+pub mod info;
+pub mod inverter;
+pub mod mechanism;
+pub mod observed;
+pub mod quick;
+pub mod report;
+pub mod suite;
+pub mod utility;
+
+pub use index::EmbeddingIndex;
+pub use quick::{
+    bucket_positions, write_quick_report, PositionBucket, Quantiles, QuickReportInput,
+};
+pub use report::write_text_report;
+pub use suite::{
+    run_text_suite, MechanismReport, TextSuiteConfig, TextSuiteInput, TextSuiteReport,
+};
+
+#[cfg(test)]
+mod tests;

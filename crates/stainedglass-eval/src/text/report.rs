@@ -1,0 +1,193 @@
+//! `sgt eval text --report <dir>`: `report.json`, `summary.md` and the plots of a suite run.
+
+use super::suite::{MechanismReport, TextSuiteReport};
+use crate::plot::{histogram, line_chart, Series};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    stainedglass_core::io::atomic_write(&dir.join(name), bytes).map_err(|e| Error::Output {
+        path: dir.join(name),
+        reason: e.to_string(),
+    })
+}
+
+/// Privacy–utility chart: one series per baseline kind, the SGT as its own point.
+fn tradeoff(
+    dir: &Path,
+    file: &str,
+    r: &TextSuiteReport,
+    x_label: &str,
+    x: &dyn Fn(&MechanismReport) -> f64,
+) -> Result<()> {
+    let series = |kind: &str, name: &str, label: &dyn Fn(&MechanismReport) -> String| Series {
+        name: name.into(),
+        points: r
+            .mechanisms
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| {
+                (
+                    100.0 * x(m),
+                    100.0 * m.attacks["nearest_neighbour_l2"].top1,
+                    label(m),
+                )
+            })
+            .collect(),
+    };
+    let s = [
+        series("gaussian", "Gaussian noise (σ / rms)", &|m| {
+            format!("{}", m.strength.unwrap_or_default())
+        }),
+        series("metric-dp", "metric-DP (radius / |x|)", &|m| {
+            format!("{}", m.strength.unwrap_or_default())
+        }),
+        series("sgt", "SGT", &|_| "SGT".into()),
+        series("clean", "clean", &|_| "clean".into()),
+    ];
+    line_chart(
+        &dir.join(file),
+        "Privacy vs utility (held-out prompts)",
+        x_label,
+        "nearest-neighbour top-1 recovery, L2 (%)",
+        &s,
+    )
+}
+
+/// Writes the report files into `dir`; returns `report.json`'s value.
+pub fn write_text_report(
+    dir: &Path,
+    title: &str,
+    r: &TextSuiteReport,
+    extra: Value,
+) -> Result<Value> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Output {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut plots = vec!["privacy_utility.png", "privacy_utility_answers.png"];
+    tradeoff(
+        dir,
+        "privacy_utility.png",
+        r,
+        "next-token top-1 agreement with the clean model (%)",
+        &|m| m.utility.agreement,
+    )?;
+    tradeoff(
+        dir,
+        "privacy_utility_answers.png",
+        r,
+        "answer accuracy on the question set (%)",
+        &|m| m.answers.accuracy,
+    )?;
+    let sgt = r.mechanisms.iter().find(|m| m.kind == "sgt");
+    if let Some(s) = sgt {
+        if !s.sigma_over_norm_values.is_empty() {
+            histogram(
+                &dir.join("sigma_over_norm.png"),
+                "σ / |x| per transformed token (SGT)",
+                "‖σ‖ / ‖x‖",
+                &s.sigma_over_norm_values,
+                30,
+            )?;
+            plots.push("sigma_over_norm.png");
+        }
+        if !s.recovery_by_position.is_empty() {
+            let mid = |b: &super::quick::PositionBucket| (b.from + b.to) as f64 / 2.0;
+            let series = |name: &str, f: &dyn Fn(&super::quick::PositionBucket) -> f64| Series {
+                name: name.into(),
+                points: s
+                    .recovery_by_position
+                    .iter()
+                    .map(|b| (mid(b), 100.0 * f(b), String::new()))
+                    .collect(),
+            };
+            line_chart(
+                &dir.join("recovery_by_position.png"),
+                "SGT: nearest-neighbour recovery by position",
+                "token position in the prompt",
+                "transformed tokens recovered (%)",
+                &[series("L2", &|b| b.l2), series("cosine", &|b| b.cosine)],
+            )?;
+            plots.push("recovery_by_position.png");
+        }
+    }
+    let mut md = format!("# {title}\n\n");
+    let _ = writeln!(
+        md,
+        "{} held-out prompts, {} attacker prompts (its own text, transformed with the public SGT), {} questions, vocabulary {}.\n",
+        r.held_out_prompts, r.attacker_prompts, r.questions, r.vocab
+    );
+    md.push_str("## Token recovery (top-1; lower is more private)\n\n| mechanism | NN cosine | NN L2 | NN L2 top-5 | noise-aware NN | learned MLP | learned transformer | BeamClean | strongest |\n|---|---|---|---|---|---|---|---|---|\n");
+    let cell = |m: &MechanismReport, k: &str| {
+        m.attacks
+            .get(k)
+            .map(|a| pct(a.top1))
+            .unwrap_or_else(|| "—".into())
+    };
+    for m in &r.mechanisms {
+        let (sa, sv) = m.strongest();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
+            m.name,
+            cell(m, "nearest_neighbour_cosine"),
+            cell(m, "nearest_neighbour_l2"),
+            m.attacks
+                .get("nearest_neighbour_l2")
+                .and_then(|a| a.top5)
+                .map(pct)
+                .unwrap_or_default(),
+            cell(m, "noise_aware_nearest_neighbour"),
+            cell(m, "learned_mlp"),
+            cell(m, "learned_transformer"),
+            cell(m, "beamclean"),
+            pct(sv),
+            sa.replace('_', " "),
+        );
+    }
+    md.push_str("\n## Utility (higher agreement and accuracy are more useful)\n\n| mechanism | next-token agreement | KL (nats) | reply perplexity (clean → this) | answer accuracy | clean-correct answers kept | MI / log K | MI / log V | σ/‖x‖ median |\n|---|---|---|---|---|---|---|---|---|\n");
+    for m in &r.mechanisms {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.2} → {:.2} | {} | {} | {} | {} | {} |",
+            m.name,
+            pct(m.utility.agreement),
+            m.utility.kl,
+            m.utility.perplexity_clean,
+            m.utility.perplexity_transformed,
+            pct(m.answers.accuracy),
+            pct(m.answers_retained),
+            m.information
+                .as_ref()
+                .map(|i| format!("{:.3}", i.normalised_by_log_components))
+                .unwrap_or_else(|| "—".into()),
+            m.information
+                .as_ref()
+                .map(|i| format!("{:.3}", i.normalised_by_log_vocab))
+                .unwrap_or_else(|| "—".into()),
+            m.sigma_over_norm
+                .as_ref()
+                .map(|q| format!("{:.3}", q.median))
+                .unwrap_or_else(|| "—".into()),
+        );
+    }
+    md.push('\n');
+    for p in &plots {
+        let _ = writeln!(md, "![{p}]({p})\n");
+    }
+    write(dir, "summary.md", md.as_bytes())?;
+    let mut json = serde_json::to_value(r).map_err(|e| Error::Input(e.to_string()))?;
+    json["title"] = Value::from(title);
+    json["plots"] = serde_json::to_value(&plots).map_err(|e| Error::Input(e.to_string()))?;
+    json["extra"] = extra;
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Input(e.to_string()))?;
+    write(dir, "report.json", text.as_bytes())?;
+    Ok(json)
+}

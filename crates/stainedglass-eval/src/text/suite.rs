@@ -1,0 +1,352 @@
+//! The text attack suite (SPEC §9): every mechanism (clean, the SGT, Gaussian and metric-DP
+//! baselines at several strengths) is applied once to the held-out prompts; each gets
+//! nearest-neighbour recovery, next-token utility, perplexity and answer accuracy; the SGT and
+//! the baselines closest to it in utility also face the learned inverters and BeamClean.
+
+use super::beamclean::{beamclean_guesses, likelihood_guesses, BeamCleanConfig, NoiseModel};
+use super::index::EmbeddingIndex;
+use super::info::{sigma_over_norm, text_mutual_information, Information};
+use super::inverter::{InverterConfig, MlpInverter, TransformerInverter};
+use super::mechanism::{Clean, Gaussian, Mechanism, MetricDp, Sgt};
+use super::observed::{apply_rows, embed_rows, Observed, Recovery};
+use super::quick::{bucket_positions, quantiles, PositionBucket, Quantiles};
+use super::utility::{
+    answer_accuracy, next_token_utility, AnswerResult, NextTokenUtility, Question,
+};
+use crate::Result;
+use candle_core::Tensor;
+use serde::Serialize;
+use stainedglass_core::NoiseRng;
+use stainedglass_models::llm::{Llama, TransformerCloak};
+use stainedglass_text::{EncodedPrompt, TextTokenizer, TokenizerWrapper};
+use std::collections::BTreeMap;
+
+/// Settings of a suite run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextSuiteConfig {
+    /// `k` of the top-k recoveries.
+    pub top_k: usize,
+    /// Gaussian baseline scales (σ as a multiple of the embedding table's RMS).
+    pub gaussian_scales: Vec<f64>,
+    /// Metric-DP baselines, as the mean noise radius over the mean embedding norm.
+    pub metric_dp_radii: Vec<f64>,
+    pub inverter: InverterConfig,
+    pub beamclean: BeamCleanConfig,
+    /// Held-out prompts the (slow) beam search decodes.
+    pub beamclean_rows: usize,
+    /// Mixture components of the MI estimate.
+    pub mi_components: usize,
+    /// Reply budget per question.
+    pub answer_tokens: usize,
+    /// Run the learned and BeamClean attacks on the baselines closest to the SGT in utility.
+    pub attack_baselines: bool,
+    pub seed: u64,
+}
+
+impl Default for TextSuiteConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            gaussian_scales: vec![2.0, 4.0, 8.0, 16.0, 32.0],
+            metric_dp_radii: vec![2.0, 4.0, 8.0, 16.0, 32.0],
+            inverter: InverterConfig::default(),
+            beamclean: BeamCleanConfig::default(),
+            beamclean_rows: 12,
+            mi_components: 512,
+            answer_tokens: 24,
+            attack_baselines: true,
+            seed: 20_261_129,
+        }
+    }
+}
+
+/// What the suite needs.
+pub struct TextSuiteInput<'a> {
+    pub model: &'a Llama,
+    pub tokenizer: &'a TextTokenizer,
+    /// Encodes the questions (chat, generation prompt on).
+    pub question_wrapper: &'a TokenizerWrapper,
+    pub sgt: &'a TransformerCloak,
+    /// The attacker's own text (learned inverters, noise estimate).
+    pub attacker_rows: &'a [EncodedPrompt],
+    /// Held-out prompts (encoded with labels: replies are the utility targets).
+    pub held_out: &'a [EncodedPrompt],
+    pub questions: &'a [Question],
+}
+
+/// Everything measured for one mechanism.
+#[derive(Debug, Clone, Serialize)]
+pub struct MechanismReport {
+    pub name: String,
+    pub kind: String,
+    /// Scale (Gaussian), radius ratio (metric-DP).
+    pub strength: Option<f64>,
+    /// Metric-DP ε.
+    pub epsilon: Option<f64>,
+    /// Token recovery by attack name.
+    pub attacks: BTreeMap<String, Recovery>,
+    pub utility: NextTokenUtility,
+    pub answers: AnswerResult,
+    /// Of the questions the clean model answers right, the fraction this mechanism also does.
+    pub answers_retained: f64,
+    pub information: Option<Information>,
+    pub sigma_over_norm: Option<Quantiles>,
+    #[serde(skip)]
+    pub sigma_over_norm_values: Vec<f64>,
+    pub recovery_by_position: Vec<PositionBucket>,
+}
+
+impl MechanismReport {
+    /// The highest top-1 recovery over all attacks run, and its attack.
+    pub fn strongest(&self) -> (String, f64) {
+        self.attacks
+            .iter()
+            .map(|(k, r)| (k.clone(), r.top1))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or_default()
+    }
+}
+
+/// The suite's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextSuiteReport {
+    pub config: TextSuiteConfig,
+    pub held_out_prompts: usize,
+    pub attacker_prompts: usize,
+    pub questions: usize,
+    pub vocab: usize,
+    pub mechanisms: Vec<MechanismReport>,
+}
+
+/// NN, utility, answers and information for one mechanism.
+fn measure(
+    input: &TextSuiteInput<'_>,
+    index: &EmbeddingIndex,
+    cfg: &TextSuiteConfig,
+    clean: &[Tensor],
+    mech: &dyn Mechanism,
+    seed: u64,
+) -> Result<(MechanismReport, Vec<Observed>)> {
+    let mut rng = NoiseRng::seeded(seed);
+    let applied = apply_rows(mech, input.held_out, clean, &mut rng)?;
+    let utility = next_token_utility(input.model, input.held_out, clean, &applied)?;
+    let information = text_mutual_information(
+        input.held_out,
+        clean,
+        &applied,
+        cfg.mi_components,
+        index.vocab(),
+        &mut rng,
+    )?;
+    let sig = sigma_over_norm(input.held_out, clean, &applied)?;
+    let obs: Vec<Observed> = input
+        .held_out
+        .iter()
+        .zip(applied)
+        .map(|(r, a)| Observed::new(r, a.transformed))
+        .collect();
+    let (mut gc, mut gl) = (Vec::new(), Vec::new());
+    for o in &obs {
+        if o.positions.is_empty() {
+            gc.push(Vec::new());
+            gl.push(Vec::new());
+            continue;
+        }
+        let (c, l) = index.top_k(&o.selected()?, cfg.top_k)?;
+        gc.push(c);
+        gl.push(l);
+    }
+    let (rc, rl) = (Recovery::score(&obs, &gc), Recovery::score(&obs, &gl));
+    let by_pos: Vec<(usize, bool, bool)> = rl
+        .hits
+        .iter()
+        .zip(&rc.hits)
+        .map(|(l, c)| (l.0, l.1, c.1))
+        .collect();
+    let answers = answer_accuracy(
+        input.model,
+        input.question_wrapper,
+        input.tokenizer,
+        input.questions,
+        mech,
+        &mut rng,
+        cfg.answer_tokens,
+    )?;
+    let mut attacks = BTreeMap::new();
+    attacks.insert("nearest_neighbour_cosine".to_string(), rc);
+    attacks.insert("nearest_neighbour_l2".to_string(), rl);
+    Ok((
+        MechanismReport {
+            name: mech.name(),
+            kind: String::new(),
+            strength: None,
+            epsilon: None,
+            attacks,
+            utility,
+            answers,
+            answers_retained: 0.0,
+            information,
+            sigma_over_norm: (!sig.is_empty()).then(|| quantiles(&sig)),
+            sigma_over_norm_values: sig,
+            recovery_by_position: bucket_positions(&by_pos, 16),
+        },
+        obs,
+    ))
+}
+
+/// The learned inverters, the noise-aware nearest neighbour and BeamClean against `mech`.
+fn strong_attacks(
+    input: &TextSuiteInput<'_>,
+    index: &EmbeddingIndex,
+    cfg: &TextSuiteConfig,
+    mech: &dyn Mechanism,
+    obs: &[Observed],
+    report: &mut MechanismReport,
+    log: &mut dyn FnMut(String),
+) -> Result<()> {
+    let name = mech.name();
+    let k = cfg.top_k;
+    let mlp = MlpInverter::train(
+        index,
+        input.model.embedding_table(),
+        mech,
+        input.attacker_rows,
+        &cfg.inverter,
+        |e, l| log(format!("  {name}: MLP inverter epoch {e} loss {l:.3}")),
+    )?;
+    report.attacks.insert(
+        "learned_mlp".into(),
+        Recovery::score(obs, &mlp.guess(obs, k)?),
+    );
+    drop(mlp);
+    let tf = TransformerInverter::train(
+        index,
+        input.model,
+        mech,
+        input.attacker_rows,
+        &cfg.inverter,
+        |e, l| {
+            log(format!(
+                "  {name}: transformer inverter epoch {e} loss {l:.3}"
+            ))
+        },
+    )?;
+    report.attacks.insert(
+        "learned_transformer".into(),
+        Recovery::score(obs, &tf.guess(obs, k)?),
+    );
+    drop(tf);
+    let mut rng = NoiseRng::seeded(cfg.seed ^ 0xBEA7);
+    let noise = NoiseModel::estimate(input.model, mech, input.attacker_rows, &mut rng)?;
+    report.attacks.insert(
+        "noise_aware_nearest_neighbour".into(),
+        Recovery::score(obs, &likelihood_guesses(&noise, obs, k)?),
+    );
+    let n = cfg.beamclean_rows.min(obs.len());
+    let g = beamclean_guesses(input.model, index, &noise, &obs[..n], &cfg.beamclean, |i| {
+        log(format!("  {name}: BeamClean {i}/{n} prompts"))
+    })?;
+    report
+        .attacks
+        .insert("beamclean".into(), Recovery::score(&obs[..n], &g));
+    Ok(())
+}
+
+/// Runs the whole suite. `log` receives progress lines.
+pub fn run_text_suite(
+    input: &TextSuiteInput<'_>,
+    cfg: &TextSuiteConfig,
+    log: &mut dyn FnMut(String),
+) -> Result<TextSuiteReport> {
+    let table = input.model.embedding_table();
+    let index = EmbeddingIndex::new(table)?;
+    let clean = embed_rows(table, input.held_out)?;
+    let mut reports = Vec::new();
+    let mut observed = Vec::new();
+    let mut run = |mech: &dyn Mechanism,
+                   kind: &str,
+                   strength: Option<f64>,
+                   eps: Option<f64>,
+                   i: u64|
+     -> Result<()> {
+        log(format!("measuring {}", mech.name()));
+        let (mut r, obs) = measure(input, &index, cfg, &clean, mech, cfg.seed.wrapping_add(i))?;
+        r.kind = kind.into();
+        r.strength = strength;
+        r.epsilon = eps;
+        reports.push(r);
+        observed.push(obs);
+        Ok(())
+    };
+    run(&Clean, "clean", None, None, 0)?;
+    let sgt = Sgt(input.sgt);
+    run(&sgt, "sgt", None, None, 1)?;
+    let gaussians: Vec<Gaussian> = cfg
+        .gaussian_scales
+        .iter()
+        .map(|&s| Gaussian::new(s, table))
+        .collect::<Result<_>>()?;
+    for (i, g) in gaussians.iter().enumerate() {
+        run(g, "gaussian", Some(g.scale), None, 10 + i as u64)?;
+    }
+    let dps: Vec<MetricDp<'_>> = cfg
+        .metric_dp_radii
+        .iter()
+        .map(|&r| MetricDp::new(MetricDp::epsilon_for_radius(r, table)?, table, &index))
+        .collect::<Result<_>>()?;
+    for (i, (m, &r)) in dps.iter().zip(&cfg.metric_dp_radii).enumerate() {
+        run(m, "metric-dp", Some(r), Some(m.epsilon), 20 + i as u64)?;
+    }
+    log("attacking the SGT".into());
+    strong_attacks(input, &index, cfg, &sgt, &observed[1], &mut reports[1], log)?;
+    if cfg.attack_baselines {
+        let target = reports[1].utility.agreement;
+        let closest = |kind: &str| {
+            reports
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.kind == kind)
+                .min_by(|a, b| {
+                    (a.1.utility.agreement - target)
+                        .abs()
+                        .total_cmp(&(b.1.utility.agreement - target).abs())
+                })
+                .map(|(i, _)| i)
+        };
+        let (gi, mi) = (closest("gaussian"), closest("metric-dp"));
+        if let Some(i) = gi {
+            log(format!("attacking {}", reports[i].name));
+            let g = &gaussians[i - 2];
+            strong_attacks(input, &index, cfg, g, &observed[i], &mut reports[i], log)?;
+        }
+        if let Some(i) = mi {
+            log(format!("attacking {}", reports[i].name));
+            let m = &dps[i - 2 - gaussians.len()];
+            strong_attacks(input, &index, cfg, m, &observed[i], &mut reports[i], log)?;
+        }
+    }
+    let clean_right = reports[0].answers.correct.clone();
+    let right = clean_right.iter().filter(|&&c| c).count();
+    for r in &mut reports {
+        let kept = r
+            .answers
+            .correct
+            .iter()
+            .zip(&clean_right)
+            .filter(|(a, c)| **a && **c)
+            .count();
+        r.answers_retained = if right == 0 {
+            0.0
+        } else {
+            kept as f64 / right as f64
+        };
+    }
+    Ok(TextSuiteReport {
+        config: cfg.clone(),
+        held_out_prompts: input.held_out.len(),
+        attacker_prompts: input.attacker_rows.len(),
+        questions: input.questions.len(),
+        vocab: index.vocab(),
+        mechanisms: reports,
+    })
+}
