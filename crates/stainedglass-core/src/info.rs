@@ -92,42 +92,34 @@ pub fn mutual_information(
                 .sum::<f64>()
         })
         .collect();
-    let cond_entropy: f64 = (0..b)
-        .map(|r| {
-            sd[r * d..(r + 1) * d]
-                .iter()
-                .map(|s| s.ln() + HALF_LOG_2PI_E)
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / b as f64;
-    let marginal: f64 = (0..b)
+    // Each sample's own log-density minus its log-density under the mixture: H(X̃|X) and H(X̃)
+    // on the same samples, so the per-sample χ² noise cancels (bounded by log K when the own
+    // component is among the K).
+    let log_density = |i: usize, c: usize| {
+        let (xi, xc, mc, sc) = (
+            &xt[i * d..(i + 1) * d],
+            &xs[c * d..(c + 1) * d],
+            &mu[c * d..(c + 1) * d],
+            &sd[c * d..(c + 1) * d],
+        );
+        let mut q = 0.0;
+        for j in 0..d {
+            let z = (xi[j] - xc[j] - mc[j]) / sc[j];
+            q += z * z;
+        }
+        log_norm[c] - 0.5 * q
+    };
+    let mi: f64 = (0..b)
         .into_par_iter()
         .map(|i| {
-            let xi = &xt[i * d..(i + 1) * d];
-            let logs: Vec<f64> = comps
-                .iter()
-                .map(|&c| {
-                    let (xc, mc, sc) = (
-                        &xs[c * d..(c + 1) * d],
-                        &mu[c * d..(c + 1) * d],
-                        &sd[c * d..(c + 1) * d],
-                    );
-                    let mut q = 0.0;
-                    for j in 0..d {
-                        let z = (xi[j] - xc[j] - mc[j]) / sc[j];
-                        q += z * z;
-                    }
-                    log_norm[c] - 0.5 * q
-                })
-                .collect();
+            let logs: Vec<f64> = comps.iter().map(|&c| log_density(i, c)).collect();
             let m = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + logs.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
-            -(lse - k.ln())
+            log_density(i, i) - (lse - k.ln())
         })
         .sum::<f64>()
         / b as f64;
-    Ok(marginal - cond_entropy)
+    Ok(mi)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub struct EvalTextArgs {
     #[arg(long, default_value_t = 4)]
     pub beam: usize,
     /// Gaussian baseline scales (σ / embedding RMS), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1,4,16")]
     pub gaussian: Vec<f64>,
     /// Metric-DP baselines (mean noise radius / mean embedding norm), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]

@@ -6,6 +6,7 @@ use super::observed::Observed;
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
 use serde::Serialize;
+use stainedglass_core::info::mutual_information;
 use stainedglass_core::NoiseRng;
 use stainedglass_text::EncodedPrompt;
 
@@ -71,49 +72,13 @@ pub fn text_mutual_information(
     }
     let (c, s) = (c.narrow(0, 0, k)?, s.narrow(0, 0, k)?);
     let xt = (&c + (rng.standard_normal(c.dims(), c.device())? * &s)?)?;
-    let i = same_sample_mi(
-        &c.to_vec2::<f32>()?,
-        &s.to_vec2::<f32>()?,
-        &xt.to_vec2::<f32>()?,
-    );
+    let i = mutual_information(&c, &xt, &c.zeros_like()?, &s, None, rng)?;
     Ok(Some(Information {
         mutual_information_nats: i,
         components: k,
         normalised_by_log_components: i / (k as f64).ln(),
         normalised_by_log_vocab: i / (vocab.max(2) as f64).ln(),
     }))
-}
-
-/// `(1/K) Σ_i [log N(x̃_i; c_i, σ_i) − log (1/K) Σ_k N(x̃_i; c_k, σ_k)]`: the SPEC §5.3 estimate
-/// with `H(X̃|X)` taken on the same samples as `H(X̃)`, so that the per-sample χ² noise cancels
-/// and the estimate stays within `[0, log K]`.
-fn same_sample_mi(c: &[Vec<f32>], s: &[Vec<f32>], xt: &[Vec<f32>]) -> f64 {
-    let k = c.len();
-    let log_norm: Vec<f64> = s
-        .iter()
-        .map(|row| -row.iter().map(|v| f64::from(*v).ln()).sum::<f64>())
-        .collect();
-    let mut total = 0.0;
-    for (i, x) in xt.iter().enumerate() {
-        let logs: Vec<f64> = (0..k)
-            .map(|j| {
-                let q: f64 = x
-                    .iter()
-                    .zip(&c[j])
-                    .zip(&s[j])
-                    .map(|((a, b), sd)| {
-                        let z = f64::from(a - b) / f64::from(*sd);
-                        z * z
-                    })
-                    .sum();
-                log_norm[j] - 0.5 * q
-            })
-            .collect();
-        let m = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + logs.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
-        total += logs[i] - (lse - (k as f64).ln());
-    }
-    total / k as f64
 }
 
 /// `‖σ_t‖ / ‖x_t‖` of every transformed token (Gaussian mechanisms; empty otherwise).

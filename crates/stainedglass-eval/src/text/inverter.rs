@@ -77,6 +77,24 @@ impl<'a> VocabHead<'a> {
             .broadcast_add(self.bias.as_tensor())?)
     }
 
+    /// Top-`k` guesses per observation from `z(o)`, the inverter's output at its positions.
+    fn guess(
+        &self,
+        obs: &[Observed],
+        k: usize,
+        z: impl Fn(&Observed) -> Result<Tensor>,
+    ) -> Result<Vec<Ranked>> {
+        obs.iter()
+            .map(|o| {
+                if o.positions.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.top_k(&z(o)?, k)
+                }
+            })
+            .collect()
+    }
+
     fn top_k(&self, z: &Tensor, k: usize) -> Result<Vec<Vec<u32>>> {
         let l = self.logits(&z.detach())?;
         let mut out = Vec::new();
@@ -213,14 +231,7 @@ impl<'a> MlpInverter<'a> {
 
     /// Ranked guesses (top `k`) for the transformed tokens of each observation.
     pub fn guess(&self, obs: &[Observed], k: usize) -> Result<Vec<Ranked>> {
-        obs.iter()
-            .map(|o| {
-                if o.positions.is_empty() {
-                    return Ok(Vec::new());
-                }
-                self.head.top_k(&self.z(&o.selected()?)?, k)
-            })
-            .collect()
+        self.head.guess(obs, k, |o| self.z(&o.selected()?))
     }
 }
 
@@ -292,15 +303,10 @@ impl<'a> TransformerInverter<'a> {
         Ok(inv)
     }
 
+    /// Ranked guesses (top `k`) for the transformed tokens of each observation.
     pub fn guess(&self, obs: &[Observed], k: usize) -> Result<Vec<Ranked>> {
-        obs.iter()
-            .map(|o| {
-                if o.positions.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let z = self.z(&o.transformed.detach(), &o.attention, &o.positions)?;
-                self.head.top_k(&z, k)
-            })
-            .collect()
+        self.head.guess(obs, k, |o| {
+            self.z(&o.transformed.detach(), &o.attention, &o.positions)
+        })
     }
 }

@@ -26,36 +26,51 @@ fn tradeoff(
     x_label: &str,
     x: &dyn Fn(&MechanismReport) -> f64,
 ) -> Result<()> {
-    let series = |kind: &str, name: &str, label: &dyn Fn(&MechanismReport) -> String| Series {
+    let series = |kind: &str,
+                  name: &str,
+                  y: &dyn Fn(&MechanismReport) -> f64,
+                  label: &dyn Fn(&MechanismReport) -> String| Series {
         name: name.into(),
         points: r
             .mechanisms
             .iter()
             .filter(|m| m.kind == kind)
-            .map(|m| {
-                (
-                    100.0 * x(m),
-                    100.0 * m.attacks["nearest_neighbour_l2"].top1,
-                    label(m),
-                )
-            })
+            .map(|m| (100.0 * x(m), 100.0 * y(m), label(m)))
             .collect(),
     };
+    let strongest = |m: &MechanismReport| m.strongest().1;
+    let nn = |m: &MechanismReport| {
+        m.attacks
+            .get("nearest_neighbour_l2")
+            .map_or(0.0, |a| a.top1)
+    };
+    let strength = |m: &MechanismReport| format!("{}", m.strength.unwrap_or_default());
     let s = [
-        series("gaussian", "Gaussian noise (σ / rms)", &|m| {
-            format!("{}", m.strength.unwrap_or_default())
+        series(
+            "gaussian",
+            "Gaussian noise (σ / rms), strongest attack",
+            &strongest,
+            &strength,
+        ),
+        series(
+            "metric-dp",
+            "metric-DP (radius / |x|), strongest attack",
+            &strongest,
+            &strength,
+        ),
+        series("sgt", "SGT, strongest attack", &strongest, &|m| {
+            m.strongest().0.replace('_', " ")
         }),
-        series("metric-dp", "metric-DP (radius / |x|)", &|m| {
-            format!("{}", m.strength.unwrap_or_default())
+        series("sgt", "SGT, nearest neighbour (L2)", &nn, &|_| {
+            "SGT, NN".into()
         }),
-        series("sgt", "SGT", &|_| "SGT".into()),
-        series("clean", "clean", &|_| "clean".into()),
+        series("clean", "clean", &nn, &|_| "clean".into()),
     ];
     line_chart(
         &dir.join(file),
         "Privacy vs utility (held-out prompts)",
         x_label,
-        "nearest-neighbour top-1 recovery, L2 (%)",
+        "top-1 token recovery (%)",
         &s,
     )
 }

@@ -38,7 +38,8 @@ pub struct TextSuiteConfig {
     pub mi_components: usize,
     /// Reply budget per question.
     pub answer_tokens: usize,
-    /// Run the learned and BeamClean attacks on the baselines closest to the SGT in utility.
+    /// Run the learned and BeamClean attacks on the baselines closest to the SGT in utility
+    /// (unless nearest neighbour already recovers ≥ 99% of their tokens).
     pub attack_baselines: bool,
     pub seed: u64,
 }
@@ -47,7 +48,7 @@ impl Default for TextSuiteConfig {
     fn default() -> Self {
         Self {
             top_k: 5,
-            gaussian_scales: vec![2.0, 4.0, 8.0, 16.0, 32.0],
+            gaussian_scales: vec![0.25, 0.5, 1.0, 4.0, 16.0],
             metric_dp_radii: vec![2.0, 4.0, 8.0, 16.0, 32.0],
             inverter: InverterConfig::default(),
             beamclean: BeamCleanConfig::default(),
@@ -313,7 +314,12 @@ pub fn run_text_suite(
                 })
                 .map(|(i, _)| i)
         };
-        let (gi, mi) = (closest("gaussian"), closest("metric-dp"));
+        // A baseline that nearest neighbour already inverts fully leaves nothing to find.
+        let open = |i: &usize| reports[*i].attacks["nearest_neighbour_l2"].top1 < 0.99;
+        let (gi, mi) = (
+            closest("gaussian").filter(open),
+            closest("metric-dp").filter(open),
+        );
         if let Some(i) = gi {
             log(format!("attacking {}", reports[i].name));
             let g = &gaussians[i - 2];
