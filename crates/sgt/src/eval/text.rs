@@ -45,6 +45,7 @@ pub struct EvalTextArgs {
     /// Held-out prompts the BeamClean search decodes.
     #[arg(long, default_value_t = 12)]
     pub beamclean_rows: usize,
+    /// BeamClean beam width.
     #[arg(long, default_value_t = 4)]
     pub beam: usize,
     /// Gaussian baseline scales (σ / embedding RMS), comma-separated.
@@ -56,6 +57,7 @@ pub struct EvalTextArgs {
     /// Attack only the SGT with the learned inverters and BeamClean (not the baselines).
     #[arg(long)]
     pub no_baseline_attacks: bool,
+    /// Seed of every mechanism's noise and of the attacks' initialisation and sampling.
     #[arg(long, default_value_t = 20_261_129)]
     pub seed: u64,
 }
