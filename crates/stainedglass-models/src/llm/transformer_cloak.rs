@@ -569,20 +569,7 @@ impl NoiseLayer for TransformerCloak {
     }
 
     fn parameters(&self) -> Vec<Var> {
-        let mut v = Vec::new();
-        for b in &self.blocks {
-            v.extend([
-                b.attn_norm.clone(),
-                b.qkv.clone(),
-                b.o.clone(),
-                b.mlp_norm.clone(),
-                b.gate_up.clone(),
-                b.down.clone(),
-            ]);
-            if let Some(bias) = &b.qkv_bias {
-                v.push(bias.clone());
-            }
-        }
+        let mut v = self.estimator_parameters();
         v.extend([
             self.mean_w.clone(),
             self.mean_b.clone(),
