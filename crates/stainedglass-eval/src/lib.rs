@@ -6,6 +6,7 @@
 pub mod error;
 pub mod image_metrics;
 pub mod plot;
+mod report_io;
 pub mod text;
 pub mod vision;
 

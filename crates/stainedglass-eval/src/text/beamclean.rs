@@ -4,7 +4,7 @@
 //! v_<t)` with the bundled LM as the prior. Tokens sent in the clear (exact vocabulary rows)
 //! are fixed. Without the prior (`λ = 0`, beam 1) it is the noise-aware nearest neighbour.
 
-use super::index::{EmbeddingIndex, Ranked};
+use super::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use super::mechanism::Mechanism;
 use super::observed::{apply_rows, embed_rows, Observed};
 use crate::{Error, Result};
@@ -116,12 +116,8 @@ impl NoiseModel {
 
 /// Top-`k` `(token, log-likelihood)` of a score row, best first.
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f64)> {
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    let k = k.clamp(1, idx.len());
-    idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-    idx.truncate(k);
-    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-    idx.into_iter()
+    top_k_of_row(row, k)
+        .into_iter()
         .map(|i| (i, f64::from(row[i as usize])))
         .collect()
 }
@@ -137,7 +133,7 @@ pub fn likelihood_guesses(noise: &NoiseModel, obs: &[Observed], k: usize) -> Res
             Ok(ll
                 .to_vec2::<f32>()?
                 .iter()
-                .map(|r| top_k(r, k).into_iter().map(|p| p.0).collect())
+                .map(|r| top_k_of_row(r, k))
                 .collect())
         })
         .collect()
@@ -158,7 +154,7 @@ fn beam_search(
     // Positions sent in the clear are exact vocabulary rows.
     let (_, nearest_l2, _) = index.nearest(&xt)?;
     let ids = Tensor::new(nearest_l2.as_slice(), dev)?;
-    let gap = (index_rows(model, &ids)? - &xt)?
+    let gap = (model.embedding_table().index_select(&ids, 0)? - &xt)?
         .sqr()?
         .sum(D::Minus1)?
         .to_vec1::<f32>()?;
@@ -214,10 +210,6 @@ fn beam_search(
         .max_by(|&i, &j| scores[i].total_cmp(&scores[j]))
         .unwrap_or(0);
     Ok(seqs.swap_remove(best))
-}
-
-fn index_rows(model: &Llama, ids: &Tensor) -> Result<Tensor> {
-    Ok(model.embedding_table().index_select(ids, 0)?)
 }
 
 /// Runs the beam search on every observation; one guess per transformed position.

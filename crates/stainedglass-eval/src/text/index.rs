@@ -7,6 +7,19 @@ use stainedglass_models::llm::ops::Linear;
 /// Ranked guesses, best first, for each token of a prompt.
 pub type Ranked = Vec<Vec<u32>>;
 
+/// Indices of the `k` largest scores of `row`, best first (`k` clamped to `1..=len`).
+pub fn top_k_of_row(row: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    if idx.is_empty() {
+        return idx;
+    }
+    let k = k.clamp(1, idx.len());
+    idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx
+}
+
 /// Nearest rows of the embedding table by cosine similarity and by L2 distance.
 pub struct EmbeddingIndex {
     table: Linear,

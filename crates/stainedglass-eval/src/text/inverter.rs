@@ -5,7 +5,7 @@
 //! `logits_v = s·(z·E_v − ½‖E_v‖²)`, which at initialisation (`z = x̃`) is exactly L2
 //! nearest-neighbour decoding — training can only improve on it.
 
-use super::index::{EmbeddingIndex, Ranked};
+use super::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use super::mechanism::Mechanism;
 use super::observed::{apply_rows, Observed};
 use crate::{Error, Result};
@@ -97,18 +97,10 @@ impl<'a> VocabHead<'a> {
 
     fn top_k(&self, z: &Tensor, k: usize) -> Result<Vec<Vec<u32>>> {
         let l = self.logits(&z.detach())?;
-        let mut out = Vec::new();
-        for row in l.to_vec2::<f32>()? {
-            let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-            let k = k.min(idx.len());
-            idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-                row[b as usize].total_cmp(&row[a as usize])
-            });
-            idx.truncate(k);
-            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-            out.push(idx);
-        }
-        Ok(out)
+        Ok(l.to_vec2::<f32>()?
+            .iter()
+            .map(|row| top_k_of_row(row, k))
+            .collect())
     }
 }
 

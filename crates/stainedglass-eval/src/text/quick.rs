@@ -4,6 +4,7 @@
 //! trainer's quick evaluation and privacy profile); this module aggregates, plots and writes.
 
 use crate::plot::{histogram, line_chart, Series};
+use crate::report_io::{create_report_dir, write_report_file};
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -85,10 +86,7 @@ fn pct(v: &Value, key: &str) -> String {
 
 /// Writes the report into `dir` and returns `report.json`'s content.
 pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Value> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Output {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    create_report_dir(dir)?;
     let sig = quantiles(input.sigma_over_norm);
     let buckets = bucket_positions(input.recovery_by_position, 16);
     let report = serde_json::json!({
@@ -162,12 +160,7 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
         s10 = sig.p10,
         s90 = sig.p90,
     );
-    let write = |name: &str, bytes: &[u8]| {
-        stainedglass_core::io::atomic_write(&dir.join(name), bytes).map_err(|e| Error::Output {
-            path: dir.join(name),
-            reason: e.to_string(),
-        })
-    };
+    let write = |name: &str, bytes: &[u8]| write_report_file(dir, name, bytes);
     write("summary.md", md.as_bytes())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Input(e.to_string()))?;
     write("report.json", json.as_bytes())?;

@@ -2,6 +2,7 @@
 
 use super::suite::{MechanismReport, TextSuiteReport};
 use crate::plot::{histogram, line_chart, Series};
+use crate::report_io::{create_report_dir, write_report_file};
 use crate::{Error, Result};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -9,13 +10,6 @@ use std::path::Path;
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    stainedglass_core::io::atomic_write(&dir.join(name), bytes).map_err(|e| Error::Output {
-        path: dir.join(name),
-        reason: e.to_string(),
-    })
 }
 
 /// Privacy–utility chart: one series per baseline kind, the SGT as its own point.
@@ -82,10 +76,7 @@ pub fn write_text_report(
     r: &TextSuiteReport,
     extra: Value,
 ) -> Result<Value> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Output {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    create_report_dir(dir)?;
     let mut plots = vec!["privacy_utility.png", "privacy_utility_answers.png"];
     tradeoff(
         dir,
@@ -197,12 +188,12 @@ pub fn write_text_report(
     for p in &plots {
         let _ = writeln!(md, "![{p}]({p})\n");
     }
-    write(dir, "summary.md", md.as_bytes())?;
+    write_report_file(dir, "summary.md", md.as_bytes())?;
     let mut json = serde_json::to_value(r).map_err(|e| Error::Input(e.to_string()))?;
     json["title"] = Value::from(title);
     json["plots"] = serde_json::to_value(&plots).map_err(|e| Error::Input(e.to_string()))?;
     json["extra"] = extra;
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Input(e.to_string()))?;
-    write(dir, "report.json", text.as_bytes())?;
+    write_report_file(dir, "report.json", text.as_bytes())?;
     Ok(json)
 }

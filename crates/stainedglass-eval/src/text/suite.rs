@@ -262,74 +262,75 @@ pub fn run_text_suite(
     let table = input.model.embedding_table();
     let index = EmbeddingIndex::new(table)?;
     let clean = embed_rows(table, input.held_out)?;
-    let mut reports = Vec::new();
-    let mut observed = Vec::new();
-    let mut run = |mech: &dyn Mechanism,
-                   kind: &str,
-                   strength: Option<f64>,
-                   eps: Option<f64>,
-                   i: u64|
-     -> Result<()> {
-        log(format!("measuring {}", mech.name()));
-        let (mut r, obs) = measure(input, &index, cfg, &clean, mech, cfg.seed.wrapping_add(i))?;
-        r.kind = kind.into();
-        r.strength = strength;
-        r.epsilon = eps;
+    /// One mechanism under evaluation: kind, strength, ε and its seed offset.
+    struct Entry<'m> {
+        mech: Box<dyn Mechanism + 'm>,
+        kind: &'static str,
+        strength: Option<f64>,
+        epsilon: Option<f64>,
+        seed: u64,
+    }
+    fn entry<'m>(
+        mech: Box<dyn Mechanism + 'm>,
+        kind: &'static str,
+        strength: Option<f64>,
+        epsilon: Option<f64>,
+        seed: u64,
+    ) -> Entry<'m> {
+        Entry {
+            mech,
+            kind,
+            strength,
+            epsilon,
+            seed,
+        }
+    }
+    let mut entries = vec![
+        entry(Box::new(Clean), "clean", None, None, 0),
+        entry(Box::new(Sgt(input.sgt)), "sgt", None, None, 1),
+    ];
+    for (i, &s) in cfg.gaussian_scales.iter().enumerate() {
+        let g = Gaussian::new(s, table)?;
+        entries.push(entry(Box::new(g), "gaussian", Some(s), None, 10 + i as u64));
+    }
+    for (i, &r) in cfg.metric_dp_radii.iter().enumerate() {
+        let m = MetricDp::new(MetricDp::epsilon_for_radius(r, table)?, table, &index)?;
+        let eps = Some(m.epsilon);
+        entries.push(entry(Box::new(m), "metric-dp", Some(r), eps, 20 + i as u64));
+    }
+    let mut reports = Vec::with_capacity(entries.len());
+    let mut observed = Vec::with_capacity(entries.len());
+    for e in &entries {
+        log(format!("measuring {}", e.mech.name()));
+        let seed = cfg.seed.wrapping_add(e.seed);
+        let (mut r, obs) = measure(input, &index, cfg, &clean, e.mech.as_ref(), seed)?;
+        r.kind = e.kind.into();
+        r.strength = e.strength;
+        r.epsilon = e.epsilon;
         reports.push(r);
         observed.push(obs);
-        Ok(())
-    };
-    run(&Clean, "clean", None, None, 0)?;
-    let sgt = Sgt(input.sgt);
-    run(&sgt, "sgt", None, None, 1)?;
-    let gaussians: Vec<Gaussian> = cfg
-        .gaussian_scales
-        .iter()
-        .map(|&s| Gaussian::new(s, table))
-        .collect::<Result<_>>()?;
-    for (i, g) in gaussians.iter().enumerate() {
-        run(g, "gaussian", Some(g.scale), None, 10 + i as u64)?;
     }
-    let dps: Vec<MetricDp<'_>> = cfg
-        .metric_dp_radii
-        .iter()
-        .map(|&r| MetricDp::new(MetricDp::epsilon_for_radius(r, table)?, table, &index))
-        .collect::<Result<_>>()?;
-    for (i, (m, &r)) in dps.iter().zip(&cfg.metric_dp_radii).enumerate() {
-        run(m, "metric-dp", Some(r), Some(m.epsilon), 20 + i as u64)?;
-    }
-    log("attacking the SGT".into());
-    strong_attacks(input, &index, cfg, &sgt, &observed[1], &mut reports[1], log)?;
+    let mut targets = vec![1];
     if cfg.attack_baselines {
-        let target = reports[1].utility.agreement;
-        let closest = |kind: &str| {
-            reports
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.kind == kind)
-                .min_by(|a, b| {
-                    (a.1.utility.agreement - target)
+        let agreement = reports[1].utility.agreement;
+        // The baseline of each kind closest to the SGT in utility, unless nearest neighbour
+        // already inverts it fully (nothing left to find).
+        for kind in ["gaussian", "metric-dp"] {
+            let closest = (0..reports.len())
+                .filter(|&i| reports[i].kind == kind)
+                .min_by(|&a, &b| {
+                    (reports[a].utility.agreement - agreement)
                         .abs()
-                        .total_cmp(&(b.1.utility.agreement - target).abs())
+                        .total_cmp(&(reports[b].utility.agreement - agreement).abs())
                 })
-                .map(|(i, _)| i)
-        };
-        // A baseline that nearest neighbour already inverts fully leaves nothing to find.
-        let open = |i: &usize| reports[*i].attacks["nearest_neighbour_l2"].top1 < 0.99;
-        let (gi, mi) = (
-            closest("gaussian").filter(open),
-            closest("metric-dp").filter(open),
-        );
-        if let Some(i) = gi {
-            log(format!("attacking {}", reports[i].name));
-            let g = &gaussians[i - 2];
-            strong_attacks(input, &index, cfg, g, &observed[i], &mut reports[i], log)?;
+                .filter(|&i| reports[i].attacks["nearest_neighbour_l2"].top1 < 0.99);
+            targets.extend(closest);
         }
-        if let Some(i) = mi {
-            log(format!("attacking {}", reports[i].name));
-            let m = &dps[i - 2 - gaussians.len()];
-            strong_attacks(input, &index, cfg, m, &observed[i], &mut reports[i], log)?;
-        }
+    }
+    for i in targets {
+        log(format!("attacking {}", reports[i].name));
+        let mech = entries[i].mech.as_ref();
+        strong_attacks(input, &index, cfg, mech, &observed[i], &mut reports[i], log)?;
     }
     let clean_right = reports[0].answers.correct.clone();
     let right = clean_right.iter().filter(|&&c| c).count();

@@ -4,6 +4,7 @@
 use super::baseline::GaussianImagePoint;
 use super::report::VisionEval;
 use crate::plot::{histogram, image_grid, line_chart, Series};
+use crate::report_io::{create_report_dir, write_report_file};
 use crate::{Error, Result};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -23,10 +24,7 @@ pub struct VisionReportInput<'a> {
 }
 
 pub fn write_vision_report(dir: &Path, r: &VisionReportInput<'_>) -> Result<Value> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Output {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    create_report_dir(dir)?;
     let mut plots = vec!["privacy_utility.png".to_string()];
     let s = r.sgt;
     line_chart(
@@ -108,12 +106,7 @@ pub fn write_vision_report(dir: &Path, r: &VisionReportInput<'_>) -> Result<Valu
     for p in &plots {
         let _ = writeln!(md, "![{p}]({p})\n");
     }
-    let write = |name: &str, bytes: &[u8]| {
-        stainedglass_core::io::atomic_write(&dir.join(name), bytes).map_err(|e| Error::Output {
-            path: dir.join(name),
-            reason: e.to_string(),
-        })
-    };
+    let write = |name: &str, bytes: &[u8]| write_report_file(dir, name, bytes);
     write("summary.md", md.as_bytes())?;
     let json = serde_json::json!({
         "title": r.title,
