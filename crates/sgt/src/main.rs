@@ -65,6 +65,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread pool (BLAS, rayon, tokio) starts, so that they all inherit it.
+    stainedglass_core::fpu::flush_subnormals();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -101,6 +101,8 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         "2,32",
         "--metric-dp",
         "32",
+        "--sgt-noise-factors",
+        "4",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -112,7 +114,13 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).expect("report"))
             .expect("json");
     let m = r["mechanisms"].as_array().expect("mechanisms");
-    assert_eq!(m.len(), 5, "clean, sgt, 2 gaussian, 1 metric-dp");
+    assert_eq!(m.len(), 6, "clean, sgt, 2 gaussian, 1 metric-dp, sgt×4");
+    // The scaled SGT keeps the SGT's centres and multiplies its σ (a function of the prompt
+    // alone) by 4, and faces the learned MLP.
+    assert_eq!(m[5]["name"], "sgt×4");
+    let med = |i: usize| m[i]["sigma_over_norm"]["median"].as_f64().expect("median");
+    assert!((med(5) / med(1) - 4.0).abs() < 1e-3, "{} {}", med(5), med(1));
+    assert!(m[5]["attacks"]["learned_mlp"]["top1"].as_f64().is_some());
     assert_eq!(m[0]["attacks"]["nearest_neighbour_l2"]["top1"], 1.0);
     assert_eq!(m[0]["utility"]["agreement"], 1.0);
     assert_eq!(m[0]["answers_retained"], 1.0);
@@ -123,9 +131,15 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         "learned_mlp",
         "learned_transformer",
         "beamclean",
+        "activation_probe",
     ] {
         let top1 = m[1]["attacks"][a]["top1"].as_f64().expect(a);
         assert!((0.0..=1.0).contains(&top1), "{a}: {top1}");
+    }
+    // The provider's probe reads every mechanism's layer-k states, clean included.
+    for mech in m {
+        let p = mech["attacks"]["activation_probe"]["top1"].as_f64();
+        assert!(p.is_some_and(|p| (0.0..=1.0).contains(&p)), "{mech}");
     }
     assert!(m[1]["information"]["mutual_information_nats"]
         .as_f64()

@@ -54,6 +54,14 @@ pub struct EvalTextArgs {
     /// Metric-DP baselines (mean noise radius / mean embedding norm), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
     pub metric_dp: Vec<f64>,
+    /// The SGT with its noise multiplied by each factor (same centres), attacked by the learned
+    /// MLP: how much more noise it would take to stop it. Comma-separated; `none` skips them.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8", value_parser = parse_factor)]
+    pub sgt_noise_factors: Vec<Option<f64>>,
+    /// Decoder layer the activation probe reads (the provider's attack: a probe trained on clean
+    /// hidden states); default: the config's distillation layer, else 6. 0 skips the probe.
+    #[arg(long)]
+    pub probe_layer: Option<usize>,
     /// Attack only the SGT with the learned inverters and BeamClean (not the baselines).
     #[arg(long)]
     pub no_baseline_attacks: bool,
@@ -97,6 +105,7 @@ pub fn run(a: EvalTextArgs) -> Result<()> {
     let suite = TextSuiteConfig {
         gaussian_scales: a.gaussian.clone(),
         metric_dp_radii: a.metric_dp.clone(),
+        sgt_noise_factors: a.sgt_noise_factors.iter().flatten().copied().collect(),
         inverter: InverterConfig {
             epochs: a.epochs,
             ..Default::default()
@@ -106,6 +115,14 @@ pub fn run(a: EvalTextArgs) -> Result<()> {
             ..Default::default()
         },
         beamclean_rows: a.beamclean_rows,
+        probe_layer: match a
+            .probe_layer
+            .or(cfg.loss.distillation_layer_index)
+            .unwrap_or(6)
+        {
+            0 => None,
+            k => Some(k),
+        },
         attack_baselines: !a.no_baseline_attacks,
         seed: a.seed,
         ..Default::default()
@@ -154,4 +171,15 @@ pub fn run(a: EvalTextArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// A noise factor: a positive number, or `none`.
+fn parse_factor(s: &str) -> std::result::Result<Option<f64>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(Some(f)),
+        _ => Err(format!("`{s}` is not a positive number (or `none`)")),
+    }
 }

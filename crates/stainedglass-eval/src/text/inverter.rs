@@ -179,15 +179,11 @@ impl<'a> MlpInverter<'a> {
         mechanism: &dyn Mechanism,
         rows: &[EncodedPrompt],
         cfg: &InverterConfig,
-        mut progress: impl FnMut(usize, f32),
+        progress: impl FnMut(usize, f32),
     ) -> Result<Self> {
-        let inv = Self::new(index, table, cfg)?;
-        let mut opt = AdamW::new(inv.vars(), AdamWConfig::noise(cfg.learning_rate))?;
-        let mut rng = NoiseRng::seeded(cfg.seed ^ 0x11);
         let clean = super::observed::embed_rows(table, rows)?;
-        let dev = table.device();
-        for epoch in 0..cfg.epochs {
-            let applied = apply_rows(mechanism, rows, &clean, &mut rng)?;
+        let epoch_data = |rng: &mut NoiseRng| -> Result<(Tensor, Vec<u32>)> {
+            let applied = apply_rows(mechanism, rows, &clean, rng)?;
             let (mut xs, mut ys) = (Vec::new(), Vec::new());
             for (r, a) in rows.iter().zip(applied) {
                 let o = Observed::new(r, a.transformed);
@@ -202,7 +198,26 @@ impl<'a> MlpInverter<'a> {
                     "the attacker's rows have no transformed tokens to learn from".into(),
                 ));
             }
-            let x = Tensor::cat(&xs, 0)?;
+            Ok((Tensor::cat(&xs, 0)?, ys))
+        };
+        Self::fit(index, table, cfg, epoch_data, progress)
+    }
+
+    /// Trains on `(features (n, d), tokens)` pairs that `epoch_data` draws once per epoch;
+    /// features live on the scale of the embedding `table`.
+    pub(crate) fn fit(
+        index: &'a EmbeddingIndex,
+        table: &Tensor,
+        cfg: &InverterConfig,
+        mut epoch_data: impl FnMut(&mut NoiseRng) -> Result<(Tensor, Vec<u32>)>,
+        mut progress: impl FnMut(usize, f32),
+    ) -> Result<Self> {
+        let inv = Self::new(index, table, cfg)?;
+        let mut opt = AdamW::new(inv.vars(), AdamWConfig::noise(cfg.learning_rate))?;
+        let mut rng = NoiseRng::seeded(cfg.seed ^ 0x11);
+        let dev = table.device();
+        for epoch in 0..cfg.epochs {
+            let (x, ys) = epoch_data(&mut rng)?;
             let mut order: Vec<u32> = (0..ys.len() as u32).collect();
             rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng.rng());
             let mut last = 0f32;
@@ -223,7 +238,17 @@ impl<'a> MlpInverter<'a> {
 
     /// Ranked guesses (top `k`) for the transformed tokens of each observation.
     pub fn guess(&self, obs: &[Observed], k: usize) -> Result<Vec<Ranked>> {
-        self.head.guess(obs, k, |o| self.z(&o.selected()?))
+        self.guess_from(obs, k, |o| o.selected())
+    }
+
+    /// Ranked guesses from `features(o)`, `(positions, d)` per observation.
+    pub(crate) fn guess_from(
+        &self,
+        obs: &[Observed],
+        k: usize,
+        features: impl Fn(&Observed) -> Result<Tensor>,
+    ) -> Result<Vec<Ranked>> {
+        self.head.guess(obs, k, |o| self.z(&features(o)?))
     }
 }
 

@@ -98,6 +98,46 @@ impl Mechanism for Sgt<'_> {
     }
 }
 
+/// The trained SGT with its noise multiplied by `factor` around the same centre:
+/// `x̃ = c + factor·(x̃_sgt − c)`, `c` the SGT's per-token centre. One trained layer becomes a
+/// family of operating points, to trace how far the noise must grow before an attack fails.
+pub struct ScaledSgt<'a> {
+    pub sgt: Sgt<'a>,
+    pub factor: f64,
+}
+
+impl Mechanism for ScaledSgt<'_> {
+    fn name(&self) -> String {
+        format!("sgt×{}", self.factor)
+    }
+
+    fn apply(
+        &self,
+        x: &Tensor,
+        attention: &[u8],
+        noise: &[u8],
+        rng: &mut NoiseRng,
+    ) -> Result<Applied> {
+        if !(self.factor.is_finite() && self.factor > 0.0) {
+            return Err(Error::Input(format!(
+                "SGT noise factor {} must be finite and positive",
+                self.factor
+            )));
+        }
+        let a = self.sgt.apply(x, attention, noise, rng)?;
+        let Some((centre, std)) = a.gaussian else {
+            return Err(Error::Input(
+                "the SGT reported no noise distribution".into(),
+            ));
+        };
+        let transformed = (&centre + ((&a.transformed - &centre)? * self.factor)?)?;
+        Ok(Applied {
+            transformed,
+            gaussian: Some((centre, (std * self.factor)?)),
+        })
+    }
+}
+
 /// Input-independent Gaussian noise `x̃ = x + s·r·ε`, `r` the per-feature RMS of the
 /// embedding table, on transformed tokens.
 pub struct Gaussian {

@@ -8,6 +8,7 @@ pub mod info;
 pub mod inverter;
 pub mod mechanism;
 pub mod observed;
+pub mod probe;
 pub mod quick;
 pub mod report;
 pub mod suite;

@@ -130,7 +130,7 @@ pub fn write_text_report(
         "{} held-out prompts, {} attacker prompts (its own text, transformed with the public SGT), {} questions, vocabulary {}.\n",
         r.held_out_prompts, r.attacker_prompts, r.questions, r.vocab
     );
-    md.push_str("## Token recovery (top-1; lower is more private)\n\n| mechanism | NN cosine | NN L2 | NN L2 top-5 | noise-aware NN | learned MLP | learned transformer | BeamClean | strongest |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Token recovery (top-1; lower is more private)\n\n| mechanism | NN cosine | NN L2 | NN L2 top-5 | noise-aware NN | learned MLP | learned transformer | BeamClean | layer-k probe | strongest |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let cell = |m: &MechanismReport, k: &str| {
         m.attacks
             .get(k)
@@ -141,7 +141,7 @@ pub fn write_text_report(
         let (sa, sv) = m.strongest();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
             m.name,
             cell(m, "nearest_neighbour_cosine"),
             cell(m, "nearest_neighbour_l2"),
@@ -154,6 +154,7 @@ pub fn write_text_report(
             cell(m, "learned_mlp"),
             cell(m, "learned_transformer"),
             cell(m, "beamclean"),
+            cell(m, "activation_probe"),
             pct(sv),
             sa.replace('_', " "),
         );

@@ -7,8 +7,9 @@ use super::beamclean::{beamclean_guesses, likelihood_guesses, BeamCleanConfig, N
 use super::index::EmbeddingIndex;
 use super::info::{sigma_over_norm, text_mutual_information, Information};
 use super::inverter::{InverterConfig, MlpInverter, TransformerInverter};
-use super::mechanism::{Clean, Gaussian, Mechanism, MetricDp, Sgt};
+use super::mechanism::{Clean, Gaussian, Mechanism, MetricDp, ScaledSgt, Sgt};
 use super::observed::{apply_rows, embed_rows, Observed, Recovery};
+use super::probe::ActivationProbe;
 use super::quick::{bucket_positions, quantiles, PositionBucket, Quantiles};
 use super::utility::{
     answer_accuracy, next_token_utility, AnswerResult, NextTokenUtility, Question,
@@ -30,8 +31,14 @@ pub struct TextSuiteConfig {
     pub gaussian_scales: Vec<f64>,
     /// Metric-DP baselines, as the mean noise radius over the mean embedding norm.
     pub metric_dp_radii: Vec<f64>,
+    /// The SGT with its noise multiplied by each factor (same centres): how much more noise
+    /// the learned MLP inverter needs before it fails, and what that costs in utility.
+    pub sgt_noise_factors: Vec<f64>,
     pub inverter: InverterConfig,
     pub beamclean: BeamCleanConfig,
+    /// Decoder layer whose hidden state the activation probe reads (the provider's attack; the
+    /// SGT's distillation layer is the natural choice). `None` skips the probe.
+    pub probe_layer: Option<usize>,
     /// Held-out prompts the (slow) beam search decodes.
     pub beamclean_rows: usize,
     /// Mixture components of the MI estimate.
@@ -50,8 +57,10 @@ impl Default for TextSuiteConfig {
             top_k: 5,
             gaussian_scales: vec![0.25, 0.5, 1.0, 4.0, 16.0],
             metric_dp_radii: vec![2.0, 4.0, 8.0, 16.0, 32.0],
+            sgt_noise_factors: vec![2.0, 4.0, 8.0],
             inverter: InverterConfig::default(),
             beamclean: BeamCleanConfig::default(),
+            probe_layer: Some(6),
             beamclean_rows: 12,
             mi_components: 512,
             answer_tokens: 24,
@@ -195,7 +204,9 @@ fn measure(
     ))
 }
 
-/// The learned inverters, the noise-aware nearest neighbour and BeamClean against `mech`.
+/// The learned inverters, the noise-aware nearest neighbour and BeamClean against `mech`; with
+/// `mlp_only`, the learned MLP alone (the cheapest of the strong attacks).
+#[allow(clippy::too_many_arguments)]
 fn strong_attacks(
     input: &TextSuiteInput<'_>,
     index: &EmbeddingIndex,
@@ -203,6 +214,7 @@ fn strong_attacks(
     mech: &dyn Mechanism,
     obs: &[Observed],
     report: &mut MechanismReport,
+    mlp_only: bool,
     log: &mut dyn FnMut(String),
 ) -> Result<()> {
     let name = mech.name();
@@ -220,6 +232,9 @@ fn strong_attacks(
         Recovery::score(obs, &mlp.guess(obs, k)?),
     );
     drop(mlp);
+    if mlp_only {
+        return Ok(());
+    }
     let tf = TransformerInverter::train(
         index,
         input.model,
@@ -298,6 +313,19 @@ pub fn run_text_suite(
         let eps = Some(m.epsilon);
         entries.push(entry(Box::new(m), "metric-dp", Some(r), eps, 20 + i as u64));
     }
+    for (i, &f) in cfg.sgt_noise_factors.iter().enumerate() {
+        let m = ScaledSgt {
+            sgt: Sgt(input.sgt),
+            factor: f,
+        };
+        entries.push(entry(
+            Box::new(m),
+            "sgt-scaled",
+            Some(f),
+            None,
+            30 + i as u64,
+        ));
+    }
     let mut reports = Vec::with_capacity(entries.len());
     let mut observed = Vec::with_capacity(entries.len());
     for e in &entries {
@@ -309,6 +337,24 @@ pub fn run_text_suite(
         r.epsilon = e.epsilon;
         reports.push(r);
         observed.push(obs);
+    }
+    if let Some(layer) = cfg.probe_layer {
+        log(format!(
+            "training the layer-{layer} activation probe on clean text"
+        ));
+        let probe = ActivationProbe::train(
+            &index,
+            input.model,
+            layer,
+            input.attacker_rows,
+            &cfg.inverter,
+            |e, l| log(format!("  activation probe epoch {e} loss {l:.3}")),
+        )?;
+        for (r, obs) in reports.iter_mut().zip(&observed) {
+            let g = probe.guess(obs, cfg.top_k)?;
+            r.attacks
+                .insert("activation_probe".into(), Recovery::score(obs, &g));
+        }
     }
     let mut targets = vec![1];
     if cfg.attack_baselines {
@@ -327,10 +373,17 @@ pub fn run_text_suite(
             targets.extend(closest);
         }
     }
-    for i in targets {
+    let scaled = (0..entries.len()).filter(|&i| entries[i].kind == "sgt-scaled");
+    let targets: Vec<(usize, bool)> = targets
+        .into_iter()
+        .map(|i| (i, false))
+        .chain(scaled.map(|i| (i, true)))
+        .collect();
+    for (i, mlp_only) in targets {
         log(format!("attacking {}", reports[i].name));
         let mech = entries[i].mech.as_ref();
-        strong_attacks(input, &index, cfg, mech, &observed[i], &mut reports[i], log)?;
+        let (obs, report) = (&observed[i], &mut reports[i]);
+        strong_attacks(input, &index, cfg, mech, obs, report, mlp_only, log)?;
     }
     let clean_right = reports[0].answers.correct.clone();
     let right = clean_right.iter().filter(|&&c| c).count();

@@ -1,0 +1,98 @@
+//! The provider's own attack: it runs the base model on whatever it receives, so it can read
+//! the model's hidden state at layer `k` and decode the token from it. The probe is trained on
+//! **clean** text only (the attacker needs neither the SGT nor any noise model): an SGT that
+//! keeps layer-`k` activations close to the clean ones — which is what distillation at layer
+//! `k` optimises — hands the probe the same features it was trained on.
+
+use super::index::{EmbeddingIndex, Ranked};
+use super::inverter::{InverterConfig, MlpInverter};
+use super::observed::{embed_rows, Observed};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, D};
+use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_text::EncodedPrompt;
+
+/// A per-token MLP from the layer-`k` hidden state to the token at the same position.
+pub struct ActivationProbe<'a> {
+    model: &'a Llama,
+    layer: usize,
+    /// RMS of the embedding table: hidden states are rescaled to it, row by row.
+    table_rms: f64,
+    mlp: MlpInverter<'a>,
+}
+
+impl<'a> ActivationProbe<'a> {
+    /// Trains on the clean layer-`layer` states of the attacker's `rows` (their content tokens).
+    pub fn train(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<Self> {
+        let layers = model.config().num_layers;
+        if layer == 0 || layer > layers {
+            return Err(Error::Input(format!(
+                "probe layer {layer} is outside 1..={layers} (the model's decoder layers)"
+            )));
+        }
+        let table = model.embedding_table();
+        let table_rms = table
+            .sqr()?
+            .mean_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .sqrt();
+        let clean = embed_rows(table, rows)?;
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for (r, x) in rows.iter().zip(clean) {
+            let o = Observed::new(r, x);
+            if o.positions.is_empty() {
+                continue;
+            }
+            xs.push(layer_features(model, layer, table_rms, &o)?);
+            ys.extend(o.tokens);
+        }
+        if ys.is_empty() {
+            return Err(Error::Input(
+                "the attacker's rows have no content tokens to train the probe on".into(),
+            ));
+        }
+        let x = Tensor::cat(&xs, 0)?;
+        let mlp = MlpInverter::fit(index, table, cfg, |_| Ok((x.clone(), ys.clone())), progress)?;
+        Ok(Self {
+            model,
+            layer,
+            table_rms,
+            mlp,
+        })
+    }
+
+    /// The layer the probe reads.
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// Ranked guesses (top `k`) for the transformed tokens of each observation.
+    pub fn guess(&self, obs: &[Observed], k: usize) -> Result<Vec<Ranked>> {
+        self.mlp.guess_from(obs, k, |o| {
+            layer_features(self.model, self.layer, self.table_rms, o)
+        })
+    }
+}
+
+/// `(positions, d)`: the layer-`layer` states at the observation's transformed positions, each
+/// row rescaled to `table_rms`.
+fn layer_features(model: &Llama, layer: usize, table_rms: f64, o: &Observed) -> Result<Tensor> {
+    let x = o.transformed.detach();
+    let t = x.dim(1)?;
+    let am = Tensor::from_vec(o.attention.clone(), (1, t), x.device())?;
+    let h = model
+        .forward_embeds(&x, Some(&am), Stop::AtLayer(layer))?
+        .squeeze(0)?;
+    let idx = Tensor::new(o.positions.as_slice(), x.device())?;
+    let h = h.index_select(&idx, 0)?;
+    let rms = (h.sqr()?.mean_keepdim(D::Minus1)?.sqrt()? + 1e-6)?;
+    Ok((h.broadcast_div(&rms)? * table_rms)?)
+}
