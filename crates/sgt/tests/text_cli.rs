@@ -119,7 +119,12 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
     // alone) by 4, and faces the learned MLP.
     assert_eq!(m[5]["name"], "sgt×4");
     let med = |i: usize| m[i]["sigma_over_norm"]["median"].as_f64().expect("median");
-    assert!((med(5) / med(1) - 4.0).abs() < 1e-3, "{} {}", med(5), med(1));
+    assert!(
+        (med(5) / med(1) - 4.0).abs() < 1e-3,
+        "{} {}",
+        med(5),
+        med(1)
+    );
     assert!(m[5]["attacks"]["learned_mlp"]["top1"].as_f64().is_some());
     assert_eq!(m[0]["attacks"]["nearest_neighbour_l2"]["top1"], 1.0);
     assert_eq!(m[0]["utility"]["agreement"], 1.0);
