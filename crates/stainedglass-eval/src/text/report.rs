@@ -20,7 +20,7 @@ fn tradeoff(
     x_label: &str,
     x: &dyn Fn(&MechanismReport) -> f64,
 ) -> Result<()> {
-    let series = |kind: &str,
+    let series = |kinds: &[&str],
                   name: &str,
                   y: &dyn Fn(&MechanismReport) -> f64,
                   label: &dyn Fn(&MechanismReport) -> String| Series {
@@ -28,7 +28,7 @@ fn tradeoff(
         points: r
             .mechanisms
             .iter()
-            .filter(|m| m.kind == kind)
+            .filter(|m| kinds.contains(&m.kind.as_str()))
             .map(|m| (100.0 * x(m), 100.0 * y(m), label(m)))
             .collect(),
     };
@@ -41,24 +41,30 @@ fn tradeoff(
     let strength = |m: &MechanismReport| format!("{}", m.strength.unwrap_or_default());
     let s = [
         series(
-            "gaussian",
+            &["gaussian"],
             "Gaussian noise (σ / rms), strongest attack",
             &strongest,
             &strength,
         ),
         series(
-            "metric-dp",
+            &["metric-dp"],
             "metric-DP (radius / |x|), strongest attack",
             &strongest,
             &strength,
         ),
-        series("sgt", "SGT, strongest attack", &strongest, &|m| {
+        series(&["sgt"], "SGT, strongest attack", &strongest, &|m| {
             m.strongest().0.replace('_', " ")
         }),
-        series("sgt", "SGT, nearest neighbour (L2)", &nn, &|_| {
+        series(
+            &["sgt", "sgt-scaled"],
+            "SGT with its noise ×c, strongest attack",
+            &strongest,
+            &|m| format!("×{}", m.strength.unwrap_or(1.0)),
+        ),
+        series(&["sgt"], "SGT, nearest neighbour (L2)", &nn, &|_| {
             "SGT, NN".into()
         }),
-        series("clean", "clean", &nn, &|_| "clean".into()),
+        series(&["clean"], "clean", &nn, &|_| "clean".into()),
     ];
     line_chart(
         &dir.join(file),
