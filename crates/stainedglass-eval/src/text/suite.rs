@@ -1,7 +1,9 @@
 //! The text attack suite (SPEC §9): every mechanism (clean, the SGT, Gaussian and metric-DP
 //! baselines at several strengths) is applied once to the held-out prompts; each gets
 //! nearest-neighbour recovery, next-token utility, perplexity and answer accuracy; the SGT and
-//! the baselines closest to it in utility also face the learned inverters and BeamClean.
+//! the baselines closest to it in utility also face the learned inverters and BeamClean; every
+//! mechanism faces the provider's layer-k activation probe, and the SGT with its noise scaled
+//! up faces the learned MLP.
 
 use super::beamclean::{beamclean_guesses, likelihood_guesses, BeamCleanConfig, NoiseModel};
 use super::index::EmbeddingIndex;
