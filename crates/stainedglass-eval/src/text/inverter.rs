@@ -6,7 +6,7 @@
 //! nearest-neighbour decoding — training can only improve on it.
 
 use super::index::{top_k_of_row, EmbeddingIndex, Ranked};
-use super::mechanism::Mechanism;
+use super::mechanism::{table_rms, Mechanism};
 use super::observed::{apply_rows, Observed};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -134,12 +134,7 @@ impl<'a> MlpInverter<'a> {
     fn new(index: &'a EmbeddingIndex, table: &Tensor, cfg: &InverterConfig) -> Result<Self> {
         let (dev, d) = (table.device(), table.dim(1)?);
         let mut rng = NoiseRng::seeded(cfg.seed);
-        let rms = table
-            .sqr()?
-            .mean_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .sqrt();
+        let rms = table_rms(table)?;
         Ok(Self {
             w1: randn(&mut rng, (cfg.hidden, d), (1.0 / d as f64).sqrt(), dev)?,
             b1: Var::zeros(cfg.hidden, DType::F32, dev)?,

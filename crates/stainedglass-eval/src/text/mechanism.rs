@@ -46,6 +46,16 @@ fn selector(x: &Tensor, attention: &[u8], noise: &[u8]) -> Result<Tensor> {
     Ok(Tensor::from_vec(sel, (1, t, 1), x.device())?)
 }
 
+/// RMS of every entry of the embedding `table` (the scale baselines and inverters share).
+pub(crate) fn table_rms(table: &Tensor) -> Result<f64> {
+    Ok(table
+        .sqr()?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?
+        .sqrt())
+}
+
 /// The clean embeddings (the reference every measure is compared with).
 pub struct Clean;
 
@@ -102,8 +112,19 @@ impl Mechanism for Sgt<'_> {
 /// `x̃ = c + factor·(x̃_sgt − c)`, `c` the SGT's per-token centre. One trained layer becomes a
 /// family of operating points, to trace how far the noise must grow before an attack fails.
 pub struct ScaledSgt<'a> {
-    pub sgt: Sgt<'a>,
-    pub factor: f64,
+    sgt: Sgt<'a>,
+    factor: f64,
+}
+
+impl<'a> ScaledSgt<'a> {
+    pub fn new(sgt: Sgt<'a>, factor: f64) -> Result<Self> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(Error::Input(format!(
+                "SGT noise factor {factor} must be finite and positive"
+            )));
+        }
+        Ok(Self { sgt, factor })
+    }
 }
 
 impl Mechanism for ScaledSgt<'_> {
@@ -118,12 +139,6 @@ impl Mechanism for ScaledSgt<'_> {
         noise: &[u8],
         rng: &mut NoiseRng,
     ) -> Result<Applied> {
-        if !(self.factor.is_finite() && self.factor > 0.0) {
-            return Err(Error::Input(format!(
-                "SGT noise factor {} must be finite and positive",
-                self.factor
-            )));
-        }
         let a = self.sgt.apply(x, attention, noise, rng)?;
         let Some((centre, std)) = a.gaussian else {
             return Err(Error::Input(
@@ -152,12 +167,7 @@ impl Gaussian {
                 "Gaussian baseline scale {scale}: use a positive number"
             )));
         }
-        let table_rms = table
-            .sqr()?
-            .mean_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .sqrt();
+        let table_rms = table_rms(table)?;
         Ok(Self { scale, table_rms })
     }
 

@@ -6,9 +6,10 @@
 
 use super::index::{EmbeddingIndex, Ranked};
 use super::inverter::{InverterConfig, MlpInverter};
+use super::mechanism::table_rms;
 use super::observed::{embed_rows, Observed};
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_text::EncodedPrompt;
 
@@ -38,12 +39,7 @@ impl<'a> ActivationProbe<'a> {
             )));
         }
         let table = model.embedding_table();
-        let table_rms = table
-            .sqr()?
-            .mean_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .sqrt();
+        let table_rms = table_rms(table)?;
         let clean = embed_rows(table, rows)?;
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         for (r, x) in rows.iter().zip(clean) {

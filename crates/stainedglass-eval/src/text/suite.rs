@@ -316,10 +316,7 @@ pub fn run_text_suite(
         entries.push(entry(Box::new(m), "metric-dp", Some(r), eps, 20 + i as u64));
     }
     for (i, &f) in cfg.sgt_noise_factors.iter().enumerate() {
-        let m = ScaledSgt {
-            sgt: Sgt(input.sgt),
-            factor: f,
-        };
+        let m = ScaledSgt::new(Sgt(input.sgt), f)?;
         entries.push(entry(
             Box::new(m),
             "sgt-scaled",
