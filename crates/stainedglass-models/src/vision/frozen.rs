@@ -1,40 +1,54 @@
 //! Convolution and linear layers whose weights can be *frozen*: then the op is a `CustomOp1` on
-//! the input alone, with the weights held inside the op, so backpropagation computes the input
-//! gradient only. candle's built-in conv2d/matmul backward always computes the weight gradient
-//! too, which is wasted work when an SGT trains through a frozen model. The trainable path uses
-//! the built-in ops. Weight names and initialisation match candle-nn's `conv2d` / `linear`.
+//! the input alone, with host copies of the weights held inside the op, so backpropagation
+//! computes the input gradient only (candle's built-in conv2d/matmul backward always computes
+//! the weight gradient too, wasted work when an SGT trains through a frozen model). The frozen
+//! ops run on the kernels of [`super::conv_cpu`] and can fuse the ReLU that follows them. The
+//! trainable path uses the built-in ops. Weight names and initialisation match candle-nn's
+//! `conv2d` / `linear`.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Storage, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// Copies a contiguous CPU storage view into a fresh, untracked tensor.
-fn tensor_from_cpu(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    let v = s.as_slice::<f32>()?;
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("frozen op needs a contiguous input".into()))?;
-    Tensor::from_slice(&v[a..b], l.shape(), &candle_core::Device::Cpu)
+use super::conv_cpu::{
+    conv2d_forward, conv2d_input_grad, linear_forward, linear_input_grad, ConvGeometry,
+};
+
+fn op_error(msg: impl Into<String>) -> candle_core::Error {
+    candle_core::Error::Msg(msg.into())
 }
 
-/// The CPU storage of a contiguous result tensor.
-fn cpu_storage_of(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+/// The contiguous f32 slice of a CPU storage view.
+fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| op_error("frozen op needs a contiguous input"))?;
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// Runs `f` on the host data of a CPU f32 tensor (made contiguous first if needed).
+fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
-    let (st, layout) = t.storage_and_layout();
+    let (st, l) = t.storage_and_layout();
     match &*st {
-        Storage::Cpu(c) => match layout.contiguous_offsets() {
-            Some((0, n)) if n == c.as_slice::<f32>()?.len() => {
-                Ok((c.clone(), layout.shape().clone()))
-            }
-            Some((a, b)) => Ok((
-                CpuStorage::F32(c.as_slice::<f32>()?[a..b].to_vec()),
-                layout.shape().clone(),
-            )),
-            None => Err(candle_core::Error::Msg("non-contiguous result".into())),
-        },
-        _ => Err(candle_core::Error::Msg(
-            "frozen op: CPU storage expected".into(),
-        )),
+        Storage::Cpu(c) => Ok(f(slice_of(c, l)?)),
+        _ => Err(op_error("frozen op: CPU storage expected")),
     }
+}
+
+/// Host copy of a CPU f32 weight that is not a variable (frozen), else `None`.
+fn host_copy(t: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
+    if t.is_variable() || !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+#[derive(Debug)]
+struct HostWeights {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
 }
 
 /// 2-D convolution, trainable or frozen.
@@ -44,7 +58,8 @@ pub struct Conv {
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
-    frozen: bool,
+    /// Host weights of a frozen CPU layer (the fast path); `None` when trainable.
+    host: Option<Arc<HostWeights>>,
 }
 
 impl Conv {
@@ -69,13 +84,23 @@ impl Conv {
         } else {
             None
         };
-        let frozen = !weight.is_variable();
+        let host = match (host_copy(&weight)?, &bias) {
+            (Some(w), Some(b)) => host_copy(b)?.map(|b| HostWeights {
+                weight: w,
+                bias: Some(b),
+            }),
+            (Some(w), None) => Some(HostWeights {
+                weight: w,
+                bias: None,
+            }),
+            (None, _) => None,
+        };
         Ok(Self {
             weight,
             bias,
             padding,
             stride,
-            frozen,
+            host: host.map(Arc::new),
         })
     }
 
@@ -86,43 +111,114 @@ impl Conv {
             None => Ok(y),
         }
     }
-}
 
-impl CustomOp1 for Conv {
-    fn name(&self) -> &'static str {
-        "frozen-conv2d"
+    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
+        let host = self.host.as_ref()?;
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return None;
+        }
+        let (cout, cin, k, _) = self.weight.dims4().ok()?;
+        let op = ConvOp {
+            host: host.clone(),
+            cin,
+            cout,
+            k,
+            stride: self.stride,
+            padding: self.padding,
+            relu,
+        };
+        Some(x.apply_op1(op))
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_storage_of(&self.plain(&tensor_from_cpu(s, l)?)?)
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let k = self.weight.dim(2)?;
-        let out_size = (grad.dim(2)? - 1) * self.stride + k - 2 * self.padding;
-        let out_padding = arg.dim(2)? - out_size;
-        Ok(Some(grad.conv_transpose2d(
-            &self.weight,
-            self.padding,
-            out_padding,
-            self.stride,
-            1,
-        )?))
+    /// `relu(conv(x))`, fused into one op on the frozen CPU path.
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.op(x, true) {
+            Some(y) => y,
+            None => self.plain(x)?.relu(),
+        }
     }
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.frozen && x.device().is_cpu() {
-            x.contiguous()?.apply_op1(self.clone())
-        } else {
-            self.plain(x)
+        match self.op(x, false) {
+            Some(y) => y,
+            None => self.plain(x),
         }
+    }
+}
+
+/// The frozen convolution (optionally followed by ReLU) as an op on its input.
+#[derive(Debug, Clone)]
+struct ConvOp {
+    host: Arc<HostWeights>,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+}
+
+impl ConvOp {
+    fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, ConvGeometry)> {
+        let &[b, c, h, w] = dims else {
+            return Err(op_error(format!(
+                "conv2d input must be (batch, channels, height, width), got {dims:?}"
+            )));
+        };
+        if c != self.cin {
+            return Err(op_error(format!(
+                "conv2d expects {} input channels, got {c}",
+                self.cin
+            )));
+        }
+        let g = ConvGeometry::new((c, h, w), self.cout, self.k, self.stride, self.padding)
+            .ok_or_else(|| {
+                op_error(format!(
+                    "conv2d kernel {k}×{k} (padding {p}) does not fit a {h}×{w} input",
+                    k = self.k,
+                    p = self.padding
+                ))
+            })?;
+        Ok((b, g))
+    }
+}
+
+impl CustomOp1 for ConvOp {
+    fn name(&self) -> &'static str {
+        "frozen-conv2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, g) = self.geometry(l.dims())?;
+        let y = conv2d_forward(
+            &g,
+            slice_of(s, l)?,
+            b,
+            &self.host.weight,
+            self.host.bias.as_deref(),
+            self.relu,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((b, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (b, g) = self.geometry(arg.dims())?;
+        let w = &self.host.weight;
+        let dx = with_host(grad, |dy| {
+            if self.relu {
+                with_host(res, |r| conv2d_input_grad(&g, dy, Some(r), b, w))
+            } else {
+                Ok(conv2d_input_grad(&g, dy, None, b, w))
+            }
+        })??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -131,7 +227,7 @@ impl Module for Conv {
 pub struct Dense {
     weight: Tensor,
     bias: Tensor,
-    frozen: bool,
+    host: Option<Arc<HostWeights>>,
 }
 
 impl Dense {
@@ -143,45 +239,102 @@ impl Dense {
         )?;
         let b = 1.0 / (din as f64).sqrt();
         let bias = vb.get_with_hints(dout, "bias", Init::Uniform { lo: -b, up: b })?;
-        let frozen = !weight.is_variable();
-        Ok(Self {
-            weight,
-            bias,
-            frozen,
-        })
+        let host = match (host_copy(&weight)?, host_copy(&bias)?) {
+            (Some(weight), Some(b)) => Some(Arc::new(HostWeights {
+                weight,
+                bias: Some(b),
+            })),
+            _ => None,
+        };
+        Ok(Self { weight, bias, host })
     }
 
     fn plain(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
-}
 
-impl CustomOp1 for Dense {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
+    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
+        let host = self.host.as_ref()?;
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() != 2 {
+            return None;
+        }
+        Some(x.apply_op1(DenseOp {
+            host: host.clone(),
+            relu,
+        }))
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_storage_of(&self.plain(&tensor_from_cpu(s, l)?)?)
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
+    /// `relu(linear(x))`, fused into one op on the frozen CPU path.
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.op(x, true) {
+            Some(y) => y,
+            None => self.plain(x)?.relu(),
+        }
     }
 }
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.frozen && x.device().is_cpu() && x.rank() == 2 {
-            x.contiguous()?.apply_op1(self.clone())
-        } else {
-            self.plain(x)
+        match self.op(x, false) {
+            Some(y) => y,
+            None => self.plain(x),
         }
+    }
+}
+
+/// The frozen linear layer (optionally followed by ReLU) as an op on its `(m, din)` input.
+#[derive(Debug, Clone)]
+struct DenseOp {
+    host: Arc<HostWeights>,
+    relu: bool,
+}
+
+impl DenseOp {
+    fn dims(&self) -> (usize, usize) {
+        let dout = self.host.bias.as_ref().map_or(0, Vec::len);
+        (dout, self.host.weight.len() / dout.max(1))
+    }
+
+    fn rows(&self, dims: &[usize]) -> candle_core::Result<usize> {
+        let (_, din) = self.dims();
+        match dims {
+            &[m, d] if d == din => Ok(m),
+            _ => Err(op_error(format!(
+                "linear layer expects (batch, {din}), got {dims:?}"
+            ))),
+        }
+    }
+}
+
+impl CustomOp1 for DenseOp {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let m = self.rows(l.dims())?;
+        let bias = self.host.bias.as_deref().unwrap_or(&[]);
+        let y = linear_forward(slice_of(s, l)?, m, &self.host.weight, bias, self.relu);
+        Ok((CpuStorage::F32(y), Shape::from((m, bias.len()))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let m = self.rows(arg.dims())?;
+        let (dout, _) = self.dims();
+        let w = &self.host.weight;
+        let dx = with_host(grad, |dy| {
+            if self.relu {
+                with_host(res, |r| linear_input_grad(dy, Some(r), m, w, dout))
+            } else {
+                Ok(linear_input_grad(dy, None, m, w, dout))
+            }
+        })??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -224,7 +377,7 @@ mod tests {
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
             let fconv = Conv::new(3, 5, 3, stride, padding, true, vb.clone()).unwrap();
             let flin = Dense::new(5 * 4 * 4, 7, vb.pp("fc")).unwrap();
-            assert!(fconv.frozen && flin.frozen && !conv.frozen);
+            assert!(fconv.host.is_some() && flin.host.is_some() && conv.host.is_none());
             // 9×9 input: outputs are 9×9, 5×5 and 4×4, each cropped to 4×4 for the linear layer.
             let x =
                 Var::from_tensor(&Tensor::rand(-1f32, 1.0, (2, 3, 9, 9), &dev).unwrap()).unwrap();

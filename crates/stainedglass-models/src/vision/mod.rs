@@ -2,6 +2,7 @@
 //! `VarMap`) or frozen (weights loaded as plain tensors — no variable, no optimizer).
 
 mod batch_norm;
+mod conv_cpu;
 mod frozen;
 mod resnet;
 mod small_cnn;
@@ -334,9 +335,12 @@ mod tests {
             m.save(dir.path()).unwrap();
             let back = Classifier::load(dir.path(), &Device::Cpu).unwrap();
             assert!(back.is_frozen() && back.trainable_vars().is_empty());
-            let a = m.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap();
-            let b = back.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(a, b);
+            // The frozen model runs its own kernels (a different summation order than candle's
+            // trainable ops), so the logits agree to float rounding, not bit for bit.
+            let a = m.forward_t(&x, false).unwrap().flatten_all().unwrap();
+            let b = back.forward_t(&x, false).unwrap().flatten_all().unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         }
     }
 

@@ -47,9 +47,9 @@ impl Module for SmallCnn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for c in &self.convs {
-            h = c.forward(&h)?.relu()?;
+            h = c.forward_relu(&h)?;
         }
         self.fc2
-            .forward(&self.fc1.forward(&h.flatten_from(1)?)?.relu()?)
+            .forward(&self.fc1.forward_relu(&h.flatten_from(1)?)?)
     }
 }
