@@ -13,6 +13,7 @@ pub mod noisy_model;
 pub mod optim;
 pub mod param;
 pub mod rng;
+mod ziggurat;
 
 pub use error::{Error, Result};
 pub use noise_layer::{

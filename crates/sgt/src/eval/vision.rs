@@ -72,7 +72,7 @@ pub fn run(a: EvalVisionArgs) -> Result<()> {
     let count = test.len().min(8);
     let idx: Vec<usize> = (0..count).collect();
     let (x, _) = test.batch(&idx, &device)?;
-    let tx = layer.forward(&x, None, &mut rng)?.transformed;
+    let tx = layer.transform(&x, None, &mut rng)?;
     let closest = baselines.iter().min_by(|p, q| {
         (p.accuracy - sgt.transformed_accuracy)
             .abs()

@@ -103,12 +103,12 @@ pub fn run(a: ApplyArgs, device: &Device) -> Result<()> {
         test.batch(&idx, device)?.0
     };
     let mut rng = NoiseRng::new(a.seed);
-    let out = layer.forward(&x, None, &mut rng)?;
+    let transformed = layer.transform(&x, None, &mut rng)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     save_tensors(
         &a.output.join("transformed.safetensors"),
-        &[("images".into(), out.transformed.clone())],
+        &[("images".into(), transformed.clone())],
     )?;
     let n: usize = shape.iter().product();
     let to_rows = |t: &Tensor| -> Result<Vec<Vec<f32>>> {
@@ -118,7 +118,7 @@ pub fn run(a: ApplyArgs, device: &Device) -> Result<()> {
     let grid = a.output.join("grid.png");
     image_grid(
         &grid,
-        &[to_rows(&x)?, to_rows(&out.transformed)?],
+        &[to_rows(&x)?, to_rows(&transformed)?],
         [shape[0], shape[1], shape[2]],
         4,
     )?;

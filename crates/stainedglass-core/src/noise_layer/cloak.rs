@@ -231,6 +231,26 @@ impl NoiseLayer for CloakNoiseLayer {
         })
     }
 
+    fn transform(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<Tensor> {
+        check_input(x, &self.config.shape)?;
+        let (mean, std, mask) = self.statistics()?;
+        let mask = mask.map(|m| m.detach());
+        affine_transform(
+            &x.detach(),
+            &mean.detach(),
+            &std.detach(),
+            mask.as_ref(),
+            &self.config.value_range,
+            noise_mask,
+            rng,
+        )
+    }
+
     fn parameters(&self) -> Vec<Var> {
         vec![self.locs.clone(), self.rhos.clone()]
     }
@@ -329,6 +349,42 @@ mod tests {
         let x2 = x.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y[1], x2[1]);
         assert_ne!(y[0], x2[0]);
+    }
+
+    /// The client's no-graph path draws and rounds exactly like the training forward, in the
+    /// parallel regime too (more samples than one noise block).
+    #[test]
+    fn inference_transform_equals_forward_bit_for_bit() {
+        let mut c = CloakConfig::new(&[1, 4, 4]);
+        c.percent_to_mask = Some(0.25);
+        c.value_range = ValueRange {
+            lo: Some(0.0),
+            hi: Some(1.0),
+        };
+        let l = CloakNoiseLayer::new(c, &Device::Cpu).unwrap();
+        let r: Vec<f32> = (0..16).map(|i| -3.0 + i as f32 * 0.3).collect();
+        l.rhos
+            .set(&Tensor::from_vec(r, (1, 4, 4), &Device::Cpu).unwrap())
+            .unwrap();
+        let x = Tensor::rand(0f32, 1.0, (2000, 1, 4, 4), &Device::Cpu).unwrap();
+        let nm = Tensor::rand(0f32, 1.0, (2000, 1, 4, 4), &Device::Cpu)
+            .unwrap()
+            .ge(0.5)
+            .unwrap();
+        for noise_mask in [None, Some(&nm)] {
+            let a = l
+                .forward(&x, noise_mask, &mut NoiseRng::seeded(5))
+                .unwrap()
+                .transformed;
+            let b = l
+                .transform(&x, noise_mask, &mut NoiseRng::seeded(5))
+                .unwrap();
+            assert!(!b.track_op());
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(b.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cloak;
 mod patch;
 
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cloak::{CloakConfig, CloakNoiseLayer, CloakRecipe};
@@ -34,6 +35,16 @@ pub trait NoiseLayer {
         noise_mask: Option<&Tensor>,
         rng: &mut NoiseRng,
     ) -> Result<NoiseOutput>;
+    /// Inference (the client's path): `x̃` only, with no autograd graph. Same distribution as
+    /// [`Self::forward`]; for the same seed, the same values.
+    fn transform(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<Tensor> {
+        Ok(self.forward(x, noise_mask, rng)?.transformed.detach())
+    }
     /// The trainable parameters (all of them get weight decay 0).
     fn parameters(&self) -> Vec<Var>;
     /// Whether the noise loss should average σ over kept features only.
@@ -128,6 +139,17 @@ impl NoiseLayer for VisionNoiseLayer {
         match self {
             Self::Cloak(l) => l.forward(x, noise_mask, rng),
             Self::PatchCloak(l) => l.forward(x, noise_mask, rng),
+        }
+    }
+    fn transform(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Cloak(l) => l.transform(x, noise_mask, rng),
+            Self::PatchCloak(l) => l.transform(x, noise_mask, rng),
         }
     }
     fn parameters(&self) -> Vec<Var> {
@@ -228,7 +250,8 @@ pub(crate) fn apply_noise_mask(
 }
 
 /// Common sampling path of input-independent layers: `x̃ = m ⊙ (x + σ ⊙ ε) + μ`, then clamp,
-/// then the noise mask.
+/// then the noise mask. Without an autograd graph to build (no input tracks gradients) it runs
+/// as one fused parallel pass on host memory; both paths draw ε alike and round alike.
 pub(crate) fn affine_transform(
     x: &Tensor,
     mean: &Tensor,
@@ -238,7 +261,16 @@ pub(crate) fn affine_transform(
     noise_mask: Option<&Tensor>,
     rng: &mut NoiseRng,
 ) -> Result<Tensor> {
-    let eps = rng.standard_normal(x.shape(), x.device())?;
+    let tracked = [Some(x), Some(mean), Some(std), keep]
+        .into_iter()
+        .flatten()
+        .any(Tensor::track_op);
+    if !tracked {
+        if let Some(out) = affine_host(x, mean, std, keep, range, rng)? {
+            return apply_noise_mask(x, out, noise_mask);
+        }
+    }
+    let eps = rng.standard_normal_parallel(x.shape(), x.device())?;
     let noisy = (x + eps.broadcast_mul(std)?)?;
     let noisy = match keep {
         Some(m) => noisy.broadcast_mul(m)?,
@@ -246,6 +278,71 @@ pub(crate) fn affine_transform(
     };
     let out = range.apply(noisy.broadcast_add(mean)?)?;
     apply_noise_mask(x, out, noise_mask)
+}
+
+/// The no-graph path of [`affine_transform`] for f32 inputs on the CPU whose statistics
+/// broadcast to one example's shape; `None` otherwise (the tensor path then runs).
+fn affine_host(
+    x: &Tensor,
+    mean: &Tensor,
+    std: &Tensor,
+    keep: Option<&Tensor>,
+    range: &ValueRange,
+    rng: &mut NoiseRng,
+) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 2 {
+        return Ok(None);
+    }
+    let example = &x.dims()[1..];
+    let per_feature = |t: &Tensor| -> Option<Vec<f32>> {
+        let t = t.to_dtype(DType::F32).ok()?.broadcast_as(example).ok()?;
+        t.flatten_all().ok()?.to_vec1::<f32>().ok()
+    };
+    let (Some(mu), Some(sd)) = (per_feature(mean), per_feature(std)) else {
+        return Ok(None);
+    };
+    let m = match keep {
+        Some(k) => match per_feature(k) {
+            Some(m) => Some(m),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let xv = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; xv.len()];
+    rng.fill_standard_normal(&mut out);
+    let lo = range.lo.map_or(f32::NEG_INFINITY, |v| v as f32);
+    let hi = range.hi.map_or(f32::INFINITY, |v| v as f32);
+    let f = mu.len();
+    // Same operation order as the tensor path: ((x + ε·σ)·m + μ), then max(lo), min(hi) (an
+    // absent bound is ±∞, which leaves every value unchanged). Branch-free, so it vectorises.
+    let clamp = move |v: f32| {
+        let v = if v < lo { lo } else { v };
+        if v > hi {
+            hi
+        } else {
+            v
+        }
+    };
+    out.par_chunks_mut(f)
+        .zip(xv.par_chunks(f))
+        .with_min_len(8)
+        .for_each(|(o, xi)| {
+            let rows = o.iter_mut().zip(xi).zip(&sd).zip(&mu);
+            match &m {
+                Some(m) => {
+                    for ((((o, &x), &s), &u), &k) in rows.zip(m) {
+                        *o = clamp((x + *o * s) * k + u);
+                    }
+                }
+                None => {
+                    for (((o, &x), &s), &u) in rows {
+                        *o = clamp(x + *o * s + u);
+                    }
+                }
+            }
+        });
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
 impl<L: NoiseLayer + ?Sized> NoiseLayer for &L {
@@ -256,6 +353,14 @@ impl<L: NoiseLayer + ?Sized> NoiseLayer for &L {
         rng: &mut NoiseRng,
     ) -> Result<NoiseOutput> {
         (**self).forward(x, noise_mask, rng)
+    }
+    fn transform(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<Tensor> {
+        (**self).transform(x, noise_mask, rng)
     }
     fn parameters(&self) -> Vec<Var> {
         (**self).parameters()

@@ -194,6 +194,26 @@ impl NoiseLayer for PatchCloakNoiseLayer {
         })
     }
 
+    fn transform(
+        &self,
+        x: &Tensor,
+        noise_mask: Option<&Tensor>,
+        rng: &mut NoiseRng,
+    ) -> Result<Tensor> {
+        check_input(x, &self.config.shape)?;
+        let (mean, std, mask) = self.statistics()?;
+        let mask = mask.map(|m| m.detach());
+        affine_transform(
+            &x.detach(),
+            &mean.detach(),
+            &std.detach(),
+            mask.as_ref(),
+            &self.config.value_range,
+            noise_mask,
+            rng,
+        )
+    }
+
     fn parameters(&self) -> Vec<Var> {
         vec![self.locs.clone(), self.rhos.clone()]
     }

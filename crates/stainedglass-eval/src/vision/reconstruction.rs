@@ -86,7 +86,7 @@ impl ReconstructionAttack {
                 .map(|_| rng.index(train.len()))
                 .collect();
             let (x, _) = train.batch(&idx, device)?;
-            let xt = layer.forward(&x, None, &mut rng)?.transformed.detach();
+            let xt = layer.transform(&x, None, &mut rng)?;
             let loss = (attack.reconstruct(&xt)? - &x)?.sqr()?.mean_all()?;
             opt.step(&loss.backward()?)?;
         }
@@ -106,7 +106,7 @@ impl ReconstructionAttack {
         let mut total = 0.0;
         for chunk in idx.chunks(256) {
             let (x, _) = test.batch(chunk, device)?;
-            let xt = layer.forward(&x, None, rng)?.transformed;
+            let xt = layer.transform(&x, None, rng)?;
             let r = self.reconstruct(&xt)?.flatten_all()?.to_vec1::<f32>()?;
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             for k in 0..chunk.len() {

@@ -80,7 +80,7 @@ pub fn evaluate_vision(
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(opts.batch_size.max(1)) {
         let (x, y) = test.batch(chunk, device)?;
-        let out = layer.forward(&x, None, &mut rng)?;
+        let transformed = layer.transform(&x, None, &mut rng)?;
         let count = |logits: candle_core::Tensor| -> Result<usize> {
             Ok(logits
                 .argmax(D::Minus1)?
@@ -90,9 +90,9 @@ pub fn evaluate_vision(
                 .to_scalar::<f32>()? as usize)
         };
         clean_ok += count(classifier.forward(&x)?)?;
-        tr_ok += count(classifier.forward(&out.transformed)?)?;
+        tr_ok += count(classifier.forward(&transformed)?)?;
         let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let tv = out.transformed.flatten_all()?.to_vec1::<f32>()?;
+        let tv = transformed.flatten_all()?.to_vec1::<f32>()?;
         for k in 0..chunk.len() {
             let (a, b) = (&xv[k * n..(k + 1) * n], &tv[k * n..(k + 1) * n]);
             ssim_sum += ssim(a, b, test.shape);
