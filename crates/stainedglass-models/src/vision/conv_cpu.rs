@@ -64,55 +64,165 @@ impl ConvGeometry {
         self.ho * self.wo
     }
 
-    /// Output columns `ox` whose input column `ox·stride + kx − pad` lies inside `0..w`.
-    fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let lo = if kx >= self.pad {
-            0
-        } else {
-            (self.pad - kx).div_ceil(self.stride)
-        };
-        let hi = if self.w + self.pad > kx {
-            ((self.w + self.pad - kx - 1) / self.stride + 1).min(self.wo)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
+    /// Rows and columns of each stride phase plane (the largest phase, `py = px = 0`).
+    fn phase_dims(&self) -> (usize, usize) {
+        (self.h.div_ceil(self.stride), self.w.div_ceil(self.stride))
     }
 
-    /// Input row of output row `oy` under kernel row `ky`, if inside the image.
-    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        (oy * self.stride + ky)
-            .checked_sub(self.pad)
-            .filter(|&r| r < self.h)
+    /// Where kernel tap `(ky, kx)` reads: the phase plane `(py, px)` and the offsets `(by, bx)`
+    /// such that output `(oy, ox)` reads that plane at `(oy + by, ox + bx)`, with the plane's
+    /// valid extent `(hp, wp)`.
+    fn tap(&self, ky: usize, kx: usize) -> Tap {
+        let s = self.stride as isize;
+        let (dy, dx) = (
+            ky as isize - self.pad as isize,
+            kx as isize - self.pad as isize,
+        );
+        let (py, px) = (dy.rem_euclid(s) as usize, dx.rem_euclid(s) as usize);
+        Tap {
+            phase: py * self.stride + px,
+            by: dy.div_euclid(s),
+            bx: dx.div_euclid(s),
+            hp: self.h.saturating_sub(py).div_ceil(self.stride),
+            wp: self.w.saturating_sub(px).div_ceil(self.stride),
+        }
     }
 }
 
-/// `cols[(c, ky, kx), (oy, ox)] = x[c, oy·s + ky − p, ox·s + kx − p]` (0 outside).
-fn im2col(g: &ConvGeometry, x: &[f32], cols: &mut [f32]) {
-    let p = g.positions();
+/// One kernel tap's view of the phase planes (see [`ConvGeometry::tap`]).
+struct Tap {
+    phase: usize,
+    by: isize,
+    bx: isize,
+    hp: usize,
+    wp: usize,
+}
+
+impl Tap {
+    /// The phase-plane row read by output row `oy`, if inside the plane.
+    fn row(&self, oy: usize) -> Option<usize> {
+        let r = oy as isize + self.by;
+        (r >= 0 && (r as usize) < self.hp).then_some(r as usize)
+    }
+
+    /// Output columns `lo..hi` that read inside the plane, and the plane column of `lo`.
+    fn cols(&self, wo: usize) -> (usize, usize, usize) {
+        let lo = (-self.bx).max(0) as usize;
+        let hi = (self.wp as isize - self.bx).clamp(0, wo as isize) as usize;
+        let hi = hi.max(lo);
+        (lo, hi, (lo as isize + self.bx).max(0) as usize)
+    }
+}
+
+/// A strided convolution reads `stride²` interleaved sub-grids ("phases") of its input; split
+/// into contiguous planes `[phase][c][row][col]` every kernel tap reads contiguous runs, so
+/// im2col and col2im copy and add whole slices. Stride 1 has one phase: the input itself.
+fn split_phases(g: &ConvGeometry, x: &[f32], planes: &mut [f32]) {
+    let s = g.stride;
+    let (hpm, wpm) = g.phase_dims();
     for c in 0..g.cin {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
+        for iy in 0..g.h {
+            let src = &x[(c * g.h + iy) * g.w..][..g.w];
+            let base = |px: usize| (((iy % s) * s + px) * g.cin + c) * hpm * wpm + (iy / s) * wpm;
+            if s == 2 {
+                // Even and odd columns in one pass (vectorises as a de-interleave).
+                let (b0, b1) = (base(0), base(1));
+                let (head, tail) = planes.split_at_mut(b1);
+                let (even, odd) = (&mut head[b0..b0 + wpm], &mut tail[..wpm]);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if g.w % 2 == 1 {
+                    even[g.w / 2] = src[g.w - 1];
+                }
+                continue;
+            }
+            for px in 0..s {
+                let dst = &mut planes[base(px)..base(px) + wpm];
+                for (d, &v) in dst.iter_mut().zip(src.iter().skip(px).step_by(s)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`split_phases`]: `x[c, iy, ix] = planes[phase][c][iy / s][ix / s]`.
+fn merge_phases(g: &ConvGeometry, planes: &[f32], x: &mut [f32]) {
+    let s = g.stride;
+    let (hpm, wpm) = g.phase_dims();
+    for c in 0..g.cin {
+        for iy in 0..g.h {
+            let dst = &mut x[(c * g.h + iy) * g.w..][..g.w];
+            let base = |px: usize| (((iy % s) * s + px) * g.cin + c) * hpm * wpm + (iy / s) * wpm;
+            if s == 2 {
+                let (even, odd) = (&planes[base(0)..][..wpm], &planes[base(1)..][..wpm]);
+                for ((pair, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+                if g.w % 2 == 1 {
+                    dst[g.w - 1] = even[g.w / 2];
+                }
+                continue;
+            }
+            for px in 0..s {
+                let src = &planes[base(px)..base(px) + wpm];
+                for (d, &v) in dst.iter_mut().skip(px).step_by(s).zip(src) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// `cols[(c, ky, kx), (oy, ox)] = x[c, oy·s + ky − p, ox·s + kx − p]` (0 outside), reading the
+/// phase planes of `x` (`x` itself at stride 1).
+fn im2col(g: &ConvGeometry, planes: &[f32], cols: &mut [f32]) {
+    let p = g.positions();
+    let (hpm, wpm) = g.phase_dims();
+    for ky in 0..g.k {
+        for kx in 0..g.k {
+            let t = g.tap(ky, kx);
+            let (lo, hi, first) = t.cols(g.wo);
+            for c in 0..g.cin {
+                let plane = &planes[(t.phase * g.cin + c) * hpm * wpm..][..hpm * wpm];
                 let row = &mut cols[((c * g.k + ky) * g.k + kx) * p..][..p];
-                let (lo, hi) = g.valid_cols(kx);
                 for oy in 0..g.ho {
                     let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                    let Some(iy) = g.input_row(oy, ky) else {
+                    let Some(r) = t.row(oy) else {
                         dst.fill(0.0);
                         continue;
                     };
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
                     dst[..lo].fill(0.0);
                     dst[hi..].fill(0.0);
-                    let first = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                    } else {
-                        let src = src[first..].iter().step_by(g.stride);
-                        for (d, &v) in dst[lo..hi].iter_mut().zip(src) {
-                            *d = v;
-                        }
+                    dst[lo..hi].copy_from_slice(&plane[r * wpm + first..][..hi - lo]);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `planes[...] += cols[(c, ky, kx), (oy, ox)]`.
+fn col2im_add(g: &ConvGeometry, cols: &[f32], planes: &mut [f32]) {
+    let p = g.positions();
+    let (hpm, wpm) = g.phase_dims();
+    for ky in 0..g.k {
+        for kx in 0..g.k {
+            let t = g.tap(ky, kx);
+            let (lo, hi, first) = t.cols(g.wo);
+            for c in 0..g.cin {
+                let plane = &mut planes[(t.phase * g.cin + c) * hpm * wpm..][..hpm * wpm];
+                let row = &cols[((c * g.k + ky) * g.k + kx) * p..][..p];
+                for oy in 0..g.ho {
+                    let Some(r) = t.row(oy) else {
+                        continue;
+                    };
+                    let src = &row[oy * g.wo + lo..oy * g.wo + hi];
+                    let dst = &mut plane[r * wpm + first..][..hi - lo];
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d += v;
                     }
                 }
             }
@@ -120,35 +230,13 @@ fn im2col(g: &ConvGeometry, x: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: `dx[c, iy, ix] += cols[(c, ky, kx), (oy, ox)]`.
-fn col2im_add(g: &ConvGeometry, cols: &[f32], dx: &mut [f32]) {
-    let p = g.positions();
-    for c in 0..g.cin {
-        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let row = &cols[((c * g.k + ky) * g.k + kx) * p..][..p];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.ho {
-                    let Some(iy) = g.input_row(oy, ky) else {
-                        continue;
-                    };
-                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
-                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let first = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        for (d, v) in dst[first..first + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += v;
-                        }
-                    } else {
-                        let dst = dst[first..].iter_mut().step_by(g.stride);
-                        for (d, v) in dst.zip(&src[lo..hi]) {
-                            *d += v;
-                        }
-                    }
-                }
-            }
-        }
+/// Length of the phase-plane buffer (0 at stride 1, where the input is used in place).
+fn phases_len(g: &ConvGeometry) -> usize {
+    if g.stride == 1 {
+        0
+    } else {
+        let (hpm, wpm) = g.phase_dims();
+        g.stride * g.stride * g.cin * hpm * wpm
     }
 }
 
@@ -176,8 +264,14 @@ pub(crate) fn conv2d_forward(
         .zip(x.par_chunks(per * il))
         .for_each(|(out, x)| {
             let mut cols = vec![0f32; kk * p];
+            let mut planes = vec![0f32; phases_len(g)];
             for (o, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
-                im2col(g, xi, &mut cols);
+                if g.stride == 1 {
+                    im2col(g, xi, &mut cols);
+                } else {
+                    split_phases(g, xi, &mut planes);
+                    im2col(g, &planes, &mut cols);
+                }
                 let beta = match bias {
                     Some(b) => {
                         for (row, &bv) in o.chunks_mut(p).zip(b) {
@@ -229,6 +323,7 @@ pub(crate) fn conv2d_input_grad(
         .enumerate()
         .for_each(|(ci, dx)| {
             let mut cols = vec![0f32; kk * p];
+            let mut planes = vec![0f32; phases_len(g)];
             let mut masked = vec![0f32; if relu_out.is_some() { ol } else { 0 }];
             for (j, dxi) in dx.chunks_mut(il).enumerate() {
                 let i = ci * per + j;
@@ -258,7 +353,13 @@ pub(crate) fn conv2d_input_grad(
                         p,
                     )
                 };
-                col2im_add(g, &cols, dxi);
+                if g.stride == 1 {
+                    col2im_add(g, &cols, dxi);
+                } else {
+                    planes.fill(0.0);
+                    col2im_add(g, &cols, &mut planes);
+                    merge_phases(g, &planes, dxi);
+                }
             }
         });
     dx
