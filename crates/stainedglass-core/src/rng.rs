@@ -62,8 +62,19 @@ impl NoiseRng {
     /// of threads, and each stream is as unpredictable as this one. (A different sequence from
     /// [`Self::standard_normal`] for the same seed.)
     pub fn fill_standard_normal(&mut self, out: &mut [f32]) {
+        self.fill_standard_normal_then(out, |_, _| {});
+    }
+
+    /// [`Self::fill_standard_normal`], then `post(offset, block)` on each block right after it
+    /// is sampled, while it is still in cache (`offset` = the block's start in `out`).
+    pub fn fill_standard_normal_then(
+        &mut self,
+        out: &mut [f32],
+        post: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         if out.len() <= NORMAL_BLOCK {
             crate::ziggurat::fill_standard_normal(&mut self.inner, out);
+            post(0, out);
             return;
         }
         let keys: Vec<[u8; 32]> = (0..out.len().div_ceil(NORMAL_BLOCK))
@@ -75,8 +86,10 @@ impl NoiseRng {
             .collect();
         out.par_chunks_mut(NORMAL_BLOCK)
             .zip(keys)
-            .for_each(|(block, key)| {
+            .enumerate()
+            .for_each(|(b, (block, key))| {
                 crate::ziggurat::fill_standard_normal(&mut ChaCha20Rng::from_seed(key), block);
+                post(b * NORMAL_BLOCK, block);
             });
     }
 

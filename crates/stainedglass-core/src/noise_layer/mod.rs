@@ -5,7 +5,6 @@ mod cloak;
 mod patch;
 
 use candle_core::{DType, Tensor, Var};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cloak::{CloakConfig, CloakNoiseLayer, CloakRecipe};
@@ -308,9 +307,14 @@ fn affine_host(
         },
         None => None,
     };
-    let xv = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; xv.len()];
-    rng.fill_standard_normal(&mut out);
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let xv = &cpu.as_slice::<f32>()?[start..end];
     let lo = range.lo.map_or(f32::NEG_INFINITY, |v| v as f32);
     let hi = range.hi.map_or(f32::INFINITY, |v| v as f32);
     let f = mu.len();
@@ -324,24 +328,35 @@ fn affine_host(
             v
         }
     };
-    out.par_chunks_mut(f)
-        .zip(xv.par_chunks(f))
-        .with_min_len(8)
-        .for_each(|(o, xi)| {
-            let rows = o.iter_mut().zip(xi).zip(&sd).zip(&mu);
+    // Applied to each block of ε as soon as it is sampled, one feature-aligned run at a time.
+    let affine = |offset: usize, block: &mut [f32]| {
+        let mut k = 0;
+        while k < block.len() {
+            let (e, j) = (offset + k, (offset + k) % f);
+            let n = (f - j).min(block.len() - k);
+            let run = block[k..k + n]
+                .iter_mut()
+                .zip(&xv[e..e + n])
+                .zip(&sd[j..j + n])
+                .zip(&mu[j..j + n]);
             match &m {
                 Some(m) => {
-                    for ((((o, &x), &s), &u), &k) in rows.zip(m) {
-                        *o = clamp((x + *o * s) * k + u);
+                    for ((((o, &x), &s), &u), &keep) in run.zip(&m[j..j + n]) {
+                        *o = clamp((x + *o * s) * keep + u);
                     }
                 }
                 None => {
-                    for (((o, &x), &s), &u) in rows {
+                    for (((o, &x), &s), &u) in run {
                         *o = clamp(x + *o * s + u);
                     }
                 }
             }
-        });
+            k += n;
+        }
+    };
+    let mut out = vec![0f32; xv.len()];
+    rng.fill_standard_normal_then(&mut out, affine);
+    drop(storage);
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
