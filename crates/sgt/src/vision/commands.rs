@@ -98,7 +98,7 @@ pub struct TrainSgtArgs {
     pub alpha: Option<f64>,
     /// Adaptive α: allowed relative rise of the task loss over the clean loss.
     #[arg(long, default_value_t = 0.1)]
-    tolerance: f64,
+    pub tolerance: f64,
     #[arg(long, default_value_t = 1e-4)]
     min_scale: f64,
     #[arg(long, default_value_t = 2.0)]
@@ -110,8 +110,10 @@ pub struct TrainSgtArgs {
     /// Patch size for --layer patch.
     #[arg(long, default_value_t = 4)]
     patch: usize,
-    /// One-shot layer: fraction of the steps trained before the mask follows σ.
-    #[arg(long, default_value_t = 0.0)]
+    /// One-shot layer: fraction of the steps trained without the mask, so that σ ranks the
+    /// features before the mask follows it (with 0 the first mask, ties broken by position,
+    /// tends to lock in: on Fashion-MNIST with adaptive α, 70.7% accuracy instead of 84.8%).
+    #[arg(long, default_value_t = 0.5)]
     mask_warmup: f64,
     #[arg(long, default_value_t = 2)]
     epochs: usize,

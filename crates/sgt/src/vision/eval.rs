@@ -112,6 +112,10 @@ pub struct CurveArgs {
     /// α values to sweep, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.3,0.5,0.7,0.9")]
     pub alphas: Vec<f64>,
+    /// Also train with adaptive α at these tolerances (comma-separated; each is a point of
+    /// the curve labelled by its tolerance).
+    #[arg(long, value_delimiter = ',')]
+    pub adaptive_tolerances: Vec<f64>,
     #[command(flatten)]
     pub flags: EvalFlags,
 }
@@ -122,11 +126,26 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
     let test = a.train.data.load(Split::Test)?;
     let root = a.train.output.clone();
     let mut rows = Vec::new();
-    for &alpha in &a.alphas.clone() {
-        a.train.alpha = Some(alpha);
+    // Fixed α values first, then adaptive α (None) at each tolerance.
+    let points: Vec<(Option<f64>, f64)> = a
+        .alphas
+        .iter()
+        .map(|&x| (Some(x), a.train.tolerance))
+        .chain(a.adaptive_tolerances.iter().map(|&t| (None, t)))
+        .collect();
+    for (alpha, tolerance) in points {
+        a.train.alpha = alpha;
+        a.train.tolerance = tolerance;
         let cfg = a.train.config(train.shape)?;
-        let out = root.join(format!("alpha-{alpha}"));
-        eprintln!("training α = {alpha} into {}", out.display());
+        let (label, dir) = match alpha {
+            Some(x) => (format!("α={x}"), format!("alpha-{x}")),
+            None => (
+                format!("adaptive α, tol {tolerance}"),
+                format!("adaptive-{tolerance}"),
+            ),
+        };
+        let out = root.join(dir);
+        eprintln!("training {label} into {}", out.display());
         let run = train_sgt(&cfg, &classifier, &train, &out, device)?;
         let layer = load_noise_layer(&run.artefact_dir, device)?;
         let r = evaluate_vision(
@@ -137,26 +156,41 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
             &a.flags.options(),
             device,
         )?;
-        eprintln!("α = {alpha}: {}", serde_json::to_string(&r)?);
-        rows.push(serde_json::json!({"alpha": alpha, "eval": r}));
+        eprintln!("{label}: {}", serde_json::to_string(&r)?);
+        rows.push(serde_json::json!({
+            "alpha": alpha,
+            "adaptive_tolerance": alpha.is_none().then_some(tolerance),
+            "final_alpha": run.final_alpha,
+            "label": label,
+            "eval": r,
+        }));
     }
     let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
-    let series = |xk: &str| Series {
-        name: format!(
-            "SGT ({:?}, {}% masked)",
-            a.train.layer,
-            100.0 * a.train.percent_to_mask.unwrap_or(0.0)
-        ),
-        points: rows
-            .iter()
-            .map(|r| {
-                (
-                    get(r, xk),
-                    100.0 * get(r, "transformed_accuracy"),
-                    format!("α={}", r["alpha"]),
-                )
+    let layer_name = format!(
+        "SGT ({:?}, {}% masked)",
+        a.train.layer,
+        100.0 * a.train.percent_to_mask.unwrap_or(0.0)
+    );
+    // One series for fixed α, one for adaptive α (when swept).
+    let series = |xk: &str| -> Vec<Series> {
+        [(false, "fixed α"), (true, "adaptive α")]
+            .into_iter()
+            .map(|(adaptive, kind)| Series {
+                name: format!("{layer_name}, {kind}"),
+                points: rows
+                    .iter()
+                    .filter(|r| r["alpha"].is_null() == adaptive)
+                    .map(|r| {
+                        (
+                            get(r, xk),
+                            100.0 * get(r, "transformed_accuracy"),
+                            r["label"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect(),
             })
-            .collect(),
+            .filter(|s| !s.points.is_empty())
+            .collect()
     };
     let clean = rows
         .first()
@@ -168,7 +202,7 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
         &title,
         "mean SSIM(x, x̃)  (lower = more private)",
         "transformed accuracy (%)",
-        &[series("mean_ssim")],
+        &series("mean_ssim"),
     )?;
     if !a.flags.no_attack {
         line_chart(
@@ -176,7 +210,7 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
             &title,
             "reconstruction PSNR (dB, lower = more private)",
             "transformed accuracy (%)",
-            &[series("reconstruction_psnr_db")],
+            &series("reconstruction_psnr_db"),
         )?;
     }
     let json = serde_json::to_string_pretty(&rows)?;
