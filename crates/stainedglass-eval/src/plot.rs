@@ -43,6 +43,13 @@ pub fn line_chart(
     }
     let pad = |a: f64, b: f64| ((b - a).abs() * 0.1).max(1e-3);
     let (px, py) = (pad(x0, x1), pad(y0, y1));
+    // Point labels are drawn to the right of their points: leave room for the longest one.
+    let longest = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.2.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let label_room = (x1 - x0 + 2.0 * px) * (longest as f64 * 7.0 / 700.0);
     let root = BitMapBackend::new(path, (800, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| out_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -50,7 +57,7 @@ pub fn line_chart(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .build_cartesian_2d((x0 - px)..(x1 + px.max(label_room)), (y0 - py)..(y1 + py))
         .map_err(|e| out_err(path, e))?;
     chart
         .configure_mesh()

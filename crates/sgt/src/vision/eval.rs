@@ -166,9 +166,13 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
         }));
     }
     let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
+    let kind = match a.train.layer {
+        super::commands::LayerKind::Cloak => "one-shot Cloak",
+        super::commands::LayerKind::CloakTwoPhase => "two-phase Cloak",
+        super::commands::LayerKind::Patch => "patch Cloak",
+    };
     let layer_name = format!(
-        "SGT ({:?}, {}% masked)",
-        a.train.layer,
+        "SGT ({kind}, {}% masked)",
         100.0 * a.train.percent_to_mask.unwrap_or(0.0)
     );
     // One series for fixed α, one for adaptive α (when swept).
