@@ -1,6 +1,6 @@
 //! f32 standard normal samples from 32-bit words: the 128-layer ziggurat of Marsaglia & Tsang
 //! (2000), with the layer, the sign and the 24-bit abscissa taken from *disjoint* bits of each
-//! word (the original reuses the layer bits in the abscissa, a known flaw). About 98.8% of
+//! word (the original reuses the layer bits in the abscissa, a known flaw). About 97% of
 //! samples cost one word, a table look-up and a multiply. Written here because `rand_distr`'s
 //! f32 normal samples an f64 from 64 bits and casts: twice the generator output and ~2.5× the
 //! time on the client's hot path; the distribution is exact up to the 24-bit abscissa.
@@ -62,7 +62,7 @@ fn with_sign(v: f32, u: u32) -> f32 {
     f32::from_bits(v.to_bits() ^ ((u & 128) << 24))
 }
 
-/// The rare path (~1.2% of words): `u` fell outside its layer's inner rectangle, so test the
+/// The rare path (~2.8% of words, measured): `u` fell outside its layer's inner rectangle, so test the
 /// wedge or sample the tail, drawing more words from `rng`.
 #[cold]
 fn sample_slow(t: &Tables, mut u: u32, rng: &mut impl RngCore) -> f32 {
