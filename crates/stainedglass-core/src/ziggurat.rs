@@ -62,8 +62,8 @@ fn with_sign(v: f32, u: u32) -> f32 {
     f32::from_bits(v.to_bits() ^ ((u & 128) << 24))
 }
 
-/// The rare path (~2.8% of words, measured): `u` fell outside its layer's inner rectangle, so test the
-/// wedge or sample the tail, drawing more words from `rng`.
+/// The rare path (~2.8% of words, measured): `u` fell outside its layer's inner rectangle, so
+/// test the wedge or sample the tail, drawing more words from `rng`.
 #[cold]
 fn sample_slow(t: &Tables, mut u: u32, rng: &mut impl RngCore) -> f32 {
     loop {
