@@ -365,6 +365,61 @@ pub(crate) fn conv2d_input_grad(
     dx
 }
 
+/// Weight gradient of [`conv2d_forward`] (no ReLU): `dW = Σ_images dy_i · cols(x_i)ᵀ`, shaped
+/// `(cout, cin·k·k)`. Each task accumulates its images; the partial sums are added at the end.
+pub(crate) fn conv2d_weight_grad(
+    g: &ConvGeometry,
+    x: &[f32],
+    dy: &[f32],
+    batch: usize,
+) -> Vec<f32> {
+    let (il, ol, kk, p) = (g.in_len(), g.out_len(), g.rows(), g.positions());
+    let per = chunk_len(batch);
+    let partials: Vec<Vec<f32>> = x[..batch * il]
+        .par_chunks(per * il)
+        .zip(dy[..batch * ol].par_chunks(per * ol))
+        .map(|(xs, dys)| {
+            let mut acc = vec![0f32; g.cout * kk];
+            let mut cols = vec![0f32; kk * p];
+            let mut planes = vec![0f32; phases_len(g)];
+            for (xi, dyi) in xs.chunks(il).zip(dys.chunks(ol)) {
+                if g.stride == 1 {
+                    im2col(g, xi, &mut cols);
+                } else {
+                    split_phases(g, xi, &mut planes);
+                    im2col(g, &planes, &mut cols);
+                }
+                // SAFETY: dyi is cout×p, cols kk×p (used transposed), acc cout×kk.
+                unsafe {
+                    sgemm_strided(
+                        false,
+                        true,
+                        g.cout,
+                        kk,
+                        p,
+                        1.0,
+                        dyi.as_ptr(),
+                        p,
+                        cols.as_ptr(),
+                        p,
+                        1.0,
+                        acc.as_mut_ptr(),
+                        kk,
+                    )
+                };
+            }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0f32; g.cout * kk];
+    for part in partials {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    dw
+}
+
 /// `y = x·Wᵀ + b` (then ReLU if `relu`) for `x` `(m, din)`, `weight` `(dout, din)`.
 pub(crate) fn linear_forward(
     x: &[f32],
@@ -538,6 +593,13 @@ mod tests {
             assert!(
                 (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
                 "{lhs} vs {rhs}"
+            );
+            // The convolution is linear in W too: ⟨conv(x; W), dy⟩ = ⟨W, ∇_W⟩.
+            let dw = conv2d_weight_grad(&g, &x, &dy, 2);
+            let rhs: f64 = wt.iter().zip(&dw).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs} (weights)"
             );
         }
     }

@@ -8,11 +8,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Storage, Tensor,
+};
 use candle_nn::{Init, VarBuilder};
 
 use super::conv_cpu::{
-    conv2d_forward, conv2d_input_grad, linear_forward, linear_input_grad, ConvGeometry,
+    conv2d_forward, conv2d_input_grad, conv2d_weight_grad, linear_forward, linear_input_grad,
+    ConvGeometry,
 };
 
 fn op_error(msg: impl Into<String>) -> candle_core::Error {
@@ -105,7 +108,24 @@ impl Conv {
     }
 
     fn plain(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let host = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.device().is_cpu()
+            && self.weight.dtype() == DType::F32;
+        let y = match self.weight.dims4() {
+            Ok((cout, cin, k, _)) if host => {
+                let shape = ConvShape {
+                    cin,
+                    cout,
+                    k,
+                    stride: self.stride,
+                    padding: self.padding,
+                };
+                x.contiguous()?
+                    .apply_op2(&self.weight.contiguous()?, TrainConvOp(shape))?
+            }
+            _ => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
             None => Ok(y),
@@ -120,11 +140,13 @@ impl Conv {
         let (cout, cin, k, _) = self.weight.dims4().ok()?;
         let op = ConvOp {
             host: host.clone(),
-            cin,
-            cout,
-            k,
-            stride: self.stride,
-            padding: self.padding,
+            shape: ConvShape {
+                cin,
+                cout,
+                k,
+                stride: self.stride,
+                padding: self.padding,
+            },
             relu,
         };
         Some(x.apply_op1(op))
@@ -152,15 +174,21 @@ impl Module for Conv {
 #[derive(Debug, Clone)]
 struct ConvOp {
     host: Arc<HostWeights>,
+    shape: ConvShape,
+    relu: bool,
+}
+
+/// Hyper-parameters of a convolution, and the geometry they give an input.
+#[derive(Debug, Clone, Copy)]
+struct ConvShape {
     cin: usize,
     cout: usize,
     k: usize,
     stride: usize,
     padding: usize,
-    relu: bool,
 }
 
-impl ConvOp {
+impl ConvShape {
     fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, ConvGeometry)> {
         let &[b, c, h, w] = dims else {
             return Err(op_error(format!(
@@ -191,7 +219,7 @@ impl CustomOp1 for ConvOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, g) = self.geometry(l.dims())?;
+        let (b, g) = self.shape.geometry(l.dims())?;
         let y = conv2d_forward(
             &g,
             slice_of(s, l)?,
@@ -209,7 +237,7 @@ impl CustomOp1 for ConvOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (b, g) = self.geometry(arg.dims())?;
+        let (b, g) = self.shape.geometry(arg.dims())?;
         let w = &self.host.weight;
         let dx = with_host(grad, |dy| {
             if self.relu {
@@ -219,6 +247,51 @@ impl CustomOp1 for ConvOp {
             }
         })??;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// The trainable convolution on host kernels: gradients for the input (when it tracks one)
+/// and for the weight; the bias is added outside.
+#[derive(Debug, Clone)]
+struct TrainConvOp(ConvShape);
+
+impl CustomOp2 for TrainConvOp {
+    fn name(&self) -> &'static str {
+        "host-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, g) = self.0.geometry(l1.dims())?;
+        let y = conv2d_forward(&g, slice_of(s1, l1)?, b, slice_of(s2, l2)?, None, false);
+        Ok((CpuStorage::F32(y), Shape::from((b, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, g) = self.0.geometry(x.dims())?;
+        let dx = if x.track_op() {
+            let v = with_host(grad, |dy| {
+                with_host(w, |wv| conv2d_input_grad(&g, dy, None, b, wv))
+            })??;
+            Some(Tensor::from_vec(v, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let dw = with_host(x, |xv| {
+            with_host(grad, |dy| conv2d_weight_grad(&g, xv, dy, b))
+        })??;
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
     }
 }
 
@@ -344,6 +417,75 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
     use std::collections::HashMap;
+
+    /// The trainable convolution on host kernels matches candle's own conv2d in value and
+    /// weight gradient, and the frozen op in the input gradient (candle's conv2d backward gets
+    /// the input gradient's shape wrong when a strided output does not map back to the input
+    /// size, e.g. 8 columns at stride 2).
+    #[test]
+    fn trainable_conv_matches_candle() {
+        let dev = Device::Cpu;
+        for (stride, padding, k) in [(1, 1, 3), (2, 1, 3), (2, 2, 5), (1, 0, 1)] {
+            let vm = VarMap::new();
+            let conv = Conv::new(
+                3,
+                4,
+                k,
+                stride,
+                padding,
+                true,
+                VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            )
+            .unwrap();
+            assert!(conv.host.is_none());
+            let tensors: HashMap<String, Tensor> = vm
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+                .collect();
+            let frozen = Conv::new(
+                3,
+                4,
+                k,
+                stride,
+                padding,
+                true,
+                VarBuilder::from_tensors(tensors, DType::F32, &dev),
+            )
+            .unwrap();
+            // 9×9: sizes whose strided output candle's backward maps back correctly.
+            let x0 = Tensor::rand(-1f32, 1.0, (2, 3, 9, 9), &dev).unwrap();
+            let x = Var::from_tensor(&x0).unwrap();
+            let reference = x0
+                .conv2d(&conv.weight, padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.as_ref().unwrap().reshape((1, 4, 1, 1)).unwrap())
+                .unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let loss = |y: &Tensor| y.sin().unwrap().sum_all().unwrap().backward().unwrap();
+            let max = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max)
+            };
+            let ours = conv.forward(x.as_tensor()).unwrap();
+            assert!(
+                max(&flat(&reference), &flat(&ours)) < 1e-5,
+                "forward, s {stride} k {k}"
+            );
+            let (g0, g1) = (loss(&reference), loss(&ours));
+            let dw0 = flat(g0.get(&conv.weight).unwrap());
+            let dw1 = flat(g1.get(&conv.weight).unwrap());
+            assert!(max(&dw0, &dw1) < 1e-4, "weight gradient, s {stride} k {k}");
+            let g2 = loss(&frozen.forward(x.as_tensor()).unwrap());
+            let dx1 = flat(g1.get(x.as_tensor()).unwrap());
+            let dx2 = flat(g2.get(x.as_tensor()).unwrap());
+            assert!(max(&dx1, &dx2) < 1e-4, "input gradient, s {stride} k {k}");
+        }
+    }
 
     /// Frozen and plain paths agree in value and in the input gradient.
     #[test]

@@ -16,6 +16,7 @@ use stainedglass_core::io::{atomic_write, check_tensors, load_tensors, save_tens
 use stainedglass_core::BaseModel;
 
 pub use batch_norm::BatchNorm2d;
+pub use frozen::{Conv, Dense};
 use resnet::ResNet18;
 use small_cnn::SmallCnn;
 
