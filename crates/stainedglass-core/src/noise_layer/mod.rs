@@ -1,8 +1,11 @@
 //! Noise layers (SPEC §3). Every layer returns a [`NoiseOutput`] and honours an optional
 //! `noise_mask`: elements where it is 0 pass through bit-exactly.
 
+mod affine_op;
 mod cloak;
 mod patch;
+
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -269,6 +272,9 @@ pub(crate) fn affine_transform(
             return apply_noise_mask(x, out, noise_mask);
         }
     }
+    if let Some(out) = affine_op(x, mean, std, keep, range, rng)? {
+        return apply_noise_mask(x, out, noise_mask);
+    }
     let eps = rng.standard_normal_parallel(x.shape(), x.device())?;
     let noisy = (x + eps.broadcast_mul(std)?)?;
     let noisy = match keep {
@@ -277,6 +283,41 @@ pub(crate) fn affine_transform(
     };
     let out = range.apply(noisy.broadcast_add(mean)?)?;
     apply_noise_mask(x, out, noise_mask)
+}
+
+/// The training path of [`affine_transform`] as one op ([`affine_op::AffineOp`]) for f32 CPU
+/// inputs whose σ and μ have one example's shape; `None` otherwise.
+fn affine_op(
+    x: &Tensor,
+    mean: &Tensor,
+    std: &Tensor,
+    keep: Option<&Tensor>,
+    range: &ValueRange,
+    rng: &mut NoiseRng,
+) -> Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let example = x.dims().get(1..).unwrap_or(&[]);
+    let per_example = |t: &Tensor| cpu_f32(t) && t.dims() == example;
+    if x.rank() < 2 || !cpu_f32(x) || !per_example(mean) || !per_example(std) {
+        return Ok(None);
+    }
+    let keep = match keep {
+        Some(k) if per_example(k) => Some(Arc::new(k.flatten_all()?.to_vec1::<f32>()?)),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let mut eps = vec![0f32; x.elem_count()];
+    rng.fill_standard_normal(&mut eps);
+    let op = affine_op::AffineOp {
+        eps: Arc::new(eps),
+        keep,
+        range: *range,
+    };
+    Ok(Some(x.contiguous()?.apply_op3(
+        &std.contiguous()?,
+        &mean.contiguous()?,
+        op,
+    )?))
 }
 
 /// The no-graph path of [`affine_transform`] for f32 inputs on the CPU whose statistics

@@ -25,7 +25,7 @@ pub struct ReconstructionConfig {
 impl Default for ReconstructionConfig {
     fn default() -> Self {
         Self {
-            steps: 100,
+            steps: 600,
             batch_size: 64,
             lr: 2e-3,
             channels: 32,

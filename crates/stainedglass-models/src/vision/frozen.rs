@@ -18,12 +18,12 @@ use super::conv_cpu::{
     ConvGeometry,
 };
 
-fn op_error(msg: impl Into<String>) -> candle_core::Error {
+pub(super) fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
 }
 
 /// The contiguous f32 slice of a CPU storage view.
-fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(super) fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| op_error("frozen op needs a contiguous input"))?;
@@ -31,7 +31,7 @@ fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]>
 }
 
 /// Runs `f` on the host data of a CPU f32 tensor (made contiguous first if needed).
-fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(super) fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
     match &*st {
@@ -49,9 +49,9 @@ fn host_copy(t: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
 }
 
 #[derive(Debug)]
-struct HostWeights {
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
+pub(super) struct HostWeights {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
 }
 
 /// 2-D convolution, trainable or frozen.
@@ -152,6 +152,19 @@ impl Conv {
         Some(x.apply_op1(op))
     }
 
+    /// The host weights and shape of a frozen layer (for fused chains), `None` if trainable.
+    pub(super) fn frozen_parts(&self) -> Option<(Arc<HostWeights>, ConvShape)> {
+        let (cout, cin, k, _) = self.weight.dims4().ok()?;
+        let shape = ConvShape {
+            cin,
+            cout,
+            k,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        Some((self.host.clone()?, shape))
+    }
+
     /// `relu(conv(x))`, fused into one op on the frozen CPU path.
     pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.op(x, true) {
@@ -180,7 +193,7 @@ struct ConvOp {
 
 /// Hyper-parameters of a convolution, and the geometry they give an input.
 #[derive(Debug, Clone, Copy)]
-struct ConvShape {
+pub(super) struct ConvShape {
     cin: usize,
     cout: usize,
     k: usize,
@@ -189,7 +202,7 @@ struct ConvShape {
 }
 
 impl ConvShape {
-    fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, ConvGeometry)> {
+    pub(super) fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, ConvGeometry)> {
         let &[b, c, h, w] = dims else {
             return Err(op_error(format!(
                 "conv2d input must be (batch, channels, height, width), got {dims:?}"
@@ -335,6 +348,11 @@ impl Dense {
             host: host.clone(),
             relu,
         }))
+    }
+
+    /// The host weights of a frozen layer (for fused chains), `None` if trainable.
+    pub(super) fn frozen_parts(&self) -> Option<Arc<HostWeights>> {
+        self.host.clone()
     }
 
     /// `relu(linear(x))`, fused into one op on the frozen CPU path.

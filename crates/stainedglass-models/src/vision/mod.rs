@@ -4,6 +4,7 @@
 mod batch_norm;
 mod conv_cpu;
 mod frozen;
+mod frozen_chain;
 mod resnet;
 mod small_cnn;
 
