@@ -252,8 +252,9 @@ pub(crate) fn apply_noise_mask(
 }
 
 /// Common sampling path of input-independent layers: `x̃ = m ⊙ (x + σ ⊙ ε) + μ`, then clamp,
-/// then the noise mask. Without an autograd graph to build (no input tracks gradients) it runs
-/// as one fused parallel pass on host memory; both paths draw ε alike and round alike.
+/// then the noise mask. Three paths that draw ε alike and round alike: with no autograd graph
+/// to build (no input tracks gradients) one fused parallel pass on host memory (the client); on
+/// the CPU with gradients one fused op ([`affine_op`]); otherwise the tensor composition.
 pub(crate) fn affine_transform(
     x: &Tensor,
     mean: &Tensor,
