@@ -10,7 +10,6 @@ pub mod hf;
 pub mod model;
 pub mod noisy;
 pub mod ops;
-mod train_linear;
 pub mod transformer_cloak;
 pub mod weights;
 
