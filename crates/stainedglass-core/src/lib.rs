@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod fpu;
+pub mod host;
 pub mod info;
 pub mod io;
 pub mod loss;

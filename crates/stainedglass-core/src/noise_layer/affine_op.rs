@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::ValueRange;
+use crate::host::{cpu_slice as slice, with_host};
 
 /// Examples per parallel task (about two tasks per thread).
 fn examples_per_task(batch: usize) -> usize {
@@ -34,24 +35,6 @@ impl AffineOp {
             self.range.lo.map_or(f32::NEG_INFINITY, |v| v as f32),
             self.range.hi.map_or(f32::INFINITY, |v| v as f32),
         )
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("noise op needs contiguous inputs".into()))?;
-    Ok(&s.as_slice::<f32>()?[a..b])
-}
-
-fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(c) => Ok(f(slice(c, l)?)),
-        _ => Err(candle_core::Error::Msg(
-            "noise op: CPU tensor expected".into(),
-        )),
     }
 }
 

@@ -286,6 +286,27 @@ pub(crate) fn affine_transform(
     apply_noise_mask(x, out, noise_mask)
 }
 
+/// [`affine_transform`] without an autograd graph, from a layer's `(μ, σ, mask)`: the
+/// input-independent layers' [`NoiseLayer::transform`].
+pub(crate) fn detached_transform(
+    x: &Tensor,
+    (mean, std, mask): (Tensor, Tensor, Option<Tensor>),
+    range: &ValueRange,
+    noise_mask: Option<&Tensor>,
+    rng: &mut NoiseRng,
+) -> Result<Tensor> {
+    let mask = mask.map(|m| m.detach());
+    affine_transform(
+        &x.detach(),
+        &mean.detach(),
+        &std.detach(),
+        mask.as_ref(),
+        range,
+        noise_mask,
+        rng,
+    )
+}
+
 /// The training path of [`affine_transform`] as one op ([`affine_op::AffineOp`]) for f32 CPU
 /// inputs whose σ and μ have one example's shape; `None` otherwise.
 fn affine_op(

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{affine_transform, check_input, NoiseLayer, NoiseOutput, ValueRange};
+use super::{
+    affine_transform, check_input, detached_transform, NoiseLayer, NoiseOutput, ValueRange,
+};
 use crate::mask::{check_percent, percent_keep_mask};
 use crate::param::{StdParameterization, DEFAULT_RHOS_INIT};
 use crate::{Error, NoiseRng, Result};
@@ -201,13 +203,9 @@ impl NoiseLayer for PatchCloakNoiseLayer {
         rng: &mut NoiseRng,
     ) -> Result<Tensor> {
         check_input(x, &self.config.shape)?;
-        let (mean, std, mask) = self.statistics()?;
-        let mask = mask.map(|m| m.detach());
-        affine_transform(
-            &x.detach(),
-            &mean.detach(),
-            &std.detach(),
-            mask.as_ref(),
+        detached_transform(
+            x,
+            self.statistics()?,
             &self.config.value_range,
             noise_mask,
             rng,

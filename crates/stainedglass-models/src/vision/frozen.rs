@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
+use stainedglass_core::host::{cpu_slice as slice_of, with_host};
 
 use super::conv_cpu::{
     conv2d_forward, conv2d_input_grad, conv2d_weight_grad, linear_forward, linear_input_grad,
@@ -20,24 +19,6 @@ use super::conv_cpu::{
 
 pub(super) fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
-}
-
-/// The contiguous f32 slice of a CPU storage view.
-pub(super) fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| op_error("frozen op needs a contiguous input"))?;
-    Ok(&s.as_slice::<f32>()?[a..b])
-}
-
-/// Runs `f` on the host data of a CPU f32 tensor (made contiguous first if needed).
-pub(super) fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(c) => Ok(f(slice_of(c, l)?)),
-        _ => Err(op_error("frozen op: CPU storage expected")),
-    }
 }
 
 /// Host copy of a CPU f32 weight that is not a variable (frozen), else `None`.
@@ -434,7 +415,6 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
-    use std::collections::HashMap;
 
     /// The trainable convolution on host kernels matches candle's own conv2d in value and
     /// weight gradient, and the frozen op in the input gradient (candle's conv2d backward gets
@@ -456,13 +436,6 @@ mod tests {
             )
             .unwrap();
             assert!(conv.host.is_none());
-            let tensors: HashMap<String, Tensor> = vm
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
-                .collect();
             let frozen = Conv::new(
                 3,
                 4,
@@ -470,7 +443,7 @@ mod tests {
                 stride,
                 padding,
                 true,
-                VarBuilder::from_tensors(tensors, DType::F32, &dev),
+                crate::vision::frozen_builder(&vm, &dev),
             )
             .unwrap();
             // 9×9: sizes whose strided output candle's backward maps back correctly.
@@ -527,14 +500,7 @@ mod tests {
                 VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("fc"),
             )
             .unwrap();
-            let tensors: HashMap<String, Tensor> = vm
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
-                .collect();
-            let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+            let vb = crate::vision::frozen_builder(&vm, &dev);
             let fconv = Conv::new(3, 5, 3, stride, padding, true, vb.clone()).unwrap();
             let flin = Dense::new(5 * 4 * 4, 7, vb.pp("fc")).unwrap();
             assert!(fconv.host.is_some() && flin.host.is_some() && conv.host.is_none());

@@ -311,6 +311,20 @@ impl BaseModel for Classifier {
     }
 }
 
+/// Test helper: a `VarBuilder` over plain copies of a `VarMap`'s tensors, which builds the same
+/// layers **frozen**.
+#[cfg(test)]
+pub(crate) fn frozen_builder(vm: &VarMap, dev: &Device) -> VarBuilder<'static> {
+    let tensors: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().expect("copy")))
+        .collect();
+    VarBuilder::from_tensors(tensors, DType::F32, dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,6 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
-    use std::collections::HashMap;
 
     /// The frozen network as one op equals the layer-by-layer trainable network in logits and
     /// in the gradient that reaches the input.
@@ -97,14 +96,7 @@ mod tests {
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let trainable = SmallCnn::new([1, 12, 12], (4, 6), 16, 5, vb).unwrap();
         assert!(trainable.chain.is_none());
-        let tensors: HashMap<String, Tensor> = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
-            .collect();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let vb = crate::vision::frozen_builder(&vm, &dev);
         let frozen = SmallCnn::new([1, 12, 12], (4, 6), 16, 5, vb).unwrap();
         assert!(frozen.chain.is_some());
         let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (3, 1, 12, 12), &dev).unwrap()).unwrap();
