@@ -29,12 +29,40 @@ pub(crate) struct AffineOp {
     pub range: ValueRange,
 }
 
-impl AffineOp {
-    fn bounds(&self) -> (f32, f32) {
-        (
-            self.range.lo.map_or(f32::NEG_INFINITY, |v| v as f32),
-            self.range.hi.map_or(f32::INFINITY, |v| v as f32),
-        )
+/// `o ← clamp((x + o·σ)·m + μ)` on one feature-aligned run: `o` holds ε on entry and x̃ on
+/// exit; all slices have the run's length. The tensor path's operation order and rounding, and
+/// branch-free so it vectorises (an absent bound is ±∞, which leaves every value unchanged).
+pub(crate) fn affine_run(
+    o: &mut [f32],
+    x: &[f32],
+    sd: &[f32],
+    mu: &[f32],
+    keep: Option<&[f32]>,
+    (lo, hi): (f32, f32),
+) {
+    let run = o.iter_mut().zip(x).zip(sd).zip(mu);
+    match keep {
+        Some(m) => {
+            for ((((o, &x), &s), &u), &k) in run.zip(m) {
+                *o = clamp_or_nan((x + *o * s) * k + u, lo, hi);
+            }
+        }
+        None => {
+            for (((o, &x), &s), &u) in run {
+                *o = clamp_or_nan(x + *o * s + u, lo, hi);
+            }
+        }
+    }
+}
+
+/// `max(lo)` then `min(hi)` with the tensor path's rounding; NaN passes through.
+#[inline(always)]
+fn clamp_or_nan(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
     }
 }
 
@@ -63,27 +91,15 @@ impl CustomOp3 for AffineOp {
                 self.eps.len()
             )));
         }
-        let (lo, hi) = self.bounds();
+        let bounds = self.range.bounds();
+        let keep = self.keep.as_deref().map(Vec::as_slice);
         let per = examples_per_task(x.len() / f) * f;
-        let mut out = vec![0f32; x.len()];
+        let mut out = self.eps.to_vec();
         out.par_chunks_mut(per)
             .zip(x.par_chunks(per))
-            .zip(self.eps.par_chunks(per))
-            .for_each(|((o, x), e)| {
-                for ((o, x), e) in o.chunks_mut(f).zip(x.chunks(f)).zip(e.chunks(f)) {
-                    let run = o.iter_mut().zip(x).zip(e).zip(sd).zip(mu);
-                    match &self.keep {
-                        Some(m) => {
-                            for (((((o, &x), &e), &s), &u), &k) in run.zip(m.iter()) {
-                                *o = ((x + e * s) * k + u).clamp_or_nan(lo, hi);
-                            }
-                        }
-                        None => {
-                            for ((((o, &x), &e), &s), &u) in run {
-                                *o = (x + e * s + u).clamp_or_nan(lo, hi);
-                            }
-                        }
-                    }
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(f).zip(x.chunks(f)) {
+                    affine_run(o, x, sd, mu, keep, bounds);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -98,7 +114,7 @@ impl CustomOp3 for AffineOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let f = mean.elem_count();
-        let (lo, hi) = self.bounds();
+        let (lo, hi) = self.range.bounds();
         let want_x = x.track_op();
         let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         let (xs, sd, mu) = (host(x)?, host(std)?, host(mean)?);
@@ -153,23 +169,6 @@ impl CustomOp3 for AffineOp {
             Some(Tensor::from_vec(ds, std.shape(), std.device())?),
             Some(Tensor::from_vec(dm, mean.shape(), mean.device())?),
         ))
-    }
-}
-
-trait ClampOrNan {
-    fn clamp_or_nan(self, lo: f32, hi: f32) -> Self;
-}
-
-impl ClampOrNan for f32 {
-    /// `max(lo)` then `min(hi)` with the tensor path's rounding; NaN passes through.
-    #[inline(always)]
-    fn clamp_or_nan(self, lo: f32, hi: f32) -> f32 {
-        let v = if self < lo { lo } else { self };
-        if v > hi {
-            hi
-        } else {
-            v
-        }
     }
 }
 

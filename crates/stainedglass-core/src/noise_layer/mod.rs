@@ -8,6 +8,8 @@ mod patch;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
+
+use affine_op::affine_run;
 use serde::{Deserialize, Serialize};
 
 pub use cloak::{CloakConfig, CloakNoiseLayer, CloakRecipe};
@@ -194,6 +196,14 @@ impl ValueRange {
         Ok(())
     }
 
+    /// `(lo, hi)` as f32, an absent side as ∓∞.
+    pub(crate) fn bounds(&self) -> (f32, f32) {
+        (
+            self.lo.map_or(f32::NEG_INFINITY, |v| v as f32),
+            self.hi.map_or(f32::INFINITY, |v| v as f32),
+        )
+    }
+
     pub(crate) fn apply(&self, x: Tensor) -> candle_core::Result<Tensor> {
         let x = match self.lo {
             Some(lo) => x.maximum(lo)?,
@@ -370,56 +380,30 @@ fn affine_host(
         },
         None => None,
     };
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let xv = &cpu.as_slice::<f32>()?[start..end];
-    let lo = range.lo.map_or(f32::NEG_INFINITY, |v| v as f32);
-    let hi = range.hi.map_or(f32::INFINITY, |v| v as f32);
-    let f = mu.len();
-    // Same operation order as the tensor path: ((x + ε·σ)·m + μ), then max(lo), min(hi) (an
-    // absent bound is ±∞, which leaves every value unchanged). Branch-free, so it vectorises.
-    let clamp = move |v: f32| {
-        let v = if v < lo { lo } else { v };
-        if v > hi {
-            hi
-        } else {
-            v
-        }
-    };
+    let (f, bounds, keep) = (mu.len(), range.bounds(), m.as_deref());
     // Applied to each block of ε as soon as it is sampled, one feature-aligned run at a time.
-    let affine = |offset: usize, block: &mut [f32]| {
-        let mut k = 0;
-        while k < block.len() {
-            let (e, j) = (offset + k, (offset + k) % f);
-            let n = (f - j).min(block.len() - k);
-            let run = block[k..k + n]
-                .iter_mut()
-                .zip(&xv[e..e + n])
-                .zip(&sd[j..j + n])
-                .zip(&mu[j..j + n]);
-            match &m {
-                Some(m) => {
-                    for ((((o, &x), &s), &u), &keep) in run.zip(&m[j..j + n]) {
-                        *o = clamp((x + *o * s) * keep + u);
-                    }
-                }
-                None => {
-                    for (((o, &x), &s), &u) in run {
-                        *o = clamp(x + *o * s + u);
-                    }
-                }
+    let out = crate::host::with_host(x, |xv| {
+        let affine = |offset: usize, block: &mut [f32]| {
+            let mut k = 0;
+            while k < block.len() {
+                let (e, j) = (offset + k, (offset + k) % f);
+                let n = (f - j).min(block.len() - k);
+                let feat = j..j + n;
+                affine_run(
+                    &mut block[k..k + n],
+                    &xv[e..e + n],
+                    &sd[feat.clone()],
+                    &mu[feat.clone()],
+                    keep.map(|m| &m[feat]),
+                    bounds,
+                );
+                k += n;
             }
-            k += n;
-        }
-    };
-    let mut out = vec![0f32; xv.len()];
-    rng.fill_standard_normal_then(&mut out, affine);
-    drop(storage);
+        };
+        let mut out = vec![0f32; xv.len()];
+        rng.fill_standard_normal_then(&mut out, affine);
+        out
+    })?;
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
