@@ -1,24 +1,26 @@
-//! Convolution and linear layers whose weights can be *frozen*: then the op is a `CustomOp1` on
-//! the input alone, with host copies of the weights held inside the op, so backpropagation
-//! computes the input gradient only (candle's built-in conv2d/matmul backward always computes
-//! the weight gradient too, wasted work when an SGT trains through a frozen model). The frozen
-//! ops run on the kernels of [`super::conv_cpu`] and can fuse the ReLU that follows them. The
-//! trainable path uses the built-in ops. Weight names and initialisation match candle-nn's
-//! `conv2d` / `linear`.
+//! Convolution and linear layers whose weights can be *frozen*: then the layer runs as a
+//! one-stage [`FrozenChain`] on its input alone, with host copies of the weights, so
+//! backpropagation computes the input gradient only (candle's built-in conv2d/matmul backward
+//! always computes the weight gradient too, wasted work when an SGT trains through a frozen
+//! model), and can fuse the ReLU that follows. Trainable convolutions on the CPU run on the same
+//! host kernels ([`super::conv_cpu`]) with weight gradients; other devices use candle's ops.
+//! Weight names and initialisation match candle-nn's `conv2d` / `linear`.
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use stainedglass_core::host::{cpu_slice as slice_of, with_host};
 
-use super::conv_cpu::{
-    conv2d_forward, conv2d_input_grad, conv2d_weight_grad, linear_forward, linear_input_grad,
-    ConvGeometry,
-};
+use super::conv_cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, ConvGeometry};
+use super::frozen_chain::{FrozenChain, Stage};
 
 pub(super) fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Host copy of a CPU f32 weight that is not a variable (frozen), else `None`.
@@ -88,23 +90,24 @@ impl Conv {
         })
     }
 
+    /// Kernel size, channels, stride and padding.
+    fn conv_shape(&self) -> Option<ConvShape> {
+        let (cout, cin, k, _) = self.weight.dims4().ok()?;
+        Some(ConvShape {
+            cin,
+            cout,
+            k,
+            stride: self.stride,
+            padding: self.padding,
+        })
+    }
+
     fn plain(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let host = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.device().is_cpu()
-            && self.weight.dtype() == DType::F32;
-        let y = match self.weight.dims4() {
-            Ok((cout, cin, k, _)) if host => {
-                let shape = ConvShape {
-                    cin,
-                    cout,
-                    k,
-                    stride: self.stride,
-                    padding: self.padding,
-                };
-                x.contiguous()?
-                    .apply_op2(&self.weight.contiguous()?, TrainConvOp(shape))?
-            }
+        let host = is_cpu_f32(x) && is_cpu_f32(&self.weight);
+        let y = match self.conv_shape() {
+            Some(shape) if host => x
+                .contiguous()?
+                .apply_op2(&self.weight.contiguous()?, TrainConvOp(shape))?,
             _ => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
         };
         match &self.bias {
@@ -113,37 +116,19 @@ impl Conv {
         }
     }
 
-    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
-        let host = self.host.as_ref()?;
-        if !x.device().is_cpu() || x.dtype() != DType::F32 {
-            return None;
-        }
-        let (cout, cin, k, _) = self.weight.dims4().ok()?;
-        let op = ConvOp {
-            host: host.clone(),
-            shape: ConvShape {
-                cin,
-                cout,
-                k,
-                stride: self.stride,
-                padding: self.padding,
-            },
+    /// This layer (then ReLU if `relu`) as a stage of a frozen chain; `None` if trainable.
+    pub(super) fn stage(&self, relu: bool) -> Option<Stage> {
+        Some(Stage::Conv {
+            host: self.host.clone()?,
+            shape: self.conv_shape()?,
             relu,
-        };
-        Some(x.apply_op1(op))
+        })
     }
 
-    /// The host weights and shape of a frozen layer (for fused chains), `None` if trainable.
-    pub(super) fn frozen_parts(&self) -> Option<(Arc<HostWeights>, ConvShape)> {
-        let (cout, cin, k, _) = self.weight.dims4().ok()?;
-        let shape = ConvShape {
-            cin,
-            cout,
-            k,
-            stride: self.stride,
-            padding: self.padding,
-        };
-        Some((self.host.clone()?, shape))
+    /// The frozen CPU path: a one-stage chain.
+    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
+        let stage = self.stage(relu)?;
+        is_cpu_f32(x).then(|| x.apply_op1(FrozenChain::new(vec![stage])))
     }
 
     /// `relu(conv(x))`, fused into one op on the frozen CPU path.
@@ -162,14 +147,6 @@ impl Module for Conv {
             None => self.plain(x),
         }
     }
-}
-
-/// The frozen convolution (optionally followed by ReLU) as an op on its input.
-#[derive(Debug, Clone)]
-struct ConvOp {
-    host: Arc<HostWeights>,
-    shape: ConvShape,
-    relu: bool,
 }
 
 /// Hyper-parameters of a convolution, and the geometry they give an input.
@@ -204,43 +181,6 @@ impl ConvShape {
                 ))
             })?;
         Ok((b, g))
-    }
-}
-
-impl CustomOp1 for ConvOp {
-    fn name(&self) -> &'static str {
-        "frozen-conv2d"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, g) = self.shape.geometry(l.dims())?;
-        let y = conv2d_forward(
-            &g,
-            slice_of(s, l)?,
-            b,
-            &self.host.weight,
-            self.host.bias.as_deref(),
-            self.relu,
-        );
-        Ok((CpuStorage::F32(y), Shape::from((b, g.cout, g.ho, g.wo))))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (b, g) = self.shape.geometry(arg.dims())?;
-        let w = &self.host.weight;
-        let dx = with_host(grad, |dy| {
-            if self.relu {
-                with_host(res, |r| conv2d_input_grad(&g, dy, Some(r), b, w))
-            } else {
-                Ok(conv2d_input_grad(&g, dy, None, b, w))
-            }
-        })??;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -320,20 +260,18 @@ impl Dense {
         x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
 
-    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
-        let host = self.host.as_ref()?;
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() != 2 {
-            return None;
-        }
-        Some(x.apply_op1(DenseOp {
-            host: host.clone(),
+    /// This layer (then ReLU if `relu`) as a stage of a frozen chain; `None` if trainable.
+    pub(super) fn stage(&self, relu: bool) -> Option<Stage> {
+        Some(Stage::Dense {
+            host: self.host.clone()?,
             relu,
-        }))
+        })
     }
 
-    /// The host weights of a frozen layer (for fused chains), `None` if trainable.
-    pub(super) fn frozen_parts(&self) -> Option<Arc<HostWeights>> {
-        self.host.clone()
+    /// The frozen CPU path on `(batch, in)` inputs: a one-stage chain.
+    fn op(&self, x: &Tensor, relu: bool) -> Option<candle_core::Result<Tensor>> {
+        let stage = self.stage(relu)?;
+        (is_cpu_f32(x) && x.rank() == 2).then(|| x.apply_op1(FrozenChain::new(vec![stage])))
     }
 
     /// `relu(linear(x))`, fused into one op on the frozen CPU path.
@@ -351,62 +289,6 @@ impl Module for Dense {
             Some(y) => y,
             None => self.plain(x),
         }
-    }
-}
-
-/// The frozen linear layer (optionally followed by ReLU) as an op on its `(m, din)` input.
-#[derive(Debug, Clone)]
-struct DenseOp {
-    host: Arc<HostWeights>,
-    relu: bool,
-}
-
-impl DenseOp {
-    fn dims(&self) -> (usize, usize) {
-        let dout = self.host.bias.as_ref().map_or(0, Vec::len);
-        (dout, self.host.weight.len() / dout.max(1))
-    }
-
-    fn rows(&self, dims: &[usize]) -> candle_core::Result<usize> {
-        let (_, din) = self.dims();
-        match dims {
-            &[m, d] if d == din => Ok(m),
-            _ => Err(op_error(format!(
-                "linear layer expects (batch, {din}), got {dims:?}"
-            ))),
-        }
-    }
-}
-
-impl CustomOp1 for DenseOp {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let m = self.rows(l.dims())?;
-        let bias = self.host.bias.as_deref().unwrap_or(&[]);
-        let y = linear_forward(slice_of(s, l)?, m, &self.host.weight, bias, self.relu);
-        Ok((CpuStorage::F32(y), Shape::from((m, bias.len()))))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let m = self.rows(arg.dims())?;
-        let (dout, _) = self.dims();
-        let w = &self.host.weight;
-        let dx = with_host(grad, |dy| {
-            if self.relu {
-                with_host(res, |r| linear_input_grad(dy, Some(r), m, w, dout))
-            } else {
-                Ok(linear_input_grad(dy, None, m, w, dout))
-            }
-        })??;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 

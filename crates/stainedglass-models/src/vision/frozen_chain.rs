@@ -30,15 +30,14 @@ pub(super) enum Stage {
 #[derive(Debug, Clone)]
 pub(super) struct FrozenChain {
     stages: Arc<Vec<Stage>>,
-    /// Output of every stage from the last forward pass (the ReLU masks of the backward pass).
-    tape: Arc<Mutex<Vec<Vec<f32>>>>,
+    tape: Arc<Mutex<Tape>>,
 }
 
 impl FrozenChain {
     pub fn new(stages: Vec<Stage>) -> Self {
         Self {
             stages: Arc::new(stages),
-            tape: Arc::new(Mutex::new(Vec::new())),
+            tape: Arc::default(),
         }
     }
 
@@ -46,9 +45,18 @@ impl FrozenChain {
     pub fn op(&self) -> Self {
         Self {
             stages: self.stages.clone(),
-            tape: Arc::new(Mutex::new(Vec::new())),
+            tape: Arc::default(),
         }
     }
+}
+
+/// What the backward pass needs from the forward pass.
+#[derive(Debug, Default)]
+struct Tape {
+    /// Input dims of every stage.
+    dims: Vec<Vec<usize>>,
+    /// Output of every stage but the last (the ReLU masks; the last one is the op's result).
+    outputs: Vec<Vec<f32>>,
 }
 
 /// `(out_features, in_features)` of a linear stage.
@@ -64,12 +72,17 @@ impl CustomOp1 for FrozenChain {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let batch = l.dims().first().copied().unwrap_or(0);
-        let mut dims = l.dims().to_vec();
         let input = slice_of(s, l)?;
-        let mut tape: Vec<Vec<f32>> = Vec::with_capacity(self.stages.len());
-        for stage in self.stages.iter() {
-            let h = tape.last().map_or(input, Vec::as_slice);
-            let out = match stage {
+        let mut tape = Tape::default();
+        let mut dims = l.dims().to_vec();
+        let mut out: Vec<f32> = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            if i > 0 {
+                tape.outputs.push(std::mem::take(&mut out));
+            }
+            let h = tape.outputs.last().map_or(input, Vec::as_slice);
+            tape.dims.push(dims.clone());
+            out = match stage {
                 Stage::Conv { host, shape, relu } => {
                     let (b, g) = shape.geometry(&dims)?;
                     dims = vec![b, g.cout, g.ho, g.wo];
@@ -79,7 +92,7 @@ impl CustomOp1 for FrozenChain {
                     let (dout, din) = dense_dims(host);
                     if h.len() != batch * din {
                         return Err(op_error(format!(
-                            "linear stage expects {din} features per example, got {}",
+                            "linear layer expects {din} features per example, got {}",
                             h.len() / batch.max(1)
                         )));
                     }
@@ -88,56 +101,49 @@ impl CustomOp1 for FrozenChain {
                     linear_forward(h, batch, &host.weight, bias, *relu)
                 }
             };
-            tape.push(out);
         }
-        let logits = tape.last().cloned().unwrap_or_else(|| input.to_vec());
+        if self.stages.is_empty() {
+            out = input.to_vec();
+        }
         *self
             .tape
             .lock()
             .map_err(|_| op_error("frozen chain: tape lock poisoned"))? = tape;
-        Ok((CpuStorage::F32(logits), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
     fn bwd(
         &self,
         arg: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let tape = self
             .tape
             .lock()
             .map_err(|_| op_error("frozen chain: tape lock poisoned"))?;
-        if tape.len() != self.stages.len() {
+        if tape.dims.len() != self.stages.len() {
             return Err(op_error("frozen chain: backward without a forward pass"));
         }
         let batch = arg.dim(0)?;
-        // Input dims of every stage, replayed from the input's.
-        let mut dims = vec![arg.dims().to_vec()];
-        for stage in self.stages.iter() {
-            let d = dims.last().cloned().unwrap_or_default();
-            dims.push(match stage {
-                Stage::Conv { shape, .. } => {
-                    let (b, g) = shape.geometry(&d)?;
-                    vec![b, g.cout, g.ho, g.wo]
-                }
-                Stage::Dense { host, .. } => vec![batch, dense_dims(host).0],
-            });
-        }
-        let mut dh = with_host(grad, <[f32]>::to_vec)?;
-        for (i, stage) in self.stages.iter().enumerate().rev() {
-            dh = match stage {
-                Stage::Conv { host, shape, relu } => {
-                    let (b, g) = shape.geometry(&dims[i])?;
-                    let out = relu.then_some(tape[i].as_slice());
-                    conv2d_input_grad(&g, &dh, out, b, &host.weight)
-                }
-                Stage::Dense { host, relu } => {
-                    let out = relu.then_some(tape[i].as_slice());
-                    linear_input_grad(&dh, out, batch, &host.weight, dense_dims(host).0)
-                }
-            };
-        }
-        Ok(Some(Tensor::from_vec(dh, arg.shape(), arg.device())?))
+        // The last stage's output is the op's result; the others are on the tape.
+        let dx = with_host(res, |last| -> candle_core::Result<Vec<f32>> {
+            let mut dh = with_host(grad, <[f32]>::to_vec)?;
+            for (i, stage) in self.stages.iter().enumerate().rev() {
+                let output = tape.outputs.get(i).map_or(last, Vec::as_slice);
+                dh = match stage {
+                    Stage::Conv { host, shape, relu } => {
+                        let (b, g) = shape.geometry(&tape.dims[i])?;
+                        conv2d_input_grad(&g, &dh, relu.then_some(output), b, &host.weight)
+                    }
+                    Stage::Dense { host, relu } => {
+                        let dout = dense_dims(host).0;
+                        linear_input_grad(&dh, relu.then_some(output), batch, &host.weight, dout)
+                    }
+                };
+            }
+            Ok(dh)
+        })??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

@@ -42,19 +42,8 @@ impl SmallCnn {
         let fc2 = Dense::new(hidden, classes, vb.pp("fc2"))?;
         let stages: Option<Vec<Stage>> = convs
             .iter()
-            .map(|c| {
-                c.frozen_parts().map(|(host, shape)| Stage::Conv {
-                    host,
-                    shape,
-                    relu: true,
-                })
-            })
-            .chain([
-                fc1.frozen_parts()
-                    .map(|host| Stage::Dense { host, relu: true }),
-                fc2.frozen_parts()
-                    .map(|host| Stage::Dense { host, relu: false }),
-            ])
+            .map(|c| c.stage(true))
+            .chain([fc1.stage(true), fc2.stage(false)])
             .collect();
         Ok(Self {
             convs,
