@@ -58,9 +58,9 @@ impl NoiseRng {
 
     /// Fills `out` with standard normal samples, in parallel for large requests: `out` is cut
     /// into fixed blocks of 16 Ki samples, each drawn from its own ChaCha20 stream keyed with
-    /// 256 fresh bits of this generator, and sampled with [`crate::ziggurat`]. The values depend on the seed alone, not on the number
-    /// of threads, and each stream is as unpredictable as this one. (A different sequence from
-    /// [`Self::standard_normal`] for the same seed.)
+    /// 256 fresh bits of this generator and sampled with [`crate::ziggurat`]. The values depend
+    /// on the seed alone, not on the number of threads, and each stream is as unpredictable as
+    /// this one. (A different sequence from [`Self::standard_normal`] for the same seed.)
     pub fn fill_standard_normal(&mut self, out: &mut [f32]) {
         self.fill_standard_normal_then(out, |_, _| {});
     }

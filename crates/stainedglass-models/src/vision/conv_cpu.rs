@@ -240,6 +240,28 @@ fn phases_len(g: &ConvGeometry) -> usize {
     }
 }
 
+/// im2col of one image `x`, through its phase planes when strided (`planes` is scratch of
+/// [`phases_len`] values).
+fn image_columns(g: &ConvGeometry, x: &[f32], planes: &mut [f32], cols: &mut [f32]) {
+    if g.stride == 1 {
+        im2col(g, x, cols);
+    } else {
+        split_phases(g, x, planes);
+        im2col(g, planes, cols);
+    }
+}
+
+/// The adjoint of [`image_columns`] into the zeroed image gradient `dx`.
+fn image_columns_adjoint(g: &ConvGeometry, cols: &[f32], planes: &mut [f32], dx: &mut [f32]) {
+    if g.stride == 1 {
+        col2im_add(g, cols, dx);
+    } else {
+        planes.fill(0.0);
+        col2im_add(g, cols, planes);
+        merge_phases(g, planes, dx);
+    }
+}
+
 /// Splits `batch` items into contiguous chunks, about two per thread.
 fn chunk_len(batch: usize) -> usize {
     batch
@@ -266,12 +288,7 @@ pub(crate) fn conv2d_forward(
             let mut cols = vec![0f32; kk * p];
             let mut planes = vec![0f32; phases_len(g)];
             for (o, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
-                if g.stride == 1 {
-                    im2col(g, xi, &mut cols);
-                } else {
-                    split_phases(g, xi, &mut planes);
-                    im2col(g, &planes, &mut cols);
-                }
+                image_columns(g, xi, &mut planes, &mut cols);
                 let beta = match bias {
                     Some(b) => {
                         for (row, &bv) in o.chunks_mut(p).zip(b) {
@@ -353,13 +370,7 @@ pub(crate) fn conv2d_input_grad(
                         p,
                     )
                 };
-                if g.stride == 1 {
-                    col2im_add(g, &cols, dxi);
-                } else {
-                    planes.fill(0.0);
-                    col2im_add(g, &cols, &mut planes);
-                    merge_phases(g, &planes, dxi);
-                }
+                image_columns_adjoint(g, &cols, &mut planes, dxi);
             }
         });
     dx
@@ -383,12 +394,7 @@ pub(crate) fn conv2d_weight_grad(
             let mut cols = vec![0f32; kk * p];
             let mut planes = vec![0f32; phases_len(g)];
             for (xi, dyi) in xs.chunks(il).zip(dys.chunks(ol)) {
-                if g.stride == 1 {
-                    im2col(g, xi, &mut cols);
-                } else {
-                    split_phases(g, xi, &mut planes);
-                    im2col(g, &planes, &mut cols);
-                }
+                image_columns(g, xi, &mut planes, &mut cols);
                 // SAFETY: dyi is cout×p, cols kk×p (used transposed), acc cout×kk.
                 unsafe {
                     sgemm_strided(
