@@ -180,8 +180,8 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
     let series = |xk: &str| -> Vec<Series> {
         [(false, "fixed α"), (true, "adaptive α")]
             .into_iter()
-            .map(|(adaptive, kind)| Series {
-                name: format!("{layer_name}, {kind}"),
+            .map(|(adaptive, alpha_kind)| Series {
+                name: format!("{layer_name}, {alpha_kind}"),
                 points: rows
                     .iter()
                     .filter(|r| r["alpha"].is_null() == adaptive)
