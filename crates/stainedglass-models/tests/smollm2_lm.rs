@@ -41,6 +41,14 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("diff")
 }
 
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max")
+}
+
 fn ids(v: &[u32]) -> Tensor {
     Tensor::new(v, &Device::Cpu)
         .and_then(|t| t.unsqueeze(0))
@@ -73,16 +81,20 @@ fn embeds_path_equals_ids_path_and_layer_k_matches_full_pass() {
     let e = m.embed(&x).expect("embed");
     let from_embeds = m.forward_embeds(&e, None, Stop::Logits).expect("embeds");
     assert_eq!(max_diff(&from_ids, &from_embeds), 0.0);
-    // Stopping at layer k gives exactly the layer-k state of the full pass.
+    // Stopping at layer k gives the layer-k state of the full pass. `forward_with_states` runs
+    // layer by layer (one op per layer part) while `forward_embeds` runs the layers as one
+    // fused op: the two agree to float rounding, relative 1e-5 of the largest activation.
     let (full, states) = m.forward_with_states(&e, None).expect("states");
     assert_eq!(states.len(), 31);
-    assert_eq!(max_diff(&full, &from_ids), 0.0);
+    let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / max_abs(b);
+    assert!(rel(&full, &from_ids) < 1e-5, "{}", rel(&full, &from_ids));
     for k in [1, 6, 30] {
         let at = m
             .forward_embeds(&e, None, Stop::AtLayer(k))
             .expect("layer k");
         assert_eq!(at.dims(), [1, IDS.len(), 576]);
-        assert_eq!(max_diff(&at, &states[k]), 0.0, "layer {k}");
+        let d = rel(&at, &states[k]);
+        assert!(d < 1e-5, "layer {k}: relative difference {d}");
     }
     assert_eq!(
         max_diff(

@@ -102,18 +102,29 @@ pub fn sgemm(
     k: usize,
     b_transposed: bool,
 ) -> bool {
-    let Some(bl) = blas() else {
+    if blas().is_none() {
         return false;
-    };
+    }
+    par_sgemm(a, b, c, (m, n, k), b_transposed, 0.0);
+    true
+}
+
+/// `c (m×n) = a (m×k) · bᵀ + beta·c` with `b` stored `(n×k)` row-major if `b_transposed`, else
+/// `c = a · b + beta·c` with `b` stored `(k×n)`; the output columns are split over rayon's
+/// threads (each task packs only its share of `b`). Runs with or without a system BLAS.
+pub fn par_sgemm(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    b_transposed: bool,
+    beta: f32,
+) {
     assert!(
         a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
         "sgemm: short buffers"
     );
-    let (tb, ldb) = if b_transposed {
-        (TRANS, k)
-    } else {
-        (NO_TRANS, n)
-    };
+    let ldb = if b_transposed { k } else { n };
     let c_ptr = c.as_mut_ptr() as usize;
     // Computes the output columns `j0..j0 + cols`: `b`'s rows (transposed) or columns.
     let call = |j0: usize, cols: usize| {
@@ -121,25 +132,23 @@ pub fn sgemm(
         // SAFETY: `a` holds m×k, `b` the full matrix with leading dimension `ldb`, and `c` m×n
         // with leading dimension n; each task writes only its own column range of `c`.
         unsafe {
-            (bl.sgemm)(
-                ROW_MAJOR,
-                NO_TRANS,
-                tb,
-                m as i32,
-                cols as i32,
-                k as i32,
+            sgemm_strided(
+                false,
+                b_transposed,
+                m,
+                cols,
+                k,
                 1.0,
                 a.as_ptr(),
-                k as i32,
+                k,
                 b.as_ptr().add(b_off),
-                ldb as i32,
-                0.0,
+                ldb,
+                beta,
                 (c_ptr as *mut f32).add(j0),
-                n as i32,
+                n,
             )
         }
     };
-    // Split the output columns (each task packs only its share of `b`).
     let parts = rayon::current_num_threads().max(1);
     let per = n.div_ceil(parts).div_ceil(MIN_COLS_PER_TASK) * MIN_COLS_PER_TASK;
     if parts == 1 || per >= n || m * n * k < MIN_SPLIT_WORK {
@@ -150,7 +159,6 @@ pub fn sgemm(
             .into_par_iter()
             .for_each(|i| call(i * per, per.min(n - i * per)));
     }
-    true
 }
 
 /// Column blocks are multiples of this (SIMD-friendly).

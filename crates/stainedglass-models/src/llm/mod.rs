@@ -4,9 +4,11 @@
 
 pub mod blas;
 pub mod config;
+mod decoder_stack;
 pub mod gemv;
 pub mod generate;
 pub mod hf;
+pub mod kernels;
 pub mod model;
 pub mod noisy;
 pub mod ops;

@@ -3,7 +3,8 @@
 //! embeddings is differentiable (fused ops in `ops`), so an SGT can train through the model.
 
 use super::config::LlamaConfig;
-use super::ops::{Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
+use super::decoder_stack::{DecoderStack, StackDims};
+use super::ops::{is_cpu_f32, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use super::weights::{self, GgufFile, TensorMap};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -41,13 +42,14 @@ const MIN_CACHE: usize = 64;
 /// The longest context a model instance supports (bounds the RoPE table).
 const MAX_ROPE_POSITIONS: usize = 32_768;
 
-struct Block {
-    attn_norm: RmsNorm,
-    qkv: Linear,
-    o: Linear,
-    mlp_norm: RmsNorm,
-    gate_up: Linear,
-    down: Linear,
+/// One decoder layer's frozen weights (q, k, v and gate, up fused).
+pub(super) struct Block {
+    pub attn_norm: RmsNorm,
+    pub qkv: Linear,
+    pub o: Linear,
+    pub mlp_norm: RmsNorm,
+    pub gate_up: Linear,
+    pub down: Linear,
 }
 
 /// Keys and values of past positions, per layer, plus which of them are real (not padding).
@@ -140,7 +142,7 @@ impl KvCache {
 pub struct Llama {
     cfg: LlamaConfig,
     embed: Tensor,
-    layers: Vec<Block>,
+    layers: Arc<[Block]>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
     rope: Arc<RopeTable>,
@@ -235,7 +237,7 @@ impl Llama {
         Ok(Self {
             cfg,
             embed,
-            layers,
+            layers: layers.into(),
             norm,
             lm_head,
             rope,
@@ -295,7 +297,9 @@ impl Llama {
 
     /// The full pass, also returning every residual-stream state: `states[k]` is the input of
     /// layer `k` (`states[0]` = embeddings, `states[L]` = the last layer's output, before the
-    /// final norm). Returns `(logits, states)`.
+    /// final norm). Returns `(logits, states)`. Runs layer by layer (each state is a
+    /// differentiable tensor), so it agrees with the fused pass of `forward_embeds` to float
+    /// rounding, not bit for bit.
     pub fn forward_with_states(
         &self,
         embeds: &Tensor,
@@ -423,13 +427,48 @@ impl Llama {
         for (bi, kv) in cache.key_valid.iter_mut().enumerate() {
             kv.extend_from_slice(&mask[bi * t..(bi + 1) * t]);
         }
-        let key_valid: Vec<u8> = cache.key_valid.concat();
-        let rope = Rope::new(self.rope.clone(), Arc::new(positions));
-        let attn = Attention {
-            key_valid: Arc::new(key_valid),
-        };
+        let key_valid = Arc::new(cache.key_valid.concat());
+        let positions = Arc::new(positions);
         let (hq, hkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut x = embeds.clone();
+        // A fresh pass without per-layer states runs the layers as one op (`decoder_stack`);
+        // a prefill into an empty cache takes the keys and values from it.
+        let fresh_prefill = last_only && past == 0 && !embeds.track_op();
+        if (!last_only || fresh_prefill) && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {
+            let op = DecoderStack::new(
+                self.layers.clone(),
+                n_layers,
+                StackDims {
+                    hidden: self.cfg.hidden_size,
+                    hq,
+                    hkv,
+                    d,
+                    ffn: self.cfg.intermediate_size,
+                },
+                self.rope.clone(),
+                positions.clone(),
+                key_valid.clone(),
+                embeds.track_op(),
+            );
+            let x = embeds.contiguous()?;
+            if fresh_prefill {
+                let (x, kvs) = op.forward_with_kv(&x)?;
+                for (li, (k, v)) in kvs.iter().enumerate() {
+                    let (ck, cv) = cache.reserve(li, k, 0, t)?;
+                    ck.slice_set(k, 1, 0)?;
+                    cv.slice_set(v, 1, 0)?;
+                }
+                return self.finish(x, stop, t, last_only);
+            }
+            let x = if op.keep {
+                x.apply_op1(op)?
+            } else {
+                x.apply_op1_no_bwd(&op)?
+            };
+            return self.finish(x, stop, t, last_only);
+        }
+        let rope = Rope::new(self.rope.clone(), positions);
+        let attn = Attention { key_valid };
         for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
             if let Some(s) = states.as_deref_mut() {
                 s.push(x.clone());
@@ -461,6 +500,11 @@ impl Llama {
         if let Some(s) = states {
             s.push(x.clone());
         }
+        self.finish(x, stop, t, last_only)
+    }
+
+    /// The residual stream after the last layer run → the pass's result for `stop`.
+    fn finish(&self, x: Tensor, stop: Stop, t: usize, last_only: bool) -> Result<Tensor> {
         if let Stop::AtLayer(_) = stop {
             return Ok(x);
         }

@@ -8,7 +8,6 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use rayon::prelude::*;
 use std::sync::Arc;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -19,9 +18,9 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-use super::gemv::dot;
+use super::kernels::{self, AttnShape, HeadView, SendPtr};
 
-fn is_cpu_f32(t: &Tensor) -> bool {
+pub(super) fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -54,6 +53,15 @@ impl RmsNorm {
         &self.weight
     }
 
+    /// The weight as host values.
+    pub fn host(&self) -> &[f32] {
+        &self.host
+    }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if is_cpu_f32(x) {
             x.contiguous()?.apply_op1(self.clone())
@@ -69,18 +77,8 @@ impl CustomOp1 for RmsNorm {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "rms_norm")?;
-        let n = self.host.len();
-        let w = &self.host[..];
         let mut y = vec![0f32; x.len()];
-        let eps = self.eps;
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(yr, xr)| {
-                let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
-                for k in 0..n {
-                    yr[k] = xr[k] * r * w[k];
-                }
-            });
+        kernels::rms_norm(x, &self.host, self.eps, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -104,23 +102,8 @@ impl CustomOp2 for RmsNormBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "rms_norm_bwd")?;
         let g = slice(s2, l2, "rms_norm_bwd")?;
-        let n = self.0.host.len();
-        let w = &self.0.host[..];
-        let eps = self.0.eps;
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(n)
-            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-            .for_each(|(d, (xr, gr))| {
-                let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
-                let mut s = 0f32;
-                for k in 0..n {
-                    s += xr[k] * w[k] * gr[k];
-                }
-                let c = r * r * r * s / n as f32;
-                for k in 0..n {
-                    d[k] = r * w[k] * gr[k] - xr[k] * c;
-                }
-            });
+        kernels::rms_norm_bwd(x, g, &self.0.host, self.0.eps, &mut dx, false);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -209,26 +192,16 @@ impl CustomOp1 for Rope {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "rope")?;
         let (_, _, h, d) = l.shape().dims4()?;
-        let half = self.table.half;
-        let sign = if self.inverse { -1.0f32 } else { 1.0 };
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * d)
-            .zip(x.par_chunks(h * d))
-            .zip(self.positions.par_iter())
-            .for_each(|((yr, xr), &p)| {
-                let c = &self.table.cos[p as usize * half..(p as usize + 1) * half];
-                let sn = &self.table.sin[p as usize * half..(p as usize + 1) * half];
-                for hh in 0..h {
-                    let xo = &xr[hh * d..(hh + 1) * d];
-                    let yo = &mut yr[hh * d..(hh + 1) * d];
-                    for i in 0..half {
-                        let (a, bb) = (xo[i], xo[i + half]);
-                        let s = sign * sn[i];
-                        yo[i] = a * c[i] - bb * s;
-                        yo[i + half] = bb * c[i] + a * s;
-                    }
-                }
-            });
+        let mut y = x.to_vec();
+        kernels::rope_in_place(
+            &mut y,
+            h * d,
+            h,
+            d,
+            &self.table,
+            &self.positions,
+            self.inverse,
+        );
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -254,11 +227,6 @@ impl SwiGlu {
     }
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp1 for SwiGlu {
     fn name(&self) -> &'static str {
         "sg-swiglu"
@@ -269,14 +237,7 @@ impl CustomOp1 for SwiGlu {
         let two_f = dims[dims.len() - 1];
         let f = two_f / 2;
         let mut y = vec![0f32; x.len() / 2];
-        y.par_chunks_mut(f)
-            .zip(x.par_chunks(two_f))
-            .for_each(|(yr, xr)| {
-                let (g, u) = xr.split_at(f);
-                for k in 0..f {
-                    yr[k] = g[k] * sigmoid(g[k]) * u[k];
-                }
-            });
+        kernels::swiglu(x, f, &mut y);
         let mut out = dims.to_vec();
         *out.last_mut().expect("rank ≥ 1") = f;
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -305,18 +266,7 @@ impl CustomOp2 for SwiGluBwd {
         let two_f = dims[dims.len() - 1];
         let f = two_f / 2;
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(two_f)
-            .zip(x.par_chunks(two_f).zip(g.par_chunks(f)))
-            .for_each(|(d, (xr, gr))| {
-                let (gate, up) = xr.split_at(f);
-                let (dg, du) = d.split_at_mut(f);
-                for k in 0..f {
-                    let s = sigmoid(gate[k]);
-                    let silu = gate[k] * s;
-                    du[k] = gr[k] * silu;
-                    dg[k] = gr[k] * up[k] * s * (1.0 + gate[k] * (1.0 - s));
-                }
-            });
+        kernels::swiglu_bwd(x, g, f, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -381,78 +331,6 @@ fn batch_view<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32],
     Ok((&v[l.start_offset()..], l.stride()[0]))
 }
 
-struct Dims {
-    b: usize,
-    t: usize,
-    s: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-}
-
-impl Dims {
-    fn of(lq: &Layout, lk: &Layout) -> Result<Self> {
-        let (b, t, hq, d) = lq.shape().dims4()?;
-        let (_, s, hkv, _) = lk.shape().dims4()?;
-        Ok(Self {
-            b,
-            t,
-            s,
-            hq,
-            hkv,
-            d,
-        })
-    }
-}
-
-/// Turns scaled scores `sc (t×s)` into causal, key-masked softmax probabilities in place. A row
-/// with no visible key becomes all zeros.
-fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
-    for i in 0..t {
-        let last = s - t + i;
-        let row = &mut sc[i * s..(i + 1) * s];
-        let mut m = f32::NEG_INFINITY;
-        for j in 0..=last {
-            if valid[j] != 0 {
-                m = m.max(row[j]);
-            }
-        }
-        if m == f32::NEG_INFINITY {
-            row.fill(0.0);
-            continue;
-        }
-        let mut l = 0f32;
-        for j in 0..s {
-            if j <= last && valid[j] != 0 {
-                let e = (row[j] - m).exp();
-                row[j] = e;
-                l += e;
-            } else {
-                row[j] = 0.0;
-            }
-        }
-        let inv = 1.0 / l;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
-    }
-}
-
-/// A raw pointer that may cross threads; every task writes a disjoint region through it.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only for disjoint writes, joined before the buffer is read.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method (not field access) so closures capture the whole `Send` wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation (see the op bodies).
-        unsafe { self.0.add(offset) }
-    }
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "sg-attention"
@@ -469,65 +347,46 @@ impl CustomOp3 for Attention {
         let q = slice(sq, lq, "attention")?;
         let (k, kbs) = batch_view(sk, lk, "attention")?;
         let (v, vbs) = batch_view(sv, lv, "attention")?;
-        let Dims {
+        let (b, t, hq, d) = lq.shape().dims4()?;
+        let (_, s, hkv, _) = lk.shape().dims4()?;
+        let mut out = vec![0f32; q.len()];
+        let sh = AttnShape {
             b,
             t,
             s,
             hq,
             hkv,
             d,
-        } = Dims::of(lq, lk)?;
-        let group = hq / hkv;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
-        let op = SendPtr(out.as_mut_ptr());
-        (0..b * hq).into_par_iter().for_each_init(
-            || vec![0f32; t * s],
-            |p, task| {
-                let (bi, h) = (task / hq, task % hq);
-                let kh = h / group;
-                let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                // SAFETY: offsets stay inside q/k/v/out for the shapes checked in `forward`;
-                // each task writes only head `h` of batch `bi` of `out`.
-                unsafe {
-                    let qp = q.as_ptr().add((bi * t * hq + h) * d);
-                    let kp = k.as_ptr().add(bi * kbs + kh * d);
-                    let vp = v.as_ptr().add(bi * vbs + kh * d);
-                    let (ldq, ldk) = (hq * d, hkv * d);
-                    super::blas::sgemm_strided(
-                        false,
-                        true,
-                        t,
-                        s,
-                        d,
-                        scale,
-                        qp,
-                        ldq,
-                        kp,
-                        ldk,
-                        0.0,
-                        p.as_mut_ptr(),
-                        s,
-                    );
-                    masked_softmax(p, t, s, valid);
-                    super::blas::sgemm_strided(
-                        false,
-                        false,
-                        t,
-                        d,
-                        s,
-                        1.0,
-                        p.as_ptr(),
-                        s,
-                        vp,
-                        ldk,
-                        0.0,
-                        op.at((bi * t * hq + h) * d),
-                        ldq,
-                    );
-                }
-            },
-        );
+        };
+        let (ldq, ldk) = (hq * d, hkv * d);
+        // SAFETY: the views cover the shapes checked in `forward`; `out` is a fresh buffer.
+        unsafe {
+            kernels::attention(
+                sh,
+                HeadView {
+                    ptr: SendPtr::of(q),
+                    batch: t * ldq,
+                    row: ldq,
+                },
+                HeadView {
+                    ptr: SendPtr::of(k),
+                    batch: kbs,
+                    row: ldk,
+                },
+                HeadView {
+                    ptr: SendPtr::of(v),
+                    batch: vbs,
+                    row: ldk,
+                },
+                HeadView {
+                    ptr: SendPtr(out.as_mut_ptr()),
+                    batch: t * ldq,
+                    row: ldq,
+                },
+                &self.key_valid,
+                None,
+            );
+        }
         Ok((CpuStorage::F32(out), lq.shape().clone()))
     }
 
@@ -583,116 +442,42 @@ impl CustomOp1 for AttentionBwd {
         let (q, rest) = all.split_at(nq);
         let (k, rest) = rest.split_at(nk);
         let (v, g) = rest.split_at(nk);
-        let group = hq / hkv;
-        let scale = 1.0 / (d as f32).sqrt();
         let (ldq, ldk) = (hq * d, hkv * d);
         let mut out = vec![0f32; nq + 2 * nk];
         let base = SendPtr(out.as_mut_ptr());
-        // Each task owns one (batch, kv head): its dk, dv and the dq of its query heads.
-        (0..b * hkv).into_par_iter().for_each_init(
-            || (vec![0f32; t * s], vec![0f32; t * s]),
-            |(p, dp), task| {
-                let (bi, kh) = (task / hkv, task % hkv);
-                let valid = &self.key_valid[bi * s..(bi + 1) * s];
-                // SAFETY: offsets stay inside the packed buffers for these dims; this task
-                // writes only dq of its query heads and dk/dv of kv head kh, batch bi.
-                unsafe {
-                    let kp = k.as_ptr().add((bi * s * hkv + kh) * d);
-                    let vp = v.as_ptr().add((bi * s * hkv + kh) * d);
-                    let dkp = base.at(nq + (bi * s * hkv + kh) * d);
-                    let dvp = base.at(nq + nk + (bi * s * hkv + kh) * d);
-                    for h in kh * group..(kh + 1) * group {
-                        let qp = q.as_ptr().add((bi * t * hq + h) * d);
-                        let gp = g.as_ptr().add((bi * t * hq + h) * d);
-                        let dqp = base.at((bi * t * hq + h) * d);
-                        super::blas::sgemm_strided(
-                            false,
-                            true,
-                            t,
-                            s,
-                            d,
-                            scale,
-                            qp,
-                            ldq,
-                            kp,
-                            ldk,
-                            0.0,
-                            p.as_mut_ptr(),
-                            s,
-                        );
-                        masked_softmax(p, t, s, valid);
-                        super::blas::sgemm_strided(
-                            false,
-                            true,
-                            t,
-                            s,
-                            d,
-                            1.0,
-                            gp,
-                            ldq,
-                            vp,
-                            ldk,
-                            0.0,
-                            dp.as_mut_ptr(),
-                            s,
-                        );
-                        for i in 0..t {
-                            let pr = &p[i * s..(i + 1) * s];
-                            let dr = &mut dp[i * s..(i + 1) * s];
-                            let dsum = dot(pr, dr);
-                            for j in 0..s {
-                                dr[j] = pr[j] * (dr[j] - dsum) * scale;
-                            }
-                        }
-                        super::blas::sgemm_strided(
-                            false,
-                            false,
-                            t,
-                            d,
-                            s,
-                            1.0,
-                            dp.as_ptr(),
-                            s,
-                            kp,
-                            ldk,
-                            0.0,
-                            dqp,
-                            ldq,
-                        );
-                        super::blas::sgemm_strided(
-                            true,
-                            false,
-                            s,
-                            d,
-                            t,
-                            1.0,
-                            dp.as_ptr(),
-                            s,
-                            qp,
-                            ldq,
-                            1.0,
-                            dkp,
-                            ldk,
-                        );
-                        super::blas::sgemm_strided(
-                            true,
-                            false,
-                            s,
-                            d,
-                            t,
-                            1.0,
-                            p.as_ptr(),
-                            s,
-                            gp,
-                            ldq,
-                            1.0,
-                            dvp,
-                            ldk,
-                        );
-                    }
-                }
-            },
-        );
+        let view = |ptr: SendPtr, rows: usize, ld: usize| HeadView {
+            ptr,
+            batch: rows * ld,
+            row: ld,
+        };
+        let sh = AttnShape {
+            b,
+            t,
+            s,
+            hq,
+            hkv,
+            d,
+        };
+        // SAFETY: the packed buffers hold exactly these shapes (checked above); the outputs
+        // are disjoint ranges of a fresh buffer.
+        unsafe {
+            kernels::attention_bwd(
+                sh,
+                (
+                    view(SendPtr::of(q), t, ldq),
+                    view(SendPtr::of(k), s, ldk),
+                    view(SendPtr::of(v), s, ldk),
+                ),
+                view(SendPtr::of(g), t, ldq),
+                (
+                    view(base, t, ldq),
+                    view(SendPtr(base.at(nq)), s, ldk),
+                    view(SendPtr(base.at(nq + nk)), s, ldk),
+                ),
+                &self.key_valid,
+                None,
+            );
+        }
         Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
     }
 }

@@ -1,0 +1,513 @@
+//! The frozen decoder layers `0..n` as **one** op on the input embeddings (CPU, f32). Training
+//! an SGT backpropagates through the frozen base model to its input only; as one op the
+//! autograd graph holds a single node instead of a dozen per layer, so candle allocates no zero
+//! gradient per intermediate tensor, and q, k and v are read in place from the packed
+//! projection instead of being copied out. The activations the backward pass needs (each
+//! layer's input, roped `[q | k | v]`, attention probabilities, residual after attention, and
+//! gate/up projection) are kept by the op between forward and backward, only when its input
+//! carries a gradient.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use stainedglass_core::host::{cpu_slice, with_host};
+
+use super::blas::par_sgemm;
+use super::kernels::{self, AttnShape, HeadView, SendPtr};
+use super::model::Block;
+use super::ops::RopeTable;
+
+fn op_error(msg: impl Into<String>) -> candle_core::Error {
+    candle_core::Error::Msg(msg.into())
+}
+
+/// Head counts and sizes of the decoder layers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StackDims {
+    pub hidden: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub ffn: usize,
+}
+
+impl StackDims {
+    /// Width of the packed `[q | k | v]` projection.
+    fn qkv_width(&self) -> usize {
+        (self.hq + 2 * self.hkv) * self.d
+    }
+}
+
+/// The op: layers `0..n` of a model for one batch (positions and key mask fixed).
+#[derive(Clone)]
+pub(super) struct DecoderStack {
+    pub layers: Arc<[Block]>,
+    pub n: usize,
+    pub dims: StackDims,
+    pub rope: Arc<RopeTable>,
+    /// RoPE position of every row (`b·t`).
+    pub positions: Arc<Vec<u32>>,
+    /// 1 = a real token, per row (`b·t`).
+    pub key_valid: Arc<Vec<u8>>,
+    /// Whether to keep activations for a backward pass.
+    pub keep: bool,
+    tape: Arc<Mutex<Vec<LayerTape>>>,
+}
+
+/// What one layer's backward pass reads.
+struct LayerTape {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    x2: Vec<f32>,
+    gu: Vec<f32>,
+}
+
+/// Runs `f` on host views of one layer's frozen weights `[qkv, o, gate_up, down]` and the qkv
+/// bias (read locks held meanwhile).
+fn with_weights<R>(
+    blk: &Block,
+    f: impl FnOnce([&[f32]; 4], Option<&[f32]>) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (g0, l0) = blk.qkv.weight().storage_and_layout();
+    let (g1, l1) = blk.o.weight().storage_and_layout();
+    let (g2, l2) = blk.gate_up.weight().storage_and_layout();
+    let (g3, l3) = blk.down.weight().storage_and_layout();
+    let bias = match blk.qkv.bias() {
+        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    f(
+        [
+            host(&g0, l0)?,
+            host(&g1, l1)?,
+            host(&g2, l2)?,
+            host(&g3, l3)?,
+        ],
+        bias.as_deref(),
+    )
+}
+
+fn host<'a>(g: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match g {
+        Storage::Cpu(c) => cpu_slice(c, l),
+        _ => Err(op_error("decoder stack: weights must be on the CPU")),
+    }
+}
+
+impl DecoderStack {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        layers: Arc<[Block]>,
+        n: usize,
+        dims: StackDims,
+        rope: Arc<RopeTable>,
+        positions: Arc<Vec<u32>>,
+        key_valid: Arc<Vec<u8>>,
+        keep: bool,
+    ) -> Self {
+        Self {
+            layers,
+            n,
+            dims,
+            rope,
+            positions,
+            key_valid,
+            keep,
+            tape: Arc::default(),
+        }
+    }
+
+    fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
+        let StackDims { hq, hkv, d, .. } = self.dims;
+        AttnShape {
+            b,
+            t,
+            s: t,
+            hq,
+            hkv,
+            d,
+        }
+    }
+
+    /// Views of q, k and v inside a packed `(b·t) × [q | k | v]` buffer.
+    fn qkv_views(&self, base: *mut f32, t: usize) -> (HeadView, HeadView, HeadView) {
+        let StackDims { hq, hkv, d, .. } = self.dims;
+        let w = self.dims.qkv_width();
+        let base = SendPtr(base);
+        let at = |off: usize| HeadView {
+            ptr: SendPtr(base.at(off)),
+            batch: t * w,
+            row: w,
+        };
+        (at(0), at(hq * d), at((hq + hkv) * d))
+    }
+
+    /// One layer forward on `x: (b·t) × hidden`; returns its output and, with `keep`, the tape.
+    fn layer_forward(
+        &self,
+        blk: &Block,
+        x: Vec<f32>,
+        (b, t): (usize, usize),
+        kv_out: Option<&mut Vec<(Vec<f32>, Vec<f32>)>>,
+    ) -> candle_core::Result<(Vec<f32>, Option<LayerTape>)> {
+        let StackDims {
+            hidden,
+            hq,
+            hkv,
+            d,
+            ffn,
+        } = self.dims;
+        let (m, w) = (b * t, self.dims.qkv_width());
+        with_weights(blk, |[w_qkv, w_o, w_gu, w_down], bias| {
+            let mut h = vec![0f32; m * hidden];
+            kernels::rms_norm(&x, blk.attn_norm.host(), blk.attn_norm.eps(), &mut h);
+            let mut qkv = vec![0f32; m * w];
+            let beta = match bias {
+                Some(bias) => {
+                    qkv.chunks_exact_mut(w)
+                        .for_each(|r| r.copy_from_slice(bias));
+                    1.0
+                }
+                None => 0.0,
+            };
+            par_sgemm(&h, w_qkv, &mut qkv, (m, w, hidden), true, beta);
+            kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
+            if let Some(sink) = kv_out {
+                let (k0, width) = (hq * d, hkv * d);
+                let mut k = Vec::with_capacity(m * width);
+                let mut v = Vec::with_capacity(m * width);
+                for row in qkv.chunks_exact(w) {
+                    k.extend_from_slice(&row[k0..k0 + width]);
+                    v.extend_from_slice(&row[k0 + width..]);
+                }
+                sink.push((k, v));
+            }
+            let mut a = vec![0f32; m * hq * d];
+            let mut probs = if self.keep {
+                vec![0f32; b * hq * t * t]
+            } else {
+                Vec::new()
+            };
+            let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
+            let out = HeadView {
+                ptr: SendPtr(a.as_mut_ptr()),
+                batch: t * hq * d,
+                row: hq * d,
+            };
+            // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d output.
+            unsafe {
+                kernels::attention(
+                    self.attn_shape(b, t),
+                    qv,
+                    kv,
+                    vv,
+                    out,
+                    &self.key_valid,
+                    self.keep.then_some(probs.as_mut_slice()),
+                );
+            }
+            let (x, mut x2) = if self.keep {
+                let x2 = x.clone();
+                (Some(x), x2)
+            } else {
+                (None, x)
+            };
+            par_sgemm(&a, w_o, &mut x2, (m, hidden, hq * d), true, 1.0);
+            kernels::rms_norm(&x2, blk.mlp_norm.host(), blk.mlp_norm.eps(), &mut h);
+            let mut gu = vec![0f32; m * 2 * ffn];
+            par_sgemm(&h, w_gu, &mut gu, (m, 2 * ffn, hidden), true, 0.0);
+            let mut act = vec![0f32; m * ffn];
+            kernels::swiglu(&gu, ffn, &mut act);
+            let tape = x.map(|x| LayerTape {
+                x,
+                qkv,
+                probs,
+                x2: x2.clone(),
+                gu,
+            });
+            let mut x3 = x2;
+            par_sgemm(&act, w_down, &mut x3, (m, hidden, ffn), true, 1.0);
+            Ok((x3, tape))
+        })
+    }
+
+    /// One layer backward: the input gradient for output gradient `dy`.
+    fn layer_backward(
+        &self,
+        blk: &Block,
+        tape: &LayerTape,
+        dy: Vec<f32>,
+        (b, t): (usize, usize),
+    ) -> candle_core::Result<Vec<f32>> {
+        let StackDims {
+            hidden,
+            hq,
+            hkv,
+            d,
+            ffn,
+        } = self.dims;
+        let (m, w) = (b * t, self.dims.qkv_width());
+        with_weights(blk, |[w_qkv, w_o, w_gu, w_down], _bias| {
+            let mut dact = vec![0f32; m * ffn];
+            par_sgemm(&dy, w_down, &mut dact, (m, ffn, hidden), false, 0.0);
+            let mut dgu = vec![0f32; m * 2 * ffn];
+            kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
+            drop(dact);
+            let mut dh = vec![0f32; m * hidden];
+            par_sgemm(&dgu, w_gu, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
+            drop(dgu);
+            let mut dx2 = dy;
+            let (mlp_w, mlp_eps) = (blk.mlp_norm.host(), blk.mlp_norm.eps());
+            kernels::rms_norm_bwd(&tape.x2, &dh, mlp_w, mlp_eps, &mut dx2, true);
+            let mut da = vec![0f32; m * hq * d];
+            par_sgemm(&dx2, w_o, &mut da, (m, hq * d, hidden), false, 0.0);
+            let mut dqkv = vec![0f32; m * w];
+            let g = HeadView {
+                ptr: SendPtr::of(&da),
+                batch: t * hq * d,
+                row: hq * d,
+            };
+            let outs = self.qkv_views(dqkv.as_mut_ptr(), t);
+            // SAFETY: the views address the packed (b·t) × w buffers and the (b·t) × hq·d
+            // gradient; q, k and v occupy disjoint columns of `dqkv`.
+            unsafe {
+                kernels::attention_bwd(
+                    self.attn_shape(b, t),
+                    self.qkv_views(tape.qkv.as_ptr().cast_mut(), t),
+                    g,
+                    outs,
+                    &self.key_valid,
+                    Some(&tape.probs),
+                );
+            }
+            kernels::rope_in_place(&mut dqkv, w, hq + hkv, d, &self.rope, &self.positions, true);
+            par_sgemm(&dqkv, w_qkv, &mut dh, (m, hidden, w), false, 0.0);
+            let mut dx = dx2;
+            let (attn_w, attn_eps) = (blk.attn_norm.host(), blk.attn_norm.eps());
+            kernels::rms_norm_bwd(&tape.x, &dh, attn_w, attn_eps, &mut dx, true);
+            Ok(dx)
+        })
+    }
+}
+
+impl DecoderStack {
+    /// Runs the layers on `x: (b·t) × hidden`, keeping the tape if `self.keep`; with `kv_out`,
+    /// also collects every layer's roped keys and values, each `(b·t) × (hkv·d)`.
+    fn run_host(
+        &self,
+        mut x: Vec<f32>,
+        bt: (usize, usize),
+        mut kv_out: Option<&mut Vec<(Vec<f32>, Vec<f32>)>>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (b, t) = bt;
+        if x.len() != b * t * self.dims.hidden || self.positions.len() != b * t {
+            return Err(op_error(format!(
+                "decoder stack: {} values for batch {b} × {t} tokens, hidden size {} and {} \
+                 positions",
+                x.len(),
+                self.dims.hidden,
+                self.positions.len()
+            )));
+        }
+        let mut tapes = Vec::new();
+        for blk in self.layers.iter().take(self.n) {
+            let (y, tape) = self.layer_forward(blk, x, bt, kv_out.as_deref_mut())?;
+            tapes.extend(tape);
+            x = y;
+        }
+        if self.keep {
+            *self
+                .tape
+                .lock()
+                .map_err(|_| op_error("decoder stack: tape lock poisoned"))? = tapes;
+        }
+        Ok(x)
+    }
+
+    /// An inference pass (no tape) of `x: (b, t, hidden)` that also returns each layer's roped
+    /// keys and values as `(b, t, hkv, d)` tensors, to fill a KV cache.
+    pub fn forward_with_kv(
+        &self,
+        x: &Tensor,
+    ) -> candle_core::Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (b, t, _) = x.dims3()?;
+        let mut kvs = Vec::with_capacity(self.n);
+        let no_tape = Self {
+            keep: false,
+            ..self.clone()
+        };
+        let y = with_host(x, |h| no_tape.run_host(h.to_vec(), (b, t), Some(&mut kvs)))??;
+        let shape = (b, t, self.dims.hkv, self.dims.d);
+        let kvs = kvs
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    Tensor::from_vec(k, shape, x.device())?,
+                    Tensor::from_vec(v, shape, x.device())?,
+                ))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((Tensor::from_vec(y, x.shape(), x.device())?, kvs))
+    }
+}
+
+impl CustomOp1 for DecoderStack {
+    fn name(&self) -> &'static str {
+        "sg-decoder-stack"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, t, _) = l.shape().dims3()?;
+        let x = self.run_host(cpu_slice(s, l)?.to_vec(), (b, t), None)?;
+        Ok((CpuStorage::F32(x), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let tapes = self
+            .tape
+            .lock()
+            .map_err(|_| op_error("decoder stack: tape lock poisoned"))?;
+        if tapes.len() != self.n {
+            return Err(op_error(
+                "decoder stack: backward without a recorded forward pass",
+            ));
+        }
+        let (b, t, _) = arg.dims3()?;
+        let mut dy = with_host(grad, <[f32]>::to_vec)?;
+        for (blk, tape) in self.layers.iter().take(self.n).zip(tapes.iter()).rev() {
+            dy = self.layer_backward(blk, tape, dy, (b, t))?;
+        }
+        Ok(Some(Tensor::from_vec(dy, arg.shape(), arg.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::LlamaConfig;
+    use super::super::model::{Llama, Stop};
+    use super::super::weights::TensorMap;
+    use candle_core::{DType, Device, Tensor, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-scale..scale)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    }
+
+    /// A 3-layer model with GQA and a qkv bias (Qwen2-style), random weights.
+    fn tiny() -> Llama {
+        let cfg = LlamaConfig {
+            architecture: "qwen2".into(),
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 40,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: true,
+        };
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut map = TensorMap::new();
+        let (h, f, q, kv) = (32, 40, 32, 16);
+        map.insert(
+            "model.embed_tokens.weight".into(),
+            rand(&[50, h], &mut r, 1.0),
+        );
+        map.insert("model.norm.weight".into(), rand(&[h], &mut r, 1.0));
+        for i in 0..3 {
+            let p = format!("model.layers.{i}");
+            let mut put = |n: &str, s: &[usize], sc: f32| {
+                map.insert(format!("{p}.{n}"), rand(s, &mut r, sc));
+            };
+            put("input_layernorm.weight", &[h], 1.0);
+            put("post_attention_layernorm.weight", &[h], 1.0);
+            put("self_attn.q_proj.weight", &[q, h], 0.3);
+            put("self_attn.k_proj.weight", &[kv, h], 0.3);
+            put("self_attn.v_proj.weight", &[kv, h], 0.3);
+            put("self_attn.q_proj.bias", &[q], 0.3);
+            put("self_attn.k_proj.bias", &[kv], 0.3);
+            put("self_attn.v_proj.bias", &[kv], 0.3);
+            put("self_attn.o_proj.weight", &[h, q], 0.3);
+            put("mlp.gate_proj.weight", &[f, h], 0.3);
+            put("mlp.up_proj.weight", &[f, h], 0.3);
+            put("mlp.down_proj.weight", &[h, f], 0.3);
+        }
+        Llama::from_tensors(cfg, map, &Device::Cpu).expect("tiny model")
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("diff")
+    }
+
+    /// The fused stack (uncached `forward_embeds`) against the layer-by-layer path that
+    /// `forward_with_states` runs: same activations at every layer and same input gradient,
+    /// with left padding in one row.
+    #[test]
+    fn fused_stack_matches_layer_by_layer_path_in_value_and_gradient() {
+        let m = tiny();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (b, t) = (2, 6);
+        let x = Var::from_tensor(&rand(&[b, t, 32], &mut r, 1.0)).expect("var");
+        let mut mask = vec![1u8; b * t];
+        mask[t] = 0;
+        mask[t + 1] = 0;
+        let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)
+            .and_then(|m| m.to_dtype(DType::U8))
+            .expect("mask");
+        let (_, states) = m
+            .forward_with_states(x.as_tensor(), Some(&mask))
+            .expect("states");
+        for (k, state) in states.iter().enumerate().skip(1) {
+            let fused = m
+                .forward_embeds(x.as_tensor(), Some(&mask), Stop::AtLayer(k))
+                .expect("fused");
+            let d = max_diff(&fused, state);
+            assert!(d < 1e-4, "layer {k}: fused differs by {d}");
+            let w = rand(&[b, t, 32], &mut r, 1.0);
+            let gf = (fused * &w)
+                .and_then(|l| l.sum_all()?.backward())
+                .expect("fused backward");
+            let gs = (state * &w)
+                .and_then(|l| l.sum_all()?.backward())
+                .expect("stepwise backward");
+            let (gf, gs) = (
+                gf.get(&x).expect("fused gradient"),
+                gs.get(&x).expect("stepwise gradient"),
+            );
+            let scale = gs
+                .abs()
+                .and_then(|a| {
+                    a.max_keepdim(2)?
+                        .max_keepdim(1)?
+                        .max_keepdim(0)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()
+                })
+                .expect("scale")[0];
+            let d = max_diff(gf, gs);
+            assert!(
+                d < 1e-4 * scale.max(1.0),
+                "layer {k}: gradient differs by {d} (scale {scale})"
+            );
+        }
+        // Without a gradient the op keeps no tape and gives the same values.
+        let plain = m
+            .forward_embeds(&x.as_tensor().detach(), Some(&mask), Stop::AtLayer(3))
+            .expect("no-grad pass");
+        assert!(max_diff(&plain, &states[3]) < 1e-4);
+    }
+}
