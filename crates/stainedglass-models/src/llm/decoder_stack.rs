@@ -13,9 +13,12 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host};
 
 use super::blas::par_sgemm;
+use super::gemv::gemv_rows;
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
 use super::model::Block;
+use super::model::KvCache;
 use super::ops::RopeTable;
+use super::ops::GEMV_MAX_ROWS;
 
 fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
@@ -147,9 +150,10 @@ impl DecoderStack {
     fn layer_forward(
         &self,
         blk: &Block,
+        li: usize,
         x: Vec<f32>,
         (b, t): (usize, usize),
-        kv_out: Option<&mut Vec<(Vec<f32>, Vec<f32>)>>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<(Vec<f32>, Option<LayerTape>)> {
         let StackDims {
             hidden,
@@ -163,49 +167,68 @@ impl DecoderStack {
             let mut h = vec![0f32; m * hidden];
             kernels::rms_norm(&x, blk.attn_norm.host(), blk.attn_norm.eps(), &mut h);
             let mut qkv = vec![0f32; m * w];
-            let beta = match bias {
-                Some(bias) => {
-                    qkv.chunks_exact_mut(w)
-                        .for_each(|r| r.copy_from_slice(bias));
-                    1.0
-                }
-                None => 0.0,
-            };
-            par_sgemm(&h, w_qkv, &mut qkv, (m, w, hidden), true, beta);
-            kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
-            if let Some(sink) = kv_out {
-                let (k0, width) = (hq * d, hkv * d);
-                let mut k = Vec::with_capacity(m * width);
-                let mut v = Vec::with_capacity(m * width);
-                for row in qkv.chunks_exact(w) {
-                    k.extend_from_slice(&row[k0..k0 + width]);
-                    v.extend_from_slice(&row[k0 + width..]);
-                }
-                sink.push((k, v));
+            if let Some(bias) = bias {
+                qkv.chunks_exact_mut(w)
+                    .for_each(|r| r.copy_from_slice(bias));
             }
+            project(&h, w_qkv, (m, w, hidden), bias.is_some(), &mut qkv);
+            kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
             let mut a = vec![0f32; m * hq * d];
             let mut probs = if self.keep {
                 vec![0f32; b * hq * t * t]
             } else {
                 Vec::new()
             };
-            let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
             let out = HeadView {
                 ptr: SendPtr(a.as_mut_ptr()),
                 batch: t * hq * d,
                 row: hq * d,
             };
-            // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d output.
-            unsafe {
-                kernels::attention(
-                    self.attn_shape(b, t),
-                    qv,
-                    kv,
-                    vv,
-                    out,
-                    &self.key_valid,
-                    self.keep.then_some(probs.as_mut_slice()),
-                );
+            let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
+            match cache {
+                // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d
+                // output.
+                None => unsafe {
+                    kernels::attention(
+                        self.attn_shape(b, t),
+                        qv,
+                        kv,
+                        vv,
+                        out,
+                        &self.key_valid,
+                        self.keep.then_some(probs.as_mut_slice()),
+                    );
+                },
+                Some((cache, past)) => {
+                    let (ck, cv) = self.append_kv(&qkv, (b, t), cache, li, past)?;
+                    let s = past + t;
+                    let sh = AttnShape {
+                        s,
+                        ..self.attn_shape(b, t)
+                    };
+                    with_host(&ck, |kc| {
+                        with_host(&cv, |vc| {
+                            let view = |c: &[f32]| HeadView {
+                                ptr: SendPtr::of(c),
+                                batch: c.len() / b,
+                                row: hkv * d,
+                            };
+                            // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and
+                            // the output as above.
+                            unsafe {
+                                kernels::attention(
+                                    sh,
+                                    qv,
+                                    view(kc),
+                                    view(vc),
+                                    out,
+                                    &self.key_valid,
+                                    None,
+                                )
+                            };
+                        })
+                    })??;
+                }
             }
             let (x, mut x2) = if self.keep {
                 let x2 = x.clone();
@@ -213,10 +236,10 @@ impl DecoderStack {
             } else {
                 (None, x)
             };
-            par_sgemm(&a, w_o, &mut x2, (m, hidden, hq * d), true, 1.0);
+            project(&a, w_o, (m, hidden, hq * d), true, &mut x2);
             kernels::rms_norm(&x2, blk.mlp_norm.host(), blk.mlp_norm.eps(), &mut h);
             let mut gu = vec![0f32; m * 2 * ffn];
-            par_sgemm(&h, w_gu, &mut gu, (m, 2 * ffn, hidden), true, 0.0);
+            project(&h, w_gu, (m, 2 * ffn, hidden), false, &mut gu);
             let mut act = vec![0f32; m * ffn];
             kernels::swiglu(&gu, ffn, &mut act);
             let tape = x.map(|x| LayerTape {
@@ -227,7 +250,7 @@ impl DecoderStack {
                 gu,
             });
             let mut x3 = x2;
-            par_sgemm(&act, w_down, &mut x3, (m, hidden, ffn), true, 1.0);
+            project(&act, w_down, (m, hidden, ffn), true, &mut x3);
             Ok((x3, tape))
         })
     }
@@ -292,13 +315,13 @@ impl DecoderStack {
 }
 
 impl DecoderStack {
-    /// Runs the layers on `x: (b·t) × hidden`, keeping the tape if `self.keep`; with `kv_out`,
-    /// also collects every layer's roped keys and values, each `(b·t) × (hkv·d)`.
+    /// Runs the layers on `x: (b·t) × hidden`, keeping the tape if `self.keep`; with a cache
+    /// holding `past` positions, appends the new keys and values and attends over all of them.
     fn run_host(
         &self,
         mut x: Vec<f32>,
         bt: (usize, usize),
-        mut kv_out: Option<&mut Vec<(Vec<f32>, Vec<f32>)>>,
+        mut cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<Vec<f32>> {
         let (b, t) = bt;
         if x.len() != b * t * self.dims.hidden || self.positions.len() != b * t {
@@ -311,8 +334,9 @@ impl DecoderStack {
             )));
         }
         let mut tapes = Vec::new();
-        for blk in self.layers.iter().take(self.n) {
-            let (y, tape) = self.layer_forward(blk, x, bt, kv_out.as_deref_mut())?;
+        for (li, blk) in self.layers.iter().take(self.n).enumerate() {
+            let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
+            let (y, tape) = self.layer_forward(blk, li, x, bt, c)?;
             tapes.extend(tape);
             x = y;
         }
@@ -325,30 +349,78 @@ impl DecoderStack {
         Ok(x)
     }
 
-    /// An inference pass (no tape) of `x: (b, t, hidden)` that also returns each layer's roped
-    /// keys and values as `(b, t, hkv, d)` tensors, to fill a KV cache.
-    pub fn forward_with_kv(
+    /// Writes layer `li`'s new roped keys and values (from the packed `qkv`) into `cache`
+    /// after its `past` positions; returns the cache's key and value buffers.
+    fn append_kv(
+        &self,
+        qkv: &[f32],
+        (b, t): (usize, usize),
+        cache: &mut KvCache,
+        li: usize,
+        past: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let StackDims { hq, hkv, d, .. } = self.dims;
+        let (k0, width) = (hq * d, hkv * d);
+        let mut k = Vec::with_capacity(b * t * width);
+        let mut v = Vec::with_capacity(b * t * width);
+        for row in qkv.chunks_exact(self.dims.qkv_width()) {
+            k.extend_from_slice(&row[k0..k0 + width]);
+            v.extend_from_slice(&row[k0 + width..]);
+        }
+        let k = Tensor::from_vec(k, (b, t, hkv, d), &candle_core::Device::Cpu)?;
+        let v = Tensor::from_vec(v, (b, t, hkv, d), &candle_core::Device::Cpu)?;
+        let (ck, cv) = cache
+            .reserve(li, &k, past, past + t)
+            .map_err(|e| op_error(e.to_string()))?;
+        ck.slice_set(&k, 1, past)?;
+        cv.slice_set(&v, 1, past)?;
+        Ok((ck, cv))
+    }
+
+    /// An inference pass (no tape) of `x: (b, t, hidden)` on top of `cache`, which holds
+    /// `past` positions and gains these `t`.
+    pub fn forward_cached(
         &self,
         x: &Tensor,
-    ) -> candle_core::Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        cache: &mut KvCache,
+        past: usize,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let mut kvs = Vec::with_capacity(self.n);
         let no_tape = Self {
             keep: false,
             ..self.clone()
         };
-        let y = with_host(x, |h| no_tape.run_host(h.to_vec(), (b, t), Some(&mut kvs)))??;
-        let shape = (b, t, self.dims.hkv, self.dims.d);
-        let kvs = kvs
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    Tensor::from_vec(k, shape, x.device())?,
-                    Tensor::from_vec(v, shape, x.device())?,
-                ))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok((Tensor::from_vec(y, x.shape(), x.device())?, kvs))
+        let y = with_host(x, |h| {
+            no_tape.run_host(h.to_vec(), (b, t), Some((cache, past)))
+        })??;
+        Tensor::from_vec(y, x.shape(), x.device())
+    }
+}
+
+/// `out (m×n) = x (m×k) · wᵀ` (`w` stored `n×k`), added to `out` when `accumulate`. A few
+/// rows (decoding) run as row dot products, more as a matrix product.
+fn project(
+    x: &[f32],
+    w: &[f32],
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    out: &mut [f32],
+) {
+    if m > GEMV_MAX_ROWS {
+        par_sgemm(
+            x,
+            w,
+            out,
+            (m, n, k),
+            true,
+            if accumulate { 1.0 } else { 0.0 },
+        );
+    } else if accumulate {
+        let mut tmp = vec![0f32; m * n];
+        gemv_rows(x, w, m, k, n, &mut tmp);
+        out.iter_mut().zip(&tmp).for_each(|(o, t)| *o += t);
+    } else {
+        gemv_rows(x, w, m, k, n, out);
     }
 }
 
@@ -509,5 +581,37 @@ mod tests {
             .forward_embeds(&x.as_tensor().detach(), Some(&mask), Stop::AtLayer(3))
             .expect("no-grad pass");
         assert!(max_diff(&plain, &states[3]) < 1e-4);
+    }
+
+    /// Cached inference (a 4-token prefill, then a 1-token and a 2-token step, left padding in
+    /// one row) gives the last-position logits of the layer-by-layer full pass.
+    #[test]
+    fn cached_host_pass_matches_layer_by_layer_logits() {
+        let m = tiny();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (b, t) = (2, 7);
+        let x = rand(&[b, t, 32], &mut r, 1.0);
+        let mut mask = vec![1f32; b * t];
+        mask[t] = 0.0;
+        mask[t + 1] = 0.0;
+        let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu).expect("mask");
+        let (full, _) = m.forward_with_states(&x, Some(&mask)).expect("full");
+        let mut cache = super::super::model::KvCache::new(3, b);
+        for (start, len) in [(0, 4), (4, 1), (5, 2)] {
+            let part = |t: &Tensor| t.narrow(1, start, len).expect("narrow");
+            let got = m
+                .forward_cached(&part(&x), Some(&part(&mask)), &mut cache)
+                .expect("cached");
+            let want = full
+                .narrow(1, start + len - 1, 1)
+                .and_then(|l| l.squeeze(1));
+            let d = max_diff(&got, &want.expect("want"));
+            assert!(
+                d < 1e-4,
+                "positions {start}..{}: logits differ by {d}",
+                start + len
+            );
+        }
+        assert_eq!(cache.len(), t);
     }
 }

@@ -70,7 +70,7 @@ impl KvCache {
 
     /// Layer `li`'s key and value buffers `(b, capacity, kv_heads, head_dim)` holding `used`
     /// positions, grown (doubling, old entries copied) so that `need` positions fit.
-    fn reserve(
+    pub(super) fn reserve(
         &mut self,
         li: usize,
         like: &Tensor,
@@ -431,10 +431,10 @@ impl Llama {
         let positions = Arc::new(positions);
         let (hq, hkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut x = embeds.clone();
-        // A fresh pass without per-layer states runs the layers as one op (`decoder_stack`);
-        // a prefill into an empty cache takes the keys and values from it.
-        let fresh_prefill = last_only && past == 0 && !embeds.track_op();
-        if (!last_only || fresh_prefill) && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {
+        // On the CPU the layers run as one op (`decoder_stack`): a differentiable one for
+        // uncached passes, a host pass for cached inference (prefill and decoding).
+        let cached_with_grad = last_only && embeds.track_op();
+        if !cached_with_grad && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {
             let op = DecoderStack::new(
                 self.layers.clone(),
                 n_layers,
@@ -451,13 +451,8 @@ impl Llama {
                 embeds.track_op(),
             );
             let x = embeds.contiguous()?;
-            if fresh_prefill {
-                let (x, kvs) = op.forward_with_kv(&x)?;
-                for (li, (k, v)) in kvs.iter().enumerate() {
-                    let (ck, cv) = cache.reserve(li, k, 0, t)?;
-                    ck.slice_set(k, 1, 0)?;
-                    cv.slice_set(v, 1, 0)?;
-                }
+            if last_only {
+                let x = op.forward_cached(&x, cache, past)?;
                 return self.finish(x, stop, t, last_only);
             }
             let x = if op.keep {

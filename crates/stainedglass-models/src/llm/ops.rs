@@ -485,7 +485,7 @@ impl CustomOp1 for AttentionBwd {
 // ---------------------------------------------------------------- frozen linear
 
 /// Up to this many rows, a linear layer runs as row-wise dot products (`gemv`).
-const GEMV_MAX_ROWS: usize = 4;
+pub(super) const GEMV_MAX_ROWS: usize = 4;
 
 /// `y = x·Wᵀ (+ b)` with a frozen `W: (out, in)`. When `x` carries a gradient the matmul is a
 /// custom op whose backward returns only `dx = dy·W` (candle's matmul would also compute the
