@@ -5,6 +5,7 @@
 
 use super::gemv::dot;
 use super::ops::RopeTable;
+use super::vexp;
 use rayon::prelude::*;
 
 // ---------------------------------------------------------------- RMSNorm
@@ -82,20 +83,13 @@ pub fn rope_in_place(
 
 // ---------------------------------------------------------------- SwiGLU
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// `y = silu(gate) · up` on rows `x = [gate | up]` of length `2f` (`y` rows of length `f`).
 pub fn swiglu(x: &[f32], f: usize, y: &mut [f32]) {
     y.par_chunks_mut(f)
         .zip(x.par_chunks(2 * f))
         .for_each(|(yr, xr)| {
             let (g, u) = xr.split_at(f);
-            for k in 0..f {
-                yr[k] = g[k] * sigmoid(g[k]) * u[k];
-            }
+            vexp::swiglu_row(g, u, yr);
         });
 }
 
@@ -106,11 +100,7 @@ pub fn swiglu_bwd(x: &[f32], g: &[f32], f: usize, dx: &mut [f32]) {
         .for_each(|(d, (xr, gr))| {
             let (gate, up) = xr.split_at(f);
             let (dg, du) = d.split_at_mut(f);
-            for k in 0..f {
-                let s = sigmoid(gate[k]);
-                du[k] = gr[k] * gate[k] * s;
-                dg[k] = gr[k] * up[k] * s * (1.0 + gate[k] * (1.0 - s));
-            }
+            vexp::swiglu_bwd_row(gate, up, gr, dg, du);
         });
 }
 
@@ -181,15 +171,8 @@ fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
             continue;
         }
         let mut l = 0f32;
-        for j in 0..s {
-            if j <= last && valid[j] != 0 {
-                let e = (row[j] - m).exp();
-                row[j] = e;
-                l += e;
-            } else {
-                row[j] = 0.0;
-            }
-        }
+        vexp::softmax_row(&mut row[..=last], &valid[..=last], m, &mut l);
+        row[last + 1..].fill(0.0);
         let inv = 1.0 / l;
         for x in row.iter_mut() {
             *x *= inv;

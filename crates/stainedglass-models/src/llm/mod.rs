@@ -13,6 +13,7 @@ pub mod model;
 pub mod noisy;
 pub mod ops;
 pub mod transformer_cloak;
+mod vexp;
 pub mod weights;
 
 pub use config::LlamaConfig;
