@@ -9,8 +9,10 @@
 //! It lives beside the Llama block it reuses: `stainedglass-core` cannot depend on models.
 
 use super::config::LlamaConfig;
+use super::decoder_stack::{DecoderStack, StackDims};
+use super::model::Block;
 use super::model::{positions_from_mask, Llama};
-use super::ops::{reference, Attention, Rope, RopeTable, SwiGlu};
+use super::ops::{is_cpu_f32, reference, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -98,6 +100,23 @@ struct EstimatorBlock {
     mlp_norm: Var,
     gate_up: Var,
     down: Var,
+}
+
+impl EstimatorBlock {
+    /// The layer's current weights as a frozen decoder layer (no copies but the norm weights).
+    fn frozen(&self, eps: f64) -> candle_core::Result<Block> {
+        let lin = |w: &Var, b: Option<&Var>| {
+            Linear::new(w.as_tensor().detach(), b.map(|b| b.as_tensor().detach()))
+        };
+        Ok(Block {
+            attn_norm: RmsNorm::new(self.attn_norm.as_tensor().detach(), eps)?,
+            qkv: lin(&self.qkv, self.qkv_bias.as_ref()),
+            o: lin(&self.o, None),
+            mlp_norm: RmsNorm::new(self.mlp_norm.as_tensor().detach(), eps)?,
+            gate_up: lin(&self.gate_up, None),
+            down: lin(&self.down, None),
+        })
+    }
 }
 
 /// Whether a pass records the autograd graph (training) or not (applying a trained layer).
@@ -376,6 +395,31 @@ impl TransformerCloak {
         };
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let mut h = x.to_dtype(DType::F32)?;
+        if grad == Grad::Off && is_cpu_f32(&h) {
+            // Applying a trained layer: the estimator's layers as one host pass, like the
+            // base model's (`decoder_stack`).
+            let layers = self
+                .blocks
+                .iter()
+                .map(|b| b.frozen(c.rms_norm_eps))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let op = DecoderStack::new(
+                layers.into(),
+                self.blocks.len(),
+                StackDims {
+                    hidden: d,
+                    hq,
+                    hkv,
+                    d: hd,
+                    ffn: c.intermediate_size,
+                },
+                self.rope.clone(),
+                rope.positions.clone(),
+                attn.key_valid.clone(),
+                false,
+            );
+            return Ok(h.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
         for blk in &self.blocks {
             let n = reference::rms_norm(&h, &weight(&blk.attn_norm, grad), c.rms_norm_eps)?;
             let qkv = linear(&n, &blk.qkv, blk.qkv_bias.as_ref(), grad)?;
