@@ -3,6 +3,7 @@
 //! of noise-layer artefacts. See `SPEC.md` §2–5 for the math this crate pins.
 
 pub mod error;
+pub mod fastmath;
 pub mod fpu;
 pub mod host;
 pub mod info;

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::fastmath::tanh_affine_in_place;
 use crate::{Error, Result};
 
 /// Default σ bounds `(min, max)`.
@@ -95,6 +96,22 @@ impl StdParameterization {
         }
     }
 
+    /// σ(ρ) in place on host values: the client's no-graph path (same formula as
+    /// [`Self::forward`], with the vectorized `tanh` of [`crate::fastmath`]).
+    pub fn forward_in_place(&self, rhos: &mut [f32]) {
+        match *self {
+            Self::Cloak { min, max, shallow } => {
+                let half = ((max - min) / 2.0) as f32;
+                let scale = (1.0 / shallow) as f32;
+                tanh_affine_in_place(rhos, 0.0, scale, half, min as f32 + half);
+            }
+            Self::Direct { min, max } => {
+                let (lo, hi) = (min as f32, max as f32);
+                rhos.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+            }
+        }
+    }
+
     /// Scalar σ(ρ), for initialisation and tests.
     pub fn sigma(&self, rho: f64) -> f64 {
         match *self {
@@ -152,6 +169,12 @@ impl BoundedMean {
     pub fn forward(&self, r: &Tensor) -> candle_core::Result<Tensor> {
         ((r + self.shift)? / self.bound)?.tanh()? * self.bound
     }
+
+    /// μ(r) in place on host values (the client's no-graph path).
+    pub fn forward_in_place(&self, r: &mut [f32]) {
+        let b = self.bound as f32;
+        tanh_affine_in_place(r, self.shift as f32, 1.0 / b, b, 0.0);
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +218,29 @@ mod tests {
         // Out-of-range σ is clamped, not NaN.
         assert!(p.inverse(10.0).is_finite());
         assert!(p.inverse(-1.0).is_finite());
+    }
+
+    #[test]
+    fn in_place_forms_match_the_tensor_forms() {
+        let r: Vec<f32> = (0..40).map(|i| i as f32 * 0.37 - 7.0).collect();
+        let t = Tensor::new(r.as_slice(), &Device::Cpu).unwrap();
+        let check = |want: Tensor, got: Vec<f32>| {
+            for (a, b) in got.iter().zip(want.to_vec1::<f32>().unwrap()) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        };
+        for p in [
+            StdParameterization::cloak(1e-4, 2.0, 0.7).unwrap(),
+            StdParameterization::direct(0.01, 1.5).unwrap(),
+        ] {
+            let mut v = r.clone();
+            p.forward_in_place(&mut v);
+            check(p.forward(&t).unwrap(), v);
+        }
+        let m = BoundedMean::new(3.0, 0.25).unwrap();
+        let mut v = r.clone();
+        m.forward_in_place(&mut v);
+        check(m.forward(&t).unwrap(), v);
     }
 
     #[test]

@@ -161,11 +161,7 @@ fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
         let last = s - t + i;
         let row = &mut sc[i * s..(i + 1) * s];
         let mut m = f32::NEG_INFINITY;
-        for j in 0..=last {
-            if valid[j] != 0 {
-                m = m.max(row[j]);
-            }
-        }
+        vexp::max_valid(&row[..=last], &valid[..=last], &mut m);
         if m == f32::NEG_INFINITY {
             row.fill(0.0);
             continue;
@@ -173,10 +169,7 @@ fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
         let mut l = 0f32;
         vexp::softmax_row(&mut row[..=last], &valid[..=last], m, &mut l);
         row[last + 1..].fill(0.0);
-        let inv = 1.0 / l;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
+        vexp::scale_row(&mut row[..=last], 1.0 / l);
     }
 }
 

@@ -461,6 +461,65 @@ impl TransformerCloak {
         self.forward_impl(&x.detach(), attention_mask, noise_mask, rng, Grad::Off)
     }
 
+    /// The client's path of [`Self::transform`] on the CPU: after the estimator, μ, σ, the
+    /// noise and the masked combination are computed on host values in one pass per token
+    /// (no intermediate tensors); the same formulas and noise stream as the training forward.
+    fn transform_host(
+        &self,
+        x: &Tensor,
+        am: &[u8],
+        nm: &[u8],
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        let (b, t, d) = x.dims3()?;
+        let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let h = self.hidden_with(x, am, Grad::Off)?;
+        let mut mean = host(linear(&h, &self.mean_w, Some(&self.mean_b), Grad::Off)?)?;
+        let mut std = host(linear(&h, &self.rho_w, Some(&self.rho_b), Grad::Off)?)?;
+        self.mean.forward_in_place(&mut mean);
+        self.param.forward_in_place(&mut std);
+        let keep = match self.config.percent_to_mask {
+            Some(p) if p > 0.0 => Some(keep_mask_host(&std, d, p)),
+            _ => None,
+        };
+        let xs = host(x.clone())?;
+        // ε, then x̃ in place: x + μ + σε where kept, μ where suppressed, x where untransformed.
+        let mut out = vec![0f32; b * t * d];
+        rng.fill_standard_normal(&mut out);
+        let rows = out
+            .chunks_exact_mut(d)
+            .zip(xs.chunks_exact(d))
+            .zip(mean.chunks_exact(d).zip(std.chunks_exact(d)));
+        for (row, ((o, xr), (mr, sr))) in rows.enumerate() {
+            if nm[row] == 0 || am[row] == 0 {
+                o.copy_from_slice(xr);
+                continue;
+            }
+            let kr = keep.as_ref().map(|k| &k[row * d..(row + 1) * d]);
+            for j in 0..d {
+                let full = xr[j] + mr[j] + sr[j] * o[j];
+                o[j] = match kr {
+                    Some(k) if k[j] == 0 => mr[j],
+                    _ => full,
+                };
+            }
+        }
+        let dev = x.device();
+        let mask = match keep {
+            Some(k) => {
+                let f: Vec<f32> = k.iter().map(|&v| f32::from(v)).collect();
+                Some(Tensor::from_vec(f, (b, t, d), dev)?)
+            }
+            None => None,
+        };
+        Ok(NoiseOutput {
+            transformed: Tensor::from_vec(out, (b, t, d), dev)?,
+            mean: Tensor::from_vec(mean, (b, t, d), dev)?,
+            std: Tensor::from_vec(std, (b, t, d), dev)?,
+            mask,
+        })
+    }
+
     fn forward_impl(
         &self,
         x: &Tensor,
@@ -480,8 +539,11 @@ impl TransformerCloak {
                 got: vec![am.len(), nm.len()],
             });
         }
+        if grad == Grad::Off && is_cpu_f32(x) {
+            return self.transform_host(x, am, nm, rng);
+        }
         let (mean, std) = self.statistics_with(x, am, grad)?;
-        let eps = rng.standard_normal((b, t, d), x.device())?;
+        let eps = rng.standard_normal_parallel((b, t, d), x.device())?;
         let noise = (std.clone() * eps)?;
         let keep = match self.config.percent_to_mask {
             Some(p) if p > 0.0 => Some(per_token_keep_mask(&std, p)?),
@@ -519,25 +581,33 @@ impl TransformerCloak {
 /// Per-token keep mask (u8, 1 = keep): the `⌈p·d⌉` largest σ of every token are suppressed.
 fn per_token_keep_mask(std: &Tensor, p: f64) -> Result<Tensor> {
     let (b, t, d) = std.dims3()?;
-    let k = stainedglass_core::mask::masked_count(p, d);
     let v = std.detach().flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor::from_vec(
+        keep_mask_host(&v, d, p),
+        (b, t, d),
+        std.device(),
+    )?)
+}
+
+/// [`per_token_keep_mask`] on host values: rows of `d` σ values → keep flags.
+fn keep_mask_host(v: &[f32], d: usize, p: f64) -> Vec<u8> {
+    let k = stainedglass_core::mask::masked_count(p, d);
     let mut keep = vec![1u8; v.len()];
     let mut order: Vec<usize> = Vec::with_capacity(d);
-    for row in 0..b * t {
-        if k == 0 {
-            break;
-        }
-        let r = &v[row * d..(row + 1) * d];
+    if k == 0 {
+        return keep;
+    }
+    for (r, kr) in v.chunks_exact(d).zip(keep.chunks_exact_mut(d)) {
         order.clear();
         order.extend(0..d);
         // Largest σ first; ties broken by index so the choice is deterministic. Only the set
         // of the k largest matters, so a selection (O(d)) replaces a sort.
         order.select_nth_unstable_by(k - 1, |&a, &c| r[c].total_cmp(&r[a]).then(a.cmp(&c)));
         for &j in &order[..k] {
-            keep[row * d + j] = 0;
+            kr[j] = 0;
         }
     }
-    Ok(Tensor::from_vec(keep, (b, t, d), std.device())?)
+    keep
 }
 
 /// The estimator's tensors for block `i`, fused like the base model's, from HF-named weights.
