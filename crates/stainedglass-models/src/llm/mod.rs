@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod model;
 pub mod noisy;
 pub mod ops;
+mod train_linear;
 pub mod transformer_cloak;
 mod vexp;
 pub mod weights;

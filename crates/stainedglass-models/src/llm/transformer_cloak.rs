@@ -133,7 +133,7 @@ fn linear(x: &Tensor, w: &Var, b: Option<&Var>, grad: Grad) -> candle_core::Resu
             super::ops::Linear::new(w.as_tensor().detach(), b.map(|b| b.as_tensor().detach()));
         return lin.forward(x);
     }
-    let y = x.broadcast_matmul(&w.as_tensor().t()?)?;
+    let y = super::train_linear::linear(x, w.as_tensor())?;
     match b {
         Some(b) => y.broadcast_add(b.as_tensor()),
         None => Ok(y),
