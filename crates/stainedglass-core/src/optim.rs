@@ -5,6 +5,9 @@
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::host::with_host;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -109,6 +112,12 @@ impl AdamW {
             // Detached: a gradient can carry its step's whole graph, and the moments would
             // chain every step's graph together (unbounded memory).
             let g = g.detach().to_dtype(DType::F32)?;
+            if let Some((w, m, v)) = self.step_host(i, &g, bc1, bc2)? {
+                self.vars[i].set(&w)?;
+                self.m[i] = m;
+                self.v[i] = v;
+                continue;
+            }
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -125,16 +134,80 @@ impl AdamW {
         Ok(())
     }
 
+    /// The update of variable `i` in one parallel pass over host values (CPU, f32): the new
+    /// weight, first and second moments, with the formulas of the tensor path. `None` when the
+    /// tensors are elsewhere. (The tensor path runs a dozen full-size ops, each allocating.)
+    fn step_host(
+        &self,
+        i: usize,
+        g: &Tensor,
+        bc1: f64,
+        bc2: f64,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let w = self.vars[i].as_tensor();
+        let all_host = [w, g, &self.m[i], &self.v[i]]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        if !all_host || g.dims() != w.dims() {
+            return Ok(None);
+        }
+        let c = self.config;
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let (ib1, ib2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+        let (bc1, bc2, eps, lr) = (bc1 as f32, bc2 as f32, c.eps as f32, c.lr as f32);
+        let decay = (1.0 - c.lr * c.weight_decay) as f32;
+        let n = w.elem_count();
+        let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        with_host(w, |ws| {
+            with_host(g, |gs| {
+                with_host(&self.m[i], |ms| {
+                    with_host(&self.v[i], |vs| {
+                        const CHUNK: usize = 1 << 14;
+                        nw.par_chunks_mut(CHUNK)
+                            .zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK)))
+                            .enumerate()
+                            .for_each(|(k, (ow, (om, ov)))| {
+                                let at = k * CHUNK;
+                                for j in 0..ow.len() {
+                                    let gj = gs[at + j];
+                                    let m = ms[at + j] * b1 + gj * ib1;
+                                    let v = vs[at + j] * b2 + gj * gj * ib2;
+                                    let update = (m / bc1) / ((v / bc2).sqrt() + eps);
+                                    ow[j] = ws[at + j] * decay - update * lr;
+                                    om[j] = m;
+                                    ov[j] = v;
+                                }
+                            });
+                    })
+                })
+            })
+        })????;
+        let shape = w.shape();
+        let dev = w.device();
+        Ok(Some((
+            Tensor::from_vec(nw, shape, dev)?,
+            Tensor::from_vec(nm, shape, dev)?,
+            Tensor::from_vec(nv, shape, dev)?,
+        )))
+    }
+
     /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
     pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
         let mut total = 0f64;
         for v in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                total += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
+                total += if g.device().is_cpu() && g.dtype() == DType::F32 {
+                    with_host(g, |x| {
+                        x.par_chunks(1 << 14)
+                            .map(|c| c.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>())
+                            .sum::<f64>()
+                    })?
+                } else {
+                    g.sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?
+                };
             }
         }
         let norm = total.sqrt();
@@ -226,6 +299,56 @@ mod tests {
         other.load_state(&state).unwrap();
         assert_eq!(other.steps(), 300);
         assert!(AdamW::new(vec![x], AdamWConfig::noise(-1.0)).is_err());
+    }
+
+    #[test]
+    fn host_step_matches_the_tensor_formulas() {
+        // Several chunks of the parallel pass, weight decay on, three steps.
+        let n = 3 * (1 << 14) + 77;
+        let w0: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let g0: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
+        let x = Var::from_vec(w0.clone(), n, &Device::Cpu).unwrap();
+        let c = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::noise(0.05)
+        };
+        let mut opt = AdamW::new(vec![x.clone()], c).unwrap();
+        let g = Tensor::from_vec(g0, n, &Device::Cpu).unwrap();
+        let (mut w, mut m, mut v) = (
+            Tensor::from_vec(w0, n, &Device::Cpu).unwrap(),
+            g.zeros_like().unwrap(),
+            g.zeros_like().unwrap(),
+        );
+        for t in 1..=3 {
+            let mut store = (x.as_tensor() * 0.0)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            store.insert(x.as_tensor(), g.clone());
+            opt.step(&store).unwrap();
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2 = 1.0 - c.beta2.powi(t);
+            m = ((&m * c.beta1).unwrap() + (&g * (1.0 - c.beta1)).unwrap()).unwrap();
+            v = ((&v * c.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - c.beta2)).unwrap()).unwrap();
+            let upd = ((&m / bc1).unwrap()
+                / ((&v / bc2).unwrap().sqrt().unwrap() + c.eps).unwrap())
+            .unwrap();
+            w = ((&w * (1.0 - c.lr * c.weight_decay)).unwrap() - (upd * c.lr).unwrap()).unwrap();
+            let got = x.as_tensor().to_vec1::<f32>().unwrap();
+            let want = w.to_vec1::<f32>().unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "step {t}: max difference {worst}");
+        }
     }
 
     #[test]
