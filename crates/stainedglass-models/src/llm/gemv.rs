@@ -21,7 +21,19 @@ pub fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [
         .for_each(|(bi, tile)| {
             let j0 = bi * BLOCK;
             let rows = tile.len() / m;
-            for jj in 0..rows {
+            // Four weight rows at a time: four independent streams keep more loads in flight
+            // (decoding is bound by reading the weights).
+            let quads = rows / 4 * 4;
+            for jj in (0..quads).step_by(4) {
+                let w4 = &w[(j0 + jj) * k..(j0 + jj + 4) * k];
+                for r in 0..m {
+                    let d = dot4(&x[r * k..(r + 1) * k], w4);
+                    for (q, v) in d.into_iter().enumerate() {
+                        tile[(jj + q) * m + r] = v;
+                    }
+                }
+            }
+            for jj in quads..rows {
                 let wr = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
                 for r in 0..m {
                     tile[jj * m + r] = dot(&x[r * k..(r + 1) * k], wr);
@@ -45,6 +57,51 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     dot_portable(a, b)
+}
+
+/// Dot products of `x` with the four consecutive rows of `w4` (each `x.len()` long).
+#[inline]
+pub fn dot4(x: &[f32], w4: &[f32]) -> [f32; 4] {
+    let k = x.len();
+    debug_assert_eq!(w4.len(), 4 * k);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { dot4_avx2(x, w4) };
+        }
+    }
+    let row = |q: usize| dot_portable(x, &w4[q * k..(q + 1) * k]);
+    [row(0), row(1), row(2), row(3)]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(x: &[f32], w4: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    assert!(w4.len() >= 4 * k, "dot4: short weight rows");
+    let (px, pw) = (x.as_ptr(), w4.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= k {
+        let xv = _mm256_loadu_ps(px.add(i));
+        for (q, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(q * k + i)), xv, *a);
+        }
+        i += 8;
+    }
+    let mut out = [0f32; 4];
+    for (q, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+        let mut s: f32 = lanes.iter().sum();
+        for j in i..k {
+            s += *px.add(j) * *pw.add(q * k + j);
+        }
+        out[q] = s;
+    }
+    out
 }
 
 #[inline]
@@ -131,5 +188,9 @@ mod tests {
             }
         }
         assert!((dot_portable(&x[..k], &w[..k]) - dot(&x[..k], &w[..k])).abs() < 1e-4);
+        let d4 = dot4(&x[..k], &w[..4 * k]);
+        for (q, v) in d4.iter().enumerate() {
+            assert!((v - dot_portable(&x[..k], &w[q * k..(q + 1) * k])).abs() < 1e-4);
+        }
     }
 }
