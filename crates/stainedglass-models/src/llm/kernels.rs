@@ -173,6 +173,23 @@ fn masked_softmax(sc: &mut [f32], t: usize, s: usize, valid: &[u8]) {
     }
 }
 
+/// `c = alpha·op(a)·op(b) + beta·c` on one head's matrices, each given as (pointer, row
+/// stride); `(ta, tb)` = whether `a`, `b` are stored transposed.
+///
+/// # Safety
+/// As for `blas::sgemm_strided`.
+#[inline]
+unsafe fn mm(
+    (ta, tb): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    (alpha, beta): (f32, f32),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+) {
+    super::blas::sgemm_strided(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 /// Causal grouped-query attention `out = softmax(q·kᵀ/√d + mask)·v`, keys masked by
 /// `key_valid[b·s]`. With `probs` (`b·hq·t·s` values) the probabilities are kept for
 /// [`attention_bwd`].
@@ -220,36 +237,22 @@ pub unsafe fn attention(
             // SAFETY: the caller's views cover these heads; each task writes only head `h` of
             // batch `bi` of `out`.
             unsafe {
-                super::blas::sgemm_strided(
-                    false,
-                    true,
-                    t,
-                    s,
-                    d,
-                    scale,
-                    q.head(bi, h, d),
-                    q.row,
-                    k.head(bi, kh, d),
-                    k.row,
-                    0.0,
-                    p.as_mut_ptr(),
-                    s,
+                mm(
+                    (false, true),
+                    (t, s, d),
+                    (scale, 0.0),
+                    (q.head(bi, h, d), q.row),
+                    (k.head(bi, kh, d), k.row),
+                    (p.as_mut_ptr(), s),
                 );
                 masked_softmax(p, t, s, valid);
-                super::blas::sgemm_strided(
-                    false,
-                    false,
-                    t,
-                    d,
-                    s,
-                    1.0,
-                    p.as_ptr(),
-                    s,
-                    v.head(bi, kh, d),
-                    v.row,
-                    0.0,
-                    out.head(bi, h, d),
-                    out.row,
+                mm(
+                    (false, false),
+                    (t, d, s),
+                    (1.0, 0.0),
+                    (p.as_ptr(), s),
+                    (v.head(bi, kh, d), v.row),
+                    (out.head(bi, h, d), out.row),
                 );
             }
         },
@@ -295,39 +298,25 @@ pub unsafe fn attention_bwd(
                     let p: &[f32] = match kept {
                         Some(pp) => std::slice::from_raw_parts(pp.at((bi * hq + h) * t * s), t * s),
                         None => {
-                            super::blas::sgemm_strided(
-                                false,
-                                true,
-                                t,
-                                s,
-                                d,
-                                scale,
-                                q.head(bi, h, d),
-                                q.row,
-                                k.head(bi, kh, d),
-                                k.row,
-                                0.0,
-                                scratch.as_mut_ptr(),
-                                s,
+                            mm(
+                                (false, true),
+                                (t, s, d),
+                                (scale, 0.0),
+                                (q.head(bi, h, d), q.row),
+                                (k.head(bi, kh, d), k.row),
+                                (scratch.as_mut_ptr(), s),
                             );
                             masked_softmax(scratch, t, s, valid);
                             scratch
                         }
                     };
-                    super::blas::sgemm_strided(
-                        false,
-                        true,
-                        t,
-                        s,
-                        d,
-                        1.0,
-                        g.head(bi, h, d),
-                        g.row,
-                        v.head(bi, kh, d),
-                        v.row,
-                        0.0,
-                        dp.as_mut_ptr(),
-                        s,
+                    mm(
+                        (false, true),
+                        (t, s, d),
+                        (1.0, 0.0),
+                        (g.head(bi, h, d), g.row),
+                        (v.head(bi, kh, d), v.row),
+                        (dp.as_mut_ptr(), s),
                     );
                     for i in 0..t {
                         let pr = &p[i * s..(i + 1) * s];
@@ -339,50 +328,29 @@ pub unsafe fn attention_bwd(
                     }
                     // The first query head of the group writes dk/dv, the others add.
                     let beta = if h == kh * group { 0.0 } else { 1.0 };
-                    super::blas::sgemm_strided(
-                        false,
-                        false,
-                        t,
-                        d,
-                        s,
-                        1.0,
-                        dp.as_ptr(),
-                        s,
-                        k.head(bi, kh, d),
-                        k.row,
-                        0.0,
-                        dq.head(bi, h, d),
-                        dq.row,
+                    mm(
+                        (false, false),
+                        (t, d, s),
+                        (1.0, 0.0),
+                        (dp.as_ptr(), s),
+                        (k.head(bi, kh, d), k.row),
+                        (dq.head(bi, h, d), dq.row),
                     );
-                    super::blas::sgemm_strided(
-                        true,
-                        false,
-                        s,
-                        d,
-                        t,
-                        1.0,
-                        dp.as_ptr(),
-                        s,
-                        q.head(bi, h, d),
-                        q.row,
-                        beta,
-                        dk.head(bi, kh, d),
-                        dk.row,
+                    mm(
+                        (true, false),
+                        (s, d, t),
+                        (1.0, beta),
+                        (dp.as_ptr(), s),
+                        (q.head(bi, h, d), q.row),
+                        (dk.head(bi, kh, d), dk.row),
                     );
-                    super::blas::sgemm_strided(
-                        true,
-                        false,
-                        s,
-                        d,
-                        t,
-                        1.0,
-                        p.as_ptr(),
-                        s,
-                        g.head(bi, h, d),
-                        g.row,
-                        beta,
-                        dv.head(bi, kh, d),
-                        dv.row,
+                    mm(
+                        (true, false),
+                        (s, d, t),
+                        (1.0, beta),
+                        (p.as_ptr(), s),
+                        (g.head(bi, h, d), g.row),
+                        (dv.head(bi, kh, d), dv.row),
                     );
                 }
             }
