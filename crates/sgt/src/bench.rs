@@ -73,6 +73,7 @@ fn vision(a: VisionBenchArgs) -> Result<()> {
     let x = Tensor::rand(0f32, 1.0, (a.batch_size, 1, 28, 28), &dev)?;
     let labels: Vec<u32> = (0..a.batch_size as u32).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, a.batch_size, &dev)?;
+    crate::alloc::keep_freed_pages();
     let mut step = || -> Result<f64> {
         let out = model.forward(&x, Mode::Transformed, None, &mut rng)?;
         let noise = out

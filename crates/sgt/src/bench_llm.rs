@@ -34,8 +34,7 @@ pub struct LlmBenchArgs {
 /// freed pages for a while (1 s) before returning them, and without this the decode peak
 /// counted up to 500 MB of them in some runs.
 fn peak_rss_reset() {
-    // SAFETY: a plain call into the linked global allocator; no outstanding invariants.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::alloc::release_freed_pages();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -104,7 +103,8 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
     })?;
     let decode = a.decode_tokens as f64 / t_first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
     let decode_peak = peak_rss_mb();
-    // training-style step
+    // training-style step (the allocator policy of the training commands)
+    crate::alloc::keep_freed_pages();
     let tids = rand_ids(a.train_batch * a.train_seq);
     let base = model.embed(&Tensor::from_vec(tids, (a.train_batch, a.train_seq), &dev)?)?;
     let noise = (Tensor::randn(0f32, 1.0, base.dims(), &dev)? * 0.01)?;

@@ -49,6 +49,7 @@ pub fn text_sgt(a: TextSgtBenchArgs) -> Result<()> {
     let am = Tensor::ones((a.batch, a.seq), DType::U8, &dev)?;
     let ones = Tensor::ones((a.batch, a.seq), DType::F32, &dev)?;
     let mut rng = NoiseRng::seeded(0);
+    crate::alloc::keep_freed_pages();
     let mut step = || -> Result<()> {
         let x = model.embed(&ids)?;
         let clean = model.forward_embeds(&x, Some(&am), Stop::AtLayer(a.layer))?;

@@ -1,5 +1,6 @@
 //! `sgt`: the Stained Glass Transform command line. A thin layer over the library crates.
 
+mod alloc;
 mod bench;
 mod bench_llm;
 mod bench_serve;

@@ -134,6 +134,7 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let tok = Arc::new(margs.load_tokenizer()?);
     let model = margs.load_model()?;
+    crate::alloc::keep_freed_pages();
     let summary = stainedglass_train::text::train(
         &cfg,
         &model,

@@ -221,6 +221,7 @@ pub fn run(cmd: VisionCommand) -> Result<()> {
             if a.fresh {
                 clear(&a.output)?;
             }
+            crate::alloc::keep_freed_pages();
             let run = train_sgt(&cfg, &classifier, &train, &a.output, &device)?;
             println!("{}", serde_json::to_string_pretty(&run)?);
         }
