@@ -22,3 +22,33 @@ pub fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Res
         )),
     }
 }
+
+/// Runs `f` on the f32 host data of several CPU tensors at once (each made contiguous first if
+/// it is not; their read locks are held while `f` runs).
+pub fn with_hosts<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(Tensor::storage_and_layout).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (s, (g, l)) in slices.iter_mut().zip(&guards) {
+        *s = match &**g {
+            Storage::Cpu(c) => cpu_slice(c, l)?,
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "a custom op got a tensor that is not on the CPU".into(),
+                ))
+            }
+        };
+    }
+    Ok(f(slices))
+}
+
+/// Whether `t` is an f32 tensor on the CPU (what the host kernels take).
+pub fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}

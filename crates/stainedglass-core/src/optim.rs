@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::host::with_host;
+use crate::host::{is_cpu_f32, with_host, with_hosts};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -145,9 +145,7 @@ impl AdamW {
         bc2: f64,
     ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         let w = self.vars[i].as_tensor();
-        let all_host = [w, g, &self.m[i], &self.v[i]]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        let all_host = [w, g, &self.m[i], &self.v[i]].iter().all(|t| is_cpu_f32(t));
         if !all_host || g.dims() != w.dims() {
             return Ok(None);
         }
@@ -158,30 +156,24 @@ impl AdamW {
         let decay = (1.0 - c.lr * c.weight_decay) as f32;
         let n = w.elem_count();
         let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        with_host(w, |ws| {
-            with_host(g, |gs| {
-                with_host(&self.m[i], |ms| {
-                    with_host(&self.v[i], |vs| {
-                        const CHUNK: usize = 1 << 14;
-                        nw.par_chunks_mut(CHUNK)
-                            .zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK)))
-                            .enumerate()
-                            .for_each(|(k, (ow, (om, ov)))| {
-                                let at = k * CHUNK;
-                                for j in 0..ow.len() {
-                                    let gj = gs[at + j];
-                                    let m = ms[at + j] * b1 + gj * ib1;
-                                    let v = vs[at + j] * b2 + gj * gj * ib2;
-                                    let update = (m / bc1) / ((v / bc2).sqrt() + eps);
-                                    ow[j] = ws[at + j] * decay - update * lr;
-                                    om[j] = m;
-                                    ov[j] = v;
-                                }
-                            });
-                    })
-                })
-            })
-        })????;
+        with_hosts([w, g, &self.m[i], &self.v[i]], |[ws, gs, ms, vs]| {
+            const CHUNK: usize = 1 << 14;
+            nw.par_chunks_mut(CHUNK)
+                .zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK)))
+                .enumerate()
+                .for_each(|(k, (ow, (om, ov)))| {
+                    let at = k * CHUNK;
+                    for j in 0..ow.len() {
+                        let gj = gs[at + j];
+                        let m = ms[at + j] * b1 + gj * ib1;
+                        let v = vs[at + j] * b2 + gj * gj * ib2;
+                        let update = (m / bc1) / ((v / bc2).sqrt() + eps);
+                        ow[j] = ws[at + j] * decay - update * lr;
+                        om[j] = m;
+                        ov[j] = v;
+                    }
+                });
+        })?;
         let shape = w.shape();
         let dev = w.device();
         Ok(Some((
@@ -196,7 +188,7 @@ impl AdamW {
         let mut total = 0f64;
         for v in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                total += if g.device().is_cpu() && g.dtype() == DType::F32 {
+                total += if is_cpu_f32(g) {
                     with_host(g, |x| {
                         x.par_chunks(1 << 14)
                             .map(|c| c.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>())

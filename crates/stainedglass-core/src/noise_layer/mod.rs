@@ -327,7 +327,7 @@ fn affine_op(
     range: &ValueRange,
     rng: &mut NoiseRng,
 ) -> Result<Option<Tensor>> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let cpu_f32 = crate::host::is_cpu_f32;
     let example = x.dims().get(1..).unwrap_or(&[]);
     let per_example = |t: &Tensor| cpu_f32(t) && t.dims() == example;
     if x.rank() < 2 || !cpu_f32(x) || !per_example(mean) || !per_example(std) {
@@ -362,7 +362,7 @@ fn affine_host(
     range: &ValueRange,
     rng: &mut NoiseRng,
 ) -> Result<Option<Tensor>> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 2 {
+    if !crate::host::is_cpu_f32(x) || x.rank() < 2 {
         return Ok(None);
     }
     let example = &x.dims()[1..];

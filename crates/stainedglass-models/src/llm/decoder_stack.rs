@@ -9,16 +9,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
-use stainedglass_core::host::{cpu_slice, with_host};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use stainedglass_core::host::{cpu_slice, with_host, with_hosts};
 
 use super::blas::par_sgemm;
 use super::gemv::gemv_rows;
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
-use super::model::Block;
-use super::model::KvCache;
-use super::ops::RopeTable;
-use super::ops::GEMV_MAX_ROWS;
+use super::model::{Block, KvCache};
+use super::ops::{RopeTable, GEMV_MAX_ROWS};
 
 fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
@@ -72,30 +70,12 @@ fn with_weights<R>(
     blk: &Block,
     f: impl FnOnce([&[f32]; 4], Option<&[f32]>) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let (g0, l0) = blk.qkv.weight().storage_and_layout();
-    let (g1, l1) = blk.o.weight().storage_and_layout();
-    let (g2, l2) = blk.gate_up.weight().storage_and_layout();
-    let (g3, l3) = blk.down.weight().storage_and_layout();
     let bias = match blk.qkv.bias() {
         Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    f(
-        [
-            host(&g0, l0)?,
-            host(&g1, l1)?,
-            host(&g2, l2)?,
-            host(&g3, l3)?,
-        ],
-        bias.as_deref(),
-    )
-}
-
-fn host<'a>(g: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match g {
-        Storage::Cpu(c) => cpu_slice(c, l),
-        _ => Err(op_error("decoder stack: weights must be on the CPU")),
-    }
+    let weights = [&blk.qkv, &blk.o, &blk.gate_up, &blk.down].map(|l| l.weight());
+    with_hosts(weights, |w| f(w, bias.as_deref()))?
 }
 
 impl DecoderStack {
@@ -206,28 +186,26 @@ impl DecoderStack {
                         s,
                         ..self.attn_shape(b, t)
                     };
-                    with_host(&ck, |kc| {
-                        with_host(&cv, |vc| {
-                            let view = |c: &[f32]| HeadView {
-                                ptr: SendPtr::of(c),
-                                batch: c.len() / b,
-                                row: hkv * d,
-                            };
-                            // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and
-                            // the output as above.
-                            unsafe {
-                                kernels::attention(
-                                    sh,
-                                    qv,
-                                    view(kc),
-                                    view(vc),
-                                    out,
-                                    &self.key_valid,
-                                    None,
-                                )
-                            };
-                        })
-                    })??;
+                    with_hosts([&ck, &cv], |[kc, vc]| {
+                        let view = |c: &[f32]| HeadView {
+                            ptr: SendPtr::of(c),
+                            batch: c.len() / b,
+                            row: hkv * d,
+                        };
+                        // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and the
+                        // output as above.
+                        unsafe {
+                            kernels::attention(
+                                sh,
+                                qv,
+                                view(kc),
+                                view(vc),
+                                out,
+                                &self.key_valid,
+                                None,
+                            )
+                        };
+                    })?;
                 }
             }
             let (x, mut x2) = if self.keep {
@@ -377,8 +355,8 @@ impl DecoderStack {
         Ok((ck, cv))
     }
 
-    /// An inference pass (no tape) of `x: (b, t, hidden)` on top of `cache`, which holds
-    /// `past` positions and gains these `t`.
+    /// An inference pass of `x: (b, t, hidden)` on top of `cache`, which holds `past`
+    /// positions and gains these `t` (build the op without a tape for it).
     pub fn forward_cached(
         &self,
         x: &Tensor,
@@ -386,13 +364,7 @@ impl DecoderStack {
         past: usize,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let no_tape = Self {
-            keep: false,
-            ..self.clone()
-        };
-        let y = with_host(x, |h| {
-            no_tape.run_host(h.to_vec(), (b, t), Some((cache, past)))
-        })??;
+        let y = self.run_host(with_host(x, <[f32]>::to_vec)?, (b, t), Some((cache, past)))?;
         Tensor::from_vec(y, x.shape(), x.device())
     }
 }

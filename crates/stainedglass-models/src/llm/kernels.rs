@@ -286,8 +286,9 @@ pub unsafe fn attention_bwd(
     let scale = 1.0 / (d as f32).sqrt();
     let kept = probs.map(SendPtr::of);
     // Each task owns one (batch, kv head): its dk, dv and the dq of its query heads.
+    let scratch_len = if kept.is_some() { 0 } else { t * s };
     (0..b * hkv).into_par_iter().for_each_init(
-        || (vec![0f32; t * s], vec![0f32; t * s]),
+        || (vec![0f32; scratch_len], vec![0f32; t * s]),
         |(scratch, dp), task| {
             let (bi, kh) = (task / hkv, task % hkv);
             let valid = &key_valid[bi * s..(bi + 1) * s];

@@ -11,18 +11,13 @@ use candle_core::{
 use std::sync::Arc;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let v = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
+    cpu_slice(s, l).map_err(|e| e.context(op.to_string()))
 }
 
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
 
-pub(super) fn is_cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
-}
+pub(super) use stainedglass_core::host::is_cpu_f32;
+use stainedglass_core::host::{cpu_slice, with_host, with_hosts};
 
 // ---------------------------------------------------------------- RMSNorm
 
@@ -519,7 +514,7 @@ impl Linear {
         let n = self.out_features();
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
-        with_host_slice(&self.weight, |w| {
+        with_host(&self.weight, |w| {
             super::gemv::gemv_rows(&xs, w, m, k, n, &mut out)
         })?;
         Tensor::from_vec(out, (m, n), x.device())
@@ -553,15 +548,6 @@ impl Linear {
 
 struct FrozenMatmul(Tensor);
 
-/// Runs `f` on the contiguous host data of a CPU f32 tensor.
-fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (st, layout) = t.storage_and_layout();
-    match &*st {
-        candle_core::Storage::Cpu(c) => Ok(f(slice(c, layout, "host slice")?)),
-        _ => candle_core::bail!("a CPU tensor was expected"),
-    }
-}
-
 /// `x (m×k) · wᵀ` for `w (n×k)` if `transposed`, else `x · w` for `w (k×n)`; BLAS when
 /// available, candle otherwise.
 fn matmul_host(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
@@ -569,11 +555,9 @@ fn matmul_host(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
     let n = if transposed { w.dim(0)? } else { w.dim(1)? };
     let x = x.contiguous()?;
     let mut out = vec![0f32; m * n];
-    let done = with_host_slice(&x, |xs| {
-        with_host_slice(w, |ws| {
-            super::blas::sgemm(xs, ws, &mut out, m, n, k, transposed)
-        })
-    })??;
+    let done = with_hosts([&x, w], |[xs, ws]| {
+        super::blas::sgemm(xs, ws, &mut out, m, n, k, transposed)
+    })?;
     if done {
         Tensor::from_vec(out, (m, n), x.device())
     } else if transposed {
@@ -592,7 +576,7 @@ impl CustomOp1 for FrozenMatmul {
         let (m, k) = l.shape().dims2()?;
         let n = self.0.dim(0)?;
         let mut out = vec![0f32; m * n];
-        let done = with_host_slice(&self.0, |w| {
+        let done = with_host(&self.0, |w| {
             super::blas::sgemm(x, w, &mut out, m, n, k, true)
         })?;
         if done {

@@ -7,11 +7,10 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use stainedglass_core::host::{cpu_slice, with_host};
+use stainedglass_core::host::{cpu_slice, is_cpu_f32, with_hosts};
 
 use super::blas::{self, par_sgemm, sgemm_strided};
 use super::kernels::SendPtr;
-use super::ops::is_cpu_f32;
 
 /// `x: (…, in)` → `(…, out)` for a trainable `w: (out, in)`; gradients reach both.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -74,9 +73,9 @@ impl CustomOp2 for TrainLinear {
         let g = grad.contiguous()?;
         let dx = if x.track_op() {
             let mut dx = vec![0f32; m * k];
-            with_host(&g, |gs| {
-                with_host(w, |ws| par_sgemm(gs, ws, &mut dx, (m, k, n), false, 0.0))
-            })??;
+            with_hosts([&g, w], |[gs, ws]| {
+                par_sgemm(gs, ws, &mut dx, (m, k, n), false, 0.0)
+            })?;
             Some(Tensor::from_vec(dx, (m, k), x.device())?)
         } else {
             None
@@ -84,32 +83,30 @@ impl CustomOp2 for TrainLinear {
         // dW (n×k) = gᵀ (n×m) · x (m×k), rows of dW split over the threads.
         let mut dw = vec![0f32; n * k];
         let per = n.div_ceil(rayon::current_num_threads().max(1)).max(16);
-        with_host(&g, |gs| {
-            with_host(x, |xs| {
-                let out = SendPtr(dw.as_mut_ptr());
-                (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
-                    let (j0, rows) = (i * per, per.min(n - i * per));
-                    // SAFETY: g is m×n, x is m×k, dW is n×k; this task writes rows j0..j0+rows.
-                    unsafe {
-                        sgemm_strided(
-                            true,
-                            false,
-                            rows,
-                            k,
-                            m,
-                            1.0,
-                            gs.as_ptr().add(j0),
-                            n,
-                            xs.as_ptr(),
-                            k,
-                            0.0,
-                            out.at(j0 * k),
-                            k,
-                        )
-                    };
-                });
-            })
-        })??;
+        with_hosts([&g, x], |[gs, xs]| {
+            let out = SendPtr(dw.as_mut_ptr());
+            (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
+                let (j0, rows) = (i * per, per.min(n - i * per));
+                // SAFETY: g is m×n, x is m×k, dW is n×k; this task writes rows j0..j0+rows.
+                unsafe {
+                    sgemm_strided(
+                        true,
+                        false,
+                        rows,
+                        k,
+                        m,
+                        1.0,
+                        gs.as_ptr().add(j0),
+                        n,
+                        xs.as_ptr(),
+                        k,
+                        0.0,
+                        out.at(j0 * k),
+                        k,
+                    )
+                };
+            });
+        })?;
         Ok((dx, Some(Tensor::from_vec(dw, (n, k), w.device())?)))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
-use stainedglass_core::host::{cpu_slice as slice_of, with_host};
+use stainedglass_core::host::{cpu_slice as slice_of, with_hosts};
 
 use super::conv_cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, ConvGeometry};
 use super::frozen_chain::{FrozenChain, Stage};
@@ -215,16 +215,12 @@ impl CustomOp2 for TrainConvOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, g) = self.0.geometry(x.dims())?;
         let dx = if x.track_op() {
-            let v = with_host(grad, |dy| {
-                with_host(w, |wv| conv2d_input_grad(&g, dy, None, b, wv))
-            })??;
+            let v = with_hosts([grad, w], |[dy, wv]| conv2d_input_grad(&g, dy, None, b, wv))?;
             Some(Tensor::from_vec(v, x.shape(), x.device())?)
         } else {
             None
         };
-        let dw = with_host(x, |xv| {
-            with_host(grad, |dy| conv2d_weight_grad(&g, xv, dy, b))
-        })??;
+        let dw = with_hosts([x, grad], |[xv, dy]| conv2d_weight_grad(&g, xv, dy, b))?;
         Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
     }
 }
