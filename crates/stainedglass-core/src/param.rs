@@ -112,6 +112,23 @@ impl StdParameterization {
         }
     }
 
+    /// The Cloak form as `post_scale·tanh((ρ + pre_shift)·pre_scale) + post_shift` (for fused
+    /// host kernels); `None` for the direct (clamped) form.
+    pub fn tanh_form(&self) -> Option<TanhAffine> {
+        match *self {
+            Self::Cloak { min, max, shallow } => {
+                let half = (max - min) / 2.0;
+                Some(TanhAffine {
+                    pre_shift: 0.0,
+                    pre_scale: (1.0 / shallow) as f32,
+                    post_scale: half as f32,
+                    post_shift: (min + half) as f32,
+                })
+            }
+            Self::Direct { .. } => None,
+        }
+    }
+
     /// Scalar σ(ρ), for initialisation and tests.
     pub fn sigma(&self, rho: f64) -> f64 {
         match *self {
@@ -145,6 +162,16 @@ impl Default for StdParameterization {
     }
 }
 
+/// `y = post_scale·tanh((x + pre_shift)·pre_scale) + post_shift`: the shape of both the
+/// Cloak σ parameterization and the bounded mean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TanhAffine {
+    pub pre_shift: f32,
+    pub pre_scale: f32,
+    pub post_scale: f32,
+    pub post_shift: f32,
+}
+
 /// Bounded mean for estimator-produced means: `μ = b·tanh((r + c)/b)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoundedMean {
@@ -168,6 +195,16 @@ impl BoundedMean {
     /// μ(r), differentiable.
     pub fn forward(&self, r: &Tensor) -> candle_core::Result<Tensor> {
         ((r + self.shift)? / self.bound)?.tanh()? * self.bound
+    }
+
+    /// μ as `post_scale·tanh((r + pre_shift)·pre_scale) + post_shift` (for fused host kernels).
+    pub fn tanh_form(&self) -> TanhAffine {
+        TanhAffine {
+            pre_shift: self.shift as f32,
+            pre_scale: (1.0 / self.bound) as f32,
+            post_scale: self.bound as f32,
+            post_shift: 0.0,
+        }
     }
 
     /// μ(r) in place on host values (the client's no-graph path).

@@ -17,6 +17,7 @@ use super::gemv::gemv_rows;
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
 use super::model::{Block, KvCache};
 use super::ops::{RopeTable, GEMV_MAX_ROWS};
+use super::train_linear::weight_grad;
 
 fn op_error(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
@@ -52,30 +53,78 @@ pub(super) struct DecoderStack {
     pub key_valid: Arc<Vec<u8>>,
     /// Whether to keep activations for a backward pass.
     pub keep: bool,
+    /// Whether the tape also keeps the inputs of every product and norm (weight gradients).
+    weight_inputs: bool,
     tape: Arc<Mutex<Vec<LayerTape>>>,
 }
 
 /// What one layer's backward pass reads.
-struct LayerTape {
+pub(super) struct LayerTape {
     x: Vec<f32>,
     qkv: Vec<f32>,
     probs: Vec<f32>,
     x2: Vec<f32>,
     gu: Vec<f32>,
+    /// Kept only when the weights are trained.
+    w: Option<WeightInputs>,
 }
 
-/// Runs `f` on host views of one layer's frozen weights `[qkv, o, gate_up, down]` and the qkv
-/// bias (read locks held meanwhile).
+/// The inputs of the layer's products (normed input, attention output, normed residual,
+/// SwiGLU output): what the weight gradients read.
+struct WeightInputs {
+    n1: Vec<f32>,
+    a: Vec<f32>,
+    n2: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Host views of one decoder layer's weights (`(out, in)` row-major products).
+pub(super) struct LayerWeights<'a> {
+    pub attn_norm: &'a [f32],
+    pub attn_eps: f32,
+    pub qkv: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub o: &'a [f32],
+    pub mlp_norm: &'a [f32],
+    pub mlp_eps: f32,
+    pub gate_up: &'a [f32],
+    pub down: &'a [f32],
+}
+
+/// Gradients of one layer's weights, in the shapes of [`LayerWeights`] (written, not added).
+pub(super) struct LayerGrads<'a> {
+    pub attn_norm: &'a mut [f32],
+    pub qkv: &'a mut [f32],
+    pub bias: Option<&'a mut [f32]>,
+    pub o: &'a mut [f32],
+    pub mlp_norm: &'a mut [f32],
+    pub gate_up: &'a mut [f32],
+    pub down: &'a mut [f32],
+}
+
+/// Runs `f` on host views of one frozen layer's weights (read locks held meanwhile).
 fn with_weights<R>(
     blk: &Block,
-    f: impl FnOnce([&[f32]; 4], Option<&[f32]>) -> candle_core::Result<R>,
+    f: impl FnOnce(&LayerWeights) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     let bias = match blk.qkv.bias() {
         Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
     let weights = [&blk.qkv, &blk.o, &blk.gate_up, &blk.down].map(|l| l.weight());
-    with_hosts(weights, |w| f(w, bias.as_deref()))?
+    with_hosts(weights, |[qkv, o, gate_up, down]| {
+        f(&LayerWeights {
+            attn_norm: blk.attn_norm.host(),
+            attn_eps: blk.attn_norm.eps(),
+            qkv,
+            bias: bias.as_deref(),
+            o,
+            mlp_norm: blk.mlp_norm.host(),
+            mlp_eps: blk.mlp_norm.eps(),
+            gate_up,
+            down,
+        })
+    })?
 }
 
 impl DecoderStack {
@@ -97,8 +146,16 @@ impl DecoderStack {
             positions,
             key_valid,
             keep,
+            weight_inputs: false,
             tape: Arc::default(),
         }
+    }
+
+    /// Also keeps what the weight gradients of [`Self::layer_backward`] read.
+    pub fn with_weight_inputs(mut self) -> Self {
+        self.keep = true;
+        self.weight_inputs = true;
+        self
     }
 
     fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
@@ -127,9 +184,9 @@ impl DecoderStack {
     }
 
     /// One layer forward on `x: (b·t) × hidden`; returns its output and, with `keep`, the tape.
-    fn layer_forward(
+    pub(super) fn layer_forward(
         &self,
-        blk: &Block,
+        lw: &LayerWeights,
         li: usize,
         x: Vec<f32>,
         (b, t): (usize, usize),
@@ -143,15 +200,15 @@ impl DecoderStack {
             ffn,
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
-        with_weights(blk, |[w_qkv, w_o, w_gu, w_down], bias| {
+        {
             let mut h = vec![0f32; m * hidden];
-            kernels::rms_norm(&x, blk.attn_norm.host(), blk.attn_norm.eps(), &mut h);
+            kernels::rms_norm(&x, lw.attn_norm, lw.attn_eps, &mut h);
             let mut qkv = vec![0f32; m * w];
-            if let Some(bias) = bias {
+            if let Some(bias) = lw.bias {
                 qkv.chunks_exact_mut(w)
                     .for_each(|r| r.copy_from_slice(bias));
             }
-            project(&h, w_qkv, (m, w, hidden), bias.is_some(), &mut qkv);
+            project(&h, lw.qkv, (m, w, hidden), lw.bias.is_some(), &mut qkv);
             kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
             let mut a = vec![0f32; m * hq * d];
             let mut probs = if self.keep {
@@ -214,32 +271,41 @@ impl DecoderStack {
             } else {
                 (None, x)
             };
-            project(&a, w_o, (m, hidden, hq * d), true, &mut x2);
-            kernels::rms_norm(&x2, blk.mlp_norm.host(), blk.mlp_norm.eps(), &mut h);
+            project(&a, lw.o, (m, hidden, hq * d), true, &mut x2);
+            let n1 = self
+                .weight_inputs
+                .then(|| std::mem::replace(&mut h, vec![0f32; m * hidden]));
+            kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
             let mut gu = vec![0f32; m * 2 * ffn];
-            project(&h, w_gu, (m, 2 * ffn, hidden), false, &mut gu);
+            project(&h, lw.gate_up, (m, 2 * ffn, hidden), false, &mut gu);
             let mut act = vec![0f32; m * ffn];
             kernels::swiglu(&gu, ffn, &mut act);
+            let mut y = match x {
+                Some(_) => x2.clone(),
+                None => std::mem::take(&mut x2),
+            };
+            project(&act, lw.down, (m, hidden, ffn), true, &mut y);
             let tape = x.map(|x| LayerTape {
                 x,
                 qkv,
                 probs,
-                x2: x2.clone(),
+                x2,
                 gu,
+                w: n1.map(|n1| WeightInputs { n1, a, n2: h, act }),
             });
-            let mut x3 = x2;
-            project(&act, w_down, (m, hidden, ffn), true, &mut x3);
-            Ok((x3, tape))
-        })
+            Ok((y, tape))
+        }
     }
 
-    /// One layer backward: the input gradient for output gradient `dy`.
-    fn layer_backward(
+    /// One layer backward: the input gradient for output gradient `dy`, and with `grads` the
+    /// weights' gradients (the forward pass must have kept their inputs).
+    pub(super) fn layer_backward(
         &self,
-        blk: &Block,
+        lw: &LayerWeights,
         tape: &LayerTape,
         dy: Vec<f32>,
         (b, t): (usize, usize),
+        mut grads: Option<&mut LayerGrads>,
     ) -> candle_core::Result<Vec<f32>> {
         let StackDims {
             hidden,
@@ -249,20 +315,40 @@ impl DecoderStack {
             ffn,
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
-        with_weights(blk, |[w_qkv, w_o, w_gu, w_down], _bias| {
+        let wi =
+            match (&grads, &tape.w) {
+                (Some(_), None) => return Err(op_error(
+                    "decoder stack: weight gradients need a forward pass that kept their inputs",
+                )),
+                (_, wi) => wi.as_ref(),
+            };
+        // Each weight gradient is (output gradient)ᵀ · (the product's input).
+        macro_rules! wgrad {
+            ($g:expr, $slot:ident, $input:ident, $n:expr, $k:expr) => {
+                if let (Some(gs), Some(wi)) = (grads.as_deref_mut(), wi) {
+                    weight_grad($g, &wi.$input, (m, $n, $k), gs.$slot);
+                }
+            };
+        }
+        {
             let mut dact = vec![0f32; m * ffn];
-            par_sgemm(&dy, w_down, &mut dact, (m, ffn, hidden), false, 0.0);
+            par_sgemm(&dy, lw.down, &mut dact, (m, ffn, hidden), false, 0.0);
+            wgrad!(&dy, down, act, hidden, ffn);
             let mut dgu = vec![0f32; m * 2 * ffn];
             kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
             drop(dact);
+            wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
             let mut dh = vec![0f32; m * hidden];
-            par_sgemm(&dgu, w_gu, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
+            par_sgemm(&dgu, lw.gate_up, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
             drop(dgu);
             let mut dx2 = dy;
-            let (mlp_w, mlp_eps) = (blk.mlp_norm.host(), blk.mlp_norm.eps());
-            kernels::rms_norm_bwd(&tape.x2, &dh, mlp_w, mlp_eps, &mut dx2, true);
+            if let Some(gs) = grads.as_deref_mut() {
+                kernels::rms_norm_weight_grad(&tape.x2, &dh, lw.mlp_eps, gs.mlp_norm);
+            }
+            kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
+            wgrad!(&dx2, o, a, hidden, hq * d);
             let mut da = vec![0f32; m * hq * d];
-            par_sgemm(&dx2, w_o, &mut da, (m, hq * d, hidden), false, 0.0);
+            par_sgemm(&dx2, lw.o, &mut da, (m, hq * d, hidden), false, 0.0);
             let mut dqkv = vec![0f32; m * w];
             let g = HeadView {
                 ptr: SendPtr::of(&da),
@@ -283,12 +369,18 @@ impl DecoderStack {
                 );
             }
             kernels::rope_in_place(&mut dqkv, w, hq + hkv, d, &self.rope, &self.positions, true);
-            par_sgemm(&dqkv, w_qkv, &mut dh, (m, hidden, w), false, 0.0);
+            wgrad!(&dqkv, qkv, n1, w, hidden);
+            if let Some(gb) = grads.as_deref_mut().and_then(|g| g.bias.as_deref_mut()) {
+                column_sums(&dqkv, gb);
+            }
+            par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0);
+            if let Some(gs) = grads {
+                kernels::rms_norm_weight_grad(&tape.x, &dh, lw.attn_eps, gs.attn_norm);
+            }
             let mut dx = dx2;
-            let (attn_w, attn_eps) = (blk.attn_norm.host(), blk.attn_norm.eps());
-            kernels::rms_norm_bwd(&tape.x, &dh, attn_w, attn_eps, &mut dx, true);
+            kernels::rms_norm_bwd(&tape.x, &dh, lw.attn_norm, lw.attn_eps, &mut dx, true);
             Ok(dx)
-        })
+        }
     }
 }
 
@@ -314,7 +406,7 @@ impl DecoderStack {
         let mut tapes = Vec::new();
         for (li, blk) in self.layers.iter().take(self.n).enumerate() {
             let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
-            let (y, tape) = self.layer_forward(blk, li, x, bt, c)?;
+            let (y, tape) = with_weights(blk, |lw| self.layer_forward(lw, li, x, bt, c))?;
             tapes.extend(tape);
             x = y;
         }
@@ -366,6 +458,14 @@ impl DecoderStack {
         let (b, t, _) = x.dims3()?;
         let y = self.run_host(with_host(x, <[f32]>::to_vec)?, (b, t), Some((cache, past)))?;
         Tensor::from_vec(y, x.shape(), x.device())
+    }
+}
+
+/// `out[j] = Σ_i g[i, j]` over the rows of `g` (row length `out.len()`).
+fn column_sums(g: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for row in g.chunks_exact(out.len()) {
+        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
     }
 }
 
@@ -425,7 +525,7 @@ impl CustomOp1 for DecoderStack {
         let (b, t, _) = arg.dims3()?;
         let mut dy = with_host(grad, <[f32]>::to_vec)?;
         for (blk, tape) in self.layers.iter().take(self.n).zip(tapes.iter()).rev() {
-            dy = self.layer_backward(blk, tape, dy, (b, t))?;
+            dy = with_weights(blk, |lw| self.layer_backward(lw, tape, dy, (b, t), None))?;
         }
         Ok(Some(Tensor::from_vec(dy, arg.shape(), arg.device())?))
     }

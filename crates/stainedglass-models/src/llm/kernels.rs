@@ -48,6 +48,33 @@ pub fn rms_norm_bwd(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], a
         });
 }
 
+/// The weight gradient of [`rms_norm`] for output gradient `g`: `dw[k] = Σ_rows g·x/rms(x)`
+/// (written, not added; row length `dw.len()`).
+pub fn rms_norm_weight_grad(x: &[f32], g: &[f32], eps: f32, dw: &mut [f32]) {
+    let n = dw.len();
+    let sum = x
+        .par_chunks(n)
+        .zip(g.par_chunks(n))
+        .fold(
+            || vec![0f32; n],
+            |mut acc, (xr, gr)| {
+                let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
+                for k in 0..n {
+                    acc[k] += gr[k] * xr[k] * r;
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; n],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    dw.copy_from_slice(&sum);
+}
+
 // ---------------------------------------------------------------- RoPE
 
 /// Rotates, in place, the first `heads` head vectors (`d` values each, "rotate_half" layout) of

@@ -5,11 +5,13 @@
 pub mod blas;
 pub mod config;
 mod decoder_stack;
+mod estimator_layer;
 pub mod gemv;
 pub mod generate;
 pub mod hf;
 pub mod kernels;
 pub mod model;
+mod noise_head;
 pub mod noisy;
 pub mod ops;
 mod train_linear;

@@ -32,6 +32,39 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct TrainLinear;
 
+/// The weight gradient of `y = x·Wᵀ`: `dw (n×k) = gᵀ (n×m) · x (m×k)` for the output gradient
+/// `g (m×n)`, written (not added); rows of `dw` split over the threads.
+pub(super) fn weight_grad(g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize), dw: &mut [f32]) {
+    assert!(
+        g.len() >= m * n && x.len() >= m * k && dw.len() >= n * k,
+        "weight gradient: short buffers"
+    );
+    let per = n.div_ceil(rayon::current_num_threads().max(1)).max(16);
+    let out = SendPtr(dw.as_mut_ptr());
+    (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
+        let (j0, rows) = (i * per, per.min(n - i * per));
+        // SAFETY: g is m×n, x is m×k, dw is n×k (checked above); this task writes rows
+        // j0..j0+rows.
+        unsafe {
+            sgemm_strided(
+                true,
+                false,
+                rows,
+                k,
+                m,
+                1.0,
+                g.as_ptr().add(j0),
+                n,
+                x.as_ptr(),
+                k,
+                0.0,
+                out.at(j0 * k),
+                k,
+            )
+        };
+    });
+}
+
 impl CustomOp2 for TrainLinear {
     fn name(&self) -> &'static str {
         "sg-train-linear"
@@ -80,33 +113,8 @@ impl CustomOp2 for TrainLinear {
         } else {
             None
         };
-        // dW (n×k) = gᵀ (n×m) · x (m×k), rows of dW split over the threads.
         let mut dw = vec![0f32; n * k];
-        let per = n.div_ceil(rayon::current_num_threads().max(1)).max(16);
-        with_hosts([&g, x], |[gs, xs]| {
-            let out = SendPtr(dw.as_mut_ptr());
-            (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
-                let (j0, rows) = (i * per, per.min(n - i * per));
-                // SAFETY: g is m×n, x is m×k, dW is n×k; this task writes rows j0..j0+rows.
-                unsafe {
-                    sgemm_strided(
-                        true,
-                        false,
-                        rows,
-                        k,
-                        m,
-                        1.0,
-                        gs.as_ptr().add(j0),
-                        n,
-                        xs.as_ptr(),
-                        k,
-                        0.0,
-                        out.at(j0 * k),
-                        k,
-                    )
-                };
-            });
-        })?;
+        with_hosts([&g, x], |[gs, xs]| weight_grad(gs, xs, (m, n, k), &mut dw))?;
         Ok((dx, Some(Tensor::from_vec(dw, (n, k), w.device())?)))
     }
 }

@@ -10,12 +10,15 @@
 
 use super::config::LlamaConfig;
 use super::decoder_stack::{DecoderStack, StackDims};
+use super::estimator_layer::{EstimatorLayer, PackedLayout};
 use super::model::Block;
 use super::model::{positions_from_mask, Llama};
+use super::noise_head::{NoiseCombine, TanhHead};
 use super::ops::{is_cpu_f32, reference, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
+use stainedglass_core::host::with_host;
 use stainedglass_core::noise_layer::{NoiseLayer, NoiseOutput};
 use stainedglass_core::param::{BoundedMean, StdParameterization};
 use stainedglass_core::NoiseRng;
@@ -103,6 +106,22 @@ struct EstimatorBlock {
 }
 
 impl EstimatorBlock {
+    /// All parameters flattened and concatenated in the order of [`PackedLayout`]; gradients
+    /// flow back to every variable.
+    fn packed(&self) -> candle_core::Result<Tensor> {
+        let mut parts = vec![
+            self.attn_norm.as_tensor().flatten_all()?,
+            self.qkv.as_tensor().flatten_all()?,
+        ];
+        if let Some(b) = &self.qkv_bias {
+            parts.push(b.as_tensor().flatten_all()?);
+        }
+        for v in [&self.o, &self.mlp_norm, &self.gate_up, &self.down] {
+            parts.push(v.as_tensor().flatten_all()?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
     /// The layer's current weights as a frozen decoder layer (no copies but the norm weights).
     fn frozen(&self, eps: f64) -> candle_core::Result<Block> {
         let lin = |w: &Var, b: Option<&Var>| {
@@ -158,6 +177,8 @@ pub struct TransformerCloak {
     param: StdParameterization,
     mean: BoundedMean,
     rope: Arc<RopeTable>,
+    /// Train through the per-part ops instead of one op per layer (the reference in tests).
+    composed_layers: bool,
 }
 
 impl TransformerCloak {
@@ -262,6 +283,7 @@ impl TransformerCloak {
             mean,
             rope,
             config,
+            composed_layers: false,
         })
     }
 
@@ -371,11 +393,35 @@ impl TransformerCloak {
         grad: Grad,
     ) -> Result<(Tensor, Tensor)> {
         let h = self.hidden_with(x, attention_mask, grad)?;
+        if let Some(stats) = self.fused_heads(&h, grad)? {
+            return Ok(stats);
+        }
         let r_mean = linear(&h, &self.mean_w, Some(&self.mean_b), grad)?;
         let r_rho = linear(&h, &self.rho_w, Some(&self.rho_b), grad)?;
         let mean = self.mean.forward(&r_mean)?;
         let std = self.param.forward(&r_rho)?;
         Ok((mean, std))
+    }
+
+    /// Training on the CPU with the Cloak σ form: μ and σ each as one op (linear head and
+    /// its `tanh` form together); `None` where the composed ops run instead.
+    fn fused_heads(&self, h: &Tensor, grad: Grad) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(std_form) = self.param.tanh_form() else {
+            return Ok(None);
+        };
+        if grad != Grad::Track || self.composed_layers || !is_cpu_f32(h) {
+            return Ok(None);
+        }
+        let (b, t, d) = h.dims3()?;
+        let rows = h.reshape((b * t, d))?.contiguous()?;
+        let head = |w: &Var, bias: &Var, form| -> Result<Tensor> {
+            let y = rows.apply_op3(w.as_tensor(), bias.as_tensor(), TanhHead::new(form))?;
+            Ok(y.reshape((b, t, w.dim(0)?))?)
+        };
+        Ok(Some((
+            head(&self.mean_w, &self.mean_b, self.mean.tanh_form())?,
+            head(&self.rho_w, &self.rho_b, std_form)?,
+        )))
     }
 
     fn hidden_with(&self, x: &Tensor, attention_mask: &[u8], grad: Grad) -> Result<Tensor> {
@@ -395,6 +441,13 @@ impl TransformerCloak {
         };
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let mut h = x.to_dtype(DType::F32)?;
+        let dims = StackDims {
+            hidden: d,
+            hq,
+            hkv,
+            d: hd,
+            ffn: c.intermediate_size,
+        };
         if grad == Grad::Off && is_cpu_f32(&h) {
             // Applying a trained layer: the estimator's layers as one host pass, like the
             // base model's (`decoder_stack`).
@@ -406,19 +459,32 @@ impl TransformerCloak {
             let op = DecoderStack::new(
                 layers.into(),
                 self.blocks.len(),
-                StackDims {
-                    hidden: d,
-                    hq,
-                    hkv,
-                    d: hd,
-                    ffn: c.intermediate_size,
-                },
+                dims,
                 self.rope.clone(),
                 rope.positions.clone(),
                 attn.key_valid.clone(),
                 false,
             );
             return Ok(h.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
+        if grad == Grad::Track && is_cpu_f32(&h) && !self.composed_layers {
+            // Training on the CPU: each layer one op with its weight gradients, on the same
+            // host kernels.
+            for blk in &self.blocks {
+                let layout = PackedLayout {
+                    dims,
+                    bias: blk.qkv_bias.is_some(),
+                };
+                let op = EstimatorLayer::new(
+                    layout,
+                    c.rms_norm_eps as f32,
+                    self.rope.clone(),
+                    rope.positions.clone(),
+                    attn.key_valid.clone(),
+                );
+                h = h.contiguous()?.apply_op2(&blk.packed()?, op)?;
+            }
+            return Ok(h);
         }
         for blk in &self.blocks {
             let n = reference::rms_norm(&h, &weight(&blk.attn_norm, grad), c.rms_norm_eps)?;
@@ -520,6 +586,43 @@ impl TransformerCloak {
         })
     }
 
+    /// The training combination on the CPU as one op (input without a gradient): the same
+    /// noise draw and formulas as the composed ops.
+    fn combine_host(
+        &self,
+        x: &Tensor,
+        mean: Tensor,
+        std: Tensor,
+        sel: Vec<u8>,
+        rng: &mut NoiseRng,
+    ) -> Result<NoiseOutput> {
+        let mut eps = vec![0f32; x.elem_count()];
+        rng.fill_standard_normal(&mut eps);
+        let keep = match self.config.percent_to_mask {
+            Some(p) if p > 0.0 => Some(per_token_keep_mask(&std, p)?),
+            _ => None,
+        };
+        let op = NoiseCombine {
+            x: Arc::new(with_host(x, <[f32]>::to_vec)?),
+            eps: Arc::new(eps),
+            transformed: Arc::new(sel),
+            keep: match &keep {
+                Some(k) => Some(Arc::new(k.flatten_all()?.to_vec1::<u8>()?)),
+                None => None,
+            },
+        };
+        let transformed = mean.apply_op2(&std, op)?;
+        Ok(NoiseOutput {
+            transformed,
+            mean,
+            std,
+            mask: match keep {
+                Some(k) => Some(k.to_dtype(DType::F32)?),
+                None => None,
+            },
+        })
+    }
+
     fn forward_impl(
         &self,
         x: &Tensor,
@@ -543,6 +646,15 @@ impl TransformerCloak {
             return self.transform_host(x, am, nm, rng);
         }
         let (mean, std) = self.statistics_with(x, am, grad)?;
+        let sel: Vec<u8> = nm
+            .iter()
+            .zip(am)
+            .map(|(&n, &a)| u8::from(n != 0 && a != 0))
+            .collect();
+        let host_combine = grad == Grad::Track && !self.composed_layers && !x.track_op();
+        if host_combine && is_cpu_f32(&mean) && is_cpu_f32(x) {
+            return self.combine_host(x, mean, std, sel, rng);
+        }
         let eps = rng.standard_normal_parallel((b, t, d), x.device())?;
         let noise = (std.clone() * eps)?;
         let keep = match self.config.percent_to_mask {
@@ -558,11 +670,6 @@ impl TransformerCloak {
             }
             None => ((&x32 + &mean)? + &noise)?,
         };
-        let sel: Vec<u8> = nm
-            .iter()
-            .zip(am)
-            .map(|(&n, &a)| u8::from(n != 0 && a != 0))
-            .collect();
         let sel = Tensor::from_vec(sel, (b, t, 1), x.device())?.broadcast_as((b, t, d))?;
         let transformed = sel.where_cond(&candidate, &x32)?;
         let mask = match keep {
@@ -710,4 +817,181 @@ pub fn mean_sigma(std: &Tensor, noise_mask: &[u8]) -> Result<f64> {
         }
     }
     Ok(if n == 0 { 0.0 } else { s / n as f64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-scale..scale)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    }
+
+    /// Two estimator layers with GQA and a qkv bias, random weights.
+    fn tiny(composed: bool) -> TransformerCloak {
+        tiny_with(composed, None)
+    }
+
+    fn tiny_with(composed: bool, percent_to_mask: Option<f64>) -> TransformerCloak {
+        let base = LlamaConfig {
+            architecture: "qwen2".into(),
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 40,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: true,
+        };
+        let mut config = TransformerCloakConfig::new(base);
+        config.estimator_layers = 2;
+        config.percent_to_mask = percent_to_mask;
+        // Not 1, so that a dropped temperature or bound shows in the gradients.
+        config.shallow = 0.7;
+        config.mean_bound = 2.0;
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let named: HashMap<String, Tensor> = TransformerCloak::expected_shapes(&config)
+            .into_iter()
+            .map(|(n, s)| {
+                // Norm weights around 1, products small enough to keep activations tame.
+                let t = if s.len() == 1 {
+                    (rand(&s, &mut r, 0.5) + 1.0).expect("norm")
+                } else {
+                    rand(&s, &mut r, 0.3)
+                };
+                (n, t)
+            })
+            .collect();
+        let mut c = TransformerCloak::from_named(config, &named, &Device::Cpu).expect("cloak");
+        c.composed_layers = composed;
+        c
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|a| a.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("max")
+    }
+
+    /// The training path's one op per estimator layer against the per-part ops it replaces:
+    /// same hidden states and the same gradient for every estimator parameter (norm weights,
+    /// packed q/k/v and its bias, output, gate/up and down projections), with left padding in
+    /// one row.
+    #[test]
+    fn layer_op_matches_the_composed_ops_in_value_and_every_gradient() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (b, t) = (2, 6);
+        let x = rand(&[b, t, 32], &mut r, 1.0);
+        let w = rand(&[b, t, 32], &mut r, 1.0);
+        let mut am = vec![1u8; b * t];
+        am[t] = 0;
+        am[t + 1] = 0;
+        let run = |composed: bool| {
+            let c = tiny(composed);
+            let h = c.estimator_hidden(&x, &am).expect("hidden");
+            let g = (&h * &w)
+                .and_then(|l| l.sum_all()?.backward())
+                .expect("backward");
+            let grads: Vec<Tensor> = c
+                .estimator_parameters()
+                .iter()
+                .map(|v| {
+                    g.get(v.as_tensor())
+                        .expect("every parameter has a gradient")
+                        .clone()
+                })
+                .collect();
+            (h, grads)
+        };
+        let (h_op, g_op) = run(false);
+        let (h_ref, g_ref) = run(true);
+        let d = max_abs(&(&h_op - &h_ref).expect("diff"));
+        assert!(d < 1e-4 * max_abs(&h_ref).max(1.0), "hidden differs by {d}");
+        assert_eq!(g_op.len(), g_ref.len());
+        assert_eq!(g_op.len(), 2 * 7, "two layers of seven tensors each");
+        for (i, (a, e)) in g_op.iter().zip(&g_ref).enumerate() {
+            assert_eq!(a.dims(), e.dims(), "parameter {i}");
+            let scale = max_abs(e);
+            assert!(scale > 0.0, "parameter {i}: zero reference gradient");
+            let d = max_abs(&(a - e).expect("diff"));
+            assert!(
+                d < 1e-4 * scale.max(1.0),
+                "parameter {i}: gradient differs by {d} (scale {scale})"
+            );
+        }
+    }
+
+    /// The whole training forward (fused estimator layers, heads and noise combination)
+    /// against the composed ops: same transformed embeddings, μ, σ and keep mask for the same
+    /// seed, and the same gradient for every parameter of the layer (heads included), with
+    /// suppressed features, an untransformed token and a padded one.
+    #[test]
+    fn fused_training_forward_matches_the_composed_ops() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (b, t) = (2, 5);
+        let x = rand(&[b, t, 32], &mut r, 1.0);
+        let ws: Vec<Tensor> = (0..3).map(|_| rand(&[b, t, 32], &mut r, 1.0)).collect();
+        let mut am = vec![1u8; b * t];
+        am[t] = 0;
+        let mut nm = vec![1u8; b * t];
+        nm[2] = 0;
+        let run = |composed: bool| {
+            let c = tiny_with(composed, Some(0.25));
+            let mut rng = NoiseRng::seeded(4);
+            let o = c
+                .forward_masked(&x, Some(&am), Some(&nm), &mut rng)
+                .expect("forward");
+            let outs = [o.transformed.clone(), o.mean.clone(), o.std.clone()];
+            let loss = outs
+                .iter()
+                .zip(&ws)
+                .map(|(o, w)| (o * w).and_then(|p| p.sum_all()))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .and_then(|l| Tensor::stack(&l, 0)?.sum_all())
+                .expect("loss");
+            let g = loss.backward().expect("backward");
+            let grads: Vec<Tensor> = c
+                .parameters()
+                .iter()
+                .map(|v| {
+                    g.get(v.as_tensor())
+                        .expect("every parameter has a gradient")
+                        .clone()
+                })
+                .collect();
+            (outs, o.mask.expect("keep mask"), grads)
+        };
+        let (o_op, m_op, g_op) = run(false);
+        let (o_ref, m_ref, g_ref) = run(true);
+        assert_eq!(
+            max_abs(&(&m_op - &m_ref).expect("diff")),
+            0.0,
+            "keep masks differ"
+        );
+        for (i, (a, e)) in o_op.iter().zip(&o_ref).enumerate() {
+            let d = max_abs(&(a - e).expect("diff"));
+            assert!(d < 1e-4 * max_abs(e).max(1.0), "output {i} differs by {d}");
+        }
+        // The untransformed token passes bit-exactly.
+        let row = |t: &Tensor| t.get(0).and_then(|r| r.get(2)).expect("row");
+        assert_eq!(max_abs(&(row(&o_op[0]) - row(&x)).expect("diff")), 0.0);
+        assert_eq!(g_op.len(), g_ref.len());
+        for (i, (a, e)) in g_op.iter().zip(&g_ref).enumerate() {
+            let scale = max_abs(e);
+            assert!(scale > 0.0, "parameter {i}: zero reference gradient");
+            let d = max_abs(&(a - e).expect("diff"));
+            assert!(
+                d < 1e-4 * scale.max(1.0),
+                "parameter {i}: gradient differs by {d} (scale {scale})"
+            );
+        }
+    }
 }
