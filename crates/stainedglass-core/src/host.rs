@@ -52,3 +52,44 @@ pub fn with_hosts<const N: usize, R>(
 pub fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
+
+/// Buffers at least this long are zero-filled by all threads.
+const PAR_ZERO_MIN: usize = 1 << 16;
+/// Values zero-filled per task.
+const ZERO_CHUNK: usize = 1 << 14;
+
+/// `n` zeros; long buffers are filled by all of rayon's threads. Training reuses freed pages,
+/// which the allocator must zero again, and `vec![0.0; n]` does that on the calling thread
+/// alone while the others wait (3% of a text-SGT step's CPU samples, all of it serial).
+pub fn zeroed(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    if n < PAR_ZERO_MIN {
+        return vec![0.0; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(ZERO_CHUNK)
+        .for_each(|c| c.fill(MaybeUninit::new(0.0)));
+    // SAFETY: the first `n` values of the capacity were all written just above.
+    unsafe { v.set_len(n) };
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zeroed_is_all_zeros_at_every_length() {
+        for n in [
+            0,
+            1,
+            super::PAR_ZERO_MIN - 1,
+            super::PAR_ZERO_MIN,
+            3 * super::ZERO_CHUNK + 5 + super::PAR_ZERO_MIN,
+        ] {
+            let v = super::zeroed(n);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x == 0.0), "length {n}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! training run must restore the moment estimates, which candle-nn's optimizer does not expose.
 //! Noise parameters (μ, ρ) are optimised with weight decay 0 (SPEC §2).
 
+use crate::host::zeroed;
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
@@ -155,7 +156,7 @@ impl AdamW {
         let (bc1, bc2, eps, lr) = (bc1 as f32, bc2 as f32, c.eps as f32, c.lr as f32);
         let decay = (1.0 - c.lr * c.weight_decay) as f32;
         let n = w.elem_count();
-        let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (mut nw, mut nm, mut nv) = (zeroed(n), zeroed(n), zeroed(n));
         with_hosts([w, g, &self.m[i], &self.v[i]], |[ws, gs, ms, vs]| {
             const CHUNK: usize = 1 << 14;
             nw.par_chunks_mut(CHUNK)

@@ -2,6 +2,7 @@
 //! OS entropy, unless the caller gives an explicit seed for reproducibility. Each call draws
 //! fresh values, so noise is never reused across calls.
 
+use crate::host::zeroed;
 use candle_core::{Device, Shape, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -100,7 +101,7 @@ impl NoiseRng {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
-        let mut v = vec![0f32; shape.elem_count()];
+        let mut v = zeroed(shape.elem_count());
         self.fill_standard_normal(&mut v);
         Tensor::from_vec(v, shape, device)
     }

@@ -7,6 +7,7 @@
 //! gate/up projection) are kept by the op between forward and backward, only when its input
 //! carries a gradient.
 
+use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -201,18 +202,18 @@ impl DecoderStack {
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
         {
-            let mut h = vec![0f32; m * hidden];
+            let mut h = zeroed(m * hidden);
             kernels::rms_norm(&x, lw.attn_norm, lw.attn_eps, &mut h);
-            let mut qkv = vec![0f32; m * w];
+            let mut qkv = zeroed(m * w);
             if let Some(bias) = lw.bias {
                 qkv.chunks_exact_mut(w)
                     .for_each(|r| r.copy_from_slice(bias));
             }
             project(&h, lw.qkv, (m, w, hidden), lw.bias.is_some(), &mut qkv);
             kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
-            let mut a = vec![0f32; m * hq * d];
+            let mut a = zeroed(m * hq * d);
             let mut probs = if self.keep {
-                vec![0f32; b * hq * t * t]
+                zeroed(b * hq * t * t)
             } else {
                 Vec::new()
             };
@@ -274,11 +275,11 @@ impl DecoderStack {
             project(&a, lw.o, (m, hidden, hq * d), true, &mut x2);
             let n1 = self
                 .weight_inputs
-                .then(|| std::mem::replace(&mut h, vec![0f32; m * hidden]));
+                .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
             kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
-            let mut gu = vec![0f32; m * 2 * ffn];
+            let mut gu = zeroed(m * 2 * ffn);
             project(&h, lw.gate_up, (m, 2 * ffn, hidden), false, &mut gu);
-            let mut act = vec![0f32; m * ffn];
+            let mut act = zeroed(m * ffn);
             kernels::swiglu(&gu, ffn, &mut act);
             let mut y = match x {
                 Some(_) => x2.clone(),
@@ -331,14 +332,14 @@ impl DecoderStack {
             };
         }
         {
-            let mut dact = vec![0f32; m * ffn];
+            let mut dact = zeroed(m * ffn);
             par_sgemm(&dy, lw.down, &mut dact, (m, ffn, hidden), false, 0.0);
             wgrad!(&dy, down, act, hidden, ffn);
-            let mut dgu = vec![0f32; m * 2 * ffn];
+            let mut dgu = zeroed(m * 2 * ffn);
             kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
             drop(dact);
             wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
-            let mut dh = vec![0f32; m * hidden];
+            let mut dh = zeroed(m * hidden);
             par_sgemm(&dgu, lw.gate_up, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
             drop(dgu);
             let mut dx2 = dy;
@@ -347,9 +348,9 @@ impl DecoderStack {
             }
             kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
             wgrad!(&dx2, o, a, hidden, hq * d);
-            let mut da = vec![0f32; m * hq * d];
+            let mut da = zeroed(m * hq * d);
             par_sgemm(&dx2, lw.o, &mut da, (m, hq * d, hidden), false, 0.0);
-            let mut dqkv = vec![0f32; m * w];
+            let mut dqkv = zeroed(m * w);
             let g = HeadView {
                 ptr: SendPtr::of(&da),
                 batch: t * hq * d,
@@ -488,7 +489,7 @@ fn project(
             if accumulate { 1.0 } else { 0.0 },
         );
     } else if accumulate {
-        let mut tmp = vec![0f32; m * n];
+        let mut tmp = zeroed(m * n);
         gemv_rows(x, w, m, k, n, &mut tmp);
         out.iter_mut().zip(&tmp).for_each(|(o, t)| *o += t);
     } else {

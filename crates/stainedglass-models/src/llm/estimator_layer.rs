@@ -5,6 +5,7 @@
 //! and the client's frozen pass compute the same numbers, and the autograd graph holds one node
 //! per layer instead of about thirty, each with its zero-filled gradient buffers.
 
+use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -176,7 +177,7 @@ impl CustomOp2 for EstimatorLayer {
             candle_core::bail!("estimator layer: backward without a recorded forward pass");
         };
         let dy = with_host(grad, <[f32]>::to_vec)?;
-        let mut dp = vec![0f32; self.layout.len()];
+        let mut dp = zeroed(self.layout.len());
         let dx = with_host(p, |ps| {
             let lw = self.layout.split(ps, self.eps);
             let mut g = self.layout.split_mut(&mut dp);

@@ -4,6 +4,7 @@
 //! with the gradients of μ and σ. The composition of candle ops they replace allocated a
 //! tensor per step and a zero-filled gradient per tensor in backward.
 
+use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -59,7 +60,7 @@ impl CustomOp3 for TanhHead {
                 lb.shape().dims()
             );
         }
-        let mut t = vec![0f32; m * n];
+        let mut t = zeroed(m * n);
         let bias = cpu_slice(sb, lb)?;
         t.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias));
         par_sgemm(
@@ -104,12 +105,12 @@ impl CustomOp3 for TanhHead {
                 .collect()
         })?;
         drop(t);
-        let mut db = vec![0f32; n];
+        let mut db = zeroed(n);
         for row in dr.chunks_exact(n) {
             db.iter_mut().zip(row).for_each(|(o, v)| *o += v);
         }
-        let mut dw = vec![0f32; n * k];
-        let mut dx = x.track_op().then(|| vec![0f32; m * k]);
+        let mut dw = zeroed(n * k);
+        let mut dx = x.track_op().then(|| zeroed(m * k));
         with_hosts([x, w], |[xs, ws]| {
             weight_grad(&dr, xs, (m, n, k), &mut dw);
             if let Some(dx) = dx.as_mut() {
@@ -176,7 +177,7 @@ impl CustomOp2 for NoiseCombine {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.check(lm.shape(), ls.shape())?;
         let (mean, std) = (cpu_slice(sm, lm)?, cpu_slice(ss, ls)?);
-        let mut out = vec![0f32; self.x.len()];
+        let mut out = zeroed(self.x.len());
         out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
             let r = row * d..(row + 1) * d;
             let xr = &self.x[r.clone()];
@@ -206,7 +207,7 @@ impl CustomOp2 for NoiseCombine {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = self.check(mean.shape(), std.shape())?;
         let n = self.x.len();
-        let (mut dm, mut ds) = (vec![0f32; n], vec![0f32; n]);
+        let (mut dm, mut ds) = (zeroed(n), zeroed(n));
         with_host(grad, |g| {
             dm.par_chunks_mut(d)
                 .zip(ds.par_chunks_mut(d))

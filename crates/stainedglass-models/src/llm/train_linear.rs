@@ -7,6 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use stainedglass_core::host::zeroed;
 use stainedglass_core::host::{cpu_slice, is_cpu_f32, with_hosts};
 
 use super::blas::{self, par_sgemm, sgemm_strided};
@@ -82,7 +83,7 @@ impl CustomOp2 for TrainLinear {
         if k != kw {
             candle_core::bail!("linear: input has {k} features, the weight expects {kw}");
         }
-        let mut y = vec![0f32; m * n];
+        let mut y = zeroed(m * n);
         par_sgemm(
             cpu_slice(sx, lx)?,
             cpu_slice(sw, lw)?,
@@ -105,7 +106,7 @@ impl CustomOp2 for TrainLinear {
         let n = w.dim(0)?;
         let g = grad.contiguous()?;
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; m * k];
+            let mut dx = zeroed(m * k);
             with_hosts([&g, w], |[gs, ws]| {
                 par_sgemm(gs, ws, &mut dx, (m, k, n), false, 0.0)
             })?;
@@ -113,7 +114,7 @@ impl CustomOp2 for TrainLinear {
         } else {
             None
         };
-        let mut dw = vec![0f32; n * k];
+        let mut dw = zeroed(n * k);
         with_hosts([&g, x], |[gs, xs]| weight_grad(gs, xs, (m, n, k), &mut dw))?;
         Ok((dx, Some(Tensor::from_vec(dw, (n, k), w.device())?)))
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use stainedglass_core::host::with_host;
+use stainedglass_core::host::zeroed;
 use stainedglass_core::noise_layer::{NoiseLayer, NoiseOutput};
 use stainedglass_core::param::{BoundedMean, StdParameterization};
 use stainedglass_core::NoiseRng;
@@ -550,7 +551,7 @@ impl TransformerCloak {
         };
         let xs = host(x.clone())?;
         // ε, then x̃ in place: x + μ + σε where kept, μ where suppressed, x where untransformed.
-        let mut out = vec![0f32; b * t * d];
+        let mut out = zeroed(b * t * d);
         rng.fill_standard_normal(&mut out);
         let rows = out
             .chunks_exact_mut(d)
@@ -596,7 +597,7 @@ impl TransformerCloak {
         sel: Vec<u8>,
         rng: &mut NoiseRng,
     ) -> Result<NoiseOutput> {
-        let mut eps = vec![0f32; x.elem_count()];
+        let mut eps = zeroed(x.elem_count());
         rng.fill_standard_normal(&mut eps);
         let keep = match self.config.percent_to_mask {
             Some(p) if p > 0.0 => Some(per_token_keep_mask(&std, p)?),
