@@ -2,13 +2,12 @@
 //! training run must restore the moment estimates, which candle-nn's optimizer does not expose.
 //! Noise parameters (μ, ρ) are optimised with weight decay 0 (SPEC §2).
 
-use crate::host::zeroed;
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::host::{is_cpu_f32, with_host, with_hosts};
+use crate::host::{is_cpu_f32, with_host, with_hosts, zeroed};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -190,9 +189,13 @@ impl AdamW {
         for v in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
                 total += if is_cpu_f32(g) {
+                    // Block sums collected in order, then added in order: the same norm
+                    // whatever the thread scheduling (resumed runs stay bit-exact).
                     with_host(g, |x| {
                         x.par_chunks(1 << 14)
                             .map(|c| c.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>())
+                            .collect::<Vec<f64>>()
+                            .iter()
                             .sum::<f64>()
                     })?
                 } else {

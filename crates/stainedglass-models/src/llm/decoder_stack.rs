@@ -7,11 +7,10 @@
 //! gate/up projection) are kept by the op between forward and backward, only when its input
 //! carries a gradient.
 
-use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use stainedglass_core::host::{cpu_slice, with_host, with_hosts};
+use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 
 use super::blas::par_sgemm;
 use super::gemv::gemv_rows;
@@ -201,101 +200,91 @@ impl DecoderStack {
             ffn,
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
-        {
-            let mut h = zeroed(m * hidden);
-            kernels::rms_norm(&x, lw.attn_norm, lw.attn_eps, &mut h);
-            let mut qkv = zeroed(m * w);
-            if let Some(bias) = lw.bias {
-                qkv.chunks_exact_mut(w)
-                    .for_each(|r| r.copy_from_slice(bias));
-            }
-            project(&h, lw.qkv, (m, w, hidden), lw.bias.is_some(), &mut qkv);
-            kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
-            let mut a = zeroed(m * hq * d);
-            let mut probs = if self.keep {
-                zeroed(b * hq * t * t)
-            } else {
-                Vec::new()
-            };
-            let out = HeadView {
-                ptr: SendPtr(a.as_mut_ptr()),
-                batch: t * hq * d,
-                row: hq * d,
-            };
-            let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
-            match cache {
-                // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d
-                // output.
-                None => unsafe {
-                    kernels::attention(
-                        self.attn_shape(b, t),
-                        qv,
-                        kv,
-                        vv,
-                        out,
-                        &self.key_valid,
-                        self.keep.then_some(probs.as_mut_slice()),
-                    );
-                },
-                Some((cache, past)) => {
-                    let (ck, cv) = self.append_kv(&qkv, (b, t), cache, li, past)?;
-                    let s = past + t;
-                    let sh = AttnShape {
-                        s,
-                        ..self.attn_shape(b, t)
-                    };
-                    with_hosts([&ck, &cv], |[kc, vc]| {
-                        let view = |c: &[f32]| HeadView {
-                            ptr: SendPtr::of(c),
-                            batch: c.len() / b,
-                            row: hkv * d,
-                        };
-                        // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and the
-                        // output as above.
-                        unsafe {
-                            kernels::attention(
-                                sh,
-                                qv,
-                                view(kc),
-                                view(vc),
-                                out,
-                                &self.key_valid,
-                                None,
-                            )
-                        };
-                    })?;
-                }
-            }
-            let (x, mut x2) = if self.keep {
-                let x2 = x.clone();
-                (Some(x), x2)
-            } else {
-                (None, x)
-            };
-            project(&a, lw.o, (m, hidden, hq * d), true, &mut x2);
-            let n1 = self
-                .weight_inputs
-                .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
-            kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
-            let mut gu = zeroed(m * 2 * ffn);
-            project(&h, lw.gate_up, (m, 2 * ffn, hidden), false, &mut gu);
-            let mut act = zeroed(m * ffn);
-            kernels::swiglu(&gu, ffn, &mut act);
-            let mut y = match x {
-                Some(_) => x2.clone(),
-                None => std::mem::take(&mut x2),
-            };
-            project(&act, lw.down, (m, hidden, ffn), true, &mut y);
-            let tape = x.map(|x| LayerTape {
-                x,
-                qkv,
-                probs,
-                x2,
-                gu,
-                w: n1.map(|n1| WeightInputs { n1, a, n2: h, act }),
-            });
-            Ok((y, tape))
+        let mut h = zeroed(m * hidden);
+        kernels::rms_norm(&x, lw.attn_norm, lw.attn_eps, &mut h);
+        let mut qkv = zeroed(m * w);
+        if let Some(bias) = lw.bias {
+            qkv.chunks_exact_mut(w)
+                .for_each(|r| r.copy_from_slice(bias));
         }
+        project(&h, lw.qkv, (m, w, hidden), lw.bias.is_some(), &mut qkv);
+        kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
+        let mut a = zeroed(m * hq * d);
+        let mut probs = if self.keep {
+            zeroed(b * hq * t * t)
+        } else {
+            Vec::new()
+        };
+        let out = HeadView {
+            ptr: SendPtr(a.as_mut_ptr()),
+            batch: t * hq * d,
+            row: hq * d,
+        };
+        let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
+        match cache {
+            // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d
+            // output.
+            None => unsafe {
+                kernels::attention(
+                    self.attn_shape(b, t),
+                    qv,
+                    kv,
+                    vv,
+                    out,
+                    &self.key_valid,
+                    self.keep.then_some(probs.as_mut_slice()),
+                );
+            },
+            Some((cache, past)) => {
+                let (ck, cv) = self.append_kv(&qkv, (b, t), cache, li, past)?;
+                let s = past + t;
+                let sh = AttnShape {
+                    s,
+                    ..self.attn_shape(b, t)
+                };
+                with_hosts([&ck, &cv], |[kc, vc]| {
+                    let view = |c: &[f32]| HeadView {
+                        ptr: SendPtr::of(c),
+                        batch: c.len() / b,
+                        row: hkv * d,
+                    };
+                    // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and the
+                    // output as above.
+                    unsafe {
+                        kernels::attention(sh, qv, view(kc), view(vc), out, &self.key_valid, None)
+                    };
+                })?;
+            }
+        }
+        let (x, mut x2) = if self.keep {
+            let x2 = x.clone();
+            (Some(x), x2)
+        } else {
+            (None, x)
+        };
+        project(&a, lw.o, (m, hidden, hq * d), true, &mut x2);
+        let n1 = self
+            .weight_inputs
+            .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
+        kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
+        let mut gu = zeroed(m * 2 * ffn);
+        project(&h, lw.gate_up, (m, 2 * ffn, hidden), false, &mut gu);
+        let mut act = zeroed(m * ffn);
+        kernels::swiglu(&gu, ffn, &mut act);
+        let mut y = match x {
+            Some(_) => x2.clone(),
+            None => std::mem::take(&mut x2),
+        };
+        project(&act, lw.down, (m, hidden, ffn), true, &mut y);
+        let tape = x.map(|x| LayerTape {
+            x,
+            qkv,
+            probs,
+            x2,
+            gu,
+            w: n1.map(|n1| WeightInputs { n1, a, n2: h, act }),
+        });
+        Ok((y, tape))
     }
 
     /// One layer backward: the input gradient for output gradient `dy`, and with `grads` the
@@ -316,13 +305,12 @@ impl DecoderStack {
             ffn,
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
-        let wi =
-            match (&grads, &tape.w) {
-                (Some(_), None) => return Err(op_error(
-                    "decoder stack: weight gradients need a forward pass that kept their inputs",
-                )),
-                (_, wi) => wi.as_ref(),
-            };
+        let wi = tape.w.as_ref();
+        if grads.is_some() && wi.is_none() {
+            return Err(op_error(
+                "decoder stack: weight gradients need a forward pass that kept their inputs",
+            ));
+        }
         // Each weight gradient is (output gradient)ᵀ · (the product's input).
         macro_rules! wgrad {
             ($g:expr, $slot:ident, $input:ident, $n:expr, $k:expr) => {
@@ -331,57 +319,55 @@ impl DecoderStack {
                 }
             };
         }
-        {
-            let mut dact = zeroed(m * ffn);
-            par_sgemm(&dy, lw.down, &mut dact, (m, ffn, hidden), false, 0.0);
-            wgrad!(&dy, down, act, hidden, ffn);
-            let mut dgu = zeroed(m * 2 * ffn);
-            kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
-            drop(dact);
-            wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
-            let mut dh = zeroed(m * hidden);
-            par_sgemm(&dgu, lw.gate_up, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
-            drop(dgu);
-            let mut dx2 = dy;
-            if let Some(gs) = grads.as_deref_mut() {
-                kernels::rms_norm_weight_grad(&tape.x2, &dh, lw.mlp_eps, gs.mlp_norm);
-            }
-            kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
-            wgrad!(&dx2, o, a, hidden, hq * d);
-            let mut da = zeroed(m * hq * d);
-            par_sgemm(&dx2, lw.o, &mut da, (m, hq * d, hidden), false, 0.0);
-            let mut dqkv = zeroed(m * w);
-            let g = HeadView {
-                ptr: SendPtr::of(&da),
-                batch: t * hq * d,
-                row: hq * d,
-            };
-            let outs = self.qkv_views(dqkv.as_mut_ptr(), t);
-            // SAFETY: the views address the packed (b·t) × w buffers and the (b·t) × hq·d
-            // gradient; q, k and v occupy disjoint columns of `dqkv`.
-            unsafe {
-                kernels::attention_bwd(
-                    self.attn_shape(b, t),
-                    self.qkv_views(tape.qkv.as_ptr().cast_mut(), t),
-                    g,
-                    outs,
-                    &self.key_valid,
-                    Some(&tape.probs),
-                );
-            }
-            kernels::rope_in_place(&mut dqkv, w, hq + hkv, d, &self.rope, &self.positions, true);
-            wgrad!(&dqkv, qkv, n1, w, hidden);
-            if let Some(gb) = grads.as_deref_mut().and_then(|g| g.bias.as_deref_mut()) {
-                column_sums(&dqkv, gb);
-            }
-            par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0);
-            if let Some(gs) = grads {
-                kernels::rms_norm_weight_grad(&tape.x, &dh, lw.attn_eps, gs.attn_norm);
-            }
-            let mut dx = dx2;
-            kernels::rms_norm_bwd(&tape.x, &dh, lw.attn_norm, lw.attn_eps, &mut dx, true);
-            Ok(dx)
+        let mut dact = zeroed(m * ffn);
+        par_sgemm(&dy, lw.down, &mut dact, (m, ffn, hidden), false, 0.0);
+        wgrad!(&dy, down, act, hidden, ffn);
+        let mut dgu = zeroed(m * 2 * ffn);
+        kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
+        drop(dact);
+        wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
+        let mut dh = zeroed(m * hidden);
+        par_sgemm(&dgu, lw.gate_up, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
+        drop(dgu);
+        let mut dx2 = dy;
+        if let Some(gs) = grads.as_deref_mut() {
+            kernels::rms_norm_weight_grad(&tape.x2, &dh, lw.mlp_eps, gs.mlp_norm);
         }
+        kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
+        wgrad!(&dx2, o, a, hidden, hq * d);
+        let mut da = zeroed(m * hq * d);
+        par_sgemm(&dx2, lw.o, &mut da, (m, hq * d, hidden), false, 0.0);
+        let mut dqkv = zeroed(m * w);
+        let g = HeadView {
+            ptr: SendPtr::of(&da),
+            batch: t * hq * d,
+            row: hq * d,
+        };
+        let outs = self.qkv_views(dqkv.as_mut_ptr(), t);
+        // SAFETY: the views address the packed (b·t) × w buffers and the (b·t) × hq·d
+        // gradient; q, k and v occupy disjoint columns of `dqkv`.
+        unsafe {
+            kernels::attention_bwd(
+                self.attn_shape(b, t),
+                self.qkv_views(tape.qkv.as_ptr().cast_mut(), t),
+                g,
+                outs,
+                &self.key_valid,
+                Some(&tape.probs),
+            );
+        }
+        kernels::rope_in_place(&mut dqkv, w, hq + hkv, d, &self.rope, &self.positions, true);
+        wgrad!(&dqkv, qkv, n1, w, hidden);
+        if let Some(gb) = grads.as_deref_mut().and_then(|g| g.bias.as_deref_mut()) {
+            column_sums(&dqkv, gb);
+        }
+        par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0);
+        if let Some(gs) = grads {
+            kernels::rms_norm_weight_grad(&tape.x, &dh, lw.attn_eps, gs.attn_norm);
+        }
+        let mut dx = dx2;
+        kernels::rms_norm_bwd(&tape.x, &dh, lw.attn_norm, lw.attn_eps, &mut dx, true);
+        Ok(dx)
     }
 }
 

@@ -5,11 +5,10 @@
 //! and the client's frozen pass compute the same numbers, and the autograd graph holds one node
 //! per layer instead of about thirty, each with its zero-filled gradient buffers.
 
-use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use stainedglass_core::host::{cpu_slice, with_host};
+use stainedglass_core::host::{cpu_slice, with_host, zeroed};
 
 use super::decoder_stack::{DecoderStack, LayerGrads, LayerTape, LayerWeights, StackDims};
 use super::ops::RopeTable;

@@ -49,30 +49,31 @@ pub fn rms_norm_bwd(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], a
 }
 
 /// The weight gradient of [`rms_norm`] for output gradient `g`: `dw[k] = Σ_rows g·x/rms(x)`
-/// (written, not added; row length `dw.len()`).
+/// (written, not added; row length `dw.len()`). Rows are summed in fixed blocks and the blocks
+/// in order, so the result does not depend on thread scheduling (resumed training stays
+/// bit-exact).
 pub fn rms_norm_weight_grad(x: &[f32], g: &[f32], eps: f32, dw: &mut [f32]) {
+    const ROWS_PER_BLOCK: usize = 64;
     let n = dw.len();
-    let sum = x
-        .par_chunks(n)
-        .zip(g.par_chunks(n))
-        .fold(
-            || vec![0f32; n],
-            |mut acc, (xr, gr)| {
+    let block = n * ROWS_PER_BLOCK;
+    let partial: Vec<Vec<f32>> = x
+        .par_chunks(block)
+        .zip(g.par_chunks(block))
+        .map(|(xb, gb)| {
+            let mut acc = vec![0f32; n];
+            for (xr, gr) in xb.chunks_exact(n).zip(gb.chunks_exact(n)) {
                 let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
                 for k in 0..n {
                     acc[k] += gr[k] * xr[k] * r;
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; n],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
-    dw.copy_from_slice(&sum);
+            }
+            acc
+        })
+        .collect();
+    dw.fill(0.0);
+    for p in &partial {
+        dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    }
 }
 
 // ---------------------------------------------------------------- RoPE

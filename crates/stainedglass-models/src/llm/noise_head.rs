@@ -4,13 +4,12 @@
 //! with the gradients of μ and σ. The composition of candle ops they replace allocated a
 //! tensor per step and a zero-filled gradient per tensor in backward.
 
-use stainedglass_core::host::zeroed;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use stainedglass_core::fastmath::tanh_affine_in_place;
-use stainedglass_core::host::{cpu_slice, with_host, with_hosts};
+use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 use stainedglass_core::param::TanhAffine;
 
 use super::blas::par_sgemm;

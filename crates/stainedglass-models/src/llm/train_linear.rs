@@ -7,8 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use stainedglass_core::host::zeroed;
-use stainedglass_core::host::{cpu_slice, is_cpu_f32, with_hosts};
+use stainedglass_core::host::{cpu_slice, is_cpu_f32, with_hosts, zeroed};
 
 use super::blas::{self, par_sgemm, sgemm_strided};
 use super::kernels::SendPtr;

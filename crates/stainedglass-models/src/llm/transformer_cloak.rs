@@ -18,8 +18,7 @@ use super::ops::{is_cpu_f32, reference, Attention, Linear, RmsNorm, Rope, RopeTa
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
-use stainedglass_core::host::with_host;
-use stainedglass_core::host::zeroed;
+use stainedglass_core::host::{with_host, zeroed};
 use stainedglass_core::noise_layer::{NoiseLayer, NoiseOutput};
 use stainedglass_core::param::{BoundedMean, StdParameterization};
 use stainedglass_core::NoiseRng;
