@@ -21,7 +21,9 @@ torch = [r for r in rows if r["impl"] != "rust-candle"]
 out = {"torch": torch[0]["impl"], "repeats": len(rust)}
 for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "train_step_tokens_per_s"):
     r, t = statistics.median(x[k] for x in rust), statistics.median(x[k] for x in torch)
-    out[k] = {"rust_median": round(r, 1), "torch_median": round(t, 1), "ratio_rust_over_torch": round(r / t, 3)}
+    out[k] = {"rust_median": round(r, 1), "torch_median": round(t, 1), "ratio_rust_over_torch": round(r / t, 3),
+              # Each Rust run over the PyTorch run right after it: the spread the machine's noise gives.
+              "pair_ratios": [round(a[k] / b[k], 3) for a, b in zip(rust, torch)]}
 w = rust[0]["weights_f32_mb"]
 out["decode_peak_rss_over_weights"] = {"rust": round(max(x["decode_peak_rss_mb"] for x in rust) / w, 3),
                                        "torch": round(max(x["decode_peak_rss_mb"] for x in torch) / w, 3)}

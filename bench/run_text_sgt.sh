@@ -18,6 +18,8 @@ rows = [json.loads(l) for l in open("/tmp/sgt-bench-text-sgt.jsonl")]
 rust = [r["text_sgt_train_tokens_per_s"] for r in rows if r["impl"] == "rust-candle"]
 torch = [r["text_sgt_train_tokens_per_s"] for r in rows if r["impl"] != "rust-candle"]
 r, t = statistics.median(rust), statistics.median(torch)
+# pair_ratios: each Rust run over the PyTorch run right after it (the spread the machine's noise gives).
 print(json.dumps({"text_sgt_train_tokens_per_s": {"rust_median": round(r, 1), "torch_median": round(t, 1),
-                  "ratio_rust_over_torch": round(r / t, 3)}, "repeats": len(rust)}))
+                  "ratio_rust_over_torch": round(r / t, 3),
+                  "pair_ratios": [round(a / b, 3) for a, b in zip(rust, torch)]}, "repeats": len(rust)}))
 PY

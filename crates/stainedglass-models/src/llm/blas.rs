@@ -120,12 +120,54 @@ pub fn par_sgemm(
     b_transposed: bool,
     beta: f32,
 ) {
+    assert!(c.len() >= m * n, "sgemm: short output buffer");
+    // SAFETY: `c` holds at least m×n values (checked above).
+    unsafe { par_sgemm_raw(a, b, c.as_mut_ptr(), (m, n, k), b_transposed, beta) }
+}
+
+/// A new `m×n` buffer holding `a · bᵀ` (`b_transposed`) or `a · b`, as [`par_sgemm`] computes
+/// it, without zero-filling it first: with `beta = 0` the product writes every value, so the
+/// allocator's (serial) zeroing of reused pages is skipped.
+pub fn par_sgemm_new(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    b_transposed: bool,
+) -> Vec<f32> {
+    if k == 0 {
+        // An empty inner dimension: the product is all zeros (not left to the BLAS).
+        return vec![0.0; m * n];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the capacity holds m×n values; with beta = 0 and k > 0 every one of them is
+    // written (BLAS does not read C when beta is 0, and the `gemm` fallback is told not to),
+    // so all m×n are initialised before `set_len`.
+    unsafe {
+        par_sgemm_raw(a, b, c.as_mut_ptr(), (m, n, k), b_transposed, 0.0);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// [`par_sgemm`] into a raw output pointer.
+///
+/// # Safety
+/// `c` must address `m×n` writable values (initialised unless `beta == 0`) that nothing else
+/// accesses meanwhile.
+unsafe fn par_sgemm_raw(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    b_transposed: bool,
+    beta: f32,
+) {
     assert!(
-        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
-        "sgemm: short buffers"
+        a.len() >= m * k && b.len() >= n * k,
+        "sgemm: short input buffers"
     );
     let ldb = if b_transposed { k } else { n };
-    let c_ptr = c.as_mut_ptr() as usize;
+    let c_ptr = c as usize;
     // Computes the output columns `j0..j0 + cols`: `b`'s rows (transposed) or columns.
     let call = |j0: usize, cols: usize| {
         let b_off = if b_transposed { j0 * k } else { j0 };
@@ -288,5 +330,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The allocating product (split over threads at this size) equals the naive product in
+    /// both layouts of `b`, and an empty inner dimension gives zeros.
+    #[test]
+    fn allocating_product_matches_naive() {
+        let (m, n, k) = (64, 160, 112);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 3) % 13) as f32 - 6.0).collect();
+        for bt in [false, true] {
+            let c = par_sgemm_new(&a, &b, (m, n, k), bt);
+            assert_eq!(c.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k)
+                        .map(|p| a[i * k + p] * if bt { b[j * k + p] } else { b[p * n + j] })
+                        .sum();
+                    assert_eq!(c[i * n + j], want, "bt {bt} at ({i}, {j})");
+                }
+            }
+        }
+        assert!(par_sgemm_new(&[], &[], (3, 4, 0), true).iter().all(|&v| v == 0.0));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 
-use super::blas::par_sgemm;
+use super::blas::{par_sgemm, par_sgemm_new};
 use super::gemv::gemv_rows;
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
 use super::model::{Block, KvCache};
@@ -202,12 +202,14 @@ impl DecoderStack {
         let (m, w) = (b * t, self.dims.qkv_width());
         let mut h = zeroed(m * hidden);
         kernels::rms_norm(&x, lw.attn_norm, lw.attn_eps, &mut h);
-        let mut qkv = zeroed(m * w);
-        if let Some(bias) = lw.bias {
-            qkv.chunks_exact_mut(w)
-                .for_each(|r| r.copy_from_slice(bias));
-        }
-        project(&h, lw.qkv, (m, w, hidden), lw.bias.is_some(), &mut qkv);
+        let mut qkv = match lw.bias {
+            Some(bias) => {
+                let mut qkv = bias.repeat(m);
+                project(&h, lw.qkv, (m, w, hidden), true, &mut qkv);
+                qkv
+            }
+            None => project_new(&h, lw.qkv, (m, w, hidden)),
+        };
         kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
         let mut a = zeroed(m * hq * d);
         let mut probs = if self.keep {
@@ -267,8 +269,7 @@ impl DecoderStack {
             .weight_inputs
             .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
         kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
-        let mut gu = zeroed(m * 2 * ffn);
-        project(&h, lw.gate_up, (m, 2 * ffn, hidden), false, &mut gu);
+        let gu = project_new(&h, lw.gate_up, (m, 2 * ffn, hidden));
         let mut act = zeroed(m * ffn);
         kernels::swiglu(&gu, ffn, &mut act);
         let mut y = match x {
@@ -319,15 +320,13 @@ impl DecoderStack {
                 }
             };
         }
-        let mut dact = zeroed(m * ffn);
-        par_sgemm(&dy, lw.down, &mut dact, (m, ffn, hidden), false, 0.0);
+        let dact = par_sgemm_new(&dy, lw.down, (m, ffn, hidden), false);
         wgrad!(&dy, down, act, hidden, ffn);
         let mut dgu = zeroed(m * 2 * ffn);
         kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
         drop(dact);
         wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
-        let mut dh = zeroed(m * hidden);
-        par_sgemm(&dgu, lw.gate_up, &mut dh, (m, hidden, 2 * ffn), false, 0.0);
+        let mut dh = par_sgemm_new(&dgu, lw.gate_up, (m, hidden, 2 * ffn), false);
         drop(dgu);
         let mut dx2 = dy;
         if let Some(gs) = grads.as_deref_mut() {
@@ -335,8 +334,7 @@ impl DecoderStack {
         }
         kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
         wgrad!(&dx2, o, a, hidden, hq * d);
-        let mut da = zeroed(m * hq * d);
-        par_sgemm(&dx2, lw.o, &mut da, (m, hq * d, hidden), false, 0.0);
+        let da = par_sgemm_new(&dx2, lw.o, (m, hq * d, hidden), false);
         let mut dqkv = zeroed(m * w);
         let g = HeadView {
             ptr: SendPtr::of(&da),
@@ -454,6 +452,16 @@ fn column_sums(g: &[f32], out: &mut [f32]) {
     for row in g.chunks_exact(out.len()) {
         out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
     }
+}
+
+/// A new `x (m×k) · wᵀ` (`w` stored `n×k`), as [`project`] computes it.
+fn project_new(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+    if m > GEMV_MAX_ROWS {
+        return par_sgemm_new(x, w, (m, n, k), true);
+    }
+    let mut out = zeroed(m * n);
+    gemv_rows(x, w, m, k, n, &mut out);
+    out
 }
 
 /// `out (m×n) = x (m×k) · wᵀ` (`w` stored `n×k`), added to `out` when `accumulate`. A few

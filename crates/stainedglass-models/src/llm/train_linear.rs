@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use stainedglass_core::host::{cpu_slice, is_cpu_f32, with_hosts, zeroed};
 
-use super::blas::{self, par_sgemm, sgemm_strided};
+use super::blas::{self, par_sgemm_new, sgemm_strided};
 use super::kernels::SendPtr;
 
 /// `x: (…, in)` → `(…, out)` for a trainable `w: (out, in)`; gradients reach both.
@@ -82,15 +82,7 @@ impl CustomOp2 for TrainLinear {
         if k != kw {
             candle_core::bail!("linear: input has {k} features, the weight expects {kw}");
         }
-        let mut y = zeroed(m * n);
-        par_sgemm(
-            cpu_slice(sx, lx)?,
-            cpu_slice(sw, lw)?,
-            &mut y,
-            (m, n, k),
-            true,
-            0.0,
-        );
+        let y = par_sgemm_new(cpu_slice(sx, lx)?, cpu_slice(sw, lw)?, (m, n, k), true);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -105,10 +97,7 @@ impl CustomOp2 for TrainLinear {
         let n = w.dim(0)?;
         let g = grad.contiguous()?;
         let dx = if x.track_op() {
-            let mut dx = zeroed(m * k);
-            with_hosts([&g, w], |[gs, ws]| {
-                par_sgemm(gs, ws, &mut dx, (m, k, n), false, 0.0)
-            })?;
+            let dx = with_hosts([&g, w], |[gs, ws]| par_sgemm_new(gs, ws, (m, k, n), false))?;
             Some(Tensor::from_vec(dx, (m, k), x.device())?)
         } else {
             None
