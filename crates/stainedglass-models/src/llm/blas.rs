@@ -351,6 +351,8 @@ mod tests {
                 }
             }
         }
-        assert!(par_sgemm_new(&[], &[], (3, 4, 0), true).iter().all(|&v| v == 0.0));
+        assert!(par_sgemm_new(&[], &[], (3, 4, 0), true)
+            .iter()
+            .all(|&v| v == 0.0));
     }
 }

@@ -357,7 +357,7 @@ impl DecoderStack {
         kernels::rope_in_place(&mut dqkv, w, hq + hkv, d, &self.rope, &self.positions, true);
         wgrad!(&dqkv, qkv, n1, w, hidden);
         if let Some(gb) = grads.as_deref_mut().and_then(|g| g.bias.as_deref_mut()) {
-            column_sums(&dqkv, gb);
+            kernels::column_sums(&dqkv, gb);
         }
         par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0);
         if let Some(gs) = grads {
@@ -443,14 +443,6 @@ impl DecoderStack {
         let (b, t, _) = x.dims3()?;
         let y = self.run_host(with_host(x, <[f32]>::to_vec)?, (b, t), Some((cache, past)))?;
         Tensor::from_vec(y, x.shape(), x.device())
-    }
-}
-
-/// `out[j] = Σ_i g[i, j]` over the rows of `g` (row length `out.len()`).
-fn column_sums(g: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    for row in g.chunks_exact(out.len()) {
-        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
     }
 }
 

@@ -76,6 +76,15 @@ pub fn rms_norm_weight_grad(x: &[f32], g: &[f32], eps: f32, dw: &mut [f32]) {
     }
 }
 
+/// `out[j] = Σ_i g[i, j]` over the rows of `g` (row length `out.len()`; a bias gradient),
+/// summed in row order.
+pub fn column_sums(g: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for row in g.chunks_exact(out.len()) {
+        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+}
+
 // ---------------------------------------------------------------- RoPE
 
 /// Rotates, in place, the first `heads` head vectors (`d` values each, "rotate_half" layout) of

@@ -12,7 +12,8 @@ use stainedglass_core::fastmath::tanh_affine_in_place;
 use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 use stainedglass_core::param::TanhAffine;
 
-use super::blas::par_sgemm;
+use super::blas::{par_sgemm, par_sgemm_new};
+use super::kernels::column_sums;
 use super::train_linear::weight_grad;
 
 fn poisoned() -> candle_core::Error {
@@ -104,17 +105,15 @@ impl CustomOp3 for TanhHead {
                 .collect()
         })?;
         drop(t);
-        let mut db = zeroed(n);
-        for row in dr.chunks_exact(n) {
-            db.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-        }
-        let mut dw = zeroed(n * k);
-        let mut dx = x.track_op().then(|| zeroed(m * k));
-        with_hosts([x, w], |[xs, ws]| {
+        let mut db = vec![0f32; n];
+        column_sums(&dr, &mut db);
+        let (dw, dx) = with_hosts([x, w], |[xs, ws]| {
+            let mut dw = zeroed(n * k);
             weight_grad(&dr, xs, (m, n, k), &mut dw);
-            if let Some(dx) = dx.as_mut() {
-                par_sgemm(&dr, ws, dx, (m, k, n), false, 0.0);
-            }
+            let dx = x
+                .track_op()
+                .then(|| par_sgemm_new(&dr, ws, (m, k, n), false));
+            (dw, dx)
         })?;
         let dev = x.device();
         Ok((
