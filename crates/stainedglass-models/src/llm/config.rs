@@ -31,6 +31,27 @@ pub struct LlamaConfig {
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "qwen2"];
 
 impl LlamaConfig {
+    /// A 3-layer Qwen2-style config with GQA and a qkv bias (hidden 32, 4 heads of 8, 2 KV
+    /// heads, MLP 40, vocabulary 50) for unit tests.
+    #[cfg(test)]
+    pub(crate) fn tiny_for_tests() -> Self {
+        Self {
+            architecture: "qwen2".into(),
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 40,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: true,
+        }
+    }
+
     /// Checks the internal consistency of the numbers.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |r: String| Err(Error::model(path, r));

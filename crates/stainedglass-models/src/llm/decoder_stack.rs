@@ -534,21 +534,7 @@ mod tests {
 
     /// A 3-layer model with GQA and a qkv bias (Qwen2-style), random weights.
     fn tiny() -> Llama {
-        let cfg = LlamaConfig {
-            architecture: "qwen2".into(),
-            vocab_size: 50,
-            hidden_size: 32,
-            intermediate_size: 40,
-            num_layers: 3,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 64,
-            tie_word_embeddings: true,
-            attention_bias: true,
-        };
+        let cfg = LlamaConfig::tiny_for_tests();
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut map = TensorMap::new();
         let (h, f, q, kv) = (32, 40, 32, 16);

@@ -836,22 +836,7 @@ mod tests {
     }
 
     fn tiny_with(composed: bool, percent_to_mask: Option<f64>) -> TransformerCloak {
-        let base = LlamaConfig {
-            architecture: "qwen2".into(),
-            vocab_size: 50,
-            hidden_size: 32,
-            intermediate_size: 40,
-            num_layers: 3,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 64,
-            tie_word_embeddings: true,
-            attention_bias: true,
-        };
-        let mut config = TransformerCloakConfig::new(base);
+        let mut config = TransformerCloakConfig::new(LlamaConfig::tiny_for_tests());
         config.estimator_layers = 2;
         config.percent_to_mask = percent_to_mask;
         // Not 1, so that a dropped temperature or bound shows in the gradients.
@@ -881,6 +866,31 @@ mod tests {
             .expect("max")
     }
 
+    fn grads_of(g: &candle_core::backprop::GradStore, vars: &[Var]) -> Vec<Tensor> {
+        vars.iter()
+            .map(|v| {
+                g.get(v.as_tensor())
+                    .expect("every parameter has a gradient")
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Every gradient of `got` within 1e-4 (relative to its scale) of `want`'s, none of them zero.
+    fn assert_grads_close(got: &[Tensor], want: &[Tensor]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, e)) in got.iter().zip(want).enumerate() {
+            assert_eq!(a.dims(), e.dims(), "parameter {i}");
+            let scale = max_abs(e);
+            assert!(scale > 0.0, "parameter {i}: zero reference gradient");
+            let d = max_abs(&(a - e).expect("diff"));
+            assert!(
+                d < 1e-4 * scale.max(1.0),
+                "parameter {i}: gradient differs by {d} (scale {scale})"
+            );
+        }
+    }
+
     /// The training path's one op per estimator layer against the per-part ops it replaces:
     /// same hidden states and the same gradient for every estimator parameter (norm weights,
     /// packed q/k/v and its bias, output, gate/up and down projections), with left padding in
@@ -900,16 +910,7 @@ mod tests {
             let g = (&h * &w)
                 .and_then(|l| l.sum_all()?.backward())
                 .expect("backward");
-            let grads: Vec<Tensor> = c
-                .estimator_parameters()
-                .iter()
-                .map(|v| {
-                    g.get(v.as_tensor())
-                        .expect("every parameter has a gradient")
-                        .clone()
-                })
-                .collect();
-            (h, grads)
+            (h, grads_of(&g, &c.estimator_parameters()))
         };
         let (h_op, g_op) = run(false);
         let (h_ref, g_ref) = run(true);
@@ -917,16 +918,7 @@ mod tests {
         assert!(d < 1e-4 * max_abs(&h_ref).max(1.0), "hidden differs by {d}");
         assert_eq!(g_op.len(), g_ref.len());
         assert_eq!(g_op.len(), 2 * 7, "two layers of seven tensors each");
-        for (i, (a, e)) in g_op.iter().zip(&g_ref).enumerate() {
-            assert_eq!(a.dims(), e.dims(), "parameter {i}");
-            let scale = max_abs(e);
-            assert!(scale > 0.0, "parameter {i}: zero reference gradient");
-            let d = max_abs(&(a - e).expect("diff"));
-            assert!(
-                d < 1e-4 * scale.max(1.0),
-                "parameter {i}: gradient differs by {d} (scale {scale})"
-            );
-        }
+        assert_grads_close(&g_op, &g_ref);
     }
 
     /// The whole training forward (fused estimator layers, heads and noise combination)
@@ -958,16 +950,11 @@ mod tests {
                 .and_then(|l| Tensor::stack(&l, 0)?.sum_all())
                 .expect("loss");
             let g = loss.backward().expect("backward");
-            let grads: Vec<Tensor> = c
-                .parameters()
-                .iter()
-                .map(|v| {
-                    g.get(v.as_tensor())
-                        .expect("every parameter has a gradient")
-                        .clone()
-                })
-                .collect();
-            (outs, o.mask.expect("keep mask"), grads)
+            (
+                outs,
+                o.mask.expect("keep mask"),
+                grads_of(&g, &c.parameters()),
+            )
         };
         let (o_op, m_op, g_op) = run(false);
         let (o_ref, m_ref, g_ref) = run(true);
@@ -983,15 +970,6 @@ mod tests {
         // The untransformed token passes bit-exactly.
         let row = |t: &Tensor| t.get(0).and_then(|r| r.get(2)).expect("row");
         assert_eq!(max_abs(&(row(&o_op[0]) - row(&x)).expect("diff")), 0.0);
-        assert_eq!(g_op.len(), g_ref.len());
-        for (i, (a, e)) in g_op.iter().zip(&g_ref).enumerate() {
-            let scale = max_abs(e);
-            assert!(scale > 0.0, "parameter {i}: zero reference gradient");
-            let d = max_abs(&(a - e).expect("diff"));
-            assert!(
-                d < 1e-4 * scale.max(1.0),
-                "parameter {i}: gradient differs by {d} (scale {scale})"
-            );
-        }
+        assert_grads_close(&g_op, &g_ref);
     }
 }
