@@ -522,15 +522,10 @@ impl CustomOp1 for DecoderStack {
 mod tests {
     use super::super::config::LlamaConfig;
     use super::super::model::{Llama, Stop};
+    use super::super::test_util::rand;
     use super::super::weights::TensorMap;
     use candle_core::{DType, Device, Tensor, Var};
-    use rand::{Rng, SeedableRng};
-
-    fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-scale..scale)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
+    use rand::SeedableRng;
 
     /// A 3-layer model with GQA and a qkv bias (Qwen2-style), random weights.
     fn tiny() -> Llama {

@@ -14,6 +14,8 @@ pub mod model;
 mod noise_head;
 pub mod noisy;
 pub mod ops;
+#[cfg(test)]
+mod test_util;
 mod train_linear;
 pub mod transformer_cloak;
 mod vexp;

@@ -821,14 +821,9 @@ pub fn mean_sigma(std: &Tensor, noise_mask: &[u8]) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::rand;
     use super::*;
-    use rand::{Rng, SeedableRng};
-
-    fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-scale..scale)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
+    use rand::SeedableRng;
 
     /// Two estimator layers with GQA and a qkv bias, random weights.
     fn tiny(composed: bool) -> TransformerCloak {
