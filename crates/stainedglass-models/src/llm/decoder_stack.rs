@@ -40,11 +40,11 @@ impl StackDims {
     }
 }
 
-/// The op: layers `0..n` of a model for one batch (positions and key mask fixed).
+/// One batch's decoder-layer passes (positions and key mask fixed), forward and backward, for
+/// any layer's weights: the frozen stack below and the trainable estimator layer
+/// (`estimator_layer`) both run these.
 #[derive(Clone)]
-pub(super) struct DecoderStack {
-    pub layers: Arc<[Block]>,
-    pub n: usize,
+pub(super) struct LayerPass {
     pub dims: StackDims,
     pub rope: Arc<RopeTable>,
     /// RoPE position of every row (`b·t`).
@@ -55,6 +55,14 @@ pub(super) struct DecoderStack {
     pub keep: bool,
     /// Whether the tape also keeps the inputs of every product and norm (weight gradients).
     weight_inputs: bool,
+}
+
+/// The op: frozen layers `0..n` of a model for one batch.
+#[derive(Clone)]
+pub(super) struct DecoderStack {
+    pub layers: Arc<[Block]>,
+    pub n: usize,
+    pub pass: LayerPass,
     tape: Arc<Mutex<Vec<LayerTape>>>,
 }
 
@@ -141,13 +149,27 @@ impl DecoderStack {
         Self {
             layers,
             n,
+            pass: LayerPass::new(dims, rope, positions, key_valid, keep),
+            tape: Arc::default(),
+        }
+    }
+}
+
+impl LayerPass {
+    pub fn new(
+        dims: StackDims,
+        rope: Arc<RopeTable>,
+        positions: Arc<Vec<u32>>,
+        key_valid: Arc<Vec<u8>>,
+        keep: bool,
+    ) -> Self {
+        Self {
             dims,
             rope,
             positions,
             key_valid,
             keep,
             weight_inputs: false,
-            tape: Arc::default(),
         }
     }
 
@@ -367,42 +389,6 @@ impl DecoderStack {
         kernels::rms_norm_bwd(&tape.x, &dh, lw.attn_norm, lw.attn_eps, &mut dx, true);
         Ok(dx)
     }
-}
-
-impl DecoderStack {
-    /// Runs the layers on `x: (b·t) × hidden`, keeping the tape if `self.keep`; with a cache
-    /// holding `past` positions, appends the new keys and values and attends over all of them.
-    fn run_host(
-        &self,
-        mut x: Vec<f32>,
-        bt: (usize, usize),
-        mut cache: Option<(&mut KvCache, usize)>,
-    ) -> candle_core::Result<Vec<f32>> {
-        let (b, t) = bt;
-        if x.len() != b * t * self.dims.hidden || self.positions.len() != b * t {
-            return Err(op_error(format!(
-                "decoder stack: {} values for batch {b} × {t} tokens, hidden size {} and {} \
-                 positions",
-                x.len(),
-                self.dims.hidden,
-                self.positions.len()
-            )));
-        }
-        let mut tapes = Vec::new();
-        for (li, blk) in self.layers.iter().take(self.n).enumerate() {
-            let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
-            let (y, tape) = with_weights(blk, |lw| self.layer_forward(lw, li, x, bt, c))?;
-            tapes.extend(tape);
-            x = y;
-        }
-        if self.keep {
-            *self
-                .tape
-                .lock()
-                .map_err(|_| op_error("decoder stack: tape lock poisoned"))? = tapes;
-        }
-        Ok(x)
-    }
 
     /// Writes layer `li`'s new roped keys and values (from the packed `qkv`) into `cache`
     /// after its `past` positions; returns the cache's key and value buffers.
@@ -430,6 +416,43 @@ impl DecoderStack {
         ck.slice_set(&k, 1, past)?;
         cv.slice_set(&v, 1, past)?;
         Ok((ck, cv))
+    }
+}
+
+impl DecoderStack {
+    /// Runs the layers on `x: (b·t) × hidden`, keeping the tape if `self.keep`; with a cache
+    /// holding `past` positions, appends the new keys and values and attends over all of them.
+    fn run_host(
+        &self,
+        mut x: Vec<f32>,
+        bt: (usize, usize),
+        mut cache: Option<(&mut KvCache, usize)>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (b, t) = bt;
+        let pass = &self.pass;
+        if x.len() != b * t * pass.dims.hidden || pass.positions.len() != b * t {
+            return Err(op_error(format!(
+                "decoder stack: {} values for batch {b} × {t} tokens, hidden size {} and {} \
+                 positions",
+                x.len(),
+                pass.dims.hidden,
+                pass.positions.len()
+            )));
+        }
+        let mut tapes = Vec::new();
+        for (li, blk) in self.layers.iter().take(self.n).enumerate() {
+            let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
+            let (y, tape) = with_weights(blk, |lw| pass.layer_forward(lw, li, x, bt, c))?;
+            tapes.extend(tape);
+            x = y;
+        }
+        if pass.keep {
+            *self
+                .tape
+                .lock()
+                .map_err(|_| op_error("decoder stack: tape lock poisoned"))? = tapes;
+        }
+        Ok(x)
     }
 
     /// An inference pass of `x: (b, t, hidden)` on top of `cache`, which holds `past`
@@ -512,7 +535,9 @@ impl CustomOp1 for DecoderStack {
         let (b, t, _) = arg.dims3()?;
         let mut dy = with_host(grad, <[f32]>::to_vec)?;
         for (blk, tape) in self.layers.iter().take(self.n).zip(tapes.iter()).rev() {
-            dy = with_weights(blk, |lw| self.layer_backward(lw, tape, dy, (b, t), None))?;
+            dy = with_weights(blk, |lw| {
+                self.pass.layer_backward(lw, tape, dy, (b, t), None)
+            })?;
         }
         Ok(Some(Tensor::from_vec(dy, arg.shape(), arg.device())?))
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host, zeroed};
 
-use super::decoder_stack::{DecoderStack, LayerGrads, LayerTape, LayerWeights, StackDims};
+use super::decoder_stack::{LayerGrads, LayerPass, LayerTape, LayerWeights, StackDims};
 use super::ops::RopeTable;
 
 /// Order and sizes of the packed parameters: attention norm, `[q | k | v]` weight, its bias
@@ -90,7 +90,7 @@ impl PackedLayout {
 
 /// The op for one batch (positions and key mask fixed); build a fresh one per forward pass.
 pub(super) struct EstimatorLayer {
-    ctx: DecoderStack,
+    pass: LayerPass,
     layout: PackedLayout,
     eps: f32,
     tape: Mutex<Option<LayerTape>>,
@@ -104,18 +104,10 @@ impl EstimatorLayer {
         positions: Arc<Vec<u32>>,
         key_valid: Arc<Vec<u8>>,
     ) -> Self {
-        let ctx = DecoderStack::new(
-            Arc::from(Vec::new()),
-            0,
-            layout.dims,
-            rope,
-            positions,
-            key_valid,
-            true,
-        )
-        .with_weight_inputs();
+        let pass =
+            LayerPass::new(layout.dims, rope, positions, key_valid, true).with_weight_inputs();
         Self {
-            ctx,
+            pass,
             layout,
             eps,
             tape: Mutex::new(None),
@@ -151,7 +143,7 @@ impl CustomOp2 for EstimatorLayer {
         let bt = self.check(lx.shape(), lp.shape().elem_count())?;
         let x = cpu_slice(sx, lx)?.to_vec();
         let lw = self.layout.split(cpu_slice(sp, lp)?, self.eps);
-        let (y, tape) = self.ctx.layer_forward(&lw, 0, x, bt, None)?;
+        let (y, tape) = self.pass.layer_forward(&lw, 0, x, bt, None)?;
         *self
             .tape
             .lock()
@@ -180,7 +172,7 @@ impl CustomOp2 for EstimatorLayer {
         let dx = with_host(p, |ps| {
             let lw = self.layout.split(ps, self.eps);
             let mut g = self.layout.split_mut(&mut dp);
-            self.ctx.layer_backward(&lw, tape, dy, bt, Some(&mut g))
+            self.pass.layer_backward(&lw, tape, dy, bt, Some(&mut g))
         })??;
         let dx = if x.track_op() {
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)

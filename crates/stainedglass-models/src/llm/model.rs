@@ -455,7 +455,7 @@ impl Llama {
                 let x = op.forward_cached(&x, cache, past)?;
                 return self.finish(x, stop, t, last_only);
             }
-            let x = if op.keep {
+            let x = if op.pass.keep {
                 x.apply_op1(op)?
             } else {
                 x.apply_op1_no_bwd(&op)?

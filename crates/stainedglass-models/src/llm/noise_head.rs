@@ -124,6 +124,41 @@ impl CustomOp3 for TanhHead {
     }
 }
 
+/// The inputs of [`combine_in_place`]: rows of `d` values, one flag per token, one keep flag
+/// per value.
+pub(super) struct Rows<'a> {
+    pub x: &'a [f32],
+    pub mean: &'a [f32],
+    pub std: &'a [f32],
+    pub transformed: &'a [u8],
+    pub keep: Option<&'a [u8]>,
+    pub d: usize,
+}
+
+/// `x̃` in place: `out` holds ε on entry and, per row, `(x + μ) + σ·ε` where the token is
+/// transformed and the feature kept (the composed ops' order of operations), `μ` where it is
+/// suppressed, and `x` where the token is not transformed. Training (this module's op) and the
+/// client's path (`TransformerCloak::transform`) both run it.
+pub(super) fn combine_in_place(out: &mut [f32], r: Rows) {
+    let d = r.d;
+    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+        let span = row * d..(row + 1) * d;
+        let xr = &r.x[span.clone()];
+        if r.transformed[row] == 0 {
+            o.copy_from_slice(xr);
+            return;
+        }
+        let (mr, sr) = (&r.mean[span.clone()], &r.std[span.clone()]);
+        let kr = r.keep.map(|k| &k[span]);
+        for j in 0..d {
+            o[j] = match kr {
+                Some(k) if k[j] == 0 => mr[j],
+                _ => (xr[j] + mr[j]) + sr[j] * o[j],
+            };
+        }
+    });
+}
+
 /// `x̃ = x + μ + σ·ε` on transformed tokens (`μ` alone where a feature is suppressed), `x`
 /// elsewhere; the op's inputs are μ and σ (`x` carries no gradient in training).
 pub(super) struct NoiseCombine {
@@ -175,24 +210,18 @@ impl CustomOp2 for NoiseCombine {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.check(lm.shape(), ls.shape())?;
         let (mean, std) = (cpu_slice(sm, lm)?, cpu_slice(ss, ls)?);
-        let mut out = zeroed(self.x.len());
-        out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
-            let r = row * d..(row + 1) * d;
-            let xr = &self.x[r.clone()];
-            if self.transformed[row] == 0 {
-                o.copy_from_slice(xr);
-                return;
-            }
-            let (mr, sr, er) = (&mean[r.clone()], &std[r.clone()], &self.eps[r.clone()]);
-            let kr = self.keep.as_ref().map(|k| &k[r]);
-            for j in 0..d {
-                // Same order of operations as the composed ops: (x + μ) + σ·ε.
-                o[j] = match kr {
-                    Some(k) if k[j] == 0 => mr[j],
-                    _ => (xr[j] + mr[j]) + sr[j] * er[j],
-                };
-            }
-        });
+        let mut out = self.eps.to_vec();
+        combine_in_place(
+            &mut out,
+            Rows {
+                x: &self.x,
+                mean,
+                std,
+                transformed: &self.transformed,
+                keep: self.keep.as_ref().map(|k| k.as_slice()),
+                d,
+            },
+        );
         Ok((CpuStorage::F32(out), lm.shape().clone()))
     }
 

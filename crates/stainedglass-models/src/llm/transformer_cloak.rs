@@ -13,7 +13,7 @@ use super::decoder_stack::{DecoderStack, StackDims};
 use super::estimator_layer::{EstimatorLayer, PackedLayout};
 use super::model::Block;
 use super::model::{positions_from_mask, Llama};
-use super::noise_head::{NoiseCombine, TanhHead};
+use super::noise_head::{combine_in_place, NoiseCombine, Rows, TanhHead};
 use super::ops::{is_cpu_f32, reference, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -403,13 +403,19 @@ impl TransformerCloak {
         Ok((mean, std))
     }
 
+    /// Whether a training pass on `t` runs the host ops (estimator layers, heads, noise
+    /// combination) rather than the composed candle ops.
+    fn host_training(&self, grad: Grad, t: &Tensor) -> bool {
+        grad == Grad::Track && !self.composed_layers && is_cpu_f32(t)
+    }
+
     /// Training on the CPU with the Cloak σ form: μ and σ each as one op (linear head and
     /// its `tanh` form together); `None` where the composed ops run instead.
     fn fused_heads(&self, h: &Tensor, grad: Grad) -> Result<Option<(Tensor, Tensor)>> {
         let Some(std_form) = self.param.tanh_form() else {
             return Ok(None);
         };
-        if grad != Grad::Track || self.composed_layers || !is_cpu_f32(h) {
+        if !self.host_training(grad, h) {
             return Ok(None);
         }
         let (b, t, d) = h.dims3()?;
@@ -467,7 +473,7 @@ impl TransformerCloak {
             );
             return Ok(h.contiguous()?.apply_op1_no_bwd(&op)?);
         }
-        if grad == Grad::Track && is_cpu_f32(&h) && !self.composed_layers {
+        if self.host_training(grad, &h) {
             // Training on the CPU: each layer one op with its weight gradients, on the same
             // host kernels.
             for blk in &self.blocks {
@@ -530,11 +536,12 @@ impl TransformerCloak {
     /// The client's path of [`Self::transform`] on the CPU: after the estimator, μ, σ, the
     /// noise and the masked combination are computed on host values in one pass per token
     /// (no intermediate tensors); the same formulas and noise stream as the training forward.
+    /// `sel`: 1 per transformed token.
     fn transform_host(
         &self,
         x: &Tensor,
         am: &[u8],
-        nm: &[u8],
+        sel: &[u8],
         rng: &mut NoiseRng,
     ) -> Result<NoiseOutput> {
         let (b, t, d) = x.dims3()?;
@@ -549,27 +556,20 @@ impl TransformerCloak {
             _ => None,
         };
         let xs = host(x.clone())?;
-        // ε, then x̃ in place: x + μ + σε where kept, μ where suppressed, x where untransformed.
+        // ε, then x̃ in place.
         let mut out = zeroed(b * t * d);
         rng.fill_standard_normal(&mut out);
-        let rows = out
-            .chunks_exact_mut(d)
-            .zip(xs.chunks_exact(d))
-            .zip(mean.chunks_exact(d).zip(std.chunks_exact(d)));
-        for (row, ((o, xr), (mr, sr))) in rows.enumerate() {
-            if nm[row] == 0 || am[row] == 0 {
-                o.copy_from_slice(xr);
-                continue;
-            }
-            let kr = keep.as_ref().map(|k| &k[row * d..(row + 1) * d]);
-            for j in 0..d {
-                let full = xr[j] + mr[j] + sr[j] * o[j];
-                o[j] = match kr {
-                    Some(k) if k[j] == 0 => mr[j],
-                    _ => full,
-                };
-            }
-        }
+        combine_in_place(
+            &mut out,
+            Rows {
+                x: &xs,
+                mean: &mean,
+                std: &std,
+                transformed: sel,
+                keep: keep.as_deref(),
+                d,
+            },
+        );
         let dev = x.device();
         let mask = match keep {
             Some(k) => {
@@ -642,17 +642,17 @@ impl TransformerCloak {
                 got: vec![am.len(), nm.len()],
             });
         }
-        if grad == Grad::Off && is_cpu_f32(x) {
-            return self.transform_host(x, am, nm, rng);
-        }
-        let (mean, std) = self.statistics_with(x, am, grad)?;
+        // 1 = the token is transformed (real and selected by the noise mask).
         let sel: Vec<u8> = nm
             .iter()
             .zip(am)
             .map(|(&n, &a)| u8::from(n != 0 && a != 0))
             .collect();
-        let host_combine = grad == Grad::Track && !self.composed_layers && !x.track_op();
-        if host_combine && is_cpu_f32(&mean) && is_cpu_f32(x) {
+        if grad == Grad::Off && is_cpu_f32(x) {
+            return self.transform_host(x, am, &sel, rng);
+        }
+        let (mean, std) = self.statistics_with(x, am, grad)?;
+        if self.host_training(grad, x) && is_cpu_f32(&mean) && !x.track_op() {
             return self.combine_host(x, mean, std, sel, rng);
         }
         let eps = rng.standard_normal_parallel((b, t, d), x.device())?;
