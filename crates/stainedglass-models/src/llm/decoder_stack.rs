@@ -136,20 +136,12 @@ fn with_weights<R>(
 }
 
 impl DecoderStack {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        layers: Arc<[Block]>,
-        n: usize,
-        dims: StackDims,
-        rope: Arc<RopeTable>,
-        positions: Arc<Vec<u32>>,
-        key_valid: Arc<Vec<u8>>,
-        keep: bool,
-    ) -> Self {
+    /// Layers `0..n` of `layers`, run with `pass`.
+    pub fn new(layers: Arc<[Block]>, n: usize, pass: LayerPass) -> Self {
         Self {
             layers,
             n,
-            pass: LayerPass::new(dims, rope, positions, key_valid, keep),
+            pass,
             tape: Arc::default(),
         }
     }

@@ -5,13 +5,12 @@
 //! and the client's frozen pass compute the same numbers, and the autograd graph holds one node
 //! per layer instead of about thirty, each with its zero-filled gradient buffers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host, zeroed};
 
 use super::decoder_stack::{LayerGrads, LayerPass, LayerTape, LayerWeights, StackDims};
-use super::ops::RopeTable;
 
 /// Order and sizes of the packed parameters: attention norm, `[q | k | v]` weight, its bias
 /// (if any), output projection, MLP norm, `[gate | up]` weight, down projection.
@@ -97,17 +96,11 @@ pub(super) struct EstimatorLayer {
 }
 
 impl EstimatorLayer {
-    pub fn new(
-        layout: PackedLayout,
-        eps: f32,
-        rope: Arc<RopeTable>,
-        positions: Arc<Vec<u32>>,
-        key_valid: Arc<Vec<u8>>,
-    ) -> Self {
-        let pass =
-            LayerPass::new(layout.dims, rope, positions, key_valid, true).with_weight_inputs();
+    /// The layer of `layout` with RMSNorm `eps`, run with `pass` (which then also keeps the
+    /// weights' inputs).
+    pub fn new(layout: PackedLayout, eps: f32, pass: LayerPass) -> Self {
         Self {
-            pass,
+            pass: pass.with_weight_inputs(),
             layout,
             eps,
             tape: Mutex::new(None),

@@ -3,7 +3,7 @@
 //! embeddings is differentiable (fused ops in `ops`), so an SGT can train through the model.
 
 use super::config::LlamaConfig;
-use super::decoder_stack::{DecoderStack, StackDims};
+use super::decoder_stack::{DecoderStack, LayerPass, StackDims};
 use super::ops::{is_cpu_f32, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use super::weights::{self, GgufFile, TensorMap};
 use crate::error::{Error, Result};
@@ -435,21 +435,21 @@ impl Llama {
         // uncached passes, a host pass for cached inference (prefill and decoding).
         let cached_with_grad = last_only && embeds.track_op();
         if !cached_with_grad && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {
-            let op = DecoderStack::new(
-                self.layers.clone(),
-                n_layers,
-                StackDims {
-                    hidden: self.cfg.hidden_size,
-                    hq,
-                    hkv,
-                    d,
-                    ffn: self.cfg.intermediate_size,
-                },
+            let dims = StackDims {
+                hidden: self.cfg.hidden_size,
+                hq,
+                hkv,
+                d,
+                ffn: self.cfg.intermediate_size,
+            };
+            let pass = LayerPass::new(
+                dims,
                 self.rope.clone(),
                 positions.clone(),
                 key_valid.clone(),
                 embeds.track_op(),
             );
+            let op = DecoderStack::new(self.layers.clone(), n_layers, pass);
             let x = embeds.contiguous()?;
             if last_only {
                 let x = op.forward_cached(&x, cache, past)?;

@@ -9,7 +9,7 @@
 //! It lives beside the Llama block it reuses: `stainedglass-core` cannot depend on models.
 
 use super::config::LlamaConfig;
-use super::decoder_stack::{DecoderStack, StackDims};
+use super::decoder_stack::{DecoderStack, LayerPass, StackDims};
 use super::estimator_layer::{EstimatorLayer, PackedLayout};
 use super::model::Block;
 use super::model::{positions_from_mask, Llama};
@@ -454,6 +454,13 @@ impl TransformerCloak {
             d: hd,
             ffn: c.intermediate_size,
         };
+        let pass = LayerPass::new(
+            dims,
+            self.rope.clone(),
+            rope.positions.clone(),
+            attn.key_valid.clone(),
+            false,
+        );
         if grad == Grad::Off && is_cpu_f32(&h) {
             // Applying a trained layer: the estimator's layers as one host pass, like the
             // base model's (`decoder_stack`).
@@ -462,15 +469,7 @@ impl TransformerCloak {
                 .iter()
                 .map(|b| b.frozen(c.rms_norm_eps))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let op = DecoderStack::new(
-                layers.into(),
-                self.blocks.len(),
-                dims,
-                self.rope.clone(),
-                rope.positions.clone(),
-                attn.key_valid.clone(),
-                false,
-            );
+            let op = DecoderStack::new(layers.into(), self.blocks.len(), pass);
             return Ok(h.contiguous()?.apply_op1_no_bwd(&op)?);
         }
         if self.host_training(grad, &h) {
@@ -481,13 +480,7 @@ impl TransformerCloak {
                     dims,
                     bias: blk.qkv_bias.is_some(),
                 };
-                let op = EstimatorLayer::new(
-                    layout,
-                    c.rms_norm_eps as f32,
-                    self.rope.clone(),
-                    rope.positions.clone(),
-                    attn.key_valid.clone(),
-                );
+                let op = EstimatorLayer::new(layout, c.rms_norm_eps as f32, pass.clone());
                 h = h.contiguous()?.apply_op2(&blk.packed()?, op)?;
             }
             return Ok(h);
