@@ -121,4 +121,35 @@ if ! "$PY" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSI
   python3 -m venv "$ASSETS/pyenv"
   "$ASSETS/pyenv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
+# --- Intel oneMKL (optional, x86-64 Linux): the LM's matrix products run ~16% faster than with
+# OpenBLAS on AVX-512 Xeons; loaded at run time from $ASSETS/mkl (see llm/blas.rs). Its single
+# dynamic library (mkl_rt), the sequential layer and the CPU kernels come out of the `mkl` wheel
+# on PyPI; nothing is installed. Skipped (products use OpenBLAS) if the wheel cannot be fetched.
+MKL_WHEEL=mkl-2025.0.0-py2.py3-none-manylinux_2_28_x86_64.whl
+MKL_SHA=a5f71f52ce568df8557fa420bb84282ace7b85d6fa2ee9d374c27867705823ce
+if [ "$(uname -sm)" = "Linux x86_64" ] && [ "$(cat "$ASSETS/mkl/.wheel-sha256" 2>/dev/null)" != $MKL_SHA ]; then
+  whl="$ASSETS/dl/$MKL_WHEEL"
+  if ! check "$whl" $MKL_SHA; then
+    rm -f "$whl"
+    echo "setup-assets: downloading the mkl 2025.0.0 wheel (185 MB) for faster matrix products"
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+      -d "$ASSETS/dl" mkl==2025.0.0 || echo "setup-assets: could not fetch mkl; using OpenBLAS" >&2
+  fi
+  if [ -f "$whl" ]; then
+    verify "$whl" $MKL_SHA
+    rm -rf "$ASSETS/mkl.part" && mkdir -p "$ASSETS/mkl.part"
+    python3 - "$whl" "$ASSETS/mkl.part" <<'PY'
+import sys, zipfile, os, shutil
+whl, out = sys.argv[1], sys.argv[2]
+kernels = [p + k for k in ("avx512", "avx2", "mc3", "def") for p in ("", "vml_")]
+with zipfile.ZipFile(whl) as z:
+    for lib in ["rt", "core", "sequential", "intel_lp64", "vml_cmpt"] + kernels:
+        name = f"libmkl_{lib}.so.2"
+        with z.open("mkl-2025.0.0.data/data/lib/" + name) as src, open(os.path.join(out, name), "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20); f.flush(); os.fsync(f.fileno())
+PY
+    echo $MKL_SHA > "$ASSETS/mkl.part/.wheel-sha256"
+    rm -rf "$ASSETS/mkl" && mv "$ASSETS/mkl.part" "$ASSETS/mkl" && rm -f "$whl"
+  fi
+fi
 echo "setup-assets: ok ($ASSETS)"

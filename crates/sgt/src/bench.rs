@@ -113,9 +113,15 @@ fn vision(a: VisionBenchArgs) -> Result<()> {
             "batch_size": a.batch_size,
             "apply_batch": a.apply_batch,
             "threads": rayon_threads(),
+            "blas": blas_name(),
         })
     );
     Ok(())
+}
+
+/// The system BLAS the products go through (`"none"`: candle's pure-Rust `gemm`).
+pub fn blas_name() -> &'static str {
+    stainedglass_models::llm::blas::kind().map_or("none", |k| k.name())
 }
 
 pub fn rayon_threads() -> usize {

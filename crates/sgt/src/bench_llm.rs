@@ -132,6 +132,7 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
         serde_json::json!({
             "impl": "rust-candle",
             "threads": crate::bench::rayon_threads(),
+            "blas": crate::bench::blas_name(),
             "prefill_tokens_per_s": prefill,
             "decode_tokens_per_s": decode,
             "train_step_tokens_per_s": train,

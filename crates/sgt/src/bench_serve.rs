@@ -173,6 +173,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "proxy_overhead_ms": overhead,
             "percent_to_mask": sgt.cloak().config().percent_to_mask,
             "threads": rayon::current_num_threads(),
+            "blas": crate::bench::blas_name(),
         })
     );
     Ok(())

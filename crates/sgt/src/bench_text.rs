@@ -82,6 +82,7 @@ pub fn text_sgt(a: TextSgtBenchArgs) -> Result<()> {
         serde_json::json!({
             "impl": "rust-candle",
             "threads": crate::bench::rayon_threads(),
+            "blas": crate::bench::blas_name(),
             "text_sgt_train_tokens_per_s": tps,
         })
     );

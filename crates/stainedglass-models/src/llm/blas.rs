@@ -1,12 +1,22 @@
-//! Optional run-time BLAS: if a system OpenBLAS (`libopenblas.so.0`, Debian `libopenblas0`) can
-//! be loaded, large f32 matrix products go through its `cblas_sgemm`; otherwise candle's pure-Rust
-//! `gemm` is used, so the build never depends on it. Measured on the 2-core AVX-512 machine for
-//! the LM's shapes: OpenBLAS (SkylakeX kernels) 150–195 GFLOP/s vs 75–97 for `gemm`.
+//! Optional run-time BLAS: if a system BLAS can be loaded, large f32 matrix products go through
+//! its `cblas_sgemm`; otherwise candle's pure-Rust `gemm` is used, so the build never depends on
+//! one. Two are known (measured on the 2-core AVX-512 Xeon for the LM's shapes, one thread):
+//! Intel oneMKL (`libmkl_rt.so.2`, sequential layer) 125–130 GFLOP/s, OpenBLAS (`libopenblas.so.0`,
+//! SkylakeX kernels) 106–112, candle's `gemm` 75–97.
+//!
+//! Which one, in order:
+//! - `SGT_BLAS=off` (or `0`): none; `SGT_BLAS=mkl` / `SGT_BLAS=openblas`: only that one.
+//! - `SGT_BLAS_LIB=<path>`: that CBLAS library first.
+//! - oneMKL first on Intel CPUs, OpenBLAS first elsewhere, then the other. oneMKL is looked for
+//!   in `$SGT_ASSETS/mkl/` (`assets/mkl/` when unset; `scripts/setup-assets.sh` puts it there
+//!   from the `mkl` wheel on PyPI), then on the loader's path.
 //!
 //! OpenBLAS picks its kernels from the CPU model and falls back to slow generic ones on CPUs it
 //! does not know (virtual CPUs often); unless `OPENBLAS_CORETYPE` is set, it is set from the
-//! CPU features seen here before the library is loaded. `SGT_BLAS=off` disables the path.
+//! CPU features seen here before the library is loaded. oneMKL is switched to its sequential
+//! threading layer before its first call.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 type SgemmFn = unsafe extern "C" fn(
@@ -29,16 +39,82 @@ type SgemmFn = unsafe extern "C" fn(
 struct Blas {
     _lib: libloading::Library,
     sgemm: SgemmFn,
+    kind: Kind,
+}
+
+/// The system BLAS the products go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Mkl,
+    OpenBlas,
+    /// A library named by `SGT_BLAS_LIB` that is neither.
+    Other,
+}
+
+impl Kind {
+    /// Short name for logs and benchmark records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mkl => "mkl",
+            Kind::OpenBlas => "openblas",
+            Kind::Other => "cblas",
+        }
+    }
 }
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
+/// `MKL_THREADING_SEQUENTIAL`: parallelism comes from rayon, as with OpenBLAS below.
+const MKL_SEQUENTIAL: i32 = 1;
 
 fn load() -> Option<Blas> {
-    if std::env::var("SGT_BLAS").is_ok_and(|v| v == "off" || v == "0") {
-        return None;
+    let choice = std::env::var("SGT_BLAS").unwrap_or_default();
+    let (mkl, openblas) = match choice.as_str() {
+        "off" | "0" => return None,
+        "mkl" => (true, false),
+        "openblas" => (false, true),
+        _ => (true, true),
+    };
+    if let Some(path) = std::env::var_os("SGT_BLAS_LIB") {
+        let path = PathBuf::from(path);
+        match open(&path) {
+            Some(b) => return Some(b),
+            None => tracing::warn!(
+                "SGT_BLAS_LIB={} could not be loaded as a CBLAS library (needs cblas_sgemm); \
+                 looking for oneMKL and OpenBLAS instead",
+                path.display()
+            ),
+        }
     }
+    let mut order: Vec<Vec<PathBuf>> = Vec::new();
+    if mkl {
+        order.push(mkl_candidates());
+    }
+    if openblas {
+        set_openblas_coretype();
+        let names = ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"];
+        order.push(names.iter().map(PathBuf::from).collect());
+    }
+    if mkl && openblas && !intel_cpu() {
+        order.reverse();
+    }
+    order.iter().flatten().find_map(|p| open(p))
+}
+
+/// oneMKL's single dynamic library: the assets folder first, then the loader's path.
+fn mkl_candidates() -> Vec<PathBuf> {
+    let assets = std::env::var_os("SGT_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"));
+    vec![
+        assets.join("mkl").join("libmkl_rt.so.2"),
+        PathBuf::from("libmkl_rt.so.2"),
+        PathBuf::from("libmkl_rt.so"),
+    ]
+}
+
+fn set_openblas_coretype() {
     #[cfg(target_arch = "x86_64")]
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         let core = if std::is_x86_feature_detected!("avx512f") {
@@ -49,36 +125,64 @@ fn load() -> Option<Blas> {
             None
         };
         if let Some(c) = core {
-            // Read by OpenBLAS when it is loaded just below.
+            // Read by OpenBLAS when it is loaded (only ever from `load`, before any product).
             std::env::set_var("OPENBLAS_CORETYPE", c);
         }
     }
-    let names = ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"];
-    for name in names {
-        // SAFETY: loading a well-known system library whose initialisers have no preconditions.
-        let Ok(lib) = (unsafe { libloading::Library::new(name) }) else {
-            continue;
-        };
-        // SAFETY: `cblas_sgemm` has this C signature in every CBLAS.
-        let sgemm = unsafe { lib.get::<SgemmFn>(b"cblas_sgemm\0") }
-            .ok()
-            .map(|f| *f);
-        let threads =
-            unsafe { lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0") }
-                .ok()
-                .map(|f| *f);
-        if let Some(sgemm) = sgemm {
-            if let Some(set) = threads {
-                // One BLAS thread: parallelism comes from splitting rows over rayon, so BLAS
-                // threads never spin against rayon's and candle's on the same cores.
-                // SAFETY: plain C call with a positive thread count.
-                unsafe { set(1) };
-            }
-            tracing::debug!("using {name} for matrix products");
-            return Some(Blas { _lib: lib, sgemm });
-        }
+}
+
+/// Whether the CPU reports the vendor `GenuineIntel` (oneMKL's fast paths are tuned for it).
+fn intel_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `cpuid` leaf 0 exists on every x86-64 CPU (the intrinsic is safe on newer
+        // toolchains, unsafe on older ones).
+        #[allow(unused_unsafe)]
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let mut v = [0u8; 12];
+        v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+        v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+        &v == b"GenuineIntel"
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Loads `path` as a CBLAS library set up for one thread per call.
+fn open(path: &std::path::Path) -> Option<Blas> {
+    // SAFETY: loading a BLAS library whose initialisers have no preconditions.
+    let lib = unsafe { libloading::Library::new(path) }.ok()?;
+    // SAFETY: `cblas_sgemm` has this C signature in every CBLAS.
+    let sgemm = unsafe { lib.get::<SgemmFn>(b"cblas_sgemm\0") }
+        .ok()
+        .map(|f| *f)?;
+    // SAFETY (both lookups and calls): plain C functions taking one int, called before any
+    // product; one thread per call, as parallelism comes from splitting products over rayon,
+    // so BLAS threads never spin against rayon's and candle's on the same cores.
+    let kind = unsafe {
+        if let Ok(layer) = lib.get::<unsafe extern "C" fn(i32) -> i32>(b"MKL_Set_Threading_Layer\0")
+        {
+            layer(MKL_SEQUENTIAL);
+            Kind::Mkl
+        } else if let Ok(set) = lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0")
+        {
+            set(1);
+            Kind::OpenBlas
+        } else {
+            Kind::Other
+        }
+    };
+    tracing::debug!(
+        "using {} ({}) for matrix products",
+        path.display(),
+        kind.name()
+    );
+    Some(Blas {
+        _lib: lib,
+        sgemm,
+        kind,
+    })
 }
 
 fn blas() -> Option<&'static Blas> {
@@ -89,6 +193,11 @@ fn blas() -> Option<&'static Blas> {
 /// Whether products go through a system BLAS.
 pub fn available() -> bool {
     blas().is_some()
+}
+
+/// The system BLAS in use, if any.
+pub fn kind() -> Option<Kind> {
+    blas().map(|b| b.kind)
 }
 
 /// `c (m×n) = a (m×k) · bᵀ` with `b` stored `(n×k)` row-major if `b_transposed`, else
