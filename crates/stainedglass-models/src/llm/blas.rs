@@ -40,6 +40,31 @@ struct Blas {
     _lib: libloading::Library,
     sgemm: SgemmFn,
     kind: Kind,
+    pack: Option<PackFns>,
+}
+
+/// oneMKL's packed-operand products (`cblas_sgemm_pack_get_size`, `cblas_sgemm_pack`,
+/// `cblas_sgemm_compute`): a matrix used in many products is packed once (`super::packed`).
+pub(super) struct PackFns {
+    pub size: unsafe extern "C" fn(i32, i32, i32, i32) -> usize,
+    #[allow(clippy::type_complexity)]
+    pub pack: unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *mut f32),
+    #[allow(clippy::type_complexity)]
+    pub compute: unsafe extern "C" fn(
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        *const f32,
+        i32,
+        *const f32,
+        i32,
+        f32,
+        *mut f32,
+        i32,
+    ),
 }
 
 /// The system BLAS the products go through.
@@ -62,9 +87,9 @@ impl Kind {
     }
 }
 
-const ROW_MAJOR: i32 = 101;
-const NO_TRANS: i32 = 111;
-const TRANS: i32 = 112;
+pub(super) const ROW_MAJOR: i32 = 101;
+pub(super) const NO_TRANS: i32 = 111;
+pub(super) const TRANS: i32 = 112;
 /// `MKL_THREADING_SEQUENTIAL`: parallelism comes from rayon, as with OpenBLAS below.
 const MKL_SEQUENTIAL: i32 = 1;
 
@@ -178,10 +203,26 @@ fn open(path: &std::path::Path) -> Option<Blas> {
         path.display(),
         kind.name()
     );
+    // SAFETY: oneMKL's packed-product functions have these C signatures (LP64 interface).
+    let pack = unsafe {
+        match (
+            lib.get(b"cblas_sgemm_pack_get_size\0"),
+            lib.get(b"cblas_sgemm_pack\0"),
+            lib.get(b"cblas_sgemm_compute\0"),
+        ) {
+            (Ok(size), Ok(pack), Ok(compute)) if kind == Kind::Mkl => Some(PackFns {
+                size: *size,
+                pack: *pack,
+                compute: *compute,
+            }),
+            _ => None,
+        }
+    };
     Some(Blas {
         _lib: lib,
         sgemm,
         kind,
+        pack,
     })
 }
 
@@ -193,6 +234,11 @@ fn blas() -> Option<&'static Blas> {
 /// Whether products go through a system BLAS.
 pub fn available() -> bool {
     blas().is_some()
+}
+
+/// The packed-operand products, when the BLAS has them (oneMKL).
+pub(super) fn pack_fns() -> Option<&'static PackFns> {
+    blas().and_then(|b| b.pack.as_ref())
 }
 
 /// The system BLAS in use, if any.
@@ -300,9 +346,8 @@ unsafe fn par_sgemm_raw(
             )
         }
     };
-    let parts = rayon::current_num_threads().max(1);
-    let per = n.div_ceil(parts).div_ceil(MIN_COLS_PER_TASK) * MIN_COLS_PER_TASK;
-    if parts == 1 || per >= n || m * n * k < MIN_SPLIT_WORK {
+    let per = columns_per_task(n);
+    if per >= n || m * n * k < MIN_SPLIT_WORK {
         call(0, n);
     } else {
         use rayon::prelude::*;
@@ -312,10 +357,20 @@ unsafe fn par_sgemm_raw(
     }
 }
 
+/// Width of the column blocks a product's `n` output columns are split into, one per rayon
+/// thread (`n` itself on one thread).
+pub(super) fn columns_per_task(n: usize) -> usize {
+    let parts = rayon::current_num_threads().max(1);
+    if parts == 1 {
+        return n.max(1);
+    }
+    n.div_ceil(parts).div_ceil(MIN_COLS_PER_TASK) * MIN_COLS_PER_TASK
+}
+
 /// Column blocks are multiples of this (SIMD-friendly).
 const MIN_COLS_PER_TASK: usize = 16;
 /// Products smaller than this many multiply-adds run on one thread.
-const MIN_SPLIT_WORK: usize = 1 << 20;
+pub(super) const MIN_SPLIT_WORK: usize = 1 << 20;
 
 /// General strided product `C = alpha·op(A)·op(B) + beta·C` on row-major storage: `op(A)` is
 /// `m×k` (`A` stored `k×m` when `ta`), `op(B)` is `k×n` (`B` stored `n×k` when `tb`), with

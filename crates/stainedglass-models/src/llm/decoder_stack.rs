@@ -17,6 +17,7 @@ use super::gemv::gemv_rows;
 use super::kernels::{self, AttnShape, HeadView, SendPtr};
 use super::model::{Block, KvCache};
 use super::ops::{RopeTable, GEMV_MAX_ROWS};
+use super::packed::PackedMatrix;
 use super::train_linear::weight_grad;
 
 fn op_error(msg: impl Into<String>) -> candle_core::Error {
@@ -97,6 +98,71 @@ pub(super) struct LayerWeights<'a> {
     pub mlp_eps: f32,
     pub gate_up: &'a [f32],
     pub down: &'a [f32],
+    /// The same weights packed for large products (frozen layers in training; see `packed`).
+    pub packed: Option<&'a PackedLayer>,
+}
+
+/// A frozen layer's four weights packed once: `fwd` for `x · Wᵀ`, `bwd` for the input
+/// gradient `dy · W`. A missing matrix (no oneMKL, budget spent) is multiplied as usual.
+#[derive(Default)]
+pub(super) struct PackedLayer {
+    fwd: PackedProducts,
+    bwd: PackedProducts,
+}
+
+#[derive(Default)]
+struct PackedProducts {
+    qkv: Option<PackedMatrix>,
+    o: Option<PackedMatrix>,
+    gate_up: Option<PackedMatrix>,
+    down: Option<PackedMatrix>,
+}
+
+impl PackedLayer {
+    /// Packs `lw`'s products both ways: each weight is stored `(out, in)`, `x · Wᵀ` multiplies
+    /// by `Wᵀ` (`in×out`) and the input gradient by `W` (`out×in`).
+    fn new(lw: &LayerWeights) -> Self {
+        let hidden = lw.attn_norm.len().max(1);
+        let [qkv, o, gate_up, down] = [
+            (lw.qkv, lw.qkv.len() / hidden),
+            (lw.o, hidden),
+            (lw.gate_up, lw.gate_up.len() / hidden),
+            (lw.down, hidden),
+        ]
+        .map(|(w, out)| {
+            let inp = w.len() / out.max(1);
+            (
+                PackedMatrix::new(w, (out, inp), true),
+                PackedMatrix::new(w, (inp, out), false),
+            )
+        });
+        Self {
+            fwd: PackedProducts {
+                qkv: qkv.0,
+                o: o.0,
+                gate_up: gate_up.0,
+                down: down.0,
+            },
+            bwd: PackedProducts {
+                qkv: qkv.1,
+                o: o.1,
+                gate_up: gate_up.1,
+                down: down.1,
+            },
+        }
+    }
+}
+
+impl LayerWeights<'_> {
+    /// The packed form of one of the weights for the forward (`x · Wᵀ`) product.
+    fn fwd(&self, pick: fn(&PackedProducts) -> &Option<PackedMatrix>) -> Option<&PackedMatrix> {
+        self.packed.and_then(|p| pick(&p.fwd).as_ref())
+    }
+
+    /// The packed form of one of the weights for the input-gradient (`dy · W`) product.
+    fn bwd(&self, pick: fn(&PackedProducts) -> &Option<PackedMatrix>) -> Option<&PackedMatrix> {
+        self.packed.and_then(|p| pick(&p.bwd).as_ref())
+    }
 }
 
 /// Gradients of one layer's weights, in the shapes of [`LayerWeights`] (written, not added).
@@ -110,9 +176,11 @@ pub(super) struct LayerGrads<'a> {
     pub down: &'a mut [f32],
 }
 
-/// Runs `f` on host views of one frozen layer's weights (read locks held meanwhile).
+/// Runs `f` on host views of one frozen layer's weights (read locks held meanwhile), with
+/// their packed forms if the layer has them; `pack` packs them first if not yet done.
 fn with_weights<R>(
     blk: &Block,
+    pack: bool,
     f: impl FnOnce(&LayerWeights) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     let bias = match blk.qkv.bias() {
@@ -121,7 +189,7 @@ fn with_weights<R>(
     };
     let weights = [&blk.qkv, &blk.o, &blk.gate_up, &blk.down].map(|l| l.weight());
     with_hosts(weights, |[qkv, o, gate_up, down]| {
-        f(&LayerWeights {
+        let mut lw = LayerWeights {
             attn_norm: blk.attn_norm.host(),
             attn_eps: blk.attn_norm.eps(),
             qkv,
@@ -131,7 +199,14 @@ fn with_weights<R>(
             mlp_eps: blk.mlp_norm.eps(),
             gate_up,
             down,
-        })
+            packed: None,
+        };
+        lw.packed = if pack {
+            Some(blk.packed.get_or_init(|| PackedLayer::new(&lw)))
+        } else {
+            blk.packed.get()
+        };
+        f(&lw)
     })?
 }
 
@@ -219,10 +294,17 @@ impl LayerPass {
         let mut qkv = match lw.bias {
             Some(bias) => {
                 let mut qkv = bias.repeat(m);
-                project(&h, lw.qkv, (m, w, hidden), true, &mut qkv);
+                project(
+                    &h,
+                    lw.qkv,
+                    lw.fwd(|p| &p.qkv),
+                    (m, w, hidden),
+                    true,
+                    &mut qkv,
+                );
                 qkv
             }
-            None => project_new(&h, lw.qkv, (m, w, hidden)),
+            None => project_new(&h, lw.qkv, lw.fwd(|p| &p.qkv), (m, w, hidden)),
         };
         kernels::rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
         let mut a = zeroed(m * hq * d);
@@ -278,19 +360,33 @@ impl LayerPass {
         } else {
             (None, x)
         };
-        project(&a, lw.o, (m, hidden, hq * d), true, &mut x2);
+        project(
+            &a,
+            lw.o,
+            lw.fwd(|p| &p.o),
+            (m, hidden, hq * d),
+            true,
+            &mut x2,
+        );
         let n1 = self
             .weight_inputs
             .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
         kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
-        let gu = project_new(&h, lw.gate_up, (m, 2 * ffn, hidden));
+        let gu = project_new(&h, lw.gate_up, lw.fwd(|p| &p.gate_up), (m, 2 * ffn, hidden));
         let mut act = zeroed(m * ffn);
         kernels::swiglu(&gu, ffn, &mut act);
         let mut y = match x {
             Some(_) => x2.clone(),
             None => std::mem::take(&mut x2),
         };
-        project(&act, lw.down, (m, hidden, ffn), true, &mut y);
+        project(
+            &act,
+            lw.down,
+            lw.fwd(|p| &p.down),
+            (m, hidden, ffn),
+            true,
+            &mut y,
+        );
         let tape = x.map(|x| LayerTape {
             x,
             qkv,
@@ -334,13 +430,18 @@ impl LayerPass {
                 }
             };
         }
-        let dact = par_sgemm_new(&dy, lw.down, (m, ffn, hidden), false);
+        let dact = input_grad(&dy, lw.down, lw.bwd(|p| &p.down), (m, ffn, hidden));
         wgrad!(&dy, down, act, hidden, ffn);
         let mut dgu = zeroed(m * 2 * ffn);
         kernels::swiglu_bwd(&tape.gu, &dact, ffn, &mut dgu);
         drop(dact);
         wgrad!(&dgu, gate_up, n2, 2 * ffn, hidden);
-        let mut dh = par_sgemm_new(&dgu, lw.gate_up, (m, hidden, 2 * ffn), false);
+        let mut dh = input_grad(
+            &dgu,
+            lw.gate_up,
+            lw.bwd(|p| &p.gate_up),
+            (m, hidden, 2 * ffn),
+        );
         drop(dgu);
         let mut dx2 = dy;
         if let Some(gs) = grads.as_deref_mut() {
@@ -348,7 +449,7 @@ impl LayerPass {
         }
         kernels::rms_norm_bwd(&tape.x2, &dh, lw.mlp_norm, lw.mlp_eps, &mut dx2, true);
         wgrad!(&dx2, o, a, hidden, hq * d);
-        let da = par_sgemm_new(&dx2, lw.o, (m, hq * d, hidden), false);
+        let da = input_grad(&dx2, lw.o, lw.bwd(|p| &p.o), (m, hq * d, hidden));
         let mut dqkv = zeroed(m * w);
         let g = HeadView {
             ptr: SendPtr::of(&da),
@@ -373,7 +474,10 @@ impl LayerPass {
         if let Some(gb) = grads.as_deref_mut().and_then(|g| g.bias.as_deref_mut()) {
             kernels::column_sums(&dqkv, gb);
         }
-        par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0);
+        match lw.bwd(|p| &p.qkv) {
+            Some(p) => p.product(&dqkv, &mut dh, m, 0.0),
+            None => par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0),
+        }
         if let Some(gs) = grads {
             kernels::rms_norm_weight_grad(&tape.x, &dh, lw.attn_eps, gs.attn_norm);
         }
@@ -434,7 +538,9 @@ impl DecoderStack {
         let mut tapes = Vec::new();
         for (li, blk) in self.layers.iter().take(self.n).enumerate() {
             let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
-            let (y, tape) = with_weights(blk, |lw| pass.layer_forward(lw, li, x, bt, c))?;
+            // Frozen weights are packed for the repeated large products of training.
+            let pack = pass.keep && b * t > GEMV_MAX_ROWS;
+            let (y, tape) = with_weights(blk, pack, |lw| pass.layer_forward(lw, li, x, bt, c))?;
             tapes.extend(tape);
             x = y;
         }
@@ -461,10 +567,31 @@ impl DecoderStack {
     }
 }
 
+/// A new `dy (m×k) · w` (`w` stored `k×n`), through `packed` (`w` packed) when given.
+fn input_grad(
+    dy: &[f32],
+    w: &[f32],
+    packed: Option<&PackedMatrix>,
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
+    match packed {
+        Some(p) => p.product_new(dy, m),
+        None => par_sgemm_new(dy, w, (m, n, k), false),
+    }
+}
+
 /// A new `x (m×k) · wᵀ` (`w` stored `n×k`), as [`project`] computes it.
-fn project_new(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+fn project_new(
+    x: &[f32],
+    w: &[f32],
+    packed: Option<&PackedMatrix>,
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
     if m > GEMV_MAX_ROWS {
-        return par_sgemm_new(x, w, (m, n, k), true);
+        return match packed {
+            Some(p) => p.product_new(x, m),
+            None => par_sgemm_new(x, w, (m, n, k), true),
+        };
     }
     let mut out = zeroed(m * n);
     gemv_rows(x, w, m, k, n, &mut out);
@@ -472,23 +599,21 @@ fn project_new(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f3
 }
 
 /// `out (m×n) = x (m×k) · wᵀ` (`w` stored `n×k`), added to `out` when `accumulate`. A few
-/// rows (decoding) run as row dot products, more as a matrix product.
+/// rows (decoding) run as row dot products, more as a matrix product (through `packed`, `wᵀ`
+/// packed, when given).
 fn project(
     x: &[f32],
     w: &[f32],
+    packed: Option<&PackedMatrix>,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
     out: &mut [f32],
 ) {
-    if m > GEMV_MAX_ROWS {
-        par_sgemm(
-            x,
-            w,
-            out,
-            (m, n, k),
-            true,
-            if accumulate { 1.0 } else { 0.0 },
-        );
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    if let (true, Some(p)) = (m > GEMV_MAX_ROWS, packed) {
+        p.product(x, out, m, beta);
+    } else if m > GEMV_MAX_ROWS {
+        par_sgemm(x, w, out, (m, n, k), true, beta);
     } else if accumulate {
         let mut tmp = zeroed(m * n);
         gemv_rows(x, w, m, k, n, &mut tmp);
@@ -527,7 +652,7 @@ impl CustomOp1 for DecoderStack {
         let (b, t, _) = arg.dims3()?;
         let mut dy = with_host(grad, <[f32]>::to_vec)?;
         for (blk, tape) in self.layers.iter().take(self.n).zip(tapes.iter()).rev() {
-            dy = with_weights(blk, |lw| {
+            dy = with_weights(blk, false, |lw| {
                 self.pass.layer_backward(lw, tape, dy, (b, t), None)
             })?;
         }

@@ -64,6 +64,7 @@ impl PackedLayout {
             mlp_eps: eps,
             gate_up,
             down,
+            packed: None,
         }
     }
 

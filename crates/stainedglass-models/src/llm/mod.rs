@@ -14,6 +14,7 @@ pub mod model;
 mod noise_head;
 pub mod noisy;
 pub mod ops;
+pub mod packed;
 #[cfg(test)]
 mod test_util;
 mod train_linear;

@@ -3,13 +3,13 @@
 //! embeddings is differentiable (fused ops in `ops`), so an SGT can train through the model.
 
 use super::config::LlamaConfig;
-use super::decoder_stack::{DecoderStack, LayerPass, StackDims};
+use super::decoder_stack::{DecoderStack, LayerPass, PackedLayer, StackDims};
 use super::ops::{is_cpu_f32, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
 use super::weights::{self, GgufFile, TensorMap};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where a forward pass stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub(super) struct Block {
     pub mlp_norm: RmsNorm,
     pub gate_up: Linear,
     pub down: Linear,
+    /// The weights packed for training's large products, once (`decoder_stack`).
+    pub packed: OnceLock<PackedLayer>,
 }
 
 /// Keys and values of past positions, per layer, plus which of them are real (not padding).
@@ -220,6 +222,7 @@ impl Llama {
                 mlp_norm: RmsNorm::new(t("post_attention_layernorm.weight")?, eps)?,
                 gate_up: Linear::new(gate_up, None),
                 down: Linear::new(t("mlp.down_proj.weight")?, None),
+                packed: OnceLock::new(),
             });
         }
         let embed = take(&mut map, "model.embed_tokens.weight")?;

@@ -23,7 +23,7 @@ use stainedglass_core::noise_layer::{NoiseLayer, NoiseOutput};
 use stainedglass_core::param::{BoundedMean, StdParameterization};
 use stainedglass_core::NoiseRng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Serializable configuration of a TransformerCloak.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,7 @@ impl EstimatorBlock {
             mlp_norm: RmsNorm::new(self.mlp_norm.as_tensor().detach(), eps)?,
             gate_up: lin(&self.gate_up, None),
             down: lin(&self.down, None),
+            packed: OnceLock::new(),
         })
     }
 }
