@@ -3,9 +3,10 @@
 //! every training step can be packed once instead. Measured on the 2-core AVX-512 Xeon (one
 //! thread, 512 rows, the LM's shapes): 6–11% faster products, same results to rounding.
 //!
-//! Packed copies cost memory (about the weight's size per orientation), so the process packs at
-//! most `SGT_PREPACK_MB` MiB (default 1024; 0 turns packing off); weights past the budget are
-//! multiplied as usual. Without oneMKL nothing is packed.
+//! A packed copy holds about the weight's size in memory; oneMKL asks for ~8 MiB more per
+//! packed matrix as workspace, which is reserved but left untouched (not resident). The process
+//! packs at most `SGT_PREPACK_MB` MiB of weights (default 1024; 0 turns packing off); weights
+//! past the budget are multiplied as usual. Without oneMKL nothing is packed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -41,8 +42,11 @@ pub struct PackedMatrix {
 struct Block {
     j0: usize,
     cols: usize,
+    /// The packed data lives in the spare capacity (never read as `f32`s from Rust, so left
+    /// uninitialised: oneMKL's size includes a workspace it mostly never writes, and those
+    /// pages then stay unmapped).
     buf: Vec<f32>,
-    /// Offset of the 64-byte-aligned start inside `buf`.
+    /// Offset of the 64-byte-aligned start inside `buf`'s capacity.
     off: usize,
 }
 
@@ -66,7 +70,7 @@ impl PackedMatrix {
                 (f.size)(B_MATRIX, PACK_ROWS as i32, cols as i32, k as i32)
             })
             .collect();
-        let bytes: usize = sizes.iter().map(|s| s + 64).sum();
+        let bytes = n * k * std::mem::size_of::<f32>();
         let budget = budget_bytes();
         let prev = PACKED_BYTES.fetch_add(bytes, Ordering::Relaxed);
         if prev + bytes > budget {
@@ -78,15 +82,16 @@ impl PackedMatrix {
         } else {
             (n, NO_TRANS)
         };
+        use rayon::prelude::*;
         let blocks = spans
-            .iter()
+            .par_iter()
             .zip(&sizes)
             .map(|(&(j0, cols), &size)| {
-                let mut buf = vec![0f32; (size + 64).div_ceil(4)];
+                let mut buf = Vec::<f32>::with_capacity((size + 64).div_ceil(4));
                 let off = buf.as_ptr().align_offset(64);
                 let src = if transposed { j0 * k } else { j0 };
-                // SAFETY: `buf` holds `size` bytes past `off`; `w` holds the `k×cols` block
-                // at `src` with leading dimension `ld` (checked length above).
+                // SAFETY: `buf`'s capacity holds `size` bytes past `off`; `w` holds the
+                // `k×cols` block at `src` with leading dimension `ld` (checked length above).
                 unsafe {
                     (f.pack)(
                         ROW_MAJOR,
