@@ -32,7 +32,7 @@ def main():
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-seq", type=int, default=128)
     p.add_argument("--layer", type=int, default=6)
-    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=int(os.environ.get("SGT_THREADS", os.cpu_count())))
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -48,7 +48,7 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--layer", type=int, default=6)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=int(os.environ.get("SGT_THREADS", os.cpu_count())))
     a = p.parse_args()
     torch.set_num_threads(a.threads)

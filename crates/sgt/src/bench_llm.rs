@@ -25,7 +25,7 @@ pub struct LlmBenchArgs {
     pub train_seq: usize,
     #[arg(long, default_value_t = 6)]
     pub layer: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
 }
 

@@ -23,7 +23,7 @@ pub struct TextSgtBenchArgs {
     pub seq: usize,
     #[arg(long, default_value_t = 6)]
     pub layer: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub steps: usize,
 }
 
