@@ -121,8 +121,9 @@ if ! "$PY" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSI
   python3 -m venv "$ASSETS/pyenv"
   "$ASSETS/pyenv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
-# --- Intel oneMKL (optional, x86-64 Linux): the LM's matrix products run ~16% faster than with
-# OpenBLAS on AVX-512 Xeons; loaded at run time from $ASSETS/mkl (see llm/blas.rs). Its single
+# --- Intel oneMKL (optional, x86-64 Linux): the LM's matrix products run faster than with
+# OpenBLAS on AVX-512 Xeons (and can reuse packed weights); loaded at run time from $ASSETS/mkl
+# (see stainedglass-models/src/llm/blas.rs and packed.rs). Its single
 # dynamic library (mkl_rt), the sequential layer and the CPU kernels come out of the `mkl` wheel
 # on PyPI; nothing is installed. Skipped (products use OpenBLAS) if the wheel cannot be fetched.
 MKL_WHEEL=mkl-2025.0.0-py2.py3-none-manylinux_2_28_x86_64.whl

@@ -1,8 +1,10 @@
 //! Optional run-time BLAS: if a system BLAS can be loaded, large f32 matrix products go through
 //! its `cblas_sgemm`; otherwise candle's pure-Rust `gemm` is used, so the build never depends on
-//! one. Two are known (measured on the 2-core AVX-512 Xeon for the LM's shapes, one thread):
-//! Intel oneMKL (`libmkl_rt.so.2`, sequential layer) 125–130 GFLOP/s, OpenBLAS (`libopenblas.so.0`,
-//! SkylakeX kernels) 106–112, candle's `gemm` 75–97.
+//! one. Two are known: Intel oneMKL (`libmkl_rt.so.2`, sequential layer) and OpenBLAS
+//! (`libopenblas.so.0`, SkylakeX kernels). On the 2-core AVX-512 Xeon, one thread, the LM's
+//! training shapes (`bench/blas_gemm.c`): oneMKL 1–5% faster when the machine is quiet (both
+//! ~130–145 GFLOP/s) and 12–20% faster when it is loaded (~110 vs ~93), which it mostly is;
+//! candle's `gemm` reached 75–97.
 //!
 //! Which one, in order:
 //! - `SGT_BLAS=off` (or `0`): none; `SGT_BLAS=mkl` / `SGT_BLAS=openblas`: only that one.
@@ -99,7 +101,11 @@ fn load() -> Option<Blas> {
         "off" | "0" => return None,
         "mkl" => (true, false),
         "openblas" => (false, true),
-        _ => (true, true),
+        "" | "auto" => (true, true),
+        other => {
+            tracing::warn!("SGT_BLAS={other:?} is not one of off, mkl, openblas, auto; using auto");
+            (true, true)
+        }
     };
     if let Some(path) = std::env::var_os("SGT_BLAS_LIB") {
         let path = PathBuf::from(path);
@@ -455,6 +461,18 @@ pub unsafe fn sgemm_strided(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that is not a CBLAS library is refused (no panic), whatever else is loaded.
+    #[test]
+    fn a_non_blas_library_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sgt-blas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fake = dir.join("libnot_a_blas.so");
+        std::fs::write(&fake, b"not a shared library").expect("write");
+        assert!(open(&fake).is_none());
+        assert!(open(&dir.join("missing.so")).is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn strided_product_matches_naive_in_all_transpositions() {

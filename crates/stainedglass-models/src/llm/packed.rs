@@ -1,7 +1,8 @@
 //! Frozen weights packed once for oneMKL's packed-operand products. Every matrix product packs
 //! its `B` operand into the kernel's panel layout before multiplying; a frozen weight used by
 //! every training step can be packed once instead. Measured on the 2-core AVX-512 Xeon (one
-//! thread, 512 rows, the LM's shapes): 6–11% faster products, same results to rounding.
+//! thread, 512 rows, the LM's shapes; `bench/blas_gemm.c`): 2–11% faster products (mostly
+//! 5–8%), same results to rounding.
 //!
 //! A packed copy holds about the weight's size in memory; oneMKL asks for ~8 MiB more per
 //! packed matrix as workspace, which is reserved but left untouched (not resident). The process
