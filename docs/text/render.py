@@ -40,7 +40,7 @@ if (rr / "eval_all_held_out.json").exists():
         f"conversations {pct(rt['nn_top1_cosine'])} (cosine) / {pct(rt['nn_top1_l2'])} (L2) / "
         f"{pct(rt['nn_top1_cosine_flipped'])} (sign-flip) recovery and {pct(rt['next_token_agreement'])} "
         f"agreement — the targets (≤ 5% recovery, ≥ 85% agreement) are "
-        f"{'met' if ok else 'not met'}. The noise stream and the `tanh` kernel differ from the run "
-        "above (same formulas), so the numbers are not identical to it.\n"
+        f"{'met' if ok else 'not met'}. The noise stream, the `tanh` kernel and the BLAS (oneMKL) "
+        "differ from the run above (same formulas), so the numbers are not identical to it.\n"
     )
 (d / "README.md").write_text((d / "README.tmpl.md").read_text().format(**vals))
