@@ -45,28 +45,33 @@ struct Blas {
     pack: Option<PackFns>,
 }
 
-/// oneMKL's packed-operand products (`cblas_sgemm_pack_get_size`, `cblas_sgemm_pack`,
-/// `cblas_sgemm_compute`): a matrix used in many products is packed once (`super::packed`).
+/// `cblas_sgemm_pack_get_size(identifier, m, n, k)`.
+type PackSizeFn = unsafe extern "C" fn(i32, i32, i32, i32) -> usize;
+/// `cblas_sgemm_pack(layout, identifier, trans, m, n, k, alpha, src, ld, dest)`.
+type PackFn = unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *mut f32);
+/// `cblas_sgemm_compute`: `cblas_sgemm`'s arguments without `alpha` (packed into the operand).
+type ComputeFn = unsafe extern "C" fn(
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *const f32,
+    i32,
+    *const f32,
+    i32,
+    f32,
+    *mut f32,
+    i32,
+);
+
+/// oneMKL's packed-operand products: a matrix used in many products is packed once
+/// (`super::packed`).
 pub(super) struct PackFns {
-    pub size: unsafe extern "C" fn(i32, i32, i32, i32) -> usize,
-    #[allow(clippy::type_complexity)]
-    pub pack: unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *mut f32),
-    #[allow(clippy::type_complexity)]
-    pub compute: unsafe extern "C" fn(
-        i32,
-        i32,
-        i32,
-        i32,
-        i32,
-        i32,
-        *const f32,
-        i32,
-        *const f32,
-        i32,
-        f32,
-        *mut f32,
-        i32,
-    ),
+    pub size: PackSizeFn,
+    pub pack: PackFn,
+    pub compute: ComputeFn,
 }
 
 /// The system BLAS the products go through.
