@@ -475,7 +475,10 @@ impl LayerPass {
             kernels::column_sums(&dqkv, gb);
         }
         match lw.bwd(|p| &p.qkv) {
-            Some(p) => p.product(&dqkv, &mut dh, m, 0.0),
+            Some(p) => {
+                debug_assert_eq!(p.dims(), (hidden, w), "packed weight of another shape");
+                p.product(&dqkv, &mut dh, m, 0.0)
+            }
             None => par_sgemm(&dqkv, lw.qkv, &mut dh, (m, hidden, w), false, 0.0),
         }
         if let Some(gs) = grads {
@@ -575,7 +578,10 @@ fn input_grad(
     (m, n, k): (usize, usize, usize),
 ) -> Vec<f32> {
     match packed {
-        Some(p) => p.product_new(dy, m),
+        Some(p) => {
+            debug_assert_eq!(p.dims(), (n, k), "packed weight of another shape");
+            p.product_new(dy, m)
+        }
         None => par_sgemm_new(dy, w, (m, n, k), false),
     }
 }
@@ -589,7 +595,10 @@ fn project_new(
 ) -> Vec<f32> {
     if m > GEMV_MAX_ROWS {
         return match packed {
-            Some(p) => p.product_new(x, m),
+            Some(p) => {
+                debug_assert_eq!(p.dims(), (n, k), "packed weight of another shape");
+                p.product_new(x, m)
+            }
             None => par_sgemm_new(x, w, (m, n, k), true),
         };
     }
@@ -610,10 +619,14 @@ fn project(
     out: &mut [f32],
 ) {
     let beta = if accumulate { 1.0 } else { 0.0 };
-    if let (true, Some(p)) = (m > GEMV_MAX_ROWS, packed) {
-        p.product(x, out, m, beta);
-    } else if m > GEMV_MAX_ROWS {
-        par_sgemm(x, w, out, (m, n, k), true, beta);
+    if m > GEMV_MAX_ROWS {
+        match packed {
+            Some(p) => {
+                debug_assert_eq!(p.dims(), (n, k), "packed weight of another shape");
+                p.product(x, out, m, beta)
+            }
+            None => par_sgemm(x, w, out, (m, n, k), true, beta),
+        }
     } else if accumulate {
         let mut tmp = zeroed(m * n);
         gemv_rows(x, w, m, k, n, &mut tmp);
