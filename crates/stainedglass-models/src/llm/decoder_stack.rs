@@ -36,7 +36,7 @@ pub(super) struct StackDims {
 
 impl StackDims {
     /// Width of the packed `[q | k | v]` projection.
-    fn qkv_width(&self) -> usize {
+    pub(super) fn qkv_width(&self) -> usize {
         (self.hq + 2 * self.hkv) * self.d
     }
 }

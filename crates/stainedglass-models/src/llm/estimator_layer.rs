@@ -23,13 +23,9 @@ pub(super) struct PackedLayout {
 impl PackedLayout {
     fn sizes(&self) -> [usize; 7] {
         let StackDims {
-            hidden,
-            hq,
-            hkv,
-            d,
-            ffn,
+            hidden, hq, d, ffn, ..
         } = self.dims;
-        let w = (hq + 2 * hkv) * d;
+        let w = self.dims.qkv_width();
         [
             hidden,
             w * hidden,
