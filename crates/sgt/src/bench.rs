@@ -121,7 +121,7 @@ fn vision(a: VisionBenchArgs) -> Result<()> {
 
 /// The system BLAS the products go through (`"none"`: candle's pure-Rust `gemm`).
 pub fn blas_name() -> &'static str {
-    stainedglass_models::llm::blas::kind().map_or("none", |k| k.name())
+    stainedglass_models::llm::blas_kind().map_or("none", |k| k.name())
 }
 
 pub fn rayon_threads() -> usize {

@@ -171,7 +171,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "transformed_tokens": first.noise_mask.iter().filter(|&&m| m != 0).count(),
             "apply_ms": median(apply_ms),
             "proxy_overhead_ms": overhead,
-            "percent_to_mask": sgt.cloak().config().percent_to_mask,
+            "percent_to_mask": sgt.cloak().config().sgt.percent_to_mask,
             "threads": rayon::current_num_threads(),
             "blas": crate::bench::blas_name(),
         })

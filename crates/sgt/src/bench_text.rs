@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use stainedglass_core::loss::{distillation_loss_factory, DistillationConfig, DistillationInputs};
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Stop, TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::llm::Stop;
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use std::time::Instant;
 
 #[derive(Debug, Args)]

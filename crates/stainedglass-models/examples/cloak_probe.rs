@@ -2,7 +2,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{Device, Tensor};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Llama, TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;

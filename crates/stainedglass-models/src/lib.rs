@@ -5,9 +5,13 @@
 pub mod data;
 pub mod error;
 pub mod llm;
+#[cfg(test)]
+mod test_util;
+pub mod text_sgt;
 pub mod vision;
 
 pub use data::{ImageDataset, Split};
 pub use error::{Error, Result};
 pub use llm::{Llama, LlamaConfig, Stop};
+pub use text_sgt::{TransformerCloak, TransformerCloakConfig};
 pub use vision::{Classifier, ClassifierArch, ClassifierConfig};

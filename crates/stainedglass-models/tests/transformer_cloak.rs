@@ -2,9 +2,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use stainedglass_core::loss::{distillation_loss_factory, DistillationConfig, DistillationInputs};
+use stainedglass_core::param::StdParameterization;
 use stainedglass_core::{Mode, NoiseLayer, NoiseRng};
-use stainedglass_models::llm::{
-    Llama, NoiseMaskedNoisyTransformerModel, Stop, TransformerCloak, TransformerCloakConfig,
+use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_models::text_sgt::{
+    NoiseMaskedNoisyTransformerModel, TransformerCloak, TransformerCloakConfig,
 };
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -27,7 +29,7 @@ fn model() -> &'static Llama {
 
 fn cloak(percent: Option<f64>) -> TransformerCloak {
     let mut c = TransformerCloakConfig::new(model().config().clone());
-    c.percent_to_mask = percent;
+    c.sgt.percent_to_mask = percent;
     TransformerCloak::from_base(c, model()).expect("cloak")
 }
 
@@ -181,13 +183,17 @@ fn the_transform_is_causal_and_masking_replaces_by_the_mean() {
 #[test]
 fn bad_configs_are_rejected() {
     let mut c = TransformerCloakConfig::new(model().config().clone());
-    c.estimator_layers = 0;
+    c.sgt.estimator_layers = 0;
     assert!(TransformerCloak::from_base(c.clone(), model()).is_err());
-    c.estimator_layers = 1;
-    c.scale = (2.0, 1.0);
+    c.sgt.estimator_layers = 1;
+    c.sgt.std = StdParameterization::Cloak {
+        min: 2.0,
+        max: 1.0,
+        shallow: 1.0,
+    };
     assert!(TransformerCloak::from_base(c.clone(), model()).is_err());
-    c.scale = (1e-4, 2.0);
-    c.percent_to_mask = Some(1.5);
+    c.sgt.std = StdParameterization::default();
+    c.sgt.percent_to_mask = Some(1.5);
     assert!(TransformerCloak::from_base(c, model()).is_err());
 }
 

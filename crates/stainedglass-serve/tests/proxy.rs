@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_serve::proxy::upstream::SseParser;
 use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
 use stainedglass_serve::server::{self, ServerConfig};

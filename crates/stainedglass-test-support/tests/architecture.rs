@@ -152,7 +152,9 @@ impl<'ast> Visit<'ast> for Walker<'_> {
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
         self.module.push(m.ident.to_string());
         match &m.content {
-            None => self.child_decls.push((self.module.clone(), m.attrs.clone())),
+            None => self
+                .child_decls
+                .push((self.module.clone(), m.attrs.clone())),
             Some((_, items)) => {
                 self.info.defines.entry(self.module.clone()).or_default();
                 items.iter().for_each(|i| self.visit_item(i));
@@ -167,7 +169,11 @@ impl<'ast> Visit<'ast> for Walker<'_> {
         let reexport = !matches!(u.vis, syn::Visibility::Inherited);
         let line = u.use_token.span.start().line;
         for (path, name) in flat {
-            self.pending.push((self.module.clone(), path.clone(), if reexport { 0 } else { line }));
+            self.pending.push((
+                self.module.clone(),
+                path.clone(),
+                if reexport { 0 } else { line },
+            ));
             let imports = self.info.imports.entry(self.module.clone()).or_default();
             imports.insert(name, path);
         }
@@ -266,11 +272,16 @@ fn has_unsafe(ts: proc_macro2::TokenStream) -> bool {
 /// Reads one crate: its module tree from the root file, each file's definitions, imports and
 /// (still relative) references.
 fn read_crate(name: &str, root: &Path, ws: &Path) -> Crate {
-    let mut krate = Crate { name: name.into(), files: Vec::new(), modules: HashMap::new() };
+    let mut krate = Crate {
+        name: name.into(),
+        files: Vec::new(),
+        modules: HashMap::new(),
+    };
     let mut pending_all: Vec<(usize, ModPath, ModPath, usize)> = Vec::new();
     let mut queue: Vec<(PathBuf, ModPath)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((path, module)) = queue.pop() {
-        let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let src =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let file = syn::parse_file(&src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let idx = krate.files.len();
         let mut info = FileInfo {
@@ -284,11 +295,19 @@ fn read_crate(name: &str, root: &Path, ws: &Path) -> Crate {
             ..Default::default()
         };
         info.defines.entry(module.clone()).or_default();
-        let mut w = Walker { info: &mut info, module: module.clone(), child_decls: Vec::new(), pending: Vec::new() };
+        let mut w = Walker {
+            info: &mut info,
+            module: module.clone(),
+            child_decls: Vec::new(),
+            pending: Vec::new(),
+        };
         file.items.iter().for_each(|i| w.visit_item(i));
         let (child_decls, pending) = (w.child_decls, w.pending);
         // A file `a/b.rs` or `a/b/mod.rs` (or a crate root) keeps its children in `a/b/`.
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         let dir = if ["mod", "lib", "main"].contains(&stem) {
             path.parent().unwrap().to_path_buf()
         } else {
@@ -296,16 +315,24 @@ fn read_crate(name: &str, root: &Path, ws: &Path) -> Crate {
         };
         for (child, attrs) in child_decls {
             let rel: PathBuf = child[module.len()..].iter().collect();
-            let explicit = attrs.iter().find(|a| a.path().is_ident("path")).and_then(|a| match &a.meta {
-                syn::Meta::NameValue(nv) => match &nv.value {
-                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+            let explicit = attrs
+                .iter()
+                .find(|a| a.path().is_ident("path"))
+                .and_then(|a| match &a.meta {
+                    syn::Meta::NameValue(nv) => match &nv.value {
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(s),
+                            ..
+                        }) => Some(s.value()),
+                        _ => None,
+                    },
                     _ => None,
-                },
-                _ => None,
-            });
+                });
             let file = match explicit {
                 Some(p) => dir.join(p),
-                None if dir.join(&rel).with_extension("rs").exists() => dir.join(&rel).with_extension("rs"),
+                None if dir.join(&rel).with_extension("rs").exists() => {
+                    dir.join(&rel).with_extension("rs")
+                }
                 None => dir.join(&rel).join("mod.rs"),
             };
             queue.push((file, child));
@@ -349,7 +376,10 @@ fn absolutise(k: &Crate, module: &ModPath, path: &ModPath) -> Option<ModPath> {
             child.push(first.to_string());
             if !k.modules.contains_key(&child) {
                 // A name imported into this module from inside the crate (`use super::ops;`).
-                let imported = k.files[*k.modules.get(module)?].imports.get(module)?.get(first)?;
+                let imported = k.files[*k.modules.get(module)?]
+                    .imports
+                    .get(module)?
+                    .get(first)?;
                 let abs = absolutise(k, module, imported)?;
                 return Some(abs.into_iter().chain(rest[1..].iter().cloned()).collect());
             }
@@ -360,14 +390,26 @@ fn absolutise(k: &Crate, module: &ModPath, path: &ModPath) -> Option<ModPath> {
 
 /// The file that defines what an absolute path names, following imports and re-exports.
 fn defining_file(k: &Crate, path: &ModPath, depth: usize) -> Option<usize> {
-    let split = (0..=path.len()).rev().find(|&i| k.modules.contains_key(&path[..i]))?;
+    let split = (0..=path.len())
+        .rev()
+        .find(|&i| k.modules.contains_key(&path[..i]))?;
     let module = path[..split].to_vec();
     let file = k.modules[&module];
-    let Some(name) = path.get(split) else { return Some(file) };
-    if depth < 16 && !k.files[file].defines.get(&module).is_some_and(|d| d.contains(name)) {
+    let Some(name) = path.get(split) else {
+        return Some(file);
+    };
+    if depth < 16
+        && !k.files[file]
+            .defines
+            .get(&module)
+            .is_some_and(|d| d.contains(name))
+    {
         if let Some(from) = k.files[file].imports.get(&module).and_then(|m| m.get(name)) {
             if let Some(abs) = absolutise(k, &module, from) {
-                let abs: ModPath = abs.into_iter().chain(path[split + 1..].iter().cloned()).collect();
+                let abs: ModPath = abs
+                    .into_iter()
+                    .chain(path[split + 1..].iter().cloned())
+                    .collect();
                 return defining_file(k, &abs, depth + 1).or(Some(file));
             }
         }
@@ -376,9 +418,15 @@ fn defining_file(k: &Crate, path: &ModPath, depth: usize) -> Option<usize> {
 }
 
 fn workspace_crates() -> Vec<Crate> {
-    let ws = stainedglass_test_support::workspace_root().canonicalize().unwrap();
+    let ws = stainedglass_test_support::workspace_root()
+        .canonicalize()
+        .unwrap();
     let mut out = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(ws.join("crates")).unwrap().flatten().map(|e| e.path()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(ws.join("crates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     dirs.sort();
     for dir in dirs {
         for root in ["src/lib.rs", "src/main.rs"] {
@@ -415,7 +463,9 @@ fn cycles(edges: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
         if done[v] {
             continue;
         }
-        let comp: Vec<usize> = (0..n).filter(|&w| w == v || (reach[v][w] && reach[w][v])).collect();
+        let comp: Vec<usize> = (0..n)
+            .filter(|&w| w == v || (reach[v][w] && reach[w][v]))
+            .collect();
         comp.iter().for_each(|&w| done[w] = true);
         if comp.len() > 1 {
             out.push(comp);
@@ -434,7 +484,10 @@ fn no_import_cycles_between_files() {
             for (path, line) in &f.refs {
                 if let Some(j) = defining_file(&k, path, 0) {
                     if j != i && edges[i].insert(j) {
-                        why.insert((i, j), format!("{}:{line} names {}", f.rel, path.join("::")));
+                        why.insert(
+                            (i, j),
+                            format!("{}:{line} names {}", f.rel, path.join("::")),
+                        );
                     }
                 }
             }
@@ -460,14 +513,24 @@ fn files_and_functions_stay_short() {
     for k in workspace_crates() {
         for f in &k.files {
             if f.code_lines > MAX_FILE_LINES {
-                problems.push(format!("{}: {} lines before its tests (max {MAX_FILE_LINES})", f.rel, f.code_lines));
+                problems.push(format!(
+                    "{}: {} lines before its tests (max {MAX_FILE_LINES})",
+                    f.rel, f.code_lines
+                ));
             }
             for (name, line, n) in &f.long_fns {
-                problems.push(format!("{}:{line}: fn {name} has {n} lines (max {MAX_FN_LINES})", f.rel));
+                problems.push(format!(
+                    "{}:{line}: fn {name} has {n} lines (max {MAX_FN_LINES})",
+                    f.rel
+                ));
             }
         }
     }
-    assert!(problems.is_empty(), "split these by what they hold:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "split these by what they hold:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -477,7 +540,10 @@ fn crates_without_unsafe_forbid_it() {
         let any_unsafe = k.files.iter().any(|f| f.has_unsafe);
         let root = &k.files[0];
         if !any_unsafe && !root.forbids_unsafe {
-            problems.push(format!("{}: no unsafe code, so add #![forbid(unsafe_code)]", root.rel));
+            problems.push(format!(
+                "{}: no unsafe code, so add #![forbid(unsafe_code)]",
+                root.rel
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Llama, TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
 use stainedglass_text::{Message, PromptInput, Role, StainedGlassTransformForText, TextTokenizer};
 use std::path::{Path, PathBuf};
@@ -36,8 +37,8 @@ fn tok() -> Arc<TextTokenizer> {
 fn transform(dtype: EmbeddingDtype) -> StainedGlassTransformForText {
     let mut c = TransformerCloakConfig::new(model().config().clone());
     // Visible noise: σ starts near the middle of its range.
-    c.rhos_init = 0.0;
-    c.percent_to_mask = Some(0.25);
+    c.sgt.rhos_init = 0.0;
+    c.sgt.percent_to_mask = Some(0.25);
     let cloak = TransformerCloak::from_base(c, model()).expect("cloak");
     StainedGlassTransformForText::new(
         cloak,

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
 use stainedglass_text::{
     Message, PromptInput, Role, StainedGlassTransformForText, TransformedPrompt,

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::ops::Linear;
+use stainedglass_models::llm::Linear;
 use stainedglass_models::llm::{KvCache, Llama};
 use stainedglass_text::EncodedPrompt;
 

@@ -2,7 +2,7 @@
 
 use crate::Result;
 use candle_core::{Tensor, D};
-use stainedglass_models::llm::ops::Linear;
+use stainedglass_models::llm::Linear;
 
 /// Ranked guesses, best first, for each token of a prompt.
 pub type Ranked = Vec<Vec<u32>>;

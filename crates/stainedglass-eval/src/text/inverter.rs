@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use serde::Serialize;
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Llama, TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::EncodedPrompt;
 
 /// Training settings of the learned inverters.
@@ -276,10 +277,8 @@ impl<'a> TransformerInverter<'a> {
     ) -> Result<Self> {
         let base = model.config().clone();
         let d = base.hidden_size;
-        let body_cfg = TransformerCloakConfig {
-            estimator_layers: cfg.transformer_layers.max(1),
-            ..TransformerCloakConfig::new(base)
-        };
+        let mut body_cfg = TransformerCloakConfig::new(base);
+        body_cfg.sgt.estimator_layers = cfg.transformer_layers.max(1);
         let inv = Self {
             body: TransformerCloak::from_base(body_cfg, model)?,
             out: Var::zeros((d, d), DType::F32, model.device())?,

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use rand_distr::{Distribution, Gamma};
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::TransformerCloak;
+use stainedglass_models::text_sgt::TransformerCloak;
 
 /// One transformed prompt: `x̃ (1, t, d)` and, for Gaussian mechanisms, the centres and σ of
 /// each token's noise distribution (for the mutual-information estimate).
@@ -93,7 +93,10 @@ impl Mechanism for Sgt<'_> {
         let (centre, std) = match &out.mask {
             Some(m) => {
                 let keep = m.ne(0f64)?;
-                let floor = out.std.ones_like()?.affine(self.0.config().scale.0, 0.0)?;
+                let floor = out
+                    .std
+                    .ones_like()?
+                    .affine(self.0.config().sgt.std.bounds().0, 0.0)?;
                 (
                     keep.where_cond(&full, &out.mean)?,
                     keep.where_cond(&out.std, &floor)?,

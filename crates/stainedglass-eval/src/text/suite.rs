@@ -20,7 +20,8 @@ use crate::Result;
 use candle_core::Tensor;
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Llama, TransformerCloak};
+use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::{EncodedPrompt, TextTokenizer, TokenizerWrapper};
 use std::collections::BTreeMap;
 

@@ -2,7 +2,8 @@
 //! greedy decoding or sampling (temperature, top-k, top-p, repetition penalty), stop tokens,
 //! a token budget and an optional seed (otherwise the sampler draws from OS entropy).
 
-use super::model::{KvCache, Llama};
+use super::kv_cache::KvCache;
+use super::model::Llama;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};

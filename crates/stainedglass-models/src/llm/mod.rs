@@ -1,30 +1,30 @@
 //! A Llama-family causal LM (Llama, Mistral, Qwen2-style) that runs from input embeddings,
 //! stops at any layer, generates with a KV cache, and passes gradients to its input embeddings
 //! through frozen weights. Loads GGUF (dequantized to f32) and Hugging Face folders.
+//!
+//! - the model: [`config`], [`weights`] and [`hf`] (loading and saving), `model.rs` ([`Llama`]),
+//!   `block.rs` (one layer's weights), `kv_cache.rs`, `stack/` (the decoder layers as one op);
+//! - generation: [`generate`] (sampling, batched requests);
+//! - `backend/`: the CPU kernels and the run-time BLAS, private to the crate.
 
-pub mod blas;
+pub(crate) mod backend;
+pub(crate) mod block;
 pub mod config;
-mod decoder_stack;
-mod estimator_layer;
-pub mod gemv;
 pub mod generate;
 pub mod hf;
-pub mod kernels;
-pub mod model;
-mod noise_head;
-pub mod noisy;
-pub mod ops;
-pub mod packed;
-#[cfg(test)]
-mod test_util;
-mod train_linear;
-pub mod transformer_cloak;
-mod vexp;
+pub(crate) mod kv_cache;
+pub(crate) mod model;
+pub(crate) mod stack;
 pub mod weights;
 
+pub use backend::blas::{
+    configure as configure_blas, kind as blas_kind, openblas_coretype, BlasChoice, BlasOptions,
+    Kind as BlasKind,
+};
+pub use backend::ops::Linear;
+pub use backend::packed::set_prepack_budget_mb;
 pub use config::LlamaConfig;
 pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
-pub use model::{KvCache, Llama, Stop};
-pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};
-pub use transformer_cloak::{TransformerCloak, TransformerCloakConfig};
+pub use kv_cache::KvCache;
+pub use model::{positions_from_mask, Llama, Stop};
 pub use weights::GgufFile;

@@ -1,13 +1,17 @@
 //! The Llama-family decoder: embeddings in, activations at any layer or logits out, with an
 //! optional KV cache. Weights are frozen plain tensors; every op on the path from the input
-//! embeddings is differentiable (fused ops in `ops`), so an SGT can train through the model.
+//! embeddings is differentiable (fused ops in `backend::ops`, the layers as one op in `stack`), so an SGT can train through the model.
 
+use super::backend::ops::{Attention, Linear, RmsNorm, Rope, SwiGlu};
+use super::backend::rope_table::RopeTable;
+use super::block::Block;
 use super::config::LlamaConfig;
-use super::decoder_stack::{DecoderStack, LayerPass, PackedLayer, StackDims};
-use super::ops::{is_cpu_f32, Attention, Linear, RmsNorm, Rope, RopeTable, SwiGlu};
+use super::kv_cache::KvCache;
+use super::stack::{DecoderStack, LayerPass, StackDims};
 use super::weights::{self, GgufFile, TensorMap};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
+use stainedglass_core::host::is_cpu_f32;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -36,109 +40,8 @@ pub fn positions_from_mask(mask: &[u8], b: usize, t: usize) -> Vec<u32> {
     out
 }
 
-/// Smallest KV-cache capacity allocated (positions).
-const MIN_CACHE: usize = 64;
-
 /// The longest context a model instance supports (bounds the RoPE table).
 const MAX_ROPE_POSITIONS: usize = 32_768;
-
-/// One decoder layer's frozen weights (q, k, v and gate, up fused).
-pub(super) struct Block {
-    pub attn_norm: RmsNorm,
-    pub qkv: Linear,
-    pub o: Linear,
-    pub mlp_norm: RmsNorm,
-    pub gate_up: Linear,
-    pub down: Linear,
-    /// The weights packed for training's large products, once (`decoder_stack`).
-    pub packed: OnceLock<PackedLayer>,
-}
-
-/// Keys and values of past positions, per layer, plus which of them are real (not padding).
-pub struct KvCache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
-    key_valid: Vec<Vec<u8>>,
-    next_pos: Vec<u32>,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize, batch: usize) -> Self {
-        Self {
-            kv: vec![None; num_layers],
-            key_valid: vec![Vec::new(); batch],
-            next_pos: vec![0; batch],
-        }
-    }
-
-    /// Layer `li`'s key and value buffers `(b, capacity, kv_heads, head_dim)` holding `used`
-    /// positions, grown (doubling, old entries copied) so that `need` positions fit.
-    pub(super) fn reserve(
-        &mut self,
-        li: usize,
-        like: &Tensor,
-        used: usize,
-        need: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let (b, _, h, d) = like.dims4()?;
-        let cap = self.kv[li]
-            .as_ref()
-            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
-        if cap < need {
-            let new_cap = need.max(2 * cap).max(MIN_CACHE);
-            let nk = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
-            let nv = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
-            if let Some((ok, ov)) = self.kv[li].take() {
-                let used = used.min(cap);
-                if used > 0 {
-                    nk.slice_set(&ok.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
-                    nv.slice_set(&ov.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
-                }
-            }
-            self.kv[li] = Some((nk, nv));
-        }
-        match &self.kv[li] {
-            Some((k, v)) => Ok((k.clone(), v.clone())),
-            None => Err(Error::Shape {
-                what: "KV cache".into(),
-                expected: "allocated buffers".into(),
-                got: vec![],
-            }),
-        }
-    }
-
-    /// Keeps, in order, the batch rows `rows` (repeats allowed): after a beam-search step the
-    /// surviving beams continue from their parents' caches. The buffers are copied, so rows
-    /// never share storage.
-    pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        let b = self.next_pos.len();
-        if rows.is_empty() || rows.iter().any(|&r| r >= b) {
-            return Err(Error::Shape {
-                what: "KV cache reorder".into(),
-                expected: format!("1 or more row indices < {b}"),
-                got: rows.to_vec(),
-            });
-        }
-        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        for slot in &mut self.kv {
-            if let Some((k, v)) = slot.take() {
-                let i = Tensor::new(idx.as_slice(), k.device())?;
-                *slot = Some((k.index_select(&i, 0)?, v.index_select(&i, 0)?));
-            }
-        }
-        self.key_valid = rows.iter().map(|&r| self.key_valid[r].clone()).collect();
-        self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
-        Ok(())
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.key_valid.first().map_or(0, Vec::len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// A Llama, Mistral or Qwen2-style causal LM held in f32.
 pub struct Llama {

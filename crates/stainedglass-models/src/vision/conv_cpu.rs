@@ -2,11 +2,11 @@
 //! im2col + one matrix product per image, input gradient as the transposed product + col2im, each
 //! optionally fused with the ReLU that follows. Written here because candle's CPU conv2d copies
 //! through a generic im2col and its `conv_transpose2d` is a direct loop of dot products (≈ 30% of
-//! an SGT training step on the small CNN); products go through [`crate::llm::blas`].
+//! an SGT training step on the small CNN); products go through `crate::llm::backend::blas`.
 
 use rayon::prelude::*;
 
-use crate::llm::blas::sgemm_strided;
+use crate::llm::backend::blas::sgemm_strided;
 
 /// Shape of one 2-D convolution: input `(cin, h, w)`, square kernel `k`, output `(cout, ho, wo)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

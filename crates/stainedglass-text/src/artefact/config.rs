@@ -3,7 +3,7 @@
 //! the base model.
 
 use serde::{Deserialize, Serialize};
-use stainedglass_models::llm::TransformerCloakConfig;
+use stainedglass_models::text_sgt::TransformerCloakConfig;
 
 /// The `format` string of a text client artefact.
 pub const FORMAT: &str = "stainedglass-transform-for-text";

@@ -17,7 +17,7 @@ use crate::wrapper::{Padding, TokenizerWrapper, WrapperOptions};
 use candle_core::{DType, Device, Tensor};
 use config::*;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::DistillationConfig;
+use stainedglass_models::text_sgt::CloakSettings;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -37,30 +38,6 @@ impl Default for DataSection {
             max_length: 256,
             ignore_prompt_loss: false,
             transform_all_tokens: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SgtSection {
-    pub estimator_layers: usize,
-    pub scale: (f64, f64),
-    pub shallow: f64,
-    pub rhos_init: f64,
-    pub mean_bound: f64,
-    pub percent_to_mask: Option<f64>,
-}
-
-impl Default for SgtSection {
-    fn default() -> Self {
-        Self {
-            estimator_layers: 1,
-            scale: (1e-4, 2.0),
-            shallow: 1.0,
-            rhos_init: -4.0,
-            mean_bound: 1.0,
-            percent_to_mask: None,
         }
     }
 }
@@ -112,7 +89,8 @@ impl Default for TrainSection {
 pub struct TextTrainConfig {
     pub model: ModelSection,
     pub data: DataSection,
-    pub sgt: SgtSection,
+    /// The TransformerCloak's hyper-parameters (the artefact stores the same struct).
+    pub sgt: CloakSettings,
     pub loss: DistillationConfig,
     pub train: TrainSection,
 }

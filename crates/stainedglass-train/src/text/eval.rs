@@ -7,7 +7,8 @@ use crate::Result;
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::llm::{Llama, Stop, TransformerCloak};
+use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::EncodedPrompt;
 
 pub use stainedglass_eval::text::EmbeddingIndex;

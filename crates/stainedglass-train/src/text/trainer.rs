@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::{distillation_loss_factory, DistillationInputs};
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::{NoiseLayer, NoiseRng};
-use stainedglass_models::llm::transformer_cloak::mean_sigma;
-use stainedglass_models::llm::{Llama, Stop, TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_models::text_sgt::mean_sigma;
+use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::{EncodedPrompt, Padding, PromptInput, Side, TextTokenizer};
 use stainedglass_text::{TokenizerWrapper, WrapperOptions};
 use std::collections::HashMap;
@@ -260,13 +261,7 @@ pub fn train(
     let held_rows = encode_all(&tok, &held_c[..held_n], cfg, true)?;
     let pad = tok.pad_id().unwrap_or(0);
 
-    let mut sc = TransformerCloakConfig::new(model.config().clone());
-    sc.estimator_layers = cfg.sgt.estimator_layers;
-    sc.scale = cfg.sgt.scale;
-    sc.shallow = cfg.sgt.shallow;
-    sc.rhos_init = cfg.sgt.rhos_init;
-    sc.mean_bound = cfg.sgt.mean_bound;
-    sc.percent_to_mask = cfg.sgt.percent_to_mask;
+    let sc = TransformerCloakConfig::with_settings(model.config().clone(), cfg.sgt.clone());
     let ckpts = Checkpoints::new(&ckdir);
     let resumed = ckpts.load_latest::<State>(&["sgt", "optimizer", "optimizer_bias"], &dev)?;
     let (cloak, (mut opt, mut opt_b), start) = match resumed {

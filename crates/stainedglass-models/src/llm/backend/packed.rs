@@ -6,8 +6,9 @@
 //!
 //! A packed copy holds about the weight's size in memory; oneMKL asks for ~8 MiB more per
 //! packed matrix as workspace, which is reserved but left untouched (not resident). The process
-//! packs at most `SGT_PREPACK_MB` MiB of weights (default 1024; 0 turns packing off); weights
-//! past the budget are multiplied as usual. Without oneMKL nothing is packed.
+//! packs at most [`set_prepack_budget_mb`] MiB of weights (default 1024; 0 turns packing off;
+//! the `sgt` binary sets it from `SGT_PREPACK_MB`); weights past the budget are multiplied as
+//! usual. Without oneMKL nothing is packed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,12 +24,17 @@ const PACK_ROWS: usize = 512;
 /// Bytes of packed matrices alive in the process.
 static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
+/// The packing budget in bytes (1024 MiB unless set).
+static BUDGET_BYTES: AtomicUsize = AtomicUsize::new(1024 << 20);
+
+/// Sets how many MiB of weights the process may pack (0 turns packing off). Matrices already
+/// packed stay packed.
+pub fn set_prepack_budget_mb(mb: usize) {
+    BUDGET_BYTES.store(mb.saturating_mul(1 << 20), Ordering::Relaxed);
+}
+
 fn budget_bytes() -> usize {
-    std::env::var("SGT_PREPACK_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(1024)
-        .saturating_mul(1 << 20)
+    BUDGET_BYTES.load(Ordering::Relaxed)
 }
 
 /// `B` of the products `a · B` with `B` = `w` (`k×n`) or `wᵀ` (`w` stored `n×k`), packed in

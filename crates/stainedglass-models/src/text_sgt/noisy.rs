@@ -3,9 +3,9 @@
 //! stopping at layer k or at the logits. The mode is explicit: the same object runs the clean
 //! pass and the transformed pass, which the distillation loss compares.
 
-use super::model::{Llama, Stop};
-use super::transformer_cloak::TransformerCloak;
+use super::cloak::TransformerCloak;
 use crate::error::{Error, Result};
+use crate::llm::{Llama, Stop};
 use candle_core::Tensor;
 use stainedglass_core::noise_layer::NoiseOutput;
 use stainedglass_core::{Mode, NoiseRng};

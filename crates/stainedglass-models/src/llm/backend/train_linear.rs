@@ -34,7 +34,7 @@ struct TrainLinear;
 
 /// The weight gradient of `y = x·Wᵀ`: `dw (n×k) = gᵀ (n×m) · x (m×k)` for the output gradient
 /// `g (m×n)`, written (not added); rows of `dw` split over the threads.
-pub(super) fn weight_grad(g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize), dw: &mut [f32]) {
+pub(crate) fn weight_grad(g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize), dw: &mut [f32]) {
     assert!(
         g.len() >= m * n && x.len() >= m * k && dw.len() >= n * k,
         "weight gradient: short buffers"

@@ -12,9 +12,9 @@ use stainedglass_core::fastmath::tanh_affine_in_place;
 use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 use stainedglass_core::param::TanhAffine;
 
-use super::blas::{par_sgemm, par_sgemm_new};
-use super::kernels::column_sums;
-use super::train_linear::weight_grad;
+use crate::llm::backend::blas::{par_sgemm, par_sgemm_new};
+use crate::llm::backend::kernels::column_sums;
+use crate::llm::backend::train_linear::weight_grad;
 
 fn poisoned() -> candle_core::Error {
     candle_core::Error::Msg("noise head: tape lock poisoned".into())

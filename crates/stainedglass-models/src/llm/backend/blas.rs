@@ -6,17 +6,19 @@
 //! ~130–145 GFLOP/s) and 12–20% faster when it is loaded (~110 vs ~93), which it mostly is;
 //! candle's `gemm` reached 75–97.
 //!
-//! Which one, in order:
-//! - `SGT_BLAS=off` (or `0`): none; `SGT_BLAS=mkl` / `SGT_BLAS=openblas`: only that one.
-//! - `SGT_BLAS_LIB=<path>`: that CBLAS library first.
+//! Which one, in order (the caller sets [`BlasOptions`] once with [`configure`]; the `sgt`
+//! binary fills them from `SGT_BLAS`, `SGT_BLAS_LIB` and `SGT_ASSETS`):
+//! - [`BlasChoice::Off`]: none; [`BlasChoice::Mkl`] / [`BlasChoice::OpenBlas`]: only that one.
+//! - [`BlasOptions::library`]: that CBLAS library first.
 //! - oneMKL first on Intel CPUs, OpenBLAS first elsewhere, then the other. oneMKL is looked for
-//!   in `$SGT_ASSETS/mkl/` (`assets/mkl/` when unset; `scripts/setup-assets.sh` puts it there
-//!   from the `mkl` wheel on PyPI), then on the loader's path.
+//!   in `<assets>/mkl/` ([`BlasOptions::assets`]; `scripts/setup-assets.sh` puts it there from
+//!   the `mkl` wheel on PyPI), then on the loader's path.
 //!
 //! OpenBLAS picks its kernels from the CPU model and falls back to slow generic ones on CPUs it
-//! does not know (virtual CPUs often); unless `OPENBLAS_CORETYPE` is set, it is set from the
-//! CPU features seen here before the library is loaded. oneMKL is switched to its sequential
-//! threading layer before its first call.
+//! does not know (virtual CPUs often); [`openblas_coretype`] names the kernels for the CPU
+//! features seen here, which the binary puts in `OPENBLAS_CORETYPE` before anything loads (a
+//! library sets no environment). oneMKL is switched to its sequential threading layer before its
+//! first call.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -79,7 +81,7 @@ pub(super) struct PackFns {
 pub enum Kind {
     Mkl,
     OpenBlas,
-    /// A library named by `SGT_BLAS_LIB` that is neither.
+    /// A library named by [`BlasOptions::library`] that is neither.
     Other,
 }
 
@@ -100,35 +102,81 @@ pub(super) const TRANS: i32 = 112;
 /// `MKL_THREADING_SEQUENTIAL`: parallelism comes from rayon, as with OpenBLAS below.
 const MKL_SEQUENTIAL: i32 = 1;
 
-fn load() -> Option<Blas> {
-    let choice = std::env::var("SGT_BLAS").unwrap_or_default();
-    let (mkl, openblas) = match choice.as_str() {
-        "off" | "0" => return None,
-        "mkl" => (true, false),
-        "openblas" => (false, true),
-        "" | "auto" => (true, true),
-        other => {
-            tracing::warn!("SGT_BLAS={other:?} is not one of off, mkl, openblas, auto; using auto");
-            (true, true)
+/// Which system BLAS to look for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlasChoice {
+    /// oneMKL first on Intel CPUs, OpenBLAS first elsewhere, then the other.
+    #[default]
+    Auto,
+    Mkl,
+    OpenBlas,
+    /// No system BLAS: candle's `gemm`.
+    Off,
+}
+
+impl std::str::FromStr for BlasChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "auto" => Ok(Self::Auto),
+            "mkl" => Ok(Self::Mkl),
+            "openblas" => Ok(Self::OpenBlas),
+            "off" | "0" => Ok(Self::Off),
+            other => Err(format!(
+                "{other:?} is not a BLAS choice: use one of auto, mkl, openblas, off"
+            )),
         }
+    }
+}
+
+/// How the run-time BLAS is chosen (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlasOptions {
+    pub choice: BlasChoice,
+    /// A CBLAS library to try first.
+    pub library: Option<PathBuf>,
+    /// The assets folder, searched for oneMKL in its `mkl/` subfolder.
+    pub assets: Option<PathBuf>,
+}
+
+static OPTIONS: OnceLock<BlasOptions> = OnceLock::new();
+
+/// Sets how the BLAS is chosen, before the first product loads it. Fails, naming both, if it
+/// was already chosen with other options (the library is loaded once per process).
+pub fn configure(options: BlasOptions) -> Result<(), String> {
+    let set = OPTIONS.get_or_init(|| options.clone());
+    if *set == options {
+        Ok(())
+    } else {
+        Err(format!(
+            "the BLAS was already chosen with {set:?}; cannot switch to {options:?}"
+        ))
+    }
+}
+
+fn load() -> Option<Blas> {
+    let options = OPTIONS.get_or_init(BlasOptions::default);
+    let (mkl, openblas) = match options.choice {
+        BlasChoice::Off => return None,
+        BlasChoice::Mkl => (true, false),
+        BlasChoice::OpenBlas => (false, true),
+        BlasChoice::Auto => (true, true),
     };
-    if let Some(path) = std::env::var_os("SGT_BLAS_LIB") {
-        let path = PathBuf::from(path);
-        match open(&path) {
+    if let Some(path) = &options.library {
+        match open(path) {
             Some(b) => return Some(b),
             None => tracing::warn!(
-                "SGT_BLAS_LIB={} could not be loaded as a CBLAS library (needs cblas_sgemm); \
-                 looking for oneMKL and OpenBLAS instead",
+                "{} could not be loaded as a CBLAS library (needs cblas_sgemm); looking for \
+                 oneMKL and OpenBLAS instead",
                 path.display()
             ),
         }
     }
     let mut order: Vec<Vec<PathBuf>> = Vec::new();
     if mkl {
-        order.push(mkl_candidates());
+        order.push(mkl_candidates(options.assets.as_deref()));
     }
     if openblas {
-        set_openblas_coretype();
         let names = ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"];
         order.push(names.iter().map(PathBuf::from).collect());
     }
@@ -139,32 +187,30 @@ fn load() -> Option<Blas> {
 }
 
 /// oneMKL's single dynamic library: the assets folder first, then the loader's path.
-fn mkl_candidates() -> Vec<PathBuf> {
-    let assets = std::env::var_os("SGT_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets"));
-    vec![
-        assets.join("mkl").join("libmkl_rt.so.2"),
+fn mkl_candidates(assets: Option<&std::path::Path>) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = assets
+        .map(|a| a.join("mkl").join("libmkl_rt.so.2"))
+        .into_iter()
+        .collect();
+    v.extend([
         PathBuf::from("libmkl_rt.so.2"),
         PathBuf::from("libmkl_rt.so"),
-    ]
+    ]);
+    v
 }
 
-fn set_openblas_coretype() {
+/// The `OPENBLAS_CORETYPE` that suits this CPU (OpenBLAS reads it when it is loaded), if any.
+pub fn openblas_coretype() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
-        let core = if std::is_x86_feature_detected!("avx512f") {
-            Some("SkylakeX")
-        } else if std::is_x86_feature_detected!("avx2") {
-            Some("Haswell")
-        } else {
-            None
-        };
-        if let Some(c) = core {
-            // Read by OpenBLAS when it is loaded (only ever from `load`, before any product).
-            std::env::set_var("OPENBLAS_CORETYPE", c);
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return Some("SkylakeX");
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return Some("Haswell");
         }
     }
+    None
 }
 
 /// Whether the CPU reports the vendor `GenuineIntel` (oneMKL's fast paths are tuned for it).

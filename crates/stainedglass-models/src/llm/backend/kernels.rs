@@ -4,7 +4,6 @@
 //! many layers) both run these, so the two paths compute the same numbers.
 
 use super::gemv::dot;
-use super::ops::RopeTable;
 use super::vexp;
 use rayon::prelude::*;
 
@@ -83,39 +82,6 @@ pub fn column_sums(g: &[f32], out: &mut [f32]) {
     for row in g.chunks_exact(out.len()) {
         out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
     }
-}
-
-// ---------------------------------------------------------------- RoPE
-
-/// Rotates, in place, the first `heads` head vectors (`d` values each, "rotate_half" layout) of
-/// every row of `x` (row length `row`) by the angle of the row's position; `inverse` rotates
-/// back (the backward pass). `positions` has one entry per row.
-pub fn rope_in_place(
-    x: &mut [f32],
-    row: usize,
-    heads: usize,
-    d: usize,
-    table: &RopeTable,
-    positions: &[u32],
-    inverse: bool,
-) {
-    let half = table.half;
-    let sign = if inverse { -1.0f32 } else { 1.0 };
-    x.par_chunks_mut(row)
-        .zip(positions.par_iter())
-        .for_each(|(xr, &p)| {
-            let c = &table.cos[p as usize * half..(p as usize + 1) * half];
-            let sn = &table.sin[p as usize * half..(p as usize + 1) * half];
-            for hv in xr[..heads * d].chunks_exact_mut(d) {
-                let (lo, hi) = hv.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (lo[i], hi[i]);
-                    let s = sign * sn[i];
-                    lo[i] = a * c[i] - b * s;
-                    hi[i] = b * c[i] + a * s;
-                }
-            }
-        });
 }
 
 // ---------------------------------------------------------------- SwiGLU

@@ -1,8 +1,11 @@
 //! Each fused op against its reference composition: same forward, same input gradients.
 
 use super::*;
+use crate::llm::backend::rope_table::RopeTable;
 use candle_core::{Device, Var};
+use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
 fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

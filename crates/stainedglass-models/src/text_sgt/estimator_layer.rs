@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host, zeroed};
 
-use super::decoder_stack::{LayerGrads, LayerPass, LayerTape, LayerWeights, StackDims};
+use crate::llm::stack::{LayerGrads, LayerPass, LayerTape, LayerWeights, StackDims};
 
 /// Order and sizes of the packed parameters: attention norm, `[q | k | v]` weight, its bias
 /// (if any), output projection, MLP norm, `[gate | up]` weight, down projection.
