@@ -17,7 +17,7 @@ const PURGE_DELAY_DEFAULTS: [std::os::raw::c_long; 2] = [10, 1000];
 /// Returns memory freed so far to the OS, then keeps freed pages from now on. No-op when
 /// `MIMALLOC_PURGE_DELAY` is set explicitly or the option does not look like `purge_delay`.
 pub fn keep_freed_pages() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    if crate::env::get().mimalloc_purge_delay_set {
         return;
     }
     // SAFETY: plain calls into the linked global allocator; no outstanding invariants.

@@ -5,6 +5,7 @@ mod bench;
 mod bench_llm;
 mod bench_serve;
 mod bench_text;
+mod env;
 mod eval;
 mod lm;
 mod quickstart;
@@ -26,9 +27,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Stained Glass Transform: train, apply and evaluate SGTs"
 )]
 struct Cli {
-    /// Log verbosity (error, warn, info, debug, trace); raw inputs are never logged.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// Log filter: a level (error, warn, info, debug, trace) or `RUST_LOG` directives such as
+    /// `warn,stainedglass_serve=debug`. Default: `$RUST_LOG`, else warn. Raw inputs are never
+    /// logged.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,16 +68,41 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-fn main() {
-    // Before any thread pool (BLAS, rayon, tokio) starts, so that they all inherit it.
-    stainedglass_core::fpu::flush_subnormals();
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+/// Reads the environment once and hands its settings to the libraries, before any thread
+/// starts; sets up logging.
+fn start(log: Option<&str>) -> anyhow::Result<()> {
+    let env = env::init()?;
+    if !env.openblas_coretype_set {
+        if let Some(core) = stainedglass_models::llm::openblas_coretype() {
+            // OpenBLAS reads it when it is loaded (at the first large product, later).
+            std::env::set_var("OPENBLAS_CORETYPE", core);
+        }
+    }
+    stainedglass_models::llm::configure_blas(env.blas_options()).map_err(anyhow::Error::msg)?;
+    stainedglass_models::llm::set_prepack_budget_mb(env.prepack_mb);
+    let (filter, source) = match (log, &env.rust_log) {
+        (Some(l), _) => (l, "--log"),
+        (None, Some(l)) => (l.as_str(), "RUST_LOG"),
+        (None, None) => ("warn", "the default"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        anyhow::anyhow!("{source} {filter:?} is not a log filter ({e}); use e.g. warn or info,stainedglass_serve=debug")
+    })?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+fn main() {
+    // Before any thread pool (BLAS, rayon, tokio) starts, so that they all inherit it.
+    stainedglass_core::fpu::flush_subnormals();
+    let cli = Cli::parse();
+    if let Err(e) = start(cli.log.as_deref()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Vision(cmd) => vision::run(cmd),
         Command::Text(cmd) => text::run(cmd),

@@ -91,7 +91,8 @@ fn ensure_model(a: &ModelArgs) -> Result<PathBuf> {
     if a.model.is_some() {
         return a.model_path();
     }
-    let p = a.assets.join(BUNDLED_GGUF);
+    let assets = a.assets();
+    let p = assets.join(BUNDLED_GGUF);
     if !p.exists() {
         let script = Path::new("scripts/setup-assets.sh");
         if !script.exists() {
@@ -103,7 +104,7 @@ fn ensure_model(a: &ModelArgs) -> Result<PathBuf> {
         }
         eprintln!("fetching the bundled model with {}", script.display());
         let ok = std::process::Command::new(script)
-            .env("SGT_ASSETS", &a.assets)
+            .env("SGT_ASSETS", &assets)
             .status()
             .context("running scripts/setup-assets.sh")?
             .success();
@@ -156,7 +157,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     if conv.exists() {
         eprintln!("  reusing {}", conv.display());
     } else {
-        let mut prompts = data::load_prompt_turns(&a.model.assets.join("chat"))?;
+        let mut prompts = data::load_prompt_turns(&a.model.assets().join("chat"))?;
         prompts.truncate(a.prompts);
         if prompts.len() <= a.held_out {
             bail!(

@@ -61,14 +61,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     let tok = a.model.load_tokenizer()?;
     let model = Arc::new(a.model.load_model()?);
     let mut keys = a.api_keys.clone();
-    if let Ok(env) = std::env::var("SGT_API_KEYS") {
-        keys.extend(
-            env.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(String::from),
-        );
-    }
+    keys.extend(crate::env::get().api_keys.iter().cloned());
     if keys.is_empty() {
         eprintln!("warning: no --api-key given; the server accepts unauthenticated requests");
     }

@@ -5,15 +5,7 @@ use std::path::PathBuf;
 use stainedglass_models::{ImageDataset, Split};
 
 fn assets() -> PathBuf {
-    let p = std::env::var("SGT_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-    assert!(
-        p.exists(),
-        "assets not found at {}: run ./scripts/setup-assets.sh",
-        p.display()
-    );
-    p
+    stainedglass_test_support::assets()
 }
 
 #[test]

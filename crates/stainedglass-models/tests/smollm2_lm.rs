@@ -10,16 +10,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 fn gguf() -> PathBuf {
-    let assets = std::env::var("SGT_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} missing: run ./scripts/setup-assets.sh",
-        p.display()
-    );
-    p
+    // The products on oneMKL from the assets folder, as the `sgt` binary runs them.
+    let _ = stainedglass_models::llm::configure_blas(stainedglass_models::llm::BlasOptions {
+        assets: Some(stainedglass_test_support::assets()),
+        ..Default::default()
+    });
+    stainedglass_test_support::smollm2_gguf()
 }
 
 fn model() -> &'static Llama {

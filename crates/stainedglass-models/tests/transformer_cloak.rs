@@ -8,21 +8,16 @@ use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_models::text_sgt::{
     NoiseMaskedNoisyTransformerModel, TransformerCloak, TransformerCloakConfig,
 };
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 fn model() -> &'static Llama {
     static M: OnceLock<Llama> = OnceLock::new();
     M.get_or_init(|| {
-        let assets = std::env::var("SGT_ASSETS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-        let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            p.exists(),
-            "{} missing: run ./scripts/setup-assets.sh",
-            p.display()
-        );
+        let _ = stainedglass_models::llm::configure_blas(stainedglass_models::llm::BlasOptions {
+            assets: Some(stainedglass_test_support::assets()),
+            ..Default::default()
+        });
+        let p = stainedglass_test_support::smollm2_gguf();
         Llama::load(&p, &Device::Cpu).expect("load")
     })
 }

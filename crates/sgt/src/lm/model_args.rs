@@ -19,16 +19,22 @@ pub struct ModelArgs {
     /// the model.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Assets directory (as filled by scripts/setup-assets.sh).
-    #[arg(long, env = "SGT_ASSETS", default_value = "assets")]
-    pub assets: PathBuf,
+    /// Assets directory (as filled by scripts/setup-assets.sh). Default: `$SGT_ASSETS`, else
+    /// `assets`.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
 }
 
 impl ModelArgs {
+    /// The assets folder: `--assets`, else `$SGT_ASSETS`, else `assets`.
+    pub fn assets(&self) -> PathBuf {
+        self.assets.clone().unwrap_or_else(crate::env::assets)
+    }
+
     pub fn model_path(&self) -> Result<PathBuf> {
         let p = match &self.model {
             Some(p) => p.clone(),
-            None => self.assets.join(BUNDLED_GGUF),
+            None => self.assets().join(BUNDLED_GGUF),
         };
         if !p.exists() {
             if self.model.is_none() {

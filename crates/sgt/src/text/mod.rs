@@ -97,7 +97,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     }
     let tok = a.model.load_tokenizer()?;
     let model = a.model.load_model()?;
-    let mut prompts = data::load_prompt_turns(&a.model.assets.join("chat"))?;
+    let mut prompts = data::load_prompt_turns(&a.model.assets().join("chat"))?;
     if let Some(n) = a.limit {
         prompts.truncate(n);
     }

@@ -19,9 +19,10 @@ pub struct DataArgs {
     /// Which data set.
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     pub dataset: DatasetKind,
-    /// Assets directory (as filled by scripts/setup-assets.sh).
-    #[arg(long, env = "SGT_ASSETS", default_value = "assets")]
-    pub assets: PathBuf,
+    /// Assets directory (as filled by scripts/setup-assets.sh). Default: `$SGT_ASSETS`, else
+    /// `assets`.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -33,10 +34,15 @@ pub struct DataArgs {
 const DIGITS_TEST: usize = 297;
 
 impl DataArgs {
+    /// The assets folder: `--assets`, else `$SGT_ASSETS`, else `assets`.
+    pub fn assets(&self) -> PathBuf {
+        self.assets.clone().unwrap_or_else(crate::env::assets)
+    }
+
     pub fn load(&self, split: Split) -> Result<ImageDataset> {
         let ds = match self.dataset {
             DatasetKind::FashionMnist => {
-                let dir = self.assets.join("fashion-mnist");
+                let dir = self.assets().join("fashion-mnist");
                 if !dir.exists() {
                     bail!(
                         "{} not found: run ./scripts/setup-assets.sh first (or pass --assets)",
@@ -46,7 +52,7 @@ impl DataArgs {
                 ImageDataset::fashion_mnist(&dir, split)?
             }
             DatasetKind::Digits => {
-                let p = self.assets.join("digits/digits.csv.gz");
+                let p = self.assets().join("digits/digits.csv.gz");
                 let mut all = ImageDataset::digits(&p).with_context(|| {
                     "run ./scripts/setup-assets.sh first (or pass --assets)".to_string()
                 })?;
