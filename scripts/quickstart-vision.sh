@@ -15,5 +15,5 @@ $sgt vision train --classifier "$out/classifier/model" --layer cloak-two-phase -
 echo "== 3/4 client side: transforming 12 test images"
 $sgt vision apply --sgt "$out/sgt/noise_layer" --count 12 --output "$out/apply"
 echo "== 4/4 evaluating on the 10k test images (with a learned reconstruction attack)"
-$sgt vision eval --sgt "$out/sgt/noise_layer" --classifier "$out/classifier/model" --attack-steps 60 --json | tee "$out/eval.json"
+$sgt eval vision --sgt "$out/sgt/noise_layer" --classifier "$out/classifier/model" --attack-steps 60 --json | tee "$out/eval.json"
 echo "grid of clean (top) vs transformed (bottom) images: $out/apply/grid.png"

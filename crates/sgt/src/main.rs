@@ -2,9 +2,6 @@
 
 mod alloc;
 mod bench;
-mod bench_llm;
-mod bench_serve;
-mod bench_text;
 mod env;
 mod eval;
 mod lm;

@@ -39,8 +39,8 @@ fn digits_pipeline_train_apply_eval() {
     ]);
     let sgt = out.join("noise_layer").to_string_lossy().to_string();
     let r = json(&ok(&[
-        "vision",
         "eval",
+        "vision",
         "--dataset",
         "digits",
         "--sgt",
@@ -343,8 +343,8 @@ fn bad_input_gives_clear_errors() {
     );
     // Missing artefact.
     let o = fails(&[
-        "vision",
         "eval",
+        "vision",
         "--dataset",
         "digits",
         "--sgt",
@@ -363,8 +363,8 @@ fn bad_input_gives_clear_errors() {
     .unwrap();
     std::fs::write(bad_clf.join("model.safetensors"), b"garbage").unwrap();
     let o = fails(&[
-        "vision",
         "eval",
+        "vision",
         "--dataset",
         "digits",
         "--sgt",
@@ -412,8 +412,8 @@ fn fashion_mnist_small_run() {
         &d("sgt"),
     ]);
     let r = json(&ok(&[
-        "vision",
         "eval",
+        "vision",
         "--train-limit",
         "2000",
         "--test-limit",
@@ -542,8 +542,8 @@ fn two_phase_and_patch_layers_train_on_digits() {
         &d("patch"),
     ]);
     let r = json(&ok(&[
-        "vision",
         "eval",
+        "vision",
         "--dataset",
         "digits",
         "--sgt",

@@ -2,6 +2,7 @@
 //! reconstruction attack, the vision evaluation report, the text attack suite (nearest-neighbour,
 //! learned and BeamClean-style inversion, mutual information, utility, baselines) and its
 //! reports, and plots.
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod image_metrics;

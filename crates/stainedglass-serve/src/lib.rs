@@ -7,6 +7,7 @@
 //! - [`torch_save`]: the `torch.save` file vLLM's `prompt_embeds` expects, written without torch.
 //! - [`crypto`]: optional output protection (X25519 → HKDF-SHA256 → ChaCha20-Poly1305).
 //! - [`loadtest`]: a bounded load generator reporting latency percentiles and tokens/s.
+#![forbid(unsafe_code)]
 
 pub mod crypto;
 pub mod embeddings;

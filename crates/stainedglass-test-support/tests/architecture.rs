@@ -357,6 +357,10 @@ fn read_crate(name: &str, root: &Path, ws: &Path) -> Crate {
 /// `crate::a`, `super::a`, `self::a` or `child::a` seen in `module` → an absolute module path,
 /// or None for paths into other crates and local names.
 fn absolutise(k: &Crate, module: &ModPath, path: &ModPath) -> Option<ModPath> {
+    absolutise_at(k, module, path, 0)
+}
+
+fn absolutise_at(k: &Crate, module: &ModPath, path: &ModPath, depth: usize) -> Option<ModPath> {
     let mut base = module.clone();
     let mut rest = &path[..];
     match rest.first()?.as_str() {
@@ -380,7 +384,11 @@ fn absolutise(k: &Crate, module: &ModPath, path: &ModPath) -> Option<ModPath> {
                     .imports
                     .get(module)?
                     .get(first)?;
-                let abs = absolutise(k, module, imported)?;
+                // `use other_crate::{self}` binds a name to itself: not this crate's.
+                if depth > 16 || imported.first().map(String::as_str) == Some(first) {
+                    return None;
+                }
+                let abs = absolutise_at(k, module, imported, depth + 1)?;
                 return Some(abs.into_iter().chain(rest[1..].iter().cloned()).collect());
             }
         }

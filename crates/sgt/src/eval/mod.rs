@@ -11,7 +11,8 @@ pub enum EvalCommand {
     /// Attack a trained text SGT (nearest-neighbour, learned inverters, BeamClean), measure its
     /// utility and information, compare with Gaussian and metric-DP baselines; write a report.
     Text(text::EvalTextArgs),
-    /// Evaluate a vision noise layer against Gaussian-noise baselines; write a report.
+    /// Evaluate a vision SGT: accuracy, SSIM/PSNR, masking, reconstruction attack, MI; with
+    /// --report, also against Gaussian-noise baselines, written as a report.
     Vision(vision::EvalVisionArgs),
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ValueRange;
+use super::value_range::ValueRange;
 use crate::host::{cpu_slice as slice, with_host};
 
 /// Examples per parallel task (about two tasks per thread).
@@ -174,7 +174,8 @@ impl CustomOp3 for AffineOp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{affine_transform, ValueRange};
+    use super::super::affine::affine_transform;
+    use super::super::value_range::ValueRange;
     use crate::NoiseRng;
     use candle_core::{Device, Tensor, Var};
 

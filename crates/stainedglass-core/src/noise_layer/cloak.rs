@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    affine_transform, check_input, detached_transform, NoiseLayer, NoiseOutput, ValueRange,
-};
+use super::affine::{self, AffineLayer};
+use super::value_range::ValueRange;
+use super::{NoiseLayer, NoiseOutput};
 use crate::mask::{check_percent, percent_keep_mask};
 use crate::param::{StdParameterization, DEFAULT_RHOS_INIT};
 use crate::{Error, NoiseRng, Result};
@@ -207,6 +207,18 @@ impl CloakNoiseLayer {
     }
 }
 
+impl AffineLayer for CloakNoiseLayer {
+    fn input_shape(&self) -> &[usize] {
+        &self.config.shape
+    }
+    fn value_range(&self) -> &ValueRange {
+        &self.config.value_range
+    }
+    fn statistics(&self) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        CloakNoiseLayer::statistics(self)
+    }
+}
+
 impl NoiseLayer for CloakNoiseLayer {
     fn forward(
         &self,
@@ -214,23 +226,7 @@ impl NoiseLayer for CloakNoiseLayer {
         noise_mask: Option<&Tensor>,
         rng: &mut NoiseRng,
     ) -> Result<NoiseOutput> {
-        check_input(x, &self.config.shape)?;
-        let (mean, std, mask) = self.statistics()?;
-        let transformed = affine_transform(
-            x,
-            &mean,
-            &std,
-            mask.as_ref(),
-            &self.config.value_range,
-            noise_mask,
-            rng,
-        )?;
-        Ok(NoiseOutput {
-            transformed,
-            mean,
-            std,
-            mask,
-        })
+        affine::forward(self, x, noise_mask, rng)
     }
 
     fn transform(
@@ -239,14 +235,7 @@ impl NoiseLayer for CloakNoiseLayer {
         noise_mask: Option<&Tensor>,
         rng: &mut NoiseRng,
     ) -> Result<Tensor> {
-        check_input(x, &self.config.shape)?;
-        detached_transform(
-            x,
-            self.statistics()?,
-            &self.config.value_range,
-            noise_mask,
-            rng,
-        )
+        affine::transform(self, x, noise_mask, rng)
     }
 
     fn parameters(&self) -> Vec<Var> {

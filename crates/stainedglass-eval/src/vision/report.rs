@@ -1,4 +1,4 @@
-//! The vision evaluation report (`sgt vision eval --json`).
+//! The vision evaluation report (`sgt eval vision --json`).
 
 use candle_core::{DType, Device, D};
 use serde::Serialize;

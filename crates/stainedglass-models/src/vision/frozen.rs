@@ -12,12 +12,9 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use stainedglass_core::host::{cpu_slice as slice_of, with_hosts};
 
-use super::conv_cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, ConvGeometry};
+use super::conv_cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};
 use super::frozen_chain::{FrozenChain, Stage};
-
-pub(super) fn op_error(msg: impl Into<String>) -> candle_core::Error {
-    candle_core::Error::Msg(msg.into())
-}
+use super::host_weights::{ConvShape, HostWeights};
 
 fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -29,12 +26,6 @@ fn host_copy(t: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
         return Ok(None);
     }
     Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
-}
-
-#[derive(Debug)]
-pub(super) struct HostWeights {
-    pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
 }
 
 /// 2-D convolution, trainable or frozen.
@@ -146,41 +137,6 @@ impl Module for Conv {
             Some(y) => y,
             None => self.plain(x),
         }
-    }
-}
-
-/// Hyper-parameters of a convolution, and the geometry they give an input.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ConvShape {
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-}
-
-impl ConvShape {
-    pub(super) fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, ConvGeometry)> {
-        let &[b, c, h, w] = dims else {
-            return Err(op_error(format!(
-                "conv2d input must be (batch, channels, height, width), got {dims:?}"
-            )));
-        };
-        if c != self.cin {
-            return Err(op_error(format!(
-                "conv2d expects {} input channels, got {c}",
-                self.cin
-            )));
-        }
-        let g = ConvGeometry::new((c, h, w), self.cout, self.k, self.stride, self.padding)
-            .ok_or_else(|| {
-                op_error(format!(
-                    "conv2d kernel {k}×{k} (padding {p}) does not fit a {h}×{w} input",
-                    k = self.k,
-                    p = self.padding
-                ))
-            })?;
-        Ok((b, g))
     }
 }
 

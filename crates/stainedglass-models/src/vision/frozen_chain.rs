@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use super::conv_cpu::{conv2d_forward, conv2d_input_grad, linear_forward, linear_input_grad};
 use stainedglass_core::host::{cpu_slice as slice_of, with_host};
 
-use super::frozen::{op_error, ConvShape, HostWeights};
+use super::host_weights::{op_error, ConvShape, HostWeights};
 
 /// One layer of a frozen chain.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@ mod batch_norm;
 mod conv_cpu;
 mod frozen;
 mod frozen_chain;
+mod host_weights;
 mod resnet;
 mod small_cnn;
 

@@ -1,10 +1,11 @@
-//! Argument parsing and dispatch of `sgt vision …`.
+//! `sgt vision train-classifier` and `sgt vision train`: the provider's classifier and an SGT
+//! on it.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use stainedglass_core::noise_layer::{
     CloakConfig, CloakRecipe, NoiseLayerConfig, PatchCloakConfig, ValueRange,
 };
@@ -16,21 +17,6 @@ use stainedglass_train::vision::{
 };
 
 use super::data::DataArgs;
-
-#[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
-pub enum VisionCommand {
-    /// Train the base image classifier (the provider's model).
-    TrainClassifier(TrainClassifierArgs),
-    /// Train an SGT on a frozen classifier with the composite cloak loss.
-    Train(TrainSgtArgs),
-    /// Client side: transform images with a trained SGT artefact, write a PNG grid.
-    Apply(super::apply::ApplyArgs),
-    /// Evaluate an SGT: accuracy, SSIM/PSNR, masking, reconstruction attack, MI.
-    Eval(super::eval::EvalArgs),
-    /// Train and evaluate SGTs over several α; write curve.json and PNG plots.
-    Curve(super::eval::CurveArgs),
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Arch {
@@ -179,60 +165,46 @@ impl TrainSgtArgs {
     }
 }
 
-pub fn run(cmd: VisionCommand) -> Result<()> {
-    let device = Device::Cpu;
-    match cmd {
-        VisionCommand::TrainClassifier(a) => {
-            let train = a.data.load(Split::Train)?;
-            let test = a.data.load(Split::Test)?;
-            let model = match a.arch {
-                Arch::SmallCnn => ClassifierConfig::small_cnn(train.shape, train.num_classes),
-                Arch::Resnet18 => {
-                    ClassifierConfig::resnet18(train.shape, train.num_classes, a.width)
-                }
-            };
-            let mut cfg = ClassifierTrainConfig::new(model);
-            cfg.epochs = a.epochs;
-            cfg.batch_size = a.batch_size;
-            cfg.lr = a.lr;
-            cfg.seed = a.seed;
-            cfg.noise_augment = a.noise_augment;
-            cfg.mask_augment = a.mask_augment;
-            cfg.checkpoint_every = a.checkpoint_every;
-            if a.fresh {
-                clear(&a.output)?;
-            }
-            let run = train_classifier(&cfg, &train, Some(&test), &a.output, &device)?;
-            println!("{}", serde_json::to_string_pretty(&run)?);
-        }
-        VisionCommand::Train(a) => {
-            let train = a.data.load(Split::Train)?;
-            let classifier = Classifier::load(&a.classifier, &device).with_context(|| {
-                format!("loading the classifier from {}", a.classifier.display())
-            })?;
-            if classifier.config().input_shape != train.shape {
-                bail!(
-                    "the classifier expects {:?} images but the data set has {:?}; pick the matching --dataset",
-                    classifier.config().input_shape,
-                    train.shape
-                );
-            }
-            let cfg = a.config(train.shape)?;
-            if a.fresh {
-                clear(&a.output)?;
-            }
-            crate::alloc::keep_freed_pages();
-            let run = train_sgt(&cfg, &classifier, &train, &a.output, &device)?;
-            println!("{}", serde_json::to_string_pretty(&run)?);
-        }
-        VisionCommand::Apply(a) => super::apply::run(a, &device)?,
-        VisionCommand::Eval(a) => super::eval::eval(a, &device)?,
-        VisionCommand::Curve(a) => {
-            if a.train.fresh {
-                clear(&a.train.output)?;
-            }
-            super::eval::curve(a, &device)?
-        }
+pub fn run_train_classifier(a: TrainClassifierArgs, device: &Device) -> Result<()> {
+    let train = a.data.load(Split::Train)?;
+    let test = a.data.load(Split::Test)?;
+    let model = match a.arch {
+        Arch::SmallCnn => ClassifierConfig::small_cnn(train.shape, train.num_classes),
+        Arch::Resnet18 => ClassifierConfig::resnet18(train.shape, train.num_classes, a.width),
+    };
+    let mut cfg = ClassifierTrainConfig::new(model);
+    cfg.epochs = a.epochs;
+    cfg.batch_size = a.batch_size;
+    cfg.lr = a.lr;
+    cfg.seed = a.seed;
+    cfg.noise_augment = a.noise_augment;
+    cfg.mask_augment = a.mask_augment;
+    cfg.checkpoint_every = a.checkpoint_every;
+    if a.fresh {
+        clear(&a.output)?;
     }
+    let run = train_classifier(&cfg, &train, Some(&test), &a.output, device)?;
+    println!("{}", serde_json::to_string_pretty(&run)?);
+    Ok(())
+}
+
+pub fn run_train_sgt(a: TrainSgtArgs, device: &Device) -> Result<()> {
+    let train = a.data.load(Split::Train)?;
+    let classifier = Classifier::load(&a.classifier, device)
+        .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
+    if classifier.config().input_shape != train.shape {
+        bail!(
+                "the classifier expects {:?} images but the data set has {:?}; pick the matching --dataset",
+                classifier.config().input_shape,
+                train.shape
+            );
+    }
+    let cfg = a.config(train.shape)?;
+    if a.fresh {
+        clear(&a.output)?;
+    }
+    crate::alloc::keep_freed_pages();
+    let run = train_sgt(&cfg, &classifier, &train, &a.output, device)?;
+    println!("{}", serde_json::to_string_pretty(&run)?);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! upstream that answers instantly). `bench/apply_torch.py` is the PyTorch eager reference;
 //! `bench/run_apply.sh` runs both and the cold start of `sgt text apply`.
 
+use super::common::blas_name;
 use anyhow::{bail, Context, Result};
 use axum::routing::post;
 use candle_core::{DType, Device};
@@ -173,7 +174,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "proxy_overhead_ms": overhead,
             "percent_to_mask": sgt.cloak().config().sgt.percent_to_mask,
             "threads": rayon::current_num_threads(),
-            "blas": crate::bench::blas_name(),
+            "blas": blas_name(),
         })
     );
     Ok(())

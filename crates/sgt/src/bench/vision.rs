@@ -6,24 +6,14 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use clap::{Args, Subcommand};
+use clap::Args;
+
+use super::common::{blas_name, rayon_threads};
 use stainedglass_core::loss::noise_loss_wrapper;
 use stainedglass_core::noise_layer::{CloakConfig, ValueRange};
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::{CloakNoiseLayer, Mode, NoiseLayer, NoiseRng, NoisyModel};
 use stainedglass_models::{Classifier, ClassifierConfig};
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Vision SGT: training step (small CNN, Fashion-MNIST shape) and client transform.
-    Vision(VisionBenchArgs),
-    /// Causal LM: prefill and decode at batch 1, an SGT-style training step, decode memory.
-    Llm(crate::bench_llm::LlmBenchArgs),
-    /// Text SGT: one training step (TransformerCloak + distillation to layer k).
-    TextSgt(crate::bench_text::TextSgtBenchArgs),
-    /// Client side: applying the text artefact to a prompt, and the proxy's per-request overhead.
-    Apply(crate::bench_serve::ApplyBenchArgs),
-}
 
 #[derive(Args)]
 pub struct VisionBenchArgs {
@@ -39,16 +29,7 @@ pub struct VisionBenchArgs {
     apply_iters: usize,
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Vision(a) => vision(a),
-        BenchCommand::Llm(a) => crate::bench_llm::llm(a),
-        BenchCommand::TextSgt(a) => crate::bench_text::text_sgt(a),
-        BenchCommand::Apply(a) => crate::bench_serve::apply(a),
-    }
-}
-
-fn vision(a: VisionBenchArgs) -> Result<()> {
+pub fn vision(a: VisionBenchArgs) -> Result<()> {
     let dev = Device::Cpu;
     let shape = [1usize, 28, 28];
     // A frozen classifier: saved and reloaded, exactly as the trainer sees it.
@@ -117,15 +98,4 @@ fn vision(a: VisionBenchArgs) -> Result<()> {
         })
     );
     Ok(())
-}
-
-/// The system BLAS the products go through (`"none"`: candle's pure-Rust `gemm`).
-pub fn blas_name() -> &'static str {
-    stainedglass_models::llm::blas_kind().map_or("none", |k| k.name())
-}
-
-pub fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

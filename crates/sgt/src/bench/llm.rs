@@ -3,6 +3,7 @@
 //! the input embeddings), and peak RSS during decode. `bench/llm_torch.py` measures the same
 //! computation with `transformers`; `bench/run_llm.sh` runs both and prints the ratios.
 
+use super::common::{blas_name, rayon_threads};
 use crate::lm::model_args::ModelArgs;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -131,8 +132,8 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": "rust-candle",
-            "threads": crate::bench::rayon_threads(),
-            "blas": crate::bench::blas_name(),
+            "threads": rayon_threads(),
+            "blas": blas_name(),
             "prefill_tokens_per_s": prefill,
             "decode_tokens_per_s": decode,
             "train_step_tokens_per_s": train,

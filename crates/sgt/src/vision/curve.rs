@@ -1,110 +1,16 @@
-//! `sgt vision eval` and `sgt vision curve`.
+//! `sgt vision curve`: SGTs trained over several α, each evaluated; the privacy–utility curve.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 use stainedglass_core::io::load_noise_layer;
 use stainedglass_eval::plot::{line_chart, Series};
-use stainedglass_eval::vision::{evaluate_vision, EvalOptions, ReconstructionConfig, VisionEval};
+use stainedglass_eval::vision::evaluate_vision;
 use stainedglass_models::{Classifier, Split};
 use stainedglass_train::vision::train_sgt;
 
-use super::commands::TrainSgtArgs;
-use super::data::DataArgs;
-
-#[derive(Args, Clone)]
-pub struct EvalFlags {
-    /// Skip the learned reconstruction attack.
-    #[arg(long)]
-    pub no_attack: bool,
-    /// Training steps of the reconstruction attack (batch 64; about 0.45 s a step on 28×28
-    /// images on a 2-core CPU). Fewer steps give a weaker attacker: on the one-shot operating
-    /// point, 60 steps reach 16.7 dB and 600 steps 19.6 dB.
-    #[arg(long, default_value_t = 600)]
-    pub attack_steps: usize,
-    /// Seed of the evaluation noise and attack (default: OS entropy for the noise).
-    #[arg(long)]
-    pub eval_seed: Option<u64>,
-}
-
-impl EvalFlags {
-    pub(crate) fn options(&self) -> EvalOptions {
-        EvalOptions {
-            reconstruction: (!self.no_attack).then(|| ReconstructionConfig {
-                steps: self.attack_steps,
-                seed: self.eval_seed.unwrap_or(0),
-                ..Default::default()
-            }),
-            seed: self.eval_seed,
-            ..Default::default()
-        }
-    }
-}
-
-#[derive(Args)]
-pub struct EvalArgs {
-    /// Noise-layer artefact directory.
-    #[arg(long)]
-    pub sgt: PathBuf,
-    /// Trained classifier directory.
-    #[arg(long)]
-    pub classifier: PathBuf,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub flags: EvalFlags,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn eval(a: EvalArgs, device: &Device) -> Result<()> {
-    let layer = load_noise_layer(&a.sgt, device)
-        .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
-    let classifier = Classifier::load(&a.classifier, device)
-        .with_context(|| format!("loading the classifier from {}", a.classifier.display()))?;
-    let test = a.data.load(Split::Test)?;
-    let train = a.data.load(Split::Train)?;
-    if classifier.config().input_shape != test.shape {
-        bail!(
-            "the classifier expects {:?} images; the data set has {:?}",
-            classifier.config().input_shape,
-            test.shape
-        );
-    }
-    let r = evaluate_vision(
-        &classifier,
-        &layer,
-        &test,
-        &train,
-        &a.flags.options(),
-        device,
-    )?;
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        print_table(&r);
-    }
-    Ok(())
-}
-
-fn print_table(r: &VisionEval) {
-    println!("test images            {}", r.test_images);
-    println!("clean accuracy         {:.4}", r.clean_accuracy);
-    println!(
-        "transformed accuracy   {:.4}  (drop {:.2} points)",
-        r.transformed_accuracy, r.accuracy_drop_points
-    );
-    println!("mean SSIM(x, x̃)        {:.4}", r.mean_ssim);
-    println!("mean PSNR(x, x̃)        {:.2} dB", r.mean_psnr_db);
-    println!("masked fraction        {:.3}", r.masked_fraction);
-    println!("mean σ                 {:.4}", r.mean_sigma);
-    if let Some(p) = r.reconstruction_psnr_db {
-        println!("reconstruction PSNR    {p:.2} dB");
-    }
-}
+use super::train::{LayerKind, TrainSgtArgs};
+use crate::eval::vision::EvalFlags;
 
 #[derive(Args)]
 pub struct CurveArgs {
@@ -168,9 +74,9 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
     }
     let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
     let kind = match a.train.layer {
-        super::commands::LayerKind::Cloak => "one-shot Cloak",
-        super::commands::LayerKind::CloakTwoPhase => "two-phase Cloak",
-        super::commands::LayerKind::Patch => "patch Cloak",
+        LayerKind::Cloak => "one-shot Cloak",
+        LayerKind::CloakTwoPhase => "two-phase Cloak",
+        LayerKind::Patch => "patch Cloak",
     };
     let layer_name = format!(
         "SGT ({kind}, {}% masked)",

@@ -2,6 +2,7 @@
 //! base to layer k, clean and transformed, distillation loss, backward, AdamW) on random ids.
 //! `bench/text_sgt_torch.py` is the same step in PyTorch eager; `bench/run_text_sgt.sh` runs both.
 
+use super::common::{blas_name, rayon_threads};
 use crate::lm::model_args::ModelArgs;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -82,8 +83,8 @@ pub fn text_sgt(a: TextSgtBenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": "rust-candle",
-            "threads": crate::bench::rayon_threads(),
-            "blas": crate::bench::blas_name(),
+            "threads": rayon_threads(),
+            "blas": blas_name(),
             "text_sgt_train_tokens_per_s": tps,
         })
     );
