@@ -3,12 +3,16 @@
 //! machine — with fresh noise from the OS random source for every request — and forwards only
 //! the transformed embeddings upstream. Prompt text and token ids never leave the process.
 
+mod completion;
 pub mod detok;
 pub mod openai;
 pub mod upstream;
 
 use crate::error::{ApiError, Result};
-use crate::protocol::{Finish, ModelInfo};
+
+/// What a request handler returns.
+type ApiResult<T> = std::result::Result<T, ApiError>;
+use crate::protocol::ModelInfo;
 use crate::server::read_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,7 +21,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use detok::Collector;
+use completion::Completion;
 use openai::ChatRequest;
 use serde_json::{json, Value};
 use stainedglass_core::NoiseRng;
@@ -123,12 +127,32 @@ fn completion_id() -> String {
     format!("chatcmpl-{:016x}", rand::random::<u64>())
 }
 
+/// A request whose prompt has been transformed and sent upstream: what both replies need.
+struct Forwarded {
+    req: ChatRequest,
+    pieces: mpsc::Receiver<ApiResult<Piece>>,
+    prompt_tokens: usize,
+    id: String,
+    model: String,
+    created: u64,
+}
+
 async fn chat(
     State(st): State<Arc<ProxyState>>,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Response, ApiError> {
+) -> ApiResult<Response> {
     let bytes = read_body(body, st.config.max_body_bytes)?;
     let req = ChatRequest::parse(&bytes)?;
+    let fwd = forward(&st, req).await?;
+    if fwd.req.stream {
+        Ok(streamed_reply(st, fwd))
+    } else {
+        plain_reply(&st, fwd).await
+    }
+}
+
+/// Applies the SGT to the request's messages (fresh OS noise) and starts the upstream.
+async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
     let started = Instant::now();
     let sgt = st.sgt.clone();
     let messages = req.messages.clone();
@@ -157,7 +181,7 @@ async fn chat(
         top_p: req.top_p,
         seed: req.seed,
     };
-    let mut rx = st
+    let pieces = st
         .upstream
         .start(&st.client, &transformed.embeddings, &sampling)
         .await?;
@@ -167,139 +191,98 @@ async fn chat(
         stream = req.stream,
         "chat completion forwarded"
     );
-    let id = completion_id();
-    let created = now();
     let model = req
         .model
         .clone()
         .unwrap_or_else(|| st.config.model_id.clone());
-    if !req.stream {
-        let mut c = Collector::new(st.sgt.tokenizer(), req.stop.clone());
-        let mut text = String::new();
-        let (mut finish, mut usage) = (Finish::Length, None);
-        while let Some(piece) = rx.recv().await {
-            match piece? {
-                Piece::Token(t) => text.push_str(&c.push_token(t)),
-                Piece::Text(t) => text.push_str(&c.push_text(&t)),
-                Piece::Done {
-                    finish: f,
-                    usage: u,
-                } => {
-                    finish = f;
-                    usage = u;
-                    break;
-                }
-            }
-            if c.stopped() {
-                finish = Finish::Stop;
-                break;
-            }
+    Ok(Forwarded {
+        req,
+        pieces,
+        prompt_tokens,
+        id: completion_id(),
+        model,
+        created: now(),
+    })
+}
+
+/// The whole completion as one JSON body.
+async fn plain_reply(st: &ProxyState, mut fwd: Forwarded) -> ApiResult<Response> {
+    let mut c = Completion::new(st.sgt.tokenizer(), fwd.req.stop.clone());
+    let mut text = String::new();
+    while let Some(piece) = fwd.pieces.recv().await {
+        text.push_str(&c.push(piece?));
+        if c.is_done() {
+            break;
         }
-        text.push_str(&c.finish());
-        let completion = usage
-            .map(|u| u.completion_tokens)
-            .unwrap_or(c.completion_tokens());
-        let body = openai::completion(
-            &id,
-            &model,
-            created,
-            &text,
-            finish.as_str(),
-            openai::usage(prompt_tokens, completion),
-        );
-        return Ok(Json(body).into_response());
     }
+    let end = c.end();
+    text.push_str(&end.rest);
+    let body = openai::completion(
+        &fwd.id,
+        &fwd.model,
+        fwd.created,
+        &text,
+        end.finish.as_str(),
+        openai::usage(fwd.prompt_tokens, end.completion_tokens),
+    );
+    Ok(Json(body).into_response())
+}
+
+/// The completion as server-sent events: a role chunk, a chunk per delta, the finish chunk,
+/// the usage chunk when asked for, `[DONE]`. An upstream error mid-stream is sent as an error
+/// event and ends the stream.
+fn streamed_reply(st: Arc<ProxyState>, mut fwd: Forwarded) -> Response {
     let (tx, out) = mpsc::channel::<String>(64);
-    let sgt = st.sgt.clone();
-    let include_usage = req.include_usage;
-    let stops = req.stop.clone();
     tokio::spawn(async move {
-        let send = |v: Value| {
-            let tx = tx.clone();
-            async move { tx.send(v.to_string()).await.is_ok() }
+        let (id, model, created) = (fwd.id.clone(), fwd.model.clone(), fwd.created);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            openai::chunk(&id, &model, created, delta, finish).to_string()
         };
-        let first = openai::chunk(
-            &id,
-            &model,
-            created,
-            json!({"role": "assistant", "content": ""}),
-            None,
-        );
-        if !send(first).await {
+        let role = chunk(json!({"role": "assistant", "content": ""}), None);
+        if tx.send(role).await.is_err() {
             return;
         }
-        let mut c = Collector::new(sgt.tokenizer(), stops);
-        let (mut finish, mut usage) = (Finish::Length, None);
-        while let Some(piece) = rx.recv().await {
+        let mut c = Completion::new(st.sgt.tokenizer(), fwd.req.stop.clone());
+        while let Some(piece) = fwd.pieces.recv().await {
             let delta = match piece {
-                Ok(Piece::Token(t)) => c.push_token(t),
-                Ok(Piece::Text(t)) => c.push_text(&t),
-                Ok(Piece::Done {
-                    finish: f,
-                    usage: u,
-                }) => {
-                    finish = f;
-                    usage = u;
-                    break;
-                }
+                Ok(p) => c.push(p),
                 Err(e) => {
-                    let _ = send(e.body()).await;
+                    let _ = tx.send(e.body().to_string()).await;
                     return;
                 }
             };
             if !delta.is_empty()
-                && !send(openai::chunk(
-                    &id,
-                    &model,
-                    created,
-                    json!({"content": delta}),
-                    None,
-                ))
-                .await
+                && tx
+                    .send(chunk(json!({"content": delta}), None))
+                    .await
+                    .is_err()
             {
                 return;
             }
-            if c.stopped() {
-                finish = Finish::Stop;
+            if c.is_done() {
                 break;
             }
         }
-        let rest = c.finish();
-        if !rest.is_empty() {
-            let _ = send(openai::chunk(
-                &id,
-                &model,
-                created,
-                json!({"content": rest}),
-                None,
-            ))
-            .await;
+        let end = c.end();
+        let mut tail = Vec::new();
+        if !end.rest.is_empty() {
+            tail.push(chunk(json!({"content": end.rest}), None));
         }
-        let _ = send(openai::chunk(
-            &id,
-            &model,
-            created,
-            json!({}),
-            Some(finish.as_str()),
-        ))
-        .await;
-        if include_usage {
-            let completion = usage
-                .map(|u| u.completion_tokens)
-                .unwrap_or(c.completion_tokens());
-            let _ = send(openai::usage_chunk(
-                &id,
-                &model,
-                created,
-                openai::usage(prompt_tokens, completion),
-            ))
-            .await;
+        tail.push(chunk(json!({}), Some(end.finish.as_str())));
+        if fwd.req.include_usage {
+            let usage = openai::usage(fwd.prompt_tokens, end.completion_tokens);
+            tail.push(openai::usage_chunk(&id, &model, created, usage).to_string());
         }
-        let _ = tx.send("[DONE]".to_string()).await;
+        tail.push("[DONE]".to_string());
+        for event in tail {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
     });
     let stream = futures_util::stream::unfold(out, |mut out| async move {
         let data = out.recv().await?;
         Some((Ok::<_, Infallible>(Event::default().data(data)), out))
     });
-    Ok(Sse::new(stream).into_response())
+    Sse::new(stream).into_response()
 }
