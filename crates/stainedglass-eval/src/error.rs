@@ -11,6 +11,8 @@ pub enum Error {
     #[error(transparent)]
     Models(#[from] stainedglass_models::Error),
     #[error(transparent)]
+    Metrics(#[from] stainedglass_metrics::Error),
+    #[error(transparent)]
     Core(#[from] stainedglass_core::Error),
     #[error(transparent)]
     Text(#[from] stainedglass_text::Error),

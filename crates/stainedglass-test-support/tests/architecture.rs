@@ -337,7 +337,7 @@ fn read_crate(name: &str, root: &Path, ws: &Path) -> Crate {
             };
             queue.push((file, child));
         }
-        for (m, _) in &info.defines {
+        for m in info.defines.keys() {
             krate.modules.insert(m.clone(), idx);
         }
         pending_all.extend(pending.into_iter().map(|(m, p, l)| (idx, m, p, l)));

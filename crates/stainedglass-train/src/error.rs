@@ -21,7 +21,7 @@ pub enum Error {
     #[error(transparent)]
     Text(#[from] stainedglass_text::Error),
     #[error(transparent)]
-    Eval(#[from] stainedglass_eval::Error),
+    Metrics(#[from] stainedglass_metrics::Error),
     #[error(transparent)]
     Core(#[from] stainedglass_core::Error),
     #[error(transparent)]

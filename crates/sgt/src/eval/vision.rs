@@ -137,6 +137,9 @@ pub fn run(a: EvalVisionArgs) -> Result<()> {
     Ok(())
 }
 
+/// Rows of example images, each image `[C·H·W]` values.
+type ExampleRows = Vec<Vec<Vec<f32>>>;
+
 /// Example rows for the report: clean images, the SGT's, and those of the Gaussian baseline
 /// closest in accuracy to the SGT (whose σ is returned).
 fn examples(
@@ -146,7 +149,7 @@ fn examples(
     baselines: &[GaussianImagePoint],
     rng: &mut NoiseRng,
     device: &Device,
-) -> Result<(Vec<Vec<Vec<f32>>>, Option<f64>)> {
+) -> Result<(ExampleRows, Option<f64>)> {
     let count = test.len().min(8);
     let idx: Vec<usize> = (0..count).collect();
     let (x, _) = test.batch(&idx, device)?;

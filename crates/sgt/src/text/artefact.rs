@@ -6,12 +6,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
 use stainedglass_text::{
     Message, PromptInput, Role, StainedGlassTransformForText, TransformedPrompt,
 };
-use stainedglass_train::text::eval::EmbeddingIndex;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,13 +4,13 @@
 //! v_<t)` with the bundled LM as the prior. Tokens sent in the clear (exact vocabulary rows)
 //! are fixed. Without the prior (`λ = 0`, beam 1) it is the noise-aware nearest neighbour.
 
-use super::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use super::mechanism::Mechanism;
 use super::observed::{apply_rows, embed_rows, Observed};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use stainedglass_models::llm::Linear;
 use stainedglass_models::llm::{KvCache, Llama};
 use stainedglass_text::EncodedPrompt;

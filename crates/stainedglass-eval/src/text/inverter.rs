@@ -5,7 +5,6 @@
 //! `logits_v = s·(z·E_v − ½‖E_v‖²)`, which at initialisation (`z = x̃`) is exactly L2
 //! nearest-neighbour decoding — training can only improve on it.
 
-use super::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use super::mechanism::{table_rms, Mechanism};
 use super::observed::{apply_rows, Observed};
 use crate::{Error, Result};
@@ -13,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use serde::Serialize;
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::index::{top_k_of_row, EmbeddingIndex, Ranked};
 use stainedglass_models::llm::Llama;
 use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::EncodedPrompt;

@@ -2,11 +2,11 @@
 //! input-independent Gaussian and the metric-DP token mechanism — that every attack and
 //! utility measure is run against in the same report.
 
-use super::index::EmbeddingIndex;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use rand_distr::{Distribution, Gamma};
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::index::EmbeddingIndex;
 use stainedglass_models::text_sgt::TransformerCloak;
 
 /// One transformed prompt: `x̃ (1, t, d)` and, for Gaussian mechanisms, the centres and σ of

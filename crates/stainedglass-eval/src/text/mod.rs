@@ -3,7 +3,6 @@
 //! utility, perplexity and answer accuracy, against the SGT and two baselines, with reports.
 
 pub mod beamclean;
-pub mod index;
 pub mod info;
 pub mod inverter;
 pub mod mechanism;
@@ -14,11 +13,11 @@ pub mod report;
 pub mod suite;
 pub mod utility;
 
-pub use index::EmbeddingIndex;
 pub use quick::{
     bucket_positions, write_quick_report, PositionBucket, Quantiles, QuickReportInput,
 };
 pub use report::write_text_report;
+pub use stainedglass_metrics::EmbeddingIndex;
 pub use suite::{
     run_text_suite, MechanismReport, TextSuiteConfig, TextSuiteInput, TextSuiteReport,
 };

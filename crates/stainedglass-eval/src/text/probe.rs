@@ -4,12 +4,12 @@
 //! keeps layer-`k` activations close to the clean ones — which is what distillation at layer
 //! `k` optimises — hands the probe the same features it was trained on.
 
-use super::index::{EmbeddingIndex, Ranked};
 use super::inverter::{InverterConfig, MlpInverter};
 use super::mechanism::table_rms;
 use super::observed::{embed_rows, Observed};
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
+use stainedglass_metrics::index::{EmbeddingIndex, Ranked};
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_text::EncodedPrompt;
 

@@ -8,15 +8,15 @@ use crate::report_io::{create_report_dir, write_report_file};
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
+use stainedglass_metrics::QuickEval;
 use std::path::Path;
 
-/// Inputs of the report. `clean` and `transformed` are quick-evaluation records with the
-/// fields `nn_top1_cosine`, `nn_top1_l2`, `nn_top1_cosine_flipped`, `next_token_agreement`,
-/// `next_token_kl`, `transformed_tokens`, `predicted_tokens`.
+/// Inputs of the report: the quick evaluation of the clean embeddings and of the SGT, and the
+/// per-token profile.
 pub struct QuickReportInput<'a> {
     pub title: String,
-    pub clean: Value,
-    pub transformed: Value,
+    pub clean: &'a QuickEval,
+    pub transformed: &'a QuickEval,
     pub sigma_over_norm: &'a [f64],
     /// `(position, recovered by L2, recovered by cosine)` per transformed token.
     pub recovery_by_position: &'a [(usize, bool, bool)],
@@ -77,11 +77,13 @@ pub fn bucket_positions(rec: &[(usize, bool, bool)], width: usize) -> Vec<Positi
         .collect()
 }
 
-fn pct(v: &Value, key: &str) -> String {
-    v[key]
-        .as_f64()
-        .map(|x| format!("{:.1}%", 100.0 * x))
-        .unwrap_or_else(|| "n/a".into())
+/// A fraction as a percentage; "n/a" when nothing was measured (no tokens of that kind).
+fn pct(x: f64, measured: usize) -> String {
+    if measured == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.1}%", 100.0 * x)
+    }
 }
 
 /// Writes the report into `dir` and returns `report.json`'s content.
@@ -124,7 +126,7 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
             &[series("L2", &|b| b.l2), series("cosine", &|b| b.cosine)],
         )?;
     }
-    let (c, t) = (&input.clean, &input.transformed);
+    let (c, t) = (input.clean, input.transformed);
     let md = format!(
         "# {title}\n\n\
          | | clean embeddings | SGT |\n|---|---|---|\n\
@@ -132,29 +134,23 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
          | nearest-neighbour recovery, cosine | {ccos} | {tcos} |\n\
          | recovery of −x̃ by cosine (sign-flip attacker) | {cf} | {tf} |\n\
          | next-token agreement with the clean model (higher is more useful) | {ca} | {ta} |\n\
-         | next-token KL (nats) | {ck} | {tk} |\n\n\
+         | next-token KL (nats) | {ck:.3} | {tk:.3} |\n\n\
          {n} transformed tokens, {p} predicted reply tokens. σ/|x| per transformed token: mean \
          {sm:.3}, median {smed:.3} (10–90%: {s10:.3}–{s90:.3}).\n\n\
          ![σ/|x|](sigma_over_norm.png)\n\n![recovery by position](recovery_by_position.png)\n",
         title = input.title,
-        cl2 = pct(c, "nn_top1_l2"),
-        tl2 = pct(t, "nn_top1_l2"),
-        ccos = pct(c, "nn_top1_cosine"),
-        tcos = pct(t, "nn_top1_cosine"),
-        cf = pct(c, "nn_top1_cosine_flipped"),
-        tf = pct(t, "nn_top1_cosine_flipped"),
-        ca = pct(c, "next_token_agreement"),
-        ta = pct(t, "next_token_agreement"),
-        ck = c["next_token_kl"]
-            .as_f64()
-            .map(|x| format!("{x:.3}"))
-            .unwrap_or_default(),
-        tk = t["next_token_kl"]
-            .as_f64()
-            .map(|x| format!("{x:.3}"))
-            .unwrap_or_default(),
-        n = t["transformed_tokens"],
-        p = t["predicted_tokens"],
+        cl2 = pct(c.nn_top1_l2, c.transformed_tokens),
+        tl2 = pct(t.nn_top1_l2, t.transformed_tokens),
+        ccos = pct(c.nn_top1_cosine, c.transformed_tokens),
+        tcos = pct(t.nn_top1_cosine, t.transformed_tokens),
+        cf = pct(c.nn_top1_cosine_flipped, c.transformed_tokens),
+        tf = pct(t.nn_top1_cosine_flipped, t.transformed_tokens),
+        ca = pct(c.next_token_agreement, c.predicted_tokens),
+        ta = pct(t.next_token_agreement, t.predicted_tokens),
+        ck = c.next_token_kl,
+        tk = t.next_token_kl,
+        n = t.transformed_tokens,
+        p = t.predicted_tokens,
         sm = sig.mean,
         smed = sig.median,
         s10 = sig.p10,
@@ -184,14 +180,21 @@ mod tests {
         assert_eq!((b[0].tokens, b[0].l2, b[0].cosine), (2, 0.5, 1.0));
         assert_eq!((b[2].from, b[2].to, b[2].l2), (32, 47, 1.0));
         let dir = tempfile::tempdir().expect("tmp");
-        let m = serde_json::json!({"nn_top1_l2": 0.05, "nn_top1_cosine": 0.04, "nn_top1_cosine_flipped": 0.0,
-            "next_token_agreement": 0.9, "next_token_kl": 0.1, "transformed_tokens": 4, "predicted_tokens": 9});
+        let m = QuickEval {
+            nn_top1_l2: 0.05,
+            nn_top1_cosine: 0.04,
+            nn_top1_cosine_flipped: 0.0,
+            next_token_agreement: 0.9,
+            next_token_kl: 0.1,
+            transformed_tokens: 4,
+            predicted_tokens: 9,
+        };
         let r = write_quick_report(
             dir.path(),
             &QuickReportInput {
                 title: "t".into(),
-                clean: m.clone(),
-                transformed: m,
+                clean: &m,
+                transformed: &m,
                 sigma_over_norm: &[0.1, 0.2, 0.3, 0.25],
                 recovery_by_position: &rec,
                 extra: Value::Null,

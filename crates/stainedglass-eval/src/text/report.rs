@@ -1,5 +1,6 @@
 //! `sgt eval text --report <dir>`: `report.json`, `summary.md` and the plots of a suite run.
 
+use super::quick::PositionBucket;
 use super::suite::{MechanismReport, TextSuiteReport};
 use crate::plot::{histogram, line_chart, Series};
 use crate::report_io::{create_report_dir, write_report_file};
@@ -75,14 +76,8 @@ fn tradeoff(
     )
 }
 
-/// Writes the report files into `dir`; returns `report.json`'s value.
-pub fn write_text_report(
-    dir: &Path,
-    title: &str,
-    r: &TextSuiteReport,
-    extra: Value,
-) -> Result<Value> {
-    create_report_dir(dir)?;
+/// Draws the report's plots into `dir`; returns their file names.
+fn plots(dir: &Path, r: &TextSuiteReport) -> Result<Vec<&'static str>> {
     let mut plots = vec!["privacy_utility.png", "privacy_utility_answers.png"];
     tradeoff(
         dir,
@@ -98,44 +93,43 @@ pub fn write_text_report(
         "answer accuracy on the question set (%)",
         &|m| m.answers.accuracy,
     )?;
-    let sgt = r.mechanisms.iter().find(|m| m.kind == "sgt");
-    if let Some(s) = sgt {
-        if !s.sigma_over_norm_values.is_empty() {
-            histogram(
-                &dir.join("sigma_over_norm.png"),
-                "σ / |x| per transformed token (SGT)",
-                "‖σ‖ / ‖x‖",
-                &s.sigma_over_norm_values,
-                30,
-            )?;
-            plots.push("sigma_over_norm.png");
-        }
-        if !s.recovery_by_position.is_empty() {
-            let mid = |b: &super::quick::PositionBucket| (b.from + b.to) as f64 / 2.0;
-            let series = |name: &str, f: &dyn Fn(&super::quick::PositionBucket) -> f64| Series {
-                name: name.into(),
-                points: s
-                    .recovery_by_position
-                    .iter()
-                    .map(|b| (mid(b), 100.0 * f(b), String::new()))
-                    .collect(),
-            };
-            line_chart(
-                &dir.join("recovery_by_position.png"),
-                "SGT: nearest-neighbour recovery by position",
-                "token position in the prompt",
-                "transformed tokens recovered (%)",
-                &[series("L2", &|b| b.l2), series("cosine", &|b| b.cosine)],
-            )?;
-            plots.push("recovery_by_position.png");
-        }
+    let Some(s) = r.mechanisms.iter().find(|m| m.kind == "sgt") else {
+        return Ok(plots);
+    };
+    if !s.sigma_over_norm_values.is_empty() {
+        histogram(
+            &dir.join("sigma_over_norm.png"),
+            "σ / |x| per transformed token (SGT)",
+            "‖σ‖ / ‖x‖",
+            &s.sigma_over_norm_values,
+            30,
+        )?;
+        plots.push("sigma_over_norm.png");
     }
-    let mut md = format!("# {title}\n\n");
-    let _ = writeln!(
-        md,
-        "{} held-out prompts, {} attacker prompts (its own text, transformed with the public SGT), {} questions, vocabulary {}.\n",
-        r.held_out_prompts, r.attacker_prompts, r.questions, r.vocab
-    );
+    if !s.recovery_by_position.is_empty() {
+        let mid = |b: &PositionBucket| (b.from + b.to) as f64 / 2.0;
+        let series = |name: &str, f: &dyn Fn(&PositionBucket) -> f64| Series {
+            name: name.into(),
+            points: s
+                .recovery_by_position
+                .iter()
+                .map(|b| (mid(b), 100.0 * f(b), String::new()))
+                .collect(),
+        };
+        line_chart(
+            &dir.join("recovery_by_position.png"),
+            "SGT: nearest-neighbour recovery by position",
+            "token position in the prompt",
+            "transformed tokens recovered (%)",
+            &[series("L2", &|b| b.l2), series("cosine", &|b| b.cosine)],
+        )?;
+        plots.push("recovery_by_position.png");
+    }
+    Ok(plots)
+}
+
+/// The token-recovery table: every attack's top-1 recovery per mechanism, and the strongest.
+fn recovery_table(md: &mut String, r: &TextSuiteReport) {
     md.push_str("## Token recovery (top-1; lower is more private)\n\n| mechanism | NN cosine | NN L2 | NN L2 top-5 | noise-aware NN | learned MLP | learned transformer | BeamClean | layer-k probe | strongest |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let cell = |m: &MechanismReport, k: &str| {
         m.attacks
@@ -165,8 +159,14 @@ pub fn write_text_report(
             sa.replace('_', " "),
         );
     }
+}
+
+/// The utility table: agreement, KL, perplexity, answers, information and σ/‖x‖.
+fn utility_table(md: &mut String, r: &TextSuiteReport) {
     md.push_str("\n## Utility (higher agreement and accuracy are more useful)\n\n| mechanism | next-token agreement | KL (nats) | reply perplexity (clean → this) | answer accuracy | clean-correct answers kept | MI / log K | MI / log V | σ/‖x‖ median |\n|---|---|---|---|---|---|---|---|---|\n");
+    let or_dash = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "—".into());
     for m in &r.mechanisms {
+        let info = m.information.as_ref();
         let _ = writeln!(
             md,
             "| {} | {} | {:.3} | {:.2} → {:.2} | {} | {} | {} | {} | {} |",
@@ -177,20 +177,30 @@ pub fn write_text_report(
             m.utility.perplexity_transformed,
             pct(m.answers.accuracy),
             pct(m.answers_retained),
-            m.information
-                .as_ref()
-                .map(|i| format!("{:.3}", i.normalised_by_log_components))
-                .unwrap_or_else(|| "—".into()),
-            m.information
-                .as_ref()
-                .map(|i| format!("{:.3}", i.normalised_by_log_vocab))
-                .unwrap_or_else(|| "—".into()),
-            m.sigma_over_norm
-                .as_ref()
-                .map(|q| format!("{:.3}", q.median))
-                .unwrap_or_else(|| "—".into()),
+            or_dash(info.map(|i| i.normalised_by_log_components)),
+            or_dash(info.map(|i| i.normalised_by_log_vocab)),
+            or_dash(m.sigma_over_norm.as_ref().map(|q| q.median)),
         );
     }
+}
+
+/// Writes the report files into `dir`; returns `report.json`'s value.
+pub fn write_text_report(
+    dir: &Path,
+    title: &str,
+    r: &TextSuiteReport,
+    extra: Value,
+) -> Result<Value> {
+    create_report_dir(dir)?;
+    let plots = plots(dir, r)?;
+    let mut md = format!("# {title}\n\n");
+    let _ = writeln!(
+        md,
+        "{} held-out prompts, {} attacker prompts (its own text, transformed with the public SGT), {} questions, vocabulary {}.\n",
+        r.held_out_prompts, r.attacker_prompts, r.questions, r.vocab
+    );
+    recovery_table(&mut md, r);
+    utility_table(&mut md, r);
     md.push('\n');
     for p in &plots {
         let _ = writeln!(md, "![{p}]({p})\n");

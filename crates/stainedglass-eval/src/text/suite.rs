@@ -6,7 +6,6 @@
 //! up faces the learned MLP.
 
 use super::beamclean::{beamclean_guesses, likelihood_guesses, BeamCleanConfig, NoiseModel};
-use super::index::EmbeddingIndex;
 use super::info::{sigma_over_norm, text_mutual_information, Information};
 use super::inverter::{InverterConfig, MlpInverter, TransformerInverter};
 use super::mechanism::{Clean, Gaussian, Mechanism, MetricDp, ScaledSgt, Sgt};
@@ -20,6 +19,7 @@ use crate::Result;
 use candle_core::Tensor;
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::index::EmbeddingIndex;
 use stainedglass_models::llm::Llama;
 use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::{EncodedPrompt, TextTokenizer, TokenizerWrapper};
@@ -271,6 +271,126 @@ fn strong_attacks(
     Ok(())
 }
 
+/// One mechanism under evaluation: kind, strength, ε and its seed offset.
+struct Entry<'m> {
+    mech: Box<dyn Mechanism + 'm>,
+    kind: &'static str,
+    strength: Option<f64>,
+    epsilon: Option<f64>,
+    seed: u64,
+}
+
+impl<'m> Entry<'m> {
+    fn new(
+        mech: Box<dyn Mechanism + 'm>,
+        kind: &'static str,
+        strength: Option<f64>,
+        epsilon: Option<f64>,
+        seed: u64,
+    ) -> Self {
+        Self {
+            mech,
+            kind,
+            strength,
+            epsilon,
+            seed,
+        }
+    }
+}
+
+/// The clean embeddings, the SGT, and the configured baselines (Gaussian, metric-DP, the SGT
+/// with its noise scaled), in report order.
+fn mechanisms<'m>(
+    input: &TextSuiteInput<'m>,
+    cfg: &TextSuiteConfig,
+    index: &'m EmbeddingIndex,
+) -> Result<Vec<Entry<'m>>> {
+    let table = input.model.embedding_table();
+    let mut entries = vec![
+        Entry::new(Box::new(Clean), "clean", None, None, 0),
+        Entry::new(Box::new(Sgt(input.sgt)), "sgt", None, None, 1),
+    ];
+    for (i, &s) in cfg.gaussian_scales.iter().enumerate() {
+        let g = Gaussian::new(s, table)?;
+        entries.push(Entry::new(
+            Box::new(g),
+            "gaussian",
+            Some(s),
+            None,
+            10 + i as u64,
+        ));
+    }
+    for (i, &r) in cfg.metric_dp_radii.iter().enumerate() {
+        let m = MetricDp::new(MetricDp::epsilon_for_radius(r, table)?, table, index)?;
+        let eps = Some(m.epsilon);
+        entries.push(Entry::new(
+            Box::new(m),
+            "metric-dp",
+            Some(r),
+            eps,
+            20 + i as u64,
+        ));
+    }
+    for (i, &f) in cfg.sgt_noise_factors.iter().enumerate() {
+        let m = ScaledSgt::new(Sgt(input.sgt), f)?;
+        let seed = 30 + i as u64;
+        entries.push(Entry::new(Box::new(m), "sgt-scaled", Some(f), None, seed));
+    }
+    Ok(entries)
+}
+
+/// Which reports get the learned attacks (`true`: the MLP inverter only): the SGT; with
+/// `attack_baselines`, the baseline of each kind closest to it in utility (unless nearest
+/// neighbour already inverts it fully: nothing left to find); and every scaled SGT.
+fn attack_targets(
+    cfg: &TextSuiteConfig,
+    reports: &[MechanismReport],
+    entries: &[Entry],
+) -> Vec<(usize, bool)> {
+    let mut targets = vec![1];
+    if cfg.attack_baselines {
+        let agreement = reports[1].utility.agreement;
+        for kind in ["gaussian", "metric-dp"] {
+            let closest = (0..reports.len())
+                .filter(|&i| reports[i].kind == kind)
+                .min_by(|&a, &b| {
+                    (reports[a].utility.agreement - agreement)
+                        .abs()
+                        .total_cmp(&(reports[b].utility.agreement - agreement).abs())
+                })
+                .filter(|&i| reports[i].attacks["nearest_neighbour_l2"].top1 < 0.99);
+            targets.extend(closest);
+        }
+    }
+    let scaled = (0..entries.len()).filter(|&i| entries[i].kind == "sgt-scaled");
+    targets
+        .into_iter()
+        .map(|i| (i, false))
+        .chain(scaled.map(|i| (i, true)))
+        .collect()
+}
+
+/// Each report's share of the questions the clean model answers right that it still answers
+/// right.
+fn set_answers_retained(reports: &mut [MechanismReport]) {
+    let clean_right = reports[0].answers.correct.clone();
+    let right = clean_right.iter().filter(|&&c| c).count();
+    for r in reports {
+        let kept = r
+            .answers
+            .correct
+            .iter()
+            .zip(&clean_right)
+            .filter(|(a, c)| **a && **c)
+            .count();
+        r.answers_retained = if right == 0 {
+            0.0
+        } else {
+            kept as f64 / right as f64
+        };
+    }
+}
+
 /// Runs the whole suite. `log` receives progress lines.
 pub fn run_text_suite(
     input: &TextSuiteInput<'_>,
@@ -280,52 +400,7 @@ pub fn run_text_suite(
     let table = input.model.embedding_table();
     let index = EmbeddingIndex::new(table)?;
     let clean = embed_rows(table, input.held_out)?;
-    /// One mechanism under evaluation: kind, strength, ε and its seed offset.
-    struct Entry<'m> {
-        mech: Box<dyn Mechanism + 'm>,
-        kind: &'static str,
-        strength: Option<f64>,
-        epsilon: Option<f64>,
-        seed: u64,
-    }
-    fn entry<'m>(
-        mech: Box<dyn Mechanism + 'm>,
-        kind: &'static str,
-        strength: Option<f64>,
-        epsilon: Option<f64>,
-        seed: u64,
-    ) -> Entry<'m> {
-        Entry {
-            mech,
-            kind,
-            strength,
-            epsilon,
-            seed,
-        }
-    }
-    let mut entries = vec![
-        entry(Box::new(Clean), "clean", None, None, 0),
-        entry(Box::new(Sgt(input.sgt)), "sgt", None, None, 1),
-    ];
-    for (i, &s) in cfg.gaussian_scales.iter().enumerate() {
-        let g = Gaussian::new(s, table)?;
-        entries.push(entry(Box::new(g), "gaussian", Some(s), None, 10 + i as u64));
-    }
-    for (i, &r) in cfg.metric_dp_radii.iter().enumerate() {
-        let m = MetricDp::new(MetricDp::epsilon_for_radius(r, table)?, table, &index)?;
-        let eps = Some(m.epsilon);
-        entries.push(entry(Box::new(m), "metric-dp", Some(r), eps, 20 + i as u64));
-    }
-    for (i, &f) in cfg.sgt_noise_factors.iter().enumerate() {
-        let m = ScaledSgt::new(Sgt(input.sgt), f)?;
-        entries.push(entry(
-            Box::new(m),
-            "sgt-scaled",
-            Some(f),
-            None,
-            30 + i as u64,
-        ));
-    }
+    let entries = mechanisms(input, cfg, &index)?;
     let mut reports = Vec::with_capacity(entries.len());
     let mut observed = Vec::with_capacity(entries.len());
     for e in &entries {
@@ -356,51 +431,13 @@ pub fn run_text_suite(
                 .insert("activation_probe".into(), Recovery::score(obs, &g));
         }
     }
-    let mut targets = vec![1];
-    if cfg.attack_baselines {
-        let agreement = reports[1].utility.agreement;
-        // The baseline of each kind closest to the SGT in utility, unless nearest neighbour
-        // already inverts it fully (nothing left to find).
-        for kind in ["gaussian", "metric-dp"] {
-            let closest = (0..reports.len())
-                .filter(|&i| reports[i].kind == kind)
-                .min_by(|&a, &b| {
-                    (reports[a].utility.agreement - agreement)
-                        .abs()
-                        .total_cmp(&(reports[b].utility.agreement - agreement).abs())
-                })
-                .filter(|&i| reports[i].attacks["nearest_neighbour_l2"].top1 < 0.99);
-            targets.extend(closest);
-        }
-    }
-    let scaled = (0..entries.len()).filter(|&i| entries[i].kind == "sgt-scaled");
-    let targets: Vec<(usize, bool)> = targets
-        .into_iter()
-        .map(|i| (i, false))
-        .chain(scaled.map(|i| (i, true)))
-        .collect();
-    for (i, mlp_only) in targets {
+    for (i, mlp_only) in attack_targets(cfg, &reports, &entries) {
         log(format!("attacking {}", reports[i].name));
         let mech = entries[i].mech.as_ref();
         let (obs, report) = (&observed[i], &mut reports[i]);
         strong_attacks(input, &index, cfg, mech, obs, report, mlp_only, log)?;
     }
-    let clean_right = reports[0].answers.correct.clone();
-    let right = clean_right.iter().filter(|&&c| c).count();
-    for r in &mut reports {
-        let kept = r
-            .answers
-            .correct
-            .iter()
-            .zip(&clean_right)
-            .filter(|(a, c)| **a && **c)
-            .count();
-        r.answers_retained = if right == 0 {
-            0.0
-        } else {
-            kept as f64 / right as f64
-        };
-    }
+    set_answers_retained(&mut reports);
     Ok(TextSuiteReport {
         config: cfg.clone(),
         held_out_prompts: input.held_out.len(),

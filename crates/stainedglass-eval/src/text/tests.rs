@@ -1,12 +1,12 @@
 //! Sanity checks of the attack suite on a synthetic vocabulary (SPEC §9).
 
-use super::index::{EmbeddingIndex, Ranked};
 use super::info::text_mutual_information;
 use super::inverter::{InverterConfig, MlpInverter};
 use super::mechanism::{Clean, Gaussian, Mechanism};
 use super::observed::{apply_rows, embed_rows, Observed, Recovery};
 use candle_core::{Device, Tensor};
 use stainedglass_core::NoiseRng;
+use stainedglass_metrics::index::{EmbeddingIndex, Ranked};
 use stainedglass_text::EncodedPrompt;
 
 const V: usize = 64;

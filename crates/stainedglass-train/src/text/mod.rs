@@ -1,12 +1,12 @@
 //! Training a text SGT (TransformerCloak) on a frozen causal LM with the distillation loss.
 
+mod batch;
 pub mod config;
 pub mod data;
-pub mod eval;
+mod sgt_io;
 pub mod trainer;
 
+pub use batch::{held_out_eval, held_out_rows, training_rows};
 pub use config::TextTrainConfig;
-pub use trainer::{
-    held_out_eval, held_out_rows, load_sgt, save_sgt, train, training_rows, RunOptions,
-    TrainSummary,
-};
+pub use sgt_io::{load_sgt, save_sgt};
+pub use trainer::{train, RunOptions, TrainSummary, SGT_DIR};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use stainedglass_core::io::save_noise_layer;
 use stainedglass_core::loss::{noise_loss_wrapper, AdaptiveAlpha, Alpha, CompositeLoss};
@@ -126,6 +126,237 @@ fn optimizer(layer: &VisionNoiseLayer, phase: u8, lr: f64) -> Result<AdamW> {
     Ok(AdamW::new(vars, AdamWConfig::noise(lr))?)
 }
 
+/// The step counts of a run, from the config and the data.
+struct Plan {
+    per_epoch: u64,
+    total: u64,
+    /// One-shot recipe: steps trained without the mask.
+    warmup_steps: u64,
+    /// Two-phase recipe: the first step of phase 2 (`u64::MAX` otherwise).
+    switch_at: u64,
+}
+
+impl Plan {
+    fn new(
+        cfg: &SgtTrainConfig,
+        classifier: &Classifier,
+        train: &ImageDataset,
+        layer: &VisionNoiseLayer,
+    ) -> Result<Self> {
+        if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.checkpoint_every == 0 {
+            return Err(Error::Config(
+                "epochs, batch_size and checkpoint_every must be > 0".into(),
+            ));
+        }
+        if !classifier.is_frozen() {
+            return Err(Error::Config(
+                "the base classifier must be frozen (load it from disk)".into(),
+            ));
+        }
+        if layer.input_shape() != classifier.config().input_shape
+            || train.shape != classifier.config().input_shape
+        {
+            return Err(Error::Config(format!(
+                "shapes disagree: noise layer {:?}, classifier {:?}, data {:?}",
+                layer.input_shape(),
+                classifier.config().input_shape,
+                train.shape
+            )));
+        }
+        let per_epoch = batches_per_epoch(train.len(), cfg.batch_size, true) as u64;
+        if per_epoch == 0 {
+            return Err(Error::Config(format!(
+                "batch size {} exceeds the {} training images",
+                cfg.batch_size,
+                train.len()
+            )));
+        }
+        let mut total = per_epoch * cfg.epochs as u64;
+        if let Some(m) = cfg.max_steps {
+            total = total.min(m);
+        }
+        if !(0.0..1.0).contains(&cfg.mask_warmup) {
+            return Err(Error::Config(format!(
+                "mask_warmup = {} must be in [0, 1)",
+                cfg.mask_warmup
+            )));
+        }
+        let two_phase = cfg.recipe() == CloakRecipe::TwoPhase;
+        Ok(Self {
+            per_epoch,
+            total,
+            warmup_steps: (cfg.mask_warmup * total as f64).round() as u64,
+            switch_at: if two_phase { total / 2 } else { u64::MAX },
+        })
+    }
+
+    fn phase_of(&self, step: u64) -> u8 {
+        if step >= self.switch_at {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// A run in progress: the layer, the loss (with adaptive α's state) and the optimizer.
+struct Run<'a> {
+    cfg: &'a SgtTrainConfig,
+    plan: Plan,
+    layer: VisionNoiseLayer,
+    loss: CompositeLoss,
+    opt: AdamW,
+    phase: u8,
+    step: u64,
+    resumed_from: Option<u64>,
+    ckpts: Checkpoints,
+    /// Whether adaptive α needs the clean task loss of every batch.
+    adaptive: bool,
+}
+
+impl<'a> Run<'a> {
+    /// A fresh layer, or the newest checkpoint of the same config in `out`.
+    fn start(
+        cfg: &'a SgtTrainConfig,
+        classifier: &Classifier,
+        train: &ImageDataset,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut layer = VisionNoiseLayer::new(cfg.noise_layer.clone(), device)?;
+        let plan = Plan::new(cfg, classifier, train, &layer)?;
+        let mut loss = cfg.loss()?;
+        let ckpts = Checkpoints::new(out.join("checkpoints"));
+        let (mut step, mut resumed_from, mut opt_state) = (0u64, None, None);
+        if let Some(ck) = ckpts.load_latest::<State>(&["noise_layer", "optimizer"], device)? {
+            if ck.state.config != *cfg {
+                return Err(Error::ckpt(
+                    &ck.dir,
+                    "this output directory holds a run with a different config; pass --fresh or another --output",
+                ));
+            }
+            layer.set_named_tensors(&ck.tensors["noise_layer"])?;
+            step = ck.state.step;
+            loss = ck.state.loss;
+            opt_state = ck.tensors.get("optimizer").cloned();
+            resumed_from = Some(step);
+            tracing::info!(step, "resumed SGT training");
+        }
+        let phase = plan.phase_of(step);
+        let mut opt = optimizer(&layer, phase, cfg.lr)?;
+        if let Some(s) = opt_state {
+            opt.load_state(&s)?;
+        }
+        let adaptive = matches!(
+            loss.alpha,
+            Alpha::Adaptive(AdaptiveAlpha { target: None, .. })
+        );
+        Ok(Self {
+            cfg,
+            plan,
+            layer,
+            loss,
+            opt,
+            phase,
+            step,
+            resumed_from,
+            ckpts,
+            adaptive,
+        })
+    }
+
+    /// Before each step: the two-phase switch (fix the mask from σ, then fine-tune μ with
+    /// α = 0) and the one-shot mask warm-up.
+    fn enter_step(&mut self) -> Result<()> {
+        if self.plan.phase_of(self.step) != self.phase {
+            self.phase = 2;
+            if let VisionNoiseLayer::Cloak(c) = &mut self.layer {
+                c.freeze_mask()?;
+            }
+            self.loss.alpha = Alpha::Fixed { alpha: 0.0 };
+            self.opt = optimizer(&self.layer, self.phase, self.cfg.lr)?;
+        }
+        let warm = self.step < self.plan.warmup_steps;
+        if let VisionNoiseLayer::Cloak(c) = &mut self.layer {
+            c.suspend_mask(warm);
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on the batch `(x, y)`; returns its metrics record.
+    fn train_step(
+        &mut self,
+        classifier: &Classifier,
+        (x, y): (&Tensor, &Tensor),
+        rng: &mut NoiseRng,
+    ) -> Result<Record> {
+        let t0 = Instant::now();
+        let model = NoisyModel::new(classifier, &self.layer);
+        let out = model.forward(x, Mode::Transformed, None, rng)?;
+        let noise = out
+            .noise
+            .as_ref()
+            .ok_or_else(|| Error::Config("noise output missing".into()))?;
+        let task = candle_nn::loss::cross_entropy(&out.base_model_output, y)?;
+        let rec = self
+            .loss
+            .compute(&task, noise, self.layer.noise_loss_respects_mask())?;
+        let composite = rec.composite_loss.to_scalar::<f32>()?;
+        if !composite.is_finite() {
+            return Err(Error::Diverged {
+                step: self.step,
+                what: "composite loss".into(),
+            });
+        }
+        self.opt.step(&rec.composite_loss.backward()?)?;
+        let clean_task_loss = if self.adaptive {
+            let clean = classifier.forward(x)?;
+            Some(candle_nn::loss::cross_entropy(&clean, y)?.to_scalar::<f32>()? as f64)
+        } else {
+            None
+        };
+        self.loss.observe(rec.task_loss, clean_task_loss)?;
+        let mean = |t: &Tensor| -> Result<f64> {
+            Ok(t.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        };
+        let rows = x.dim(0)?;
+        Ok(Record {
+            step: self.step + 1,
+            epoch: self.step / self.plan.per_epoch,
+            phase: self.phase,
+            composite_loss: composite as f64,
+            task_loss: rec.task_loss,
+            noise_loss: rec.noise_loss,
+            clean_task_loss,
+            alpha: rec.alpha,
+            mean_sigma: mean(&noise.std)?,
+            masked_fraction: match &noise.mask {
+                Some(m) => 1.0 - mean(m)?,
+                None => 0.0,
+            },
+            batch_accuracy: correct(&out.base_model_output, y)? as f64 / rows as f64,
+            lr: self.opt.learning_rate(),
+            images_per_s: rows as f64 / t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        self.ckpts.save(
+            self.step,
+            &[
+                ("noise_layer", self.layer.named_tensors()),
+                ("optimizer", self.opt.state()?),
+            ],
+            &State {
+                step: self.step,
+                config: self.cfg.clone(),
+                loss: self.loss.clone(),
+            },
+        )?;
+        Ok(())
+    }
+}
+
 /// Trains the SGT into `out` (`noise_layer/` artefact, `checkpoints/`, `metrics.jsonl`),
 /// resuming from the newest checkpoint of the same config.
 pub fn train_sgt(
@@ -135,195 +366,52 @@ pub fn train_sgt(
     out: &Path,
     device: &Device,
 ) -> Result<SgtRun> {
-    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.checkpoint_every == 0 {
-        return Err(Error::Config(
-            "epochs, batch_size and checkpoint_every must be > 0".into(),
-        ));
-    }
-    if !classifier.is_frozen() {
-        return Err(Error::Config(
-            "the base classifier must be frozen (load it from disk)".into(),
-        ));
-    }
-    let mut layer = VisionNoiseLayer::new(cfg.noise_layer.clone(), device)?;
-    if layer.input_shape() != classifier.config().input_shape
-        || train.shape != classifier.config().input_shape
-    {
-        return Err(Error::Config(format!(
-            "shapes disagree: noise layer {:?}, classifier {:?}, data {:?}",
-            layer.input_shape(),
-            classifier.config().input_shape,
-            train.shape
-        )));
-    }
-    let mut loss = cfg.loss()?;
-    let per_epoch = batches_per_epoch(train.len(), cfg.batch_size, true) as u64;
-    if per_epoch == 0 {
-        return Err(Error::Config(format!(
-            "batch size {} exceeds the {} training images",
-            cfg.batch_size,
-            train.len()
-        )));
-    }
-    let mut total = per_epoch * cfg.epochs as u64;
-    if let Some(m) = cfg.max_steps {
-        total = total.min(m);
-    }
-    if !(0.0..1.0).contains(&cfg.mask_warmup) {
-        return Err(Error::Config(format!(
-            "mask_warmup = {} must be in [0, 1)",
-            cfg.mask_warmup
-        )));
-    }
-    let warmup_steps = (cfg.mask_warmup * total as f64).round() as u64;
-    let two_phase = cfg.recipe() == CloakRecipe::TwoPhase;
-    let switch_at = if two_phase { total / 2 } else { u64::MAX };
-
-    let ckpts = Checkpoints::new(out.join("checkpoints"));
-    let mut step = 0u64;
-    let mut resumed_from = None;
-    let mut opt_state = None;
-    if let Some(ck) = ckpts.load_latest::<State>(&["noise_layer", "optimizer"], device)? {
-        if ck.state.config != *cfg {
-            return Err(Error::ckpt(
-                &ck.dir,
-                "this output directory holds a run with a different config; pass --fresh or another --output",
-            ));
-        }
-        layer.set_named_tensors(&ck.tensors["noise_layer"])?;
-        step = ck.state.step;
-        loss = ck.state.loss;
-        opt_state = ck.tensors.get("optimizer").cloned();
-        resumed_from = Some(step);
-        tracing::info!(step, "resumed SGT training");
-    }
-    let phase_of = |s: u64| if s >= switch_at { 2u8 } else { 1u8 };
-    let mut phase = phase_of(step);
-    let mut opt = optimizer(&layer, phase, cfg.lr)?;
-    if let Some(s) = opt_state {
-        opt.load_state(&s)?;
-    }
+    let mut run = Run::start(cfg, classifier, train, out, device)?;
+    let (per_epoch, total) = (run.plan.per_epoch, run.plan.total);
     // Seeded runs derive each step's stream from (seed, step), so a resumed run draws exactly the
     // noise the uninterrupted run would have drawn; unseeded runs use OS entropy throughout.
     let mut entropy_rng = NoiseRng::from_entropy();
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"))?;
-    let pb = progress_bar(total, step, "sgt");
-    let save =
-        |step: u64, layer: &VisionNoiseLayer, opt: &AdamW, loss: &CompositeLoss| -> Result<()> {
-            ckpts.save(
-                step,
-                &[
-                    ("noise_layer", layer.named_tensors()),
-                    ("optimizer", opt.state()?),
-                ],
-                &State {
-                    step,
-                    config: cfg.clone(),
-                    loss: loss.clone(),
-                },
-            )?;
-            Ok(())
-        };
-    let adaptive = matches!(
-        loss.alpha,
-        Alpha::Adaptive(AdaptiveAlpha { target: None, .. })
-    );
-    'outer: while step < total {
-        let epoch = step / per_epoch;
+    let pb = progress_bar(total, run.step, "sgt");
+    while run.step < total {
+        let epoch = run.step / per_epoch;
         let batches = epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch, true);
-        for b in batches.iter().skip((step % per_epoch) as usize) {
-            if step >= total {
-                break 'outer;
+        for b in batches.iter().skip((run.step % per_epoch) as usize) {
+            if run.step >= total {
+                break;
             }
-            if phase_of(step) != phase {
-                // End of phase 1: fix the mask from σ, then fine-tune μ with α = 0.
-                phase = 2;
-                if let VisionNoiseLayer::Cloak(c) = &mut layer {
-                    c.freeze_mask()?;
-                }
-                loss.alpha = Alpha::Fixed { alpha: 0.0 };
-                opt = optimizer(&layer, phase, cfg.lr)?;
-            }
-            if let VisionNoiseLayer::Cloak(c) = &mut layer {
-                c.suspend_mask(step < warmup_steps);
-            }
-            let t0 = Instant::now();
+            run.enter_step()?;
             let (x, y) = train.batch(b, device)?;
-            let model = NoisyModel::new(classifier, &layer);
             let mut step_rng = cfg
                 .noise_seed
-                .map(|s| NoiseRng::seeded(s ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                .map(|s| NoiseRng::seeded(s ^ (run.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             let rng = step_rng.as_mut().unwrap_or(&mut entropy_rng);
-            let out = model.forward(&x, Mode::Transformed, None, rng)?;
-            let noise = out
-                .noise
-                .as_ref()
-                .ok_or_else(|| Error::Config("noise output missing".into()))?;
-            let task = candle_nn::loss::cross_entropy(&out.base_model_output, &y)?;
-            let rec = loss.compute(&task, noise, layer.noise_loss_respects_mask())?;
-            if !rec.composite_loss.to_scalar::<f32>()?.is_finite() {
-                return Err(Error::Diverged {
-                    step,
-                    what: "composite loss".into(),
-                });
-            }
-            opt.step(&rec.composite_loss.backward()?)?;
-            let clean_task_loss = if adaptive {
-                let clean = classifier.forward(&x)?;
-                Some(candle_nn::loss::cross_entropy(&clean, &y)?.to_scalar::<f32>()? as f64)
-            } else {
-                None
-            };
-            loss.observe(rec.task_loss, clean_task_loss)?;
-            step += 1;
-            let mean_sigma = noise
-                .std
-                .mean_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            let masked_fraction = match &noise.mask {
-                Some(m) => 1.0 - m.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                None => 0.0,
-            };
-            let acc = correct(&out.base_model_output, &y)? as f64 / b.len() as f64;
-            log.write(&Record {
-                step,
-                epoch,
-                phase,
-                composite_loss: rec.composite_loss.to_scalar::<f32>()? as f64,
-                task_loss: rec.task_loss,
-                noise_loss: rec.noise_loss,
-                clean_task_loss,
-                alpha: rec.alpha,
-                mean_sigma,
-                masked_fraction,
-                batch_accuracy: acc,
-                lr: opt.learning_rate(),
-                images_per_s: b.len() as f64 / t0.elapsed().as_secs_f64(),
-            })?;
-            pb.set_position(step);
+            let r = run.train_step(classifier, (&x, &y), rng)?;
+            run.step += 1;
+            log.write(&r)?;
+            pb.set_position(run.step);
             pb.set_message(format!(
-                "task {:.3} noise {:.3} α {:.2} σ̄ {mean_sigma:.3} acc {acc:.2}",
-                rec.task_loss, rec.noise_loss, rec.alpha
+                "task {:.3} noise {:.3} α {:.2} σ̄ {:.3} acc {:.2}",
+                r.task_loss, r.noise_loss, r.alpha, r.mean_sigma, r.batch_accuracy
             ));
-            if step.is_multiple_of(cfg.checkpoint_every) {
-                save(step, &layer, &opt, &loss)?;
+            if run.step.is_multiple_of(cfg.checkpoint_every) {
+                run.save()?;
             }
         }
     }
-    if let VisionNoiseLayer::Cloak(c) = &mut layer {
+    if let VisionNoiseLayer::Cloak(c) = &mut run.layer {
         c.suspend_mask(false);
     }
-    save(step, &layer, &opt, &loss)?;
+    run.save()?;
     pb.finish_and_clear();
     let artefact_dir = out.join(SGT_ARTEFACT_DIR);
-    save_noise_layer(&layer, &artefact_dir)?;
-    let (_, std, _) = layer.statistics()?;
+    save_noise_layer(&run.layer, &artefact_dir)?;
+    let (_, std, _) = run.layer.statistics()?;
     Ok(SgtRun {
         artefact_dir,
-        steps: step,
-        resumed_from,
-        final_alpha: loss.alpha.value(),
+        steps: run.step,
+        resumed_from: run.resumed_from,
+        final_alpha: run.loss.alpha.value(),
         mean_sigma: std.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
     })
 }

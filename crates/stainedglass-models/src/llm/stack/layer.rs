@@ -156,53 +156,7 @@ impl LayerPass {
             None => project_new(&h, lw.qkv, lw.fwd(|p| &p.qkv), (m, w, hidden)),
         };
         rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
-        let mut a = zeroed(m * hq * d);
-        let mut probs = if self.keep {
-            zeroed(b * hq * t * t)
-        } else {
-            Vec::new()
-        };
-        let out = HeadView {
-            ptr: SendPtr(a.as_mut_ptr()),
-            batch: t * hq * d,
-            row: hq * d,
-        };
-        let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
-        match cache {
-            // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d
-            // output.
-            None => unsafe {
-                kernels::attention(
-                    self.attn_shape(b, t),
-                    qv,
-                    kv,
-                    vv,
-                    out,
-                    &self.key_valid,
-                    self.keep.then_some(probs.as_mut_slice()),
-                );
-            },
-            Some((cache, past)) => {
-                let (ck, cv) = self.append_kv(&qkv, (b, t), cache, li, past)?;
-                let s = past + t;
-                let sh = AttnShape {
-                    s,
-                    ..self.attn_shape(b, t)
-                };
-                with_hosts([&ck, &cv], |[kc, vc]| {
-                    let view = |c: &[f32]| HeadView {
-                        ptr: SendPtr::of(c),
-                        batch: c.len() / b,
-                        row: hkv * d,
-                    };
-                    // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and the
-                    // output as above.
-                    unsafe {
-                        kernels::attention(sh, qv, view(kc), view(vc), out, &self.key_valid, None)
-                    };
-                })?;
-            }
-        }
+        let (a, probs) = self.attend(&mut qkv, (b, t), li, cache)?;
         let (x, mut x2) = if self.keep {
             let x2 = x.clone();
             (Some(x), x2)
@@ -245,6 +199,67 @@ impl LayerPass {
             w: n1.map(|n1| WeightInputs { n1, a, n2: h, act }),
         });
         Ok((y, tape))
+    }
+
+    /// Causal attention of the roped packed `qkv` (`(b·t) × [q | k | v]`): over the batch's
+    /// own keys, or, with a cache holding `past` positions, over those and these (appended to
+    /// it). Returns the output `(b·t) × hq·d` and, with `keep`, the attention probabilities.
+    fn attend(
+        &self,
+        qkv: &mut [f32],
+        (b, t): (usize, usize),
+        li: usize,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let StackDims { hq, hkv, d, .. } = self.dims;
+        let mut a = zeroed(b * t * hq * d);
+        let mut probs = if self.keep {
+            zeroed(b * hq * t * t)
+        } else {
+            Vec::new()
+        };
+        let out = HeadView {
+            ptr: SendPtr(a.as_mut_ptr()),
+            batch: t * hq * d,
+            row: hq * d,
+        };
+        let (qv, kv, vv) = self.qkv_views(qkv.as_mut_ptr(), t);
+        match cache {
+            // SAFETY: the views address the packed (b·t) × w buffer and the (b·t) × hq·d
+            // output.
+            None => unsafe {
+                kernels::attention(
+                    self.attn_shape(b, t),
+                    qv,
+                    kv,
+                    vv,
+                    out,
+                    &self.key_valid,
+                    self.keep.then_some(probs.as_mut_slice()),
+                );
+            },
+            Some((cache, past)) => {
+                let (ck, cv) = self.append_kv(qkv, (b, t), cache, li, past)?;
+                let s = past + t;
+                let sh = AttnShape {
+                    s,
+                    ..self.attn_shape(b, t)
+                };
+                with_hosts([&ck, &cv], |[kc, vc]| {
+                    let view = |c: &[f32]| HeadView {
+                        ptr: SendPtr::of(c),
+                        batch: c.len() / b,
+                        row: hkv * d,
+                    };
+                    // SAFETY: the cache buffers are (b, capacity ≥ s, hkv, d); q and the
+                    // output as above.
+                    unsafe {
+                        kernels::attention(sh, qv, view(kc), view(vc), out, &self.key_valid, None)
+                    };
+                })?;
+            }
+        }
+        Ok((a, probs))
     }
 
     /// One layer backward: the input gradient for output gradient `dy`, and with `grads` the

@@ -3,15 +3,13 @@
 //! vocabulary embedding table, and next-token top-1 agreement and KL between the clean and the
 //! transformed runs on the assistant replies (teacher-forced).
 
-use crate::Result;
+use crate::{EmbeddingIndex, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use stainedglass_core::NoiseRng;
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::EncodedPrompt;
-
-pub use stainedglass_eval::text::EmbeddingIndex;
 
 /// Results of one quick evaluation.
 #[derive(Debug, Clone, Default, Serialize)]
