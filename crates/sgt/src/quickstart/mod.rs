@@ -24,7 +24,6 @@ use std::time::Instant;
 /// sha256 of the bundled GGUF (as checked by scripts/setup-assets.sh).
 const BUNDLED_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const PRESET: &str = include_str!("../../../../configs/text-sgt-quickstart.toml");
-const QUESTION: &str = "What is the capital of France?";
 
 #[derive(Args)]
 pub struct QuickstartArgs {

@@ -1,8 +1,7 @@
 //! The quickstart's report: the quick evaluation of the clean embeddings and of the SGT on the
 //! held-out conversations, the per-token profile, and what the chat stage saw.
 
-use super::services::ChatResult;
-use super::QUESTION;
+use super::services::{ChatResult, QUESTION};
 use anyhow::Result;
 use stainedglass_core::NoiseRng;
 use stainedglass_metrics::{privacy_profile, EmbeddingIndex, QuickEval};

@@ -2,7 +2,6 @@
 //! tapped to keep a copy of what it receives), one question through the proxy, and the
 //! nearest-neighbour reading of exactly what the server received.
 
-use super::QUESTION;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::extract::Request;
@@ -13,6 +12,9 @@ use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, Upstrea
 use stainedglass_serve::server::{self, ServerConfig, ServerState};
 use stainedglass_text::{StainedGlassTransformForText, TextTokenizer};
 use std::sync::{Arc, Mutex};
+
+/// The question the quickstart asks through the proxy.
+pub const QUESTION: &str = "What is the capital of France?";
 
 /// What the chat stage saw.
 pub struct ChatResult {
