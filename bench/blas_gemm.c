@@ -1,7 +1,7 @@
 /* Side-by-side single-thread sgemm throughput of the run-time BLAS choices of
- * stainedglass-models/src/llm/blas.rs on the LM's training shapes (512 rows; a column block
+ * stainedglass-models/src/llm/backend/blas.rs on the LM's training shapes (512 rows; a column block
  * per thread as the products are split): OpenBLAS, oneMKL, and oneMKL with the weight operand
- * packed once (llm/packed.rs). Benchmark only.
+ * packed once (llm/backend/packed.rs). Benchmark only.
  *   cc -O2 bench/blas_gemm.c -o /tmp/blas_gemm -ldl && /tmp/blas_gemm assets/mkl/libmkl_rt.so.2
  * Prints one JSON line per shape (best of 40 calls each, calls alternating between the three). */
 #include <dlfcn.h>

@@ -1,7 +1,7 @@
 """PyTorch eager reference of `sgt bench text-sgt`: one text-SGT training step on the same f32
 SmolLM2 weights (the HF folder of `sgt convert-hf`) — TransformerCloak (one decoder layer copied
 from the base, zero-initialised mean head, ρ head with bias −4, Cloak σ, bounded mean), the
-frozen base run clean (no grad) and transformed to layer k, the distillation loss of SPEC §5.2,
+frozen base run clean (no grad) and transformed to layer k, the distillation loss of `docs/spec.md` §5.2,
 backward, and AdamW (weight decay 0, two groups). Benchmark only; never a runtime dependency."""
 import argparse, copy, json, os, time
 

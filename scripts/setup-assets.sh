@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the real data sets the tests and the quickstart need into ./assets (ignored by git).
 # Idempotent: files already present with the right sha256 are kept; anything else is refetched.
-# Sources (see ../shared/ASSETS.md): Debian's dataset-fashion-mnist package, and digits.csv.gz
+# Sources (see docs/assets.md): Debian's dataset-fashion-mnist package, and digits.csv.gz
 # from the scikit-learn wheel on PyPI. Needs root for apt-get when Fashion-MNIST is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +123,7 @@ if ! "$PY" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSI
 fi
 # --- Intel oneMKL (optional, x86-64 Linux): the LM's matrix products run faster than with
 # OpenBLAS on AVX-512 Xeons (and can reuse packed weights); loaded at run time from $ASSETS/mkl
-# (see stainedglass-models/src/llm/blas.rs and packed.rs). Its single
+# (see stainedglass-models/src/llm/backend/blas.rs and packed.rs). Its single
 # dynamic library (mkl_rt), the sequential layer and the CPU kernels come out of the `mkl` wheel
 # on PyPI; nothing is installed. Skipped (products use OpenBLAS) if the wheel cannot be fetched.
 MKL_WHEEL=mkl-2025.0.0-py2.py3-none-manylinux_2_28_x86_64.whl

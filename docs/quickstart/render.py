@@ -1,5 +1,6 @@
-"""Copies a quickstart run's report into docs/quickstart/ and rewrites the README section between
-the quickstart markers from it (no number typed by hand). Usage:
+"""Copies a quickstart run's report into docs/quickstart/, writes docs/quickstart/README.md from
+it and the run's output, and rewrites the README excerpt between the quickstart markers (no number
+typed by hand). Usage:
     ./scripts/quickstart.sh 2>&1 | tee /tmp/quickstart.log
     python3 docs/quickstart/render.py runs/quickstart /tmp/quickstart.log"""
 import json, pathlib, shutil, sys
@@ -12,14 +13,17 @@ for f in ["report.json", "summary.md", "sigma_over_norm.png", "recovery_by_posit
 out = log.read_text()
 (d / "output.txt").write_text(out)
 r = json.loads((d / "report.json").read_text())
-t, c, chat = r["transformed"], r["clean"], r["extra"]["chat"]
+t, c = r["transformed"], r["clean"]
 pct = lambda x: f"{100 * x:.1f}%"
 # The run's output (stdout and stderr merged; without a terminal there are no progress bars),
 # minus the asset set-up chatter and blank lines.
-shown = "\n".join(l for l in out.splitlines() if l.strip() and not l.startswith("setup-assets"))
-section = f"""<!-- quickstart:begin (rendered by docs/quickstart/render.py from a real run) -->
-What `./scripts/quickstart.sh` printed from a fresh clone on this 2-core machine (in a terminal
-the data and training stages also show progress bars with live loss components and ETA):
+lines = [l for l in out.splitlines() if l.strip() and not l.startswith("setup-assets")]
+shown = "\n".join(lines)
+(d / "README.md").write_text(f"""# The quickstart
+
+What `./scripts/quickstart.sh` printed from a fresh clone on the 2-core machine (in a terminal the
+data and training stages also show progress bars with live loss components and ETA). Rendered by
+`render.py` from the run; regenerate with the commands in its docstring.
 
 ```
 {shown}
@@ -31,12 +35,26 @@ the data and training stages also show progress bars with live loss components a
 | nearest-neighbour recovery, cosine | {pct(c["nn_top1_cosine"])} | {pct(t["nn_top1_cosine"])} |
 | next-token agreement with the clean model | {pct(c["next_token_agreement"])} | {pct(t["next_token_agreement"])} |
 
-![σ/|x| per transformed token](docs/quickstart/sigma_over_norm.png)
-![recovery by position](docs/quickstart/recovery_by_position.png)
+Nearest neighbour is the weakest attack; learned attackers recover far more (see
+[`../eval/`](../eval/README.md)).
 
-The full report of that run is in [`docs/quickstart/`](docs/quickstart/summary.md).
+![σ/|x| per transformed token](sigma_over_norm.png)
+![recovery by position](recovery_by_position.png)
+
+The full report of that run: [`summary.md`](summary.md), [`report.json`](report.json).
+""")
+# README excerpt: the chat stage and the closing summary.
+start = next(i for i, l in enumerate(lines) if l.startswith("[5/6]"))
+excerpt = [l for l in lines[start:] if not l.startswith(("  sgt ", "    (", "[6/6]", "  nearest", "Report:", "  server", "Done", "real", "user", "sys"))]
+section = f"""<!-- quickstart:begin (rendered by docs/quickstart/render.py from a real run) -->
+From a fresh clone on the 2-core machine (the whole output and report:
+[`docs/quickstart/`](docs/quickstart/README.md)):
+
+```
+{chr(10).join(excerpt)}
+```
 <!-- quickstart:end -->"""
 readme = (root / "README.md").read_text()
 a, b = readme.index("<!-- quickstart:begin"), readme.index("<!-- quickstart:end -->") + len("<!-- quickstart:end -->")
 (root / "README.md").write_text(readme[:a] + section + readme[b:])
-print("README.md updated")
+print("README.md and docs/quickstart/README.md updated")

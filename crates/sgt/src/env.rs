@@ -9,6 +9,7 @@
 //! | `SGT_BLAS_LIB` | a CBLAS library to try first |
 //! | `SGT_PREPACK_MB` | MiB of frozen weights packed for oneMKL (default 1024; 0 = off) |
 //! | `SGT_API_KEYS` | `sgt serve`: comma-separated keys, added to `--api-key` |
+//! | `SGT_UPSTREAM_API_KEY` | `sgt proxy`: `--upstream-api-key` (read by clap, so a key stays out of `ps`) |
 //! | `RUST_LOG` | log filter when `--log` is not given (default `warn`) |
 //! | `MIMALLOC_PURGE_DELAY` | when set, mimalloc's own setting is left alone |
 //! | `OPENBLAS_CORETYPE` | when unset, set for OpenBLAS from the CPU's features |

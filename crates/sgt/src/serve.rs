@@ -30,6 +30,7 @@ fn announce(what: &str, addr: std::net::SocketAddr) {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port (0 picks a free one; the address is printed).
@@ -39,10 +40,13 @@ pub struct ServeArgs {
     /// no authentication.
     #[arg(long = "api-key")]
     pub api_keys: Vec<String>,
+    /// Largest request body accepted.
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// Longest prompt accepted, in tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_sequence_length: usize,
+    /// Most tokens one request may generate.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// Requests decoded together in one batch (one KV cache, each row with its own sampling).
@@ -112,6 +116,7 @@ pub struct ProxyArgs {
     /// Base URL of the inference server, e.g. http://127.0.0.1:8000.
     #[arg(long)]
     pub upstream: String,
+    /// What the upstream is: `sgt serve`, or vLLM with --enable-prompt-embeds.
     #[arg(long, value_enum, default_value = "sgt")]
     pub upstream_kind: Kind,
     /// Bearer key for the upstream (also SGT_UPSTREAM_API_KEY).
@@ -126,15 +131,19 @@ pub struct ProxyArgs {
     /// Precision of vLLM's prompt_embeds tensor.
     #[arg(long, value_enum, default_value = "f32")]
     pub vllm_dtype: Precision,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port (0 picks a free one; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Model id listed by /v1/models.
     #[arg(long, default_value = "stainedglass")]
     pub model_id: String,
+    /// max_tokens of a request that gives none.
     #[arg(long, default_value_t = 256)]
     pub default_max_tokens: usize,
+    /// Longest templated prompt accepted, in tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_prompt_tokens: usize,
     /// Do not check at start-up that the server runs the artefact's base model.
@@ -189,10 +198,13 @@ pub struct LoadtestArgs {
     /// Base URL of the proxy.
     #[arg(long)]
     pub url: String,
+    /// Requests to send in all.
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
+    /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// max_tokens of every request.
     #[arg(long, default_value_t = 16)]
     pub max_tokens: usize,
     /// Prompts to cycle through (repeat the flag); default: one fixed question.

@@ -1,4 +1,4 @@
-//! Information measures (SPEC §5.3): Gaussian entropy, square Mahalanobis distance and a
+//! Information measures (`docs/spec.md` §5.3): Gaussian entropy, square Mahalanobis distance and a
 //! Monte-Carlo estimate of the mutual information between `X` and `X̃`.
 
 use candle_core::{DType, Tensor};

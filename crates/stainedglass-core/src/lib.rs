@@ -1,6 +1,6 @@
 //! Core of the Stained Glass Transform (SGT): the σ and μ parameterizations, the noise layers,
 //! `NoisyModel`, the composite cloak loss, information measures, the RNG policy, and save/load
-//! of noise-layer artefacts. See `SPEC.md` §2–5 for the math this crate pins.
+//! of noise-layer artefacts. See `docs/spec.md` §2–5 for the math this crate pins.
 
 pub mod error;
 pub mod fastmath;

@@ -1,4 +1,4 @@
-//! `NoisyModel` (SPEC §4): a frozen base model composed with a noise layer at its input. The mode
+//! `NoisyModel` (`docs/spec.md` §4): a frozen base model composed with a noise layer at its input. The mode
 //! is explicit — the same base model runs clean or transformed — and there are no global hooks.
 
 use candle_core::Tensor;

@@ -1,6 +1,6 @@
 //! AdamW with saveable state. Written here rather than using `candle_nn::AdamW` because a resumed
 //! training run must restore the moment estimates, which candle-nn's optimizer does not expose.
-//! Noise parameters (μ, ρ) are optimised with weight decay 0 (SPEC §2).
+//! Noise parameters (μ, ρ) are optimised with weight decay 0 (`docs/spec.md` §2).
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! σ and μ parameterizations (SPEC §2).
+//! σ and μ parameterizations (`docs/spec.md` §2).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Output protection (SPEC §8): the client sends an X25519 public key; the server answers with
+//! Output protection (`docs/spec.md` §8): the client sends an X25519 public key; the server answers with
 //! an ephemeral key of its own and seals every generated token with ChaCha20-Poly1305 under a
 //! key derived by HKDF-SHA256 from the shared secret. Nonces are a per-response counter, so a
 //! dropped, repeated, reordered or altered token fails to open, and a sealed end record (finish

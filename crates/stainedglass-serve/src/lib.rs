@@ -1,4 +1,4 @@
-//! Serving the Stained Glass Transform (SPEC §8).
+//! Serving the Stained Glass Transform (`docs/spec.md` §8).
 //!
 //! - [`server`]: the provider's inference server — prompt embeddings in (base64 safetensors),
 //!   tokens out, plain JSON or server-sent events; API keys, limits, graceful shutdown.

@@ -1,6 +1,6 @@
 //! Text inputs of the Stained Glass Transform: a tokenizer built from the model (GGUF metadata
 //! or `tokenizer.json`), its chat template rendered with minijinja, and the tokenizer wrapper
-//! of SPEC §6 that turns chat or instruction prompts into ids, attention mask, noise mask and,
+//! of `docs/spec.md` §6 that turns chat or instruction prompts into ids, attention mask, noise mask and,
 //! for training, labels and loss mask.
 
 pub mod artefact;

@@ -1,4 +1,4 @@
-//! The tokenizer wrapper of SPEC §6: chat or instruction prompts → `input_ids`,
+//! The tokenizer wrapper of `docs/spec.md` §6: chat or instruction prompts → `input_ids`,
 //! `attention_mask`, `noise_mask` and, with `include_labels`, `labels` and `loss_mask`.
 //!
 //! The conversation is rendered through the chat template once and tokenized once, so the ids

@@ -26,6 +26,7 @@ pub struct ApplyBenchArgs {
     /// Approximate prompt length in tokens (template included).
     #[arg(long, default_value_t = 256)]
     pub tokens: usize,
+    /// Timed applications.
     #[arg(long, default_value_t = 30)]
     pub iters: usize,
     /// Write the generated user message here (the PyTorch reference reads it).

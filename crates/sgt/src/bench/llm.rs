@@ -16,16 +16,22 @@ use std::time::Instant;
 pub struct LlmBenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Prompt length of the prefill measurement.
     #[arg(long, default_value_t = 128)]
     pub prefill_tokens: usize,
+    /// Tokens decoded in the decode measurement.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Rows per training step.
     #[arg(long, default_value_t = 4)]
     pub train_batch: usize,
+    /// Tokens per row of a training step.
     #[arg(long, default_value_t = 128)]
     pub train_seq: usize,
+    /// Layer the training step stops at (the distillation layer).
     #[arg(long, default_value_t = 6)]
     pub layer: usize,
+    /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
 }

@@ -19,12 +19,16 @@ use std::time::Instant;
 pub struct TextSgtBenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Rows per training step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens per row.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// Distillation layer.
     #[arg(long, default_value_t = 6)]
     pub layer: usize,
+    /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
 }

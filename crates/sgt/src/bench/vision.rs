@@ -17,14 +17,19 @@ use stainedglass_models::{Classifier, ClassifierConfig};
 
 #[derive(Args)]
 pub struct VisionBenchArgs {
+    /// Images per training step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Timed training steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// Images per client transform.
     #[arg(long, default_value_t = 256)]
     apply_batch: usize,
+    /// Timed client transforms.
     #[arg(long, default_value_t = 200)]
     apply_iters: usize,
 }

@@ -22,26 +22,34 @@ pub struct TokenizeArgs {
     /// An instruction prompt (with optional --context, --system, --response).
     #[arg(long)]
     pub instruction: Option<String>,
+    /// Context of the instruction prompt.
     #[arg(long, requires = "instruction")]
     pub context: Option<String>,
+    /// A system message.
     #[arg(long)]
     pub system: Option<String>,
+    /// The response of the instruction prompt (for labels).
     #[arg(long, requires = "instruction")]
     pub response: Option<String>,
     /// Tokenize plain text (no chat template, no masks).
     #[arg(long)]
     pub raw: bool,
+    /// Also print the labels and the loss mask.
     #[arg(long)]
     pub include_labels: bool,
     /// Put the loss on every token, not only on assistant replies.
     #[arg(long)]
     pub no_ignore_prompt_loss: bool,
+    /// Mark every token for the noise, template scaffolding included.
     #[arg(long)]
     pub transform_all_tokens: bool,
+    /// Append the assistant turn header, as for generation.
     #[arg(long)]
     pub add_generation_prompt: bool,
+    /// Truncate or refuse prompts longer than this many tokens.
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Truncate prompts longer than --max-length instead of refusing them.
     #[arg(long)]
     pub truncation: bool,
     /// Print JSON (default: a table).

@@ -116,6 +116,7 @@ pub struct ApplyArgs {
     /// torch, anything else → safetensors). Without it nothing is written.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Output format (default: from the --output file name).
     #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
     /// Also show what a server could read back by nearest-neighbour decoding.

@@ -49,15 +49,19 @@ pub struct EvalArgs {
 pub struct PrepareArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Where to write the conversations (JSON lines).
     #[arg(long, default_value = "runs/text-data/conversations.jsonl")]
     pub out: PathBuf,
+    /// Longest generated reply, in tokens.
     #[arg(long, default_value_t = 160)]
     pub max_new_tokens: usize,
+    /// Prompts answered together in one batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Use only the first N prompt records.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Regenerate the file even if it exists.
     #[arg(long)]
     pub force: bool,
 }
@@ -69,6 +73,7 @@ pub struct TrainArgs {
     /// TOML config (see configs/text-sgt-smollm2.toml).
     #[arg(long)]
     pub config: PathBuf,
+    /// Output directory (sgt/, checkpoints/, metrics.jsonl).
     #[arg(long, default_value = "runs/text-sgt")]
     pub output: PathBuf,
     /// Ignore existing checkpoints.

@@ -28,17 +28,22 @@ pub enum Arch {
 pub struct TrainClassifierArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Classifier architecture.
     #[arg(long, value_enum, default_value = "small-cnn")]
     arch: Arch,
     /// ResNet width (channels of the first stage).
     #[arg(long, default_value_t = 16)]
     width: usize,
+    /// Passes over the training set.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
+    /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Seed of the initial weights and the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Gaussian-noise augmentation: σ ~ U(0, this) per image.
@@ -47,6 +52,7 @@ pub struct TrainClassifierArgs {
     /// Pixel-masking augmentation: up to this fraction of pixels replaced by random values.
     #[arg(long, default_value_t = 0.0)]
     mask_augment: f64,
+    /// Steps between checkpoints (the run resumes from the latest).
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
     /// Output directory (model/, checkpoints/, metrics.jsonl).
@@ -74,6 +80,7 @@ pub struct TrainSgtArgs {
     /// Directory of the trained classifier (`.../model`).
     #[arg(long)]
     pub classifier: PathBuf,
+    /// Noise layer and training recipe.
     #[arg(long, value_enum, default_value = "cloak")]
     pub layer: LayerKind,
     /// Fraction of features (largest σ) replaced by μ.
@@ -85,12 +92,16 @@ pub struct TrainSgtArgs {
     /// Adaptive α: allowed relative rise of the task loss over the clean loss.
     #[arg(long, default_value_t = 0.1)]
     pub tolerance: f64,
+    /// Lower bound of σ.
     #[arg(long, default_value_t = 1e-4)]
     min_scale: f64,
+    /// Upper bound of σ.
     #[arg(long, default_value_t = 2.0)]
     max_scale: f64,
+    /// Temperature of the Cloak σ form σ(ρ) = min + (max − min)·(1 + tanh(ρ/shallow))/2.
     #[arg(long, default_value_t = 1.0)]
     shallow: f64,
+    /// Initial ρ (σ starts near its lower bound).
     #[arg(long, default_value_t = -4.0, allow_hyphen_values = true)]
     rhos_init: f64,
     /// Patch size for --layer patch.
@@ -101,23 +112,31 @@ pub struct TrainSgtArgs {
     /// tends to lock in: on Fashion-MNIST with adaptive α, 70.7% accuracy instead of 84.8%).
     #[arg(long, default_value_t = 0.5)]
     mask_warmup: f64,
+    /// Passes over the training set.
     #[arg(long, default_value_t = 2)]
     epochs: usize,
+    /// Stop after this many steps (default: all epochs).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Learning rate of μ and ρ (AdamW, weight decay 0).
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
+    /// Seed of the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Seed the noise for a reproducible run (default: OS entropy).
     #[arg(long)]
     noise_seed: Option<u64>,
+    /// Steps between checkpoints (the run resumes from the latest).
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
+    /// Output directory (noise_layer/, checkpoints/, metrics.jsonl).
     #[arg(long)]
     pub output: PathBuf,
+    /// Delete an existing run in --output instead of resuming it.
     #[arg(long)]
     pub fresh: bool,
 }

@@ -1,4 +1,4 @@
-//! The LLM distillation loss (SPEC §5.2). With `h`, `h̃` the clean and transformed activations
+//! The LLM distillation loss (`docs/spec.md` §5.2). With `h`, `h̃` the clean and transformed activations
 //! at the distillation layer (or the logits), `x`, `x̃` the clean and transformed input
 //! embeddings, `σ` the noise scale, `ℓ` the loss mask and `n` the noise mask:
 //! - `L_dist = w_cos·⟨1 − cos(h_t, h̃_t)⟩_ℓ + w_l2·⟨‖h_t − h̃_t‖ / ‖h_t‖⟩_ℓ`
@@ -30,7 +30,7 @@ pub struct DistillationConfig {
 }
 
 impl Default for DistillationConfig {
-    /// The known-good starting point of SPEC §5.2 (layer 12, α 0.54, w_std 0.01, w_sim 0.75,
+    /// The known-good starting point of `docs/spec.md` §5.2 (layer 12, α 0.54, w_std 0.01, w_sim 0.75,
     /// w_cos 12).
     fn default() -> Self {
         Self {
@@ -108,7 +108,7 @@ pub struct DistillationLoss {
     last: Mutex<Vec<(&'static str, f64)>>,
 }
 
-/// Builds the distillation loss (the factory of SPEC §5.2).
+/// Builds the distillation loss (the factory of `docs/spec.md` §5.2).
 pub fn distillation_loss_factory(config: DistillationConfig) -> Result<DistillationLoss> {
     config.validate()?;
     Ok(DistillationLoss {
@@ -142,7 +142,7 @@ impl DistillationLoss {
         self.last.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    /// The loss of SPEC §5.2.
+    /// The loss of `docs/spec.md` §5.2.
     pub fn compute(&self, i: &DistillationInputs<'_>) -> Result<DistillationRecord> {
         let c = &self.config;
         let f32_ = |t: &Tensor| t.to_dtype(DType::F32);

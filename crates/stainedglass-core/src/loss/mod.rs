@@ -1,5 +1,5 @@
-//! Losses: the composite cloak loss with fixed or adaptive α (SPEC §5.1) and the LLM
-//! distillation loss (SPEC §5.2).
+//! Losses: the composite cloak loss with fixed or adaptive α (`docs/spec.md` §5.1) and the LLM
+//! distillation loss (`docs/spec.md` §5.2).
 
 mod composite;
 pub mod distillation;

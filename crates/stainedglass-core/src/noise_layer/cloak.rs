@@ -1,4 +1,4 @@
-//! `CloakNoiseLayer` (SPEC §3.1): per-feature μ and ρ of the input's shape,
+//! `CloakNoiseLayer` (`docs/spec.md` §3.1): per-feature μ and ρ of the input's shape,
 //! `x̃ = m ⊙ (x + σ ⊙ ε) + μ`. Two recipes share the code:
 //! - [`CloakRecipe::OneShot`] (`CloakNoiseLayerOneShot`): μ, σ and the mask are learned jointly;
 //!   the mask is recomputed from the current σ on every call.

@@ -1,4 +1,4 @@
-//! Noise layers (SPEC §3). Every layer returns a [`NoiseOutput`] and honours an optional
+//! Noise layers (`docs/spec.md` §3). Every layer returns a [`NoiseOutput`] and honours an optional
 //! `noise_mask`: elements where it is 0 pass through bit-exactly.
 
 //!

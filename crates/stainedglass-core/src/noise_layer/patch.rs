@@ -1,4 +1,4 @@
-//! `PatchCloakNoiseLayer` (SPEC §3.2): μ and ρ live on a patch grid (per channel, or shared over
+//! `PatchCloakNoiseLayer` (`docs/spec.md` §3.2): μ and ρ live on a patch grid (per channel, or shared over
 //! channels) and are expanded over the pixels of each patch; the mask suppresses whole patches,
 //! largest σ first. Its noise loss ignores the mask.
 

@@ -1,4 +1,4 @@
-//! Information measures of a Gaussian mechanism on text (SPEC §5.3): the Monte-Carlo mutual
+//! Information measures of a Gaussian mechanism on text (`docs/spec.md` §5.3): the Monte-Carlo mutual
 //! information between tokens and what the server sees, and σ/|x| per transformed token.
 
 use super::mechanism::Applied;
@@ -18,7 +18,7 @@ pub struct Information {
     pub components: usize,
     /// `I / log K` (1 = the K tokens are perfectly distinguishable).
     pub normalised_by_log_components: f64,
-    /// `I / log |V|` (SPEC §5.3); bounded by `log K / log |V|`.
+    /// `I / log |V|` (`docs/spec.md` §5.3); bounded by `log K / log |V|`.
     pub normalised_by_log_vocab: f64,
 }
 

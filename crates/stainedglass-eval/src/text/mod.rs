@@ -1,4 +1,4 @@
-//! Text privacy and utility evaluation (SPEC §9): nearest-neighbour, learned and
+//! Text privacy and utility evaluation (`docs/spec.md` §9): nearest-neighbour, learned and
 //! BeamClean-style inversion of transformed tokens, mutual information and σ/|x|, next-token
 //! utility, perplexity and answer accuracy, against the SGT and two baselines, with reports.
 

@@ -1,4 +1,4 @@
-//! The text attack suite (SPEC §9): every mechanism (clean, the SGT, Gaussian and metric-DP
+//! The text attack suite (`docs/spec.md` §9): every mechanism (clean, the SGT, Gaussian and metric-DP
 //! baselines at several strengths) is applied once to the held-out prompts; each gets
 //! nearest-neighbour recovery, next-token utility, perplexity and answer accuracy; the SGT and
 //! the baselines closest to it in utility also face the learned inverters and BeamClean; every

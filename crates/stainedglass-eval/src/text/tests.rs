@@ -1,4 +1,4 @@
-//! Sanity checks of the attack suite on a synthetic vocabulary (SPEC §9).
+//! Sanity checks of the attack suite on a synthetic vocabulary (`docs/spec.md` §9).
 
 use super::info::text_mutual_information;
 use super::inverter::{InverterConfig, MlpInverter};

@@ -13,6 +13,6 @@ pub(crate) struct Block {
     pub mlp_norm: RmsNorm,
     pub gate_up: Linear,
     pub down: Linear,
-    /// The weights packed for training's large products, once (`decoder_stack`).
+    /// The weights packed for training's large products, once (`llm::stack`).
     pub packed: OnceLock<PackedLayer>,
 }

@@ -337,7 +337,7 @@ impl Llama {
         let positions = Arc::new(positions);
         let (hq, hkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut x = embeds.clone();
-        // On the CPU the layers run as one op (`decoder_stack`): a differentiable one for
+        // On the CPU the layers run as one op (`llm::stack`): a differentiable one for
         // uncached passes, a host pass for cached inference (prefill and decoding).
         let cached_with_grad = last_only && embeds.track_op();
         if !cached_with_grad && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {

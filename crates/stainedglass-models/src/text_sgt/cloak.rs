@@ -1,4 +1,4 @@
-//! TransformerCloak (SPEC §3.3): the sequence-dependent SGT for LLM input embeddings.
+//! TransformerCloak (`docs/spec.md` §3.3): the sequence-dependent SGT for LLM input embeddings.
 //! `(μ, r) = Estimator(x, attention_mask)`, `σ = Param(r)`,
 //! `x̃_t = x_t + n_t·(μ_t + σ_t ⊙ ε_t)`; with `percent_to_mask` the largest-σ features of each
 //! transformed token are replaced by `μ`. The estimator (`estimator.rs`) is followed by two

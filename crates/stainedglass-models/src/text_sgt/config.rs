@@ -12,7 +12,7 @@ use stainedglass_core::param::{
 use crate::error::{Error, Result};
 use crate::llm::LlamaConfig;
 
-/// The SGT's own hyper-parameters (SPEC §3.3).
+/// The SGT's own hyper-parameters (`docs/spec.md` §3.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "SettingsWire")]
 pub struct CloakSettings {
@@ -29,7 +29,7 @@ pub struct CloakSettings {
 }
 
 impl Default for CloakSettings {
-    /// SPEC defaults: one estimator layer, σ ∈ (1e-4, 2) with temperature 1, ρ₀ = −4.
+    /// Spec defaults: one estimator layer, σ ∈ (1e-4, 2) with temperature 1, ρ₀ = −4.
     fn default() -> Self {
         Self {
             estimator_layers: 1,
@@ -138,7 +138,7 @@ pub struct TransformerCloakConfig {
 }
 
 impl TransformerCloakConfig {
-    /// SPEC defaults for `base`.
+    /// Spec defaults for `base`.
     pub fn new(base: LlamaConfig) -> Self {
         Self::with_settings(base, CloakSettings::default())
     }

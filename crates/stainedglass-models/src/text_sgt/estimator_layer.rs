@@ -1,7 +1,7 @@
 //! One **trainable** decoder layer (the TransformerCloak estimator's) as a single op on the CPU:
 //! the input `x: (b, t, hidden)` and all of the layer's parameters packed in one vector
 //! ([`PackedLayout`]); backward returns the input gradient and the parameters' gradient in the
-//! same packed layout. It runs the decoder stack's host kernels (`decoder_stack`), so training
+//! same packed layout. It runs the decoder stack's host kernels (`llm::stack`), so training
 //! and the client's frozen pass compute the same numbers, and the autograd graph holds one node
 //! per layer instead of about thirty, each with its zero-filled gradient buffers.
 

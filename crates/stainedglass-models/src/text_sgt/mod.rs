@@ -1,4 +1,4 @@
-//! The text SGT: [`TransformerCloak`] (SPEC §3.3), the sequence-dependent Stained Glass
+//! The text SGT: [`TransformerCloak`] (`docs/spec.md` §3.3), the sequence-dependent Stained Glass
 //! Transform for LLM input embeddings, and [`NoiseMaskedNoisyTransformerModel`], the frozen
 //! model behind it. The image noise layers (`CloakNoiseLayer`, `PatchCloakNoiseLayer`) live in
 //! `stainedglass_core::noise_layer`; this one lives beside the Llama whose layers and kernels

@@ -1,4 +1,4 @@
-//! `NoiseMaskedNoisyTransformerModel` (SPEC §4): ids + attention mask + noise mask → embeddings →
+//! `NoiseMaskedNoisyTransformerModel` (`docs/spec.md` §4): ids + attention mask + noise mask → embeddings →
 //! TransformerCloak (only tokens with `noise_mask = 1`) → the frozen base model from embeddings,
 //! stopping at layer k or at the logits. The mode is explicit: the same object runs the clean
 //! pass and the transformed pass, which the distillation loss compares.

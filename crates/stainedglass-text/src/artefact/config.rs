@@ -1,4 +1,4 @@
-//! `config.json` of the client artefact (SPEC §7): everything a client needs to apply the
+//! `config.json` of the client artefact (`docs/spec.md` §7): everything a client needs to apply the
 //! transform with no hyper-parameters to know, and the hashes that tie it to its files and to
 //! the base model.
 

@@ -1,4 +1,4 @@
-//! `StainedGlassTransformForText` (SPEC §7): the client artefact a provider ships. A directory
+//! `StainedGlassTransformForText` (`docs/spec.md` §7): the client artefact a provider ships. A directory
 //! with a versioned `config.json`, `model.safetensors` (the SGT parameters and the input
 //! embedding table, optionally f16), `tokenizer.json`, `tokenizer_config.json` and
 //! `chat_template.jinja`. Loading validates the version, every file's sha256, tensor names,

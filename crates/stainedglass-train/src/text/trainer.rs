@@ -1,5 +1,5 @@
 //! The text-SGT trainer: TransformerCloak on a frozen Llama-family model, trained with the
-//! distillation loss (SPEC §5.2) on chat conversations. AdamW (weight decay 0), warm-up then
+//! distillation loss (`docs/spec.md` §5.2) on chat conversations. AdamW (weight decay 0), warm-up then
 //! linear decay, gradient accumulation and clipping, quick evaluations on held-out
 //! conversations, atomic checkpoints and bit-exact resume, a progress bar and JSON-lines
 //! metrics (`metrics.jsonl`: `"kind": "train"` per step, `"kind": "eval"` per evaluation).

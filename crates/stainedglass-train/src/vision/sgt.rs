@@ -1,4 +1,4 @@
-//! Trains a vision SGT on a frozen classifier with the composite cloak loss (SPEC §5.1).
+//! Trains a vision SGT on a frozen classifier with the composite cloak loss (`docs/spec.md` §5.1).
 //! Only the noise layer's μ and ρ are optimised (AdamW, weight decay 0); the classifier holds plain
 //! tensors. With the two-phase Cloak recipe, the first half of the steps grows σ without a mask,
 //! then the mask is frozen and μ alone is fine-tuned with α = 0.

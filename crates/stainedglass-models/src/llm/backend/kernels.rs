@@ -1,6 +1,6 @@
-//! Host kernels of the Llama block on plain `f32` slices: RMSNorm, rotary embedding, SwiGLU
+//! Host kernels of the Llama block on plain `f32` slices: RMSNorm, SwiGLU
 //! and causal grouped-query attention, each with its input-gradient counterpart. The custom ops
-//! in `ops` (one op per layer part) and the fused decoder stack in `decoder_stack` (one op for
+//! in `ops` (one op per layer part) and the fused decoder stack in `llm::stack` (one op for
 //! many layers) both run these, so the two paths compute the same numbers.
 
 use super::gemv::dot;
