@@ -1,8 +1,15 @@
 //! PNG output: privacy–utility curves (plotters) and image grids (clean vs transformed).
+//!
+//! Charts are drawn into an RGB buffer with plotters' pure-Rust text rendering (`ab_glyph`) and
+//! the DejaVu Sans font compiled in (the `dejavu` crate), then encoded with `image`: building and
+//! running need no system font or image library.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
 
 use crate::{Error, Result};
 
@@ -11,6 +18,42 @@ fn out_err(path: &Path, e: impl ToString) -> Error {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
+}
+
+/// Registers the compiled-in DejaVu Sans as plotters' `sans-serif`, once.
+fn fonts() -> Result<()> {
+    static OK: OnceLock<bool> = OnceLock::new();
+    let ok = *OK.get_or_init(|| {
+        register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Input(
+            "the bundled DejaVu Sans font did not load".into(),
+        ))
+    }
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// Draws a `(w, h)` chart with `draw` (which fills and presents the area), then writes it to
+/// `path` as PNG.
+fn render_png(
+    path: &Path,
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&Area) -> Result<()>,
+) -> Result<()> {
+    fonts()?;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(|e| out_err(path, e))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| out_err(path, "chart buffer of the wrong size"))?;
+    img.save(path).map_err(|e| out_err(path, e))
 }
 
 /// One labelled series of `(x, y)` points.
@@ -50,46 +93,46 @@ pub fn line_chart(
         .max()
         .unwrap_or(0);
     let label_room = (x1 - x0 + 2.0 * px) * (longest as f64 * 7.0 / 700.0);
-    let root = BitMapBackend::new(path, (800, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| out_err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x0 - px)..(x1 + px.max(label_room)), (y0 - py)..(y1 + py))
-        .map_err(|e| out_err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| out_err(path, e))?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, s) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| out_err(path, e))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(s.points.iter().map(|(x, y, label)| {
-                EmptyElement::at((*x, *y))
-                    + Circle::new((0, 0), 4, color.filled())
-                    + Text::new(label.clone(), (6, -14), ("sans-serif", 14))
-            }))
+    render_png(path, (800, 560), |root| {
+        root.fill(&WHITE).map_err(|e| out_err(path, e))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0 - px)..(x1 + px.max(label_room)), (y0 - py)..(y1 + py))
             .map_err(|e| out_err(path, e))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| out_err(path, e))?;
-    root.present().map_err(|e| out_err(path, e))?;
-    Ok(())
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| out_err(path, e))?;
+        let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+        for (i, s) in series.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| out_err(path, e))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart
+                .draw_series(s.points.iter().map(|(x, y, label)| {
+                    EmptyElement::at((*x, *y))
+                        + Circle::new((0, 0), 4, color.filled())
+                        + Text::new(label.clone(), (6, -14), ("sans-serif", 14))
+                }))
+                .map_err(|e| out_err(path, e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| out_err(path, e))?;
+        Ok(())
+    })
 }
 
 /// Writes rows of `[C, H, W]` images in `[0, 1]` (C = 1 or 3) as one PNG grid, scaled by `zoom`.
@@ -160,29 +203,29 @@ pub fn histogram(
         counts[b] += 1;
     }
     let top = counts.iter().copied().max().unwrap_or(1) as f64 * 1.1;
-    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| out_err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d(lo..(lo + width * bins as f64), 0f64..top)
-        .map_err(|e| out_err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc("tokens")
-        .draw()
-        .map_err(|e| out_err(path, e))?;
-    chart
-        .draw_series(counts.iter().enumerate().map(|(i, &c)| {
-            let x0 = lo + width * i as f64;
-            Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], BLUE.mix(0.6).filled())
-        }))
-        .map_err(|e| out_err(path, e))?;
-    root.present().map_err(|e| out_err(path, e))?;
-    Ok(())
+    render_png(path, (800, 480), |root| {
+        root.fill(&WHITE).map_err(|e| out_err(path, e))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..(lo + width * bins as f64), 0f64..top)
+            .map_err(|e| out_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("tokens")
+            .draw()
+            .map_err(|e| out_err(path, e))?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + width * i as f64;
+                Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], BLUE.mix(0.6).filled())
+            }))
+            .map_err(|e| out_err(path, e))?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
