@@ -5,14 +5,14 @@
 
 use crate::{EmbeddingIndex, Result};
 use candle_core::{DType, Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use stainedglass_core::NoiseRng;
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::EncodedPrompt;
 
 /// Results of one quick evaluation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuickEval {
     pub nn_top1_cosine: f64,
     pub nn_top1_l2: f64,

@@ -4,6 +4,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use stainedglass_eval::plot::{line_chart, Series};
+use stainedglass_metrics::QuickEval;
+use stainedglass_train::text::EvalRecord;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -19,24 +21,29 @@ pub struct CurveArgs {
 pub fn run(a: CurveArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.metrics)
         .with_context(|| format!("reading {}", a.metrics.display()))?;
-    let mut evals = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{} holds a line that is not JSON", a.metrics.display()))?;
+    let mut evals: Vec<EvalRecord> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = || format!("{} line {}", a.metrics.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         if v["kind"] == "eval" {
-            evals.push(v);
+            let r = serde_json::from_value(v)
+                .with_context(|| format!("{}: not an evaluation record", at()))?;
+            evals.push(r);
         }
     }
     if evals.is_empty() {
         bail!("{} holds no evaluation records", a.metrics.display());
     }
-    let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    let pct = |v: &serde_json::Value, k: &str| 100.0 * get(v, k);
-    let series = |name: &str, key: &str| Series {
+    let series = |name: &str, f: fn(&QuickEval) -> f64| Series {
         name: name.to_string(),
         points: evals
             .iter()
-            .map(|v| (get(v, "step"), pct(v, key), String::new()))
+            .map(|r| (r.step as f64, 100.0 * f(&r.eval), String::new()))
             .collect(),
     };
     std::fs::create_dir_all(&a.output)?;
@@ -46,20 +53,20 @@ pub fn run(a: CurveArgs) -> Result<()> {
         "training step",
         "percent",
         &[
-            series("NN recovery, cosine (%)", "nn_top1_cosine"),
-            series("NN recovery, L2 (%)", "nn_top1_l2"),
-            series("next-token agreement (%)", "next_token_agreement"),
+            series("NN recovery, cosine (%)", |e| e.nn_top1_cosine),
+            series("NN recovery, L2 (%)", |e| e.nn_top1_l2),
+            series("next-token agreement (%)", |e| e.next_token_agreement),
         ],
     )?;
     let trade = Series {
         name: "TransformerCloak during training".into(),
         points: evals
             .iter()
-            .map(|v| {
+            .map(|r| {
                 (
-                    pct(v, "nn_top1_cosine"),
-                    pct(v, "next_token_agreement"),
-                    format!("{}", get(v, "step")),
+                    100.0 * r.eval.nn_top1_cosine,
+                    100.0 * r.eval.next_token_agreement,
+                    r.step.to_string(),
                 )
             })
             .collect(),
@@ -71,10 +78,9 @@ pub fn run(a: CurveArgs) -> Result<()> {
         "next-token top-1 agreement (%)",
         &[trade],
     )?;
-    let json: Vec<serde_json::Value> = evals.clone();
     std::fs::write(
         a.output.join("curve.json"),
-        serde_json::to_string_pretty(&json)?,
+        serde_json::to_string_pretty(&evals)?,
     )?;
     eprintln!("wrote {}", a.output.display());
     Ok(())

@@ -3,14 +3,26 @@
 use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
+use serde::Serialize;
 use stainedglass_core::io::load_noise_layer;
 use stainedglass_eval::plot::{line_chart, Series};
-use stainedglass_eval::vision::evaluate_vision;
+use stainedglass_eval::vision::{evaluate_vision, VisionEval};
 use stainedglass_models::{Classifier, Split};
 use stainedglass_train::vision::train_sgt;
 
 use super::train::{LayerKind, TrainSgtArgs};
 use crate::eval::vision::EvalFlags;
+
+/// One trained and evaluated point of the curve (a row of `curve.json`).
+#[derive(Serialize)]
+struct CurvePoint {
+    /// Fixed α, or `None` for adaptive α.
+    alpha: Option<f64>,
+    adaptive_tolerance: Option<f64>,
+    final_alpha: f64,
+    label: String,
+    eval: VisionEval,
+}
 
 #[derive(Args)]
 pub struct CurveArgs {
@@ -64,15 +76,14 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
             device,
         )?;
         eprintln!("{label}: {}", serde_json::to_string(&r)?);
-        rows.push(serde_json::json!({
-            "alpha": alpha,
-            "adaptive_tolerance": alpha.is_none().then_some(tolerance),
-            "final_alpha": run.final_alpha,
-            "label": label,
-            "eval": r,
-        }));
+        rows.push(CurvePoint {
+            alpha,
+            adaptive_tolerance: alpha.is_none().then_some(tolerance),
+            final_alpha: run.final_alpha,
+            label,
+            eval: r,
+        });
     }
-    let get = |r: &serde_json::Value, k: &str| r["eval"][k].as_f64().unwrap_or(f64::NAN);
     let kind = match a.train.layer {
         LayerKind::Cloak => "one-shot Cloak",
         LayerKind::CloakTwoPhase => "two-phase Cloak",
@@ -83,19 +94,19 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
         100.0 * a.train.percent_to_mask.unwrap_or(0.0)
     );
     // One series for fixed α, one for adaptive α (when swept).
-    let series = |xk: &str| -> Vec<Series> {
+    let series = |x: fn(&VisionEval) -> Option<f64>| -> Vec<Series> {
         [(false, "fixed α"), (true, "adaptive α")]
             .into_iter()
             .map(|(adaptive, alpha_kind)| Series {
                 name: format!("{layer_name}, {alpha_kind}"),
                 points: rows
                     .iter()
-                    .filter(|r| r["alpha"].is_null() == adaptive)
+                    .filter(|r| r.alpha.is_none() == adaptive)
                     .map(|r| {
                         (
-                            get(r, xk),
-                            100.0 * get(r, "transformed_accuracy"),
-                            r["label"].as_str().unwrap_or("").to_string(),
+                            x(&r.eval).unwrap_or(f64::NAN),
+                            100.0 * r.eval.transformed_accuracy,
+                            r.label.clone(),
                         )
                     })
                     .collect(),
@@ -105,7 +116,7 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
     };
     let clean = rows
         .first()
-        .map(|r| 100.0 * get(r, "clean_accuracy"))
+        .map(|r| 100.0 * r.eval.clean_accuracy)
         .unwrap_or(f64::NAN);
     let title = format!("Privacy–utility over α (clean accuracy {clean:.1}%)");
     line_chart(
@@ -113,7 +124,7 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
         &title,
         "mean SSIM(x, x̃)  (lower = more private)",
         "transformed accuracy (%)",
-        &series("mean_ssim"),
+        &series(|e| Some(e.mean_ssim)),
     )?;
     if !a.flags.no_attack {
         line_chart(
@@ -121,7 +132,7 @@ pub fn curve(mut a: CurveArgs, device: &Device) -> Result<()> {
             &title,
             "reconstruction PSNR (dB, lower = more private)",
             "transformed accuracy (%)",
-            &series("reconstruction_psnr_db"),
+            &series(|e| e.reconstruction_psnr_db),
         )?;
     }
     let json = serde_json::to_string_pretty(&rows)?;

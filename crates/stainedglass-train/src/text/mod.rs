@@ -9,4 +9,4 @@ pub mod trainer;
 pub use batch::{held_out_eval, held_out_rows, training_rows};
 pub use config::TextTrainConfig;
 pub use sgt_io::{load_sgt, save_sgt};
-pub use trainer::{train, RunOptions, TrainSummary, SGT_DIR};
+pub use trainer::{train, EvalRecord, RunOptions, TrainSummary, SGT_DIR};

@@ -52,12 +52,13 @@ struct TrainRecord<'a> {
     losses: &'a HashMap<&'static str, f64>,
 }
 
-#[derive(Serialize)]
-struct EvalRecord<'a> {
-    kind: &'static str,
-    step: u64,
+/// A `"kind": "eval"` line of `metrics.jsonl`: the held-out quick evaluation after `step` steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub kind: String,
+    pub step: u64,
     #[serde(flatten)]
-    eval: &'a QuickEval,
+    pub eval: QuickEval,
 }
 
 /// Options of one invocation.
@@ -407,9 +408,9 @@ pub fn train(
         if done % cfg.train.eval_every == 0 || last {
             let e = held.eval(&run.cloak, true)?;
             metrics.write(&EvalRecord {
-                kind: "eval",
+                kind: "eval".into(),
                 step: done,
-                eval: &e,
+                eval: e.clone(),
             })?;
             pb.println(format!(
                 "step {done}: nn recovery cos {:.1}% l2 {:.1}% | next-token agreement {:.1}% KL {:.3}",
