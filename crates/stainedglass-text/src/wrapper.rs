@@ -265,21 +265,14 @@ impl TokenizerWrapper {
         Self::validate(&messages)?;
         let r = self.render(&messages)?;
         let (ids, offsets) = self.tokenizer.encode_with_offsets(&r.text)?;
-        let overlaps = |(ts, te): (usize, usize), (s, e): (usize, usize)| {
-            if ts == te {
-                s <= ts && ts < e
-            } else {
-                ts < e && te > s
-            }
-        };
         let n = ids.len();
+        // Which message each token belongs to, one binary search per token.
+        let spans = MessageSpans::new(&r.spans);
+        let owner: Vec<Option<usize>> = offsets.iter().map(|&o| spans.owner(o)).collect();
         let noise_mask: Vec<u8> = if self.options.transform_all_tokens {
             vec![1; n]
         } else {
-            offsets
-                .iter()
-                .map(|&o| u8::from(r.spans.iter().any(|&sp| sp.1 > sp.0 && overlaps(o, sp))))
-                .collect()
+            owner.iter().map(|m| u8::from(m.is_some())).collect()
         };
         let mut enc = EncodedPrompt {
             attention_mask: vec![1; n],
@@ -290,18 +283,15 @@ impl TokenizerWrapper {
         };
         if self.options.include_labels {
             let loss: Vec<u8> = if self.options.ignore_prompt_loss {
-                let mut l = vec![0u8; n];
-                for (m, &(s, e)) in messages.iter().zip(&r.spans) {
+                let assistant =
+                    |m: Option<usize>| m.is_some_and(|m| messages[m].role == Role::Assistant);
+                let mut l: Vec<u8> = owner.iter().map(|&m| u8::from(assistant(m))).collect();
+                // The token that closes each reply (end of turn) is learned too.
+                for (m, &(_, e)) in messages.iter().zip(&r.spans) {
                     if m.role != Role::Assistant {
                         continue;
                     }
-                    for (k, &o) in offsets.iter().enumerate() {
-                        if e > s && overlaps(o, (s, e)) {
-                            l[k] = 1;
-                        }
-                    }
-                    // The token that closes the reply (end of turn) is learned too.
-                    if let Some(k) = offsets.iter().position(|&(ts, _)| ts >= e) {
+                    if let Some(k) = first_token_at_or_after(&offsets, e) {
                         if self.tokenizer.is_special(enc.input_ids[k]) {
                             l[k] = 1;
                         }
@@ -369,5 +359,79 @@ impl TokenizerWrapper {
             r.pad(target, pad, self.options.padding_side);
         }
         Ok(EncodedBatch { rows })
+    }
+}
+
+/// The byte spans of the messages' contents in the rendered text (in order, disjoint), to
+/// find which message a token belongs to in O(log messages).
+struct MessageSpans {
+    /// `(start, end, message index)` of every non-empty span, in order.
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl MessageSpans {
+    fn new(spans: &[(usize, usize)]) -> Self {
+        Self {
+            spans: spans
+                .iter()
+                .enumerate()
+                .filter(|(_, &(s, e))| e > s)
+                .map(|(i, &(s, e))| (s, e, i))
+                .collect(),
+        }
+    }
+
+    /// The message whose content the token with byte offsets `(ts, te)` overlaps (a
+    /// zero-width token belongs to the span it sits in).
+    fn owner(&self, (ts, te): (usize, usize)) -> Option<usize> {
+        let j = self.spans.partition_point(|&(_, e, _)| e <= ts);
+        let &(s, e, i) = self.spans.get(j)?;
+        let overlaps = if ts == te {
+            s <= ts && ts < e
+        } else {
+            ts < e && te > s
+        };
+        overlaps.then_some(i)
+    }
+}
+
+/// The first token (in order) that starts at or after byte `at`.
+fn first_token_at_or_after(offsets: &[(usize, usize)], at: usize) -> Option<usize> {
+    if offsets.windows(2).all(|w| w[0].0 <= w[1].0) {
+        let k = offsets.partition_point(|&(ts, _)| ts < at);
+        (k < offsets.len()).then_some(k)
+    } else {
+        offsets.iter().position(|&(ts, _)| ts >= at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary search gives what checking every span gives, for every token shape.
+    #[test]
+    fn message_spans_find_the_owner_like_a_scan() {
+        let raw = [(3, 7), (7, 7), (9, 12), (20, 21)];
+        let spans = MessageSpans::new(&raw);
+        let scan = |(ts, te): (usize, usize)| {
+            raw.iter().position(|&(s, e)| {
+                e > s
+                    && if ts == te {
+                        s <= ts && ts < e
+                    } else {
+                        ts < e && te > s
+                    }
+            })
+        };
+        for ts in 0..24 {
+            for te in ts..24 {
+                assert_eq!(spans.owner((ts, te)), scan((ts, te)), "token ({ts}, {te})");
+            }
+        }
+        let offsets = [(0, 2), (2, 5), (5, 5), (9, 11)];
+        assert_eq!(first_token_at_or_after(&offsets, 5), Some(2));
+        assert_eq!(first_token_at_or_after(&offsets, 12), None);
+        assert_eq!(first_token_at_or_after(&[(4, 5), (0, 1)], 1), Some(0));
     }
 }

@@ -55,6 +55,10 @@ impl Checkpoints {
         let fin = self.root.join(&name);
         let _ = std::fs::remove_dir_all(&fin);
         std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+        // The rename is durable before the pointer names it.
+        if let Ok(d) = std::fs::File::open(&self.root) {
+            let _ = d.sync_all();
+        }
         atomic_write(&self.root.join(LATEST), name.as_bytes())?;
         self.prune(&name);
         Ok(fin)
@@ -89,7 +93,15 @@ impl Checkpoints {
             return Ok(None);
         }
         let name = std::fs::read_to_string(&ptr).map_err(|e| Error::io(&ptr, e))?;
-        let dir = self.root.join(name.trim());
+        let name = name.trim();
+        if !is_step_name(name) {
+            return Err(Error::ckpt(
+                &ptr,
+                "the pointer does not name a checkpoint (`step-` and 8 digits); delete it, or \
+                 the checkpoint directory to start over",
+            ));
+        }
+        let dir = self.root.join(name);
         let spath = dir.join(STATE);
         let bytes = std::fs::read(&spath).map_err(|e| Error::io(&spath, e))?;
         let state: S = serde_json::from_slice(&bytes).map_err(|e| {
@@ -115,6 +127,13 @@ impl Checkpoints {
     }
 }
 
+/// Whether `name` is a checkpoint directory's name, `step-` and 8 digits: a pointer never leads
+/// outside the checkpoint folder.
+fn is_step_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Removes a directory tree if it exists (for `--fresh` starts).
 pub fn clear(path: &Path) -> Result<()> {
     if path.exists() {
@@ -126,6 +145,23 @@ pub fn clear(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pointer_outside_the_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::new(dir.path());
+        for bad in ["../../etc", "step-1", "/abs", "step-0000000a", ""] {
+            std::fs::write(dir.path().join(LATEST), bad).unwrap();
+            let e = match c.load_latest::<u64>(&["w"], &Device::Cpu) {
+                Err(e) => e,
+                Ok(_) => panic!("{bad}: accepted"),
+            };
+            assert!(
+                e.to_string().contains("does not name a checkpoint"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn save_prune_and_load_latest() {

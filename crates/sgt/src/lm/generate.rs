@@ -115,6 +115,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
         FinishReason::Cancelled => "cancelled",
+        FinishReason::NonFinite => "non-finite logits",
     };
     if a.json {
         let v = serde_json::json!({

@@ -78,6 +78,9 @@ pub enum FinishReason {
     Length,
     /// The token callback asked to stop.
     Cancelled,
+    /// The row's logits were not finite (its input cannot be meaningful); the other rows of the
+    /// batch go on.
+    NonFinite,
 }
 
 #[derive(Debug, Clone)]
@@ -120,22 +123,27 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(&l);
         }
-        let temp = self.params.temperature as f32;
+        let temp = self.params.temperature;
         let mut idx: Vec<usize> = (0..l.len()).collect();
         idx.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
         if let Some(k) = self.params.top_k {
             idx.truncate(k.max(1));
         }
-        let m = l[idx[0]] / temp;
-        let mut p: Vec<f32> = idx.iter().map(|&i| (l[i] / temp - m).exp()).collect();
-        let z: f32 = p.iter().sum();
+        // Differences from the largest logit, divided in f64: a temperature as small as 1e-40
+        // then gives weight 1 to the largest logits and 0 to the rest (greedy), never inf − inf.
+        let top = f64::from(l[idx[0]]);
+        let mut p: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((f64::from(l[i]) - top) / temp).exp())
+            .collect();
+        let z: f64 = p.iter().sum();
         p.iter_mut().for_each(|x| *x /= z);
         if let Some(top_p) = self.params.top_p {
-            let mut c = 0f32;
+            let mut c = 0f64;
             let mut keep = p.len();
             for (n, x) in p.iter().enumerate() {
                 c += x;
-                if c >= top_p as f32 {
+                if c >= top_p {
                     keep = n + 1;
                     break;
                 }
@@ -143,8 +151,8 @@ impl Sampler {
             p.truncate(keep);
             idx.truncate(keep);
         }
-        let z: f32 = p.iter().sum();
-        let mut u = self.rng.random::<f32>() * z;
+        let z: f64 = p.iter().sum();
+        let mut u = self.rng.random::<f64>() * z;
         for (n, x) in p.iter().enumerate() {
             if u < *x {
                 return idx[n] as u32;
@@ -387,11 +395,9 @@ impl Llama {
                     finish[i] = Some(FinishReason::Length);
                     continue;
                 }
-                if rows_l[i].iter().any(|x| x.is_nan()) {
-                    return Err(Error::Invalid {
-                        what: "logits (NaN)".into(),
-                        expected: "finite logits; are the input embeddings finite?".into(),
-                    });
+                if rows_l[i].iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+                    finish[i] = Some(FinishReason::NonFinite);
+                    continue;
                 }
                 let tok = samplers[i].sample(&rows_l[i], &seen[i]);
                 seen[i].push(tok);
@@ -455,6 +461,20 @@ mod tests {
         })
         .expect("sampler");
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
+    }
+
+    /// A vanishing temperature samples the largest logit, never a garbage token from an
+    /// overflow (1e-40 is below f32's smallest normal number).
+    #[test]
+    fn tiny_temperatures_are_greedy() {
+        let logits: Vec<f32> = (0..500).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        let best = argmax(&logits);
+        for t in [1e-40, 1e-300, 1e-6] {
+            let mut s = Sampler::new(params(t)).expect("sampler");
+            for _ in 0..20 {
+                assert_eq!(s.sample(&logits, &[]), best, "temperature {t}");
+            }
+        }
     }
 
     #[test]

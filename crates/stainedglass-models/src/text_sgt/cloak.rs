@@ -145,6 +145,11 @@ impl TransformerCloak {
         self.estimator.hidden(x, attention_mask, Grad::Track)
     }
 
+    /// The longest sequence (in tokens) the layer transforms.
+    pub fn max_positions(&self) -> usize {
+        self.estimator.max_positions()
+    }
+
     /// Variables of the estimator's decoder layers only (not the heads).
     pub fn estimator_parameters(&self) -> Vec<Var> {
         self.estimator.parameters()

@@ -203,6 +203,11 @@ impl Estimator {
             .collect()
     }
 
+    /// The longest sequence the estimator accepts (the base model's positions).
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions
+    }
+
     /// Whether a training pass on `t` runs the host ops (estimator layers, heads, noise
     /// combination) rather than the composed candle ops.
     pub fn host_training(&self, grad: Grad, t: &Tensor) -> bool {
@@ -217,6 +222,22 @@ impl Estimator {
                 what: "TransformerCloak input".into(),
                 expected: format!("(batch, seq, {})", self.base.hidden_size),
                 got: x.dims().to_vec(),
+            });
+        }
+        if t > self.rope.max_positions {
+            return Err(Error::Invalid {
+                what: format!("a sequence of {t} tokens"),
+                expected: format!(
+                    "at most {} tokens (the base model's positions)",
+                    self.rope.max_positions
+                ),
+            });
+        }
+        if attention_mask.len() != b * t {
+            return Err(Error::Shape {
+                what: "attention mask".into(),
+                expected: format!("{} entries (batch × seq)", b * t),
+                got: vec![attention_mask.len()],
             });
         }
         let c = &self.base;

@@ -58,6 +58,10 @@ pub struct BaseModelSection {
     /// sha256 (hex) of the base model's f32 input-embedding table, little-endian, row-major.
     /// A server computes the same hash of its own table to prove it serves the same model.
     pub embedding_sha256: String,
+    /// With f16 storage: the same hash of the table as stored (rounded to f16, read back as
+    /// f32), checked on load as `embedding_sha256` is for f32. Absent in older artefacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_embedding_sha256: Option<String>,
 }
 
 /// Which tokens the client transforms.

@@ -50,6 +50,37 @@ fn rand_suffix() -> u64 {
     h.finish()
 }
 
+/// Replaces the existing `dir` with `tmp`. On Linux one `renameat2(RENAME_EXCHANGE)` swaps the
+/// two names, so `dir` never goes missing; elsewhere (or where the filesystem cannot exchange)
+/// the old directory is moved aside first, a short window in which `dir` is absent.
+fn swap_in(tmp: &Path, dir: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, tmp, CWD, dir, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // `tmp` now names the old artefact.
+                let _ = std::fs::remove_dir_all(tmp);
+                return Ok(());
+            }
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(tmp);
+                return Err(io(dir, e.into()));
+            }
+        }
+    }
+    let old = sibling(dir, "old");
+    std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    if let Err(e) = std::fs::rename(tmp, dir) {
+        let _ = std::fs::rename(&old, dir);
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(io(dir, e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
 /// Writes `files` into a fresh sibling directory (each fsynced), then swaps it in for `dir`:
 /// a reader sees the old artefact or the new one, never a mix.
 pub(crate) fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
@@ -75,20 +106,17 @@ pub(crate) fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(io(&tmp, e));
     }
-    let old = sibling(&dir, "old");
-    let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(&dir, &old).map_err(|e| io(&dir, e))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        if had_old {
-            let _ = std::fs::rename(&old, &dir);
-        }
+    if dir.exists() {
+        swap_in(&tmp, &dir)?;
+    } else if let Err(e) = std::fs::rename(&tmp, &dir) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(io(&dir, e));
     }
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
+    // The new entry is durable once the parent directory is.
+    if let Some(parent) = dir.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ pub use config::{ArtefactConfig, EmbeddingDtype, NoiseMaskPolicy};
 use crate::error::{Error, Result};
 use crate::prompt::PromptInput;
 use crate::tokenizer::TextTokenizer;
-use crate::wrapper::{Padding, TokenizerWrapper, WrapperOptions};
+use crate::wrapper::{EncodedPrompt, Padding, TokenizerWrapper, WrapperOptions};
 use candle_core::{DType, Device, Tensor};
 use config::*;
 use stainedglass_core::NoiseRng;
@@ -153,6 +153,10 @@ impl StainedGlassTransformForText {
                 vocab_size: v,
                 hidden_size: d,
                 embedding_sha256: hash,
+                stored_embedding_sha256: match options.embedding_dtype {
+                    EmbeddingDtype::F32 => None,
+                    EmbeddingDtype::F16 => Some(embedding_sha256(&embeddings)?),
+                },
             },
             noise_mask: policy,
             files: BTreeMap::new(),
@@ -275,7 +279,12 @@ impl StainedGlassTransformForText {
                 ),
             ));
         }
-        for required in [WEIGHTS_FILE, TOKENIZER_FILE, TEMPLATE_FILE] {
+        for required in [
+            WEIGHTS_FILE,
+            TOKENIZER_FILE,
+            TOKENIZER_CONFIG_FILE,
+            TEMPLATE_FILE,
+        ] {
             if !config.files.contains_key(required) {
                 return Err(artefact_err(
                     &cfg_path,
@@ -395,15 +404,19 @@ impl StainedGlassTransformForText {
         let table = t.to_dtype(DType::F32)?;
         stainedglass_core::error::ensure_finite(&table, EMBEDDING_TENSOR)
             .map_err(|e| artefact_err(path, e.to_string()))?;
-        if config.embedding_dtype == EmbeddingDtype::F32 {
+        let want = match config.embedding_dtype {
+            EmbeddingDtype::F32 => Some((&base.embedding_sha256, "base_model.embedding_sha256")),
+            EmbeddingDtype::F16 => base
+                .stored_embedding_sha256
+                .as_ref()
+                .map(|h| (h, "base_model.stored_embedding_sha256")),
+        };
+        if let Some((want, field)) = want {
             let got = embedding_sha256(&table)?;
-            if got != base.embedding_sha256 {
+            if &got != want {
                 return Err(artefact_err(
                     path,
-                    format!(
-                        "the embedding table hashes to {got}, base_model.embedding_sha256 is {}",
-                        base.embedding_sha256
-                    ),
+                    format!("the embedding table hashes to {got}, {field} is {want}"),
                 ));
             }
         }
@@ -413,8 +426,19 @@ impl StainedGlassTransformForText {
     /// Tokenizes `prompt` with the chat template (generation prompt appended), embeds it and
     /// applies the SGT with fresh noise from `rng`.
     pub fn apply(&self, prompt: &PromptInput, rng: &mut NoiseRng) -> Result<TransformedPrompt> {
-        let enc = self.wrapper.encode(prompt)?;
+        let enc = self.encode(prompt)?;
         self.apply_ids(&enc.input_ids, &enc.noise_mask, rng)
+    }
+
+    /// The ids and noise mask [`Self::apply`] transforms (tokenization only: cheap, so that a
+    /// caller can refuse a long prompt before the transform).
+    pub fn encode(&self, prompt: &PromptInput) -> Result<EncodedPrompt> {
+        self.wrapper.encode(prompt)
+    }
+
+    /// The longest prompt, in tokens, the SGT transforms (the base model's positions).
+    pub fn max_positions(&self) -> usize {
+        self.cloak.max_positions()
     }
 
     /// Embeds `ids` and transforms the tokens with `noise_mask = 1`.
@@ -429,6 +453,13 @@ impl StainedGlassTransformForText {
                 "{} ids with {} noise-mask entries; both must be equal and non-zero",
                 ids.len(),
                 noise_mask.len()
+            )));
+        }
+        let max = self.max_positions();
+        if ids.len() > max {
+            return Err(Error::Prompt(format!(
+                "the prompt is {} tokens; the base model takes at most {max}",
+                ids.len()
             )));
         }
         let vocab = self.config.base_model.vocab_size;
