@@ -9,6 +9,7 @@
 //! | `SGT_BLAS_LIB` | a CBLAS library to try first |
 //! | `SGT_PREPACK_MB` | MiB of frozen weights packed for oneMKL (default 1024; 0 = off) |
 //! | `SGT_API_KEYS` | `sgt serve`: comma-separated keys, added to `--api-key` |
+//! | `SGT_PROXY_API_KEYS` | `sgt proxy`: comma-separated caller keys, added to `--api-key` |
 //! | `SGT_UPSTREAM_API_KEY` | `sgt proxy`: `--upstream-api-key` (read by clap, so a key stays out of `ps`) |
 //! | `RUST_LOG` | log filter when `--log` is not given (default `warn`) |
 //! | `MIMALLOC_PURGE_DELAY` | when set, mimalloc's own setting is left alone |
@@ -29,6 +30,7 @@ pub struct Environment {
     pub blas_lib: Option<PathBuf>,
     pub prepack_mb: usize,
     pub api_keys: Vec<String>,
+    pub proxy_api_keys: Vec<String>,
     pub rust_log: Option<String>,
     pub mimalloc_purge_delay_set: bool,
     pub openblas_coretype_set: bool,
@@ -60,6 +62,7 @@ impl Default for Environment {
             blas_lib: None,
             prepack_mb: 1024,
             api_keys: Vec::new(),
+            proxy_api_keys: Vec::new(),
             rust_log: None,
             mimalloc_purge_delay_set: false,
             openblas_coretype_set: false,
@@ -95,21 +98,24 @@ impl Environment {
             })?,
             None => d.prepack_mb,
         };
-        let api_keys = text("SGT_API_KEYS")?
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys = |var: &str| -> Result<Vec<String>> {
+            Ok(text(var)?
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default())
+        };
         Ok(Self {
             assets: lookup("SGT_ASSETS").map_or(d.assets, PathBuf::from),
             blas,
             blas_lib: lookup("SGT_BLAS_LIB").map(PathBuf::from),
             prepack_mb,
-            api_keys,
+            api_keys: keys("SGT_API_KEYS")?,
+            proxy_api_keys: keys("SGT_PROXY_API_KEYS")?,
             rust_log: text("RUST_LOG")?.filter(|v| !v.trim().is_empty()),
             mimalloc_purge_delay_set: lookup("MIMALLOC_PURGE_DELAY").is_some(),
             openblas_coretype_set: lookup("OPENBLAS_CORETYPE").is_some(),

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use stainedglass_serve::loadtest::{self, LoadSpec};
+use stainedglass_serve::proxy::access::AccessConfig;
 use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
 use stainedglass_serve::server::{self, ServerConfig, ServerState};
 use stainedglass_text::StainedGlassTransformForText;
@@ -149,6 +150,24 @@ pub struct ProxyArgs {
     /// Do not check at start-up that the server runs the artefact's base model.
     #[arg(long)]
     pub skip_model_check: bool,
+    /// Most messages in one request.
+    #[arg(long, default_value_t = 1024)]
+    pub max_messages: usize,
+    /// Chat requests in flight at once; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent: usize,
+    /// Seconds to wait for the upstream (to connect, and between two pieces of a reply; 504).
+    #[arg(long, default_value_t = 120)]
+    pub upstream_timeout_s: u64,
+    /// A key callers must send as `Authorization: Bearer <key>` (repeatable; also
+    /// SGT_PROXY_API_KEYS, comma-separated). Without one anyone who reaches the port may use
+    /// the proxy and its upstream key.
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+    /// A browser origin (e.g. http://localhost:3000) allowed to call the proxy (repeatable);
+    /// other cross-origin requests are refused.
+    #[arg(long = "allow-origin")]
+    pub allow_origins: Vec<String>,
 }
 
 pub fn run_proxy(a: ProxyArgs) -> Result<()> {
@@ -173,19 +192,35 @@ pub fn run_proxy(a: ProxyArgs) -> Result<()> {
             Precision::Bf16 => DType::BF16,
         },
     };
-    let config = ProxyConfig {
-        model_id: a.model_id.clone(),
-        default_max_tokens: a.default_max_tokens,
-        max_prompt_tokens: a.max_prompt_tokens,
-        ..ProxyConfig::default()
-    };
-    let state = Arc::new(ProxyState::new(Arc::new(sgt), upstream, config));
+    let mut api_keys = a.api_keys.clone();
+    api_keys.extend(crate::env::get().proxy_api_keys.iter().cloned());
     let rt = runtime()?;
     rt.block_on(async move {
+        let (listener, addr) = server::bind(&format!("{}:{}", a.host, a.port)).await?;
+        if !addr.ip().is_loopback() && api_keys.is_empty() {
+            eprintln!(
+                "WARNING: sgt proxy listens on {addr}, beyond this machine, without --api-key: \
+                 anyone who reaches the port can use it, and your upstream key with it"
+            );
+        }
+        let config = ProxyConfig {
+            model_id: a.model_id.clone(),
+            default_max_tokens: a.default_max_tokens,
+            max_prompt_tokens: a.max_prompt_tokens,
+            max_messages: a.max_messages,
+            max_concurrent: a.max_concurrent,
+            upstream_timeout: std::time::Duration::from_secs(a.upstream_timeout_s.max(1)),
+            access: AccessConfig {
+                api_keys,
+                allowed_origins: a.allow_origins.clone(),
+                allowed_hosts: AccessConfig::loopback_hosts(addr),
+            },
+            ..ProxyConfig::default()
+        };
+        let state = Arc::new(ProxyState::new(Arc::new(sgt), upstream, config));
         if !a.skip_model_check {
             state.check_upstream().await?;
         }
-        let (listener, addr) = server::bind(&format!("{}:{}", a.host, a.port)).await?;
         announce("sgt proxy", addr);
         server::run(listener, proxy::router(state), server::shutdown_signal()).await?;
         eprintln!("sgt proxy: shut down");

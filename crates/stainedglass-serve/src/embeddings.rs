@@ -42,6 +42,11 @@ pub struct EmbeddingLimits {
     pub max_sequence_length: usize,
 }
 
+/// The largest magnitude an input embedding may have. Token embeddings (and an SGT's outputs,
+/// σ ≤ a few units) are far below it; larger values cannot be meaningful input, and at ~1e38
+/// they overflow the model's activations to Inf.
+pub const MAX_EMBEDDING_ABS: f32 = 1e4;
+
 /// Decodes and checks a payload: base64 → safetensors → one `(seq, hidden)` f32 tensor with
 /// `1 ≤ seq ≤ max`, the server's hidden size and only finite values.
 pub fn decode(b64: &str, limits: EmbeddingLimits) -> Result<Tensor, ApiError> {
@@ -104,6 +109,16 @@ pub fn decode(b64: &str, limits: EmbeddingLimits) -> Result<Tensor, ApiError> {
         .flatten_all()
         .and_then(|f| f.to_vec1::<f32>())
         .map_err(internal)?;
+    let largest = v
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    if largest > MAX_EMBEDDING_ABS {
+        return Err(ApiError::Unprocessable(format!(
+            "embeddings hold values up to {largest:e}; input embeddings stay within \
+             ±{MAX_EMBEDDING_ABS:e}"
+        )));
+    }
     let bad = v.iter().filter(|x| !x.is_finite()).count();
     if bad > 0 {
         return Err(ApiError::Unprocessable(format!(

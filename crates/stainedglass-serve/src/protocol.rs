@@ -100,6 +100,10 @@ pub enum StreamEvent {
     },
     Error {
         message: String,
+        /// The HTTP status the error stands for (422: the request's input; absent: the
+        /// server's fault).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
     },
 }
 

@@ -39,7 +39,7 @@ pub struct ServerConfig {
     pub max_new_tokens: usize,
     /// Requests decoded together in one batch.
     pub max_concurrency: usize,
-    /// Requests allowed to wait while a batch runs; more get 503.
+    /// Requests allowed to wait while a batch runs; more get 429 with `Retry-After`.
     pub max_queue: usize,
     pub model_name: String,
 }
@@ -76,6 +76,10 @@ pub struct ServerState {
     waiting: Arc<AtomicUsize>,
     /// Whether the worker is running a batch.
     busy: Arc<AtomicBool>,
+    /// Batches that panicked (their requests got an error; the worker went on).
+    panics: Arc<AtomicUsize>,
+    /// Cleared if the worker thread ever ends.
+    alive: Arc<AtomicBool>,
 }
 
 impl ServerState {
@@ -100,10 +104,22 @@ impl ServerState {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let waiting = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicBool::new(false));
-        let (w, bz, max_batch) = (waiting.clone(), busy.clone(), config.max_concurrency);
+        let panics = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
+        let w = Worker {
+            model,
+            waiting: waiting.clone(),
+            busy: busy.clone(),
+            panics: panics.clone(),
+            max_batch: config.max_concurrency,
+        };
+        let a = alive.clone();
         std::thread::Builder::new()
             .name("sgt-batcher".into())
-            .spawn(move || worker(model, rx, w, bz, max_batch))?;
+            .spawn(move || {
+                w.run(rx);
+                a.store(false, Ordering::SeqCst);
+            })?;
         Ok(Self {
             stop_tokens,
             config,
@@ -111,6 +127,8 @@ impl ServerState {
             jobs: std::sync::Mutex::new(tx),
             waiting,
             busy,
+            panics,
+            alive,
         })
     }
 
@@ -159,31 +177,64 @@ impl ServerState {
     }
 }
 
-/// The batch worker: takes every waiting job (up to `max_batch`), decodes them together, repeats.
-fn worker(
+/// The batch worker: owns the model, takes every waiting job (up to `max_batch`), decodes them
+/// together, repeats. A batch that panics answers its requests with an error and the worker
+/// goes on with the next one.
+struct Worker {
     model: Arc<Llama>,
-    rx: std::sync::mpsc::Receiver<Job>,
     waiting: Arc<AtomicUsize>,
     busy: Arc<AtomicBool>,
+    panics: Arc<AtomicUsize>,
     max_batch: usize,
-) {
-    while let Ok(first) = rx.recv() {
-        busy.store(true, Ordering::SeqCst);
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+}
+
+impl Worker {
+    fn run(&self, rx: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            self.busy.store(true, Ordering::SeqCst);
+            let mut jobs = vec![first];
+            while jobs.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
+            let senders: Vec<_> = jobs.iter().map(|j| j.events.clone()).collect();
+            let model = &self.model;
+            let finals =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(model, jobs)))
+                    .unwrap_or_else(|_| {
+                        self.panics.fetch_add(1, Ordering::SeqCst);
+                        tracing::error!(
+                            rows = senders.len(),
+                            "a batch panicked; its requests failed"
+                        );
+                        let ev = StreamEvent::Error {
+                            message:
+                                "internal error while generating; the request was not completed"
+                                    .into(),
+                            status: None,
+                        };
+                        senders.into_iter().map(|tx| (tx, ev.clone())).collect()
+                    });
+            // Free before the clients hear they are done: a client that sends its next request
+            // right after finds the worker idle, not a full queue.
+            self.busy.store(false, Ordering::SeqCst);
+            for (tx, ev) in finals {
+                let _ = tx.blocking_send(ev);
             }
         }
-        waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
-        let finals = run_batch(&model, jobs);
-        // Free before the clients hear they are done: a client that sends its next request
-        // right after finds the worker idle, not a full queue.
-        busy.store(false, Ordering::SeqCst);
-        for (tx, ev) in finals {
-            let _ = tx.blocking_send(ev);
-        }
+    }
+}
+
+/// The final event of a row that ended on non-finite logits: its input is at fault.
+fn non_finite() -> StreamEvent {
+    StreamEvent::Error {
+        message: "the model's output for these embeddings is not finite (NaN or Inf): they \
+                  cannot be meaningful input embeddings"
+            .into(),
+        status: Some(422),
     }
 }
 
@@ -228,6 +279,9 @@ fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent
                 .zip(senders)
                 .zip(sealers.iter_mut())
                 .map(|((g, tx), sealer)| {
+                    if g.finish == FinishReason::NonFinite {
+                        return (tx, non_finite());
+                    }
                     let f = finish(g.finish);
                     let ev = StreamEvent::Done {
                         finish_reason: f,
@@ -246,6 +300,7 @@ fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent
             .map(|tx| {
                 let ev = StreamEvent::Error {
                     message: e.to_string(),
+                    status: None,
                 };
                 (tx, ev)
             })
@@ -253,7 +308,7 @@ fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -261,10 +316,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn router(state: Arc<ServerState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .route("/v1/model", get(model_info))
         .route("/v1/generate", post(generate))
         .fallback(|| async {
@@ -272,6 +324,18 @@ pub fn router(state: Arc<ServerState>) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Liveness: 200 while the batch worker runs (with the number of batches that panicked and
+/// were answered with errors), 503 once it has stopped.
+async fn health(State(st): State<Arc<ServerState>>) -> Response {
+    let panics = st.panics.load(Ordering::SeqCst);
+    if st.alive.load(Ordering::SeqCst) {
+        Json(serde_json::json!({"status": "ok", "failed_batches": panics})).into_response()
+    } else {
+        let body = serde_json::json!({"status": "down", "reason": "the batch worker stopped"});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn model_info(
@@ -333,7 +397,7 @@ fn sampling(
 fn finish(f: FinishReason) -> Finish {
     match f {
         FinishReason::Stop => Finish::Stop,
-        FinishReason::Length | FinishReason::Cancelled => Finish::Length,
+        FinishReason::Length | FinishReason::Cancelled | FinishReason::NonFinite => Finish::Length,
     }
 }
 
@@ -385,7 +449,11 @@ async fn generate(
             StreamEvent::Key { server_key: k } => server_key = Some(k),
             StreamEvent::Token { token } => tokens.push(token),
             StreamEvent::Sealed { sealed } => sealed_tokens.push(sealed),
-            StreamEvent::Error { message } => return Err(ApiError::Internal(message)),
+            StreamEvent::Error {
+                message,
+                status: Some(422),
+            } => return Err(ApiError::Unprocessable(message)),
+            StreamEvent::Error { message, .. } => return Err(ApiError::Internal(message)),
             StreamEvent::Done {
                 finish_reason,
                 usage,

@@ -71,7 +71,7 @@ async fn chat(url: &str, body: Value) -> (u16, Value, String) {
 }
 
 fn question(extra: Value) -> Value {
-    let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    let mut v = json!({"model": "stainedglass", "messages": [{"role": "user", "content": "What is the capital of France?"}],
                        "temperature": 0, "max_tokens": 24});
     for (k, x) in extra.as_object().expect("obj") {
         v[k] = x.clone();
@@ -163,6 +163,7 @@ async fn proxy_over_our_server_streams_stops_and_refuses() {
     }
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
@@ -185,6 +186,96 @@ async fn proxy_over_our_server_streams_stops_and_refuses() {
     );
     let e = p.check_upstream().await.expect_err("mismatch").to_string();
     assert!(e.contains("trained for"), "{e}");
+}
+
+/// What a careless or hostile client sends: each answered with the right 4xx, fast, and the
+/// proxy (and the server behind it) still answer a good request correctly afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_the_right_status_quickly() {
+    let server = common::start_server(ServerConfig::default()).await;
+    let m = common::model();
+    let p = ProxyState::new(
+        artefact(m.embedding_table()),
+        upstream(UpstreamKind::Sgt, &server, true),
+        ProxyConfig::default(),
+    );
+    p.check_upstream().await.expect("same model");
+    let url = start_proxy(p).await;
+    let words = "word ".repeat(9_000);
+    let many: Vec<Value> = (0..100_000)
+        .map(|_| json!({"role": "user", "content": "a"}))
+        .collect();
+    let cases = [
+        (
+            "9,000-word message",
+            json!({"messages": [{"role": "user", "content": words}]}),
+            400,
+            "limit is",
+        ),
+        (
+            "100,000 messages",
+            json!({"messages": many}),
+            400,
+            "--max-messages",
+        ),
+        ("max_tokens 0", json!({"max_tokens": 0}), 400, "max_tokens"),
+        (
+            "max_tokens over the server's",
+            json!({"max_tokens": 100_000}),
+            400,
+            "server's limit",
+        ),
+        ("top_p 5", json!({"top_p": 5}), 400, "top_p"),
+        ("unknown model", json!({"model": "gpt-4"}), 404, "gpt-4"),
+    ];
+    for (name, extra, status, needle) in cases {
+        let t0 = std::time::Instant::now();
+        let (s, v, _) = chat(&url, question(extra)).await;
+        let took = t0.elapsed();
+        assert_eq!(s, status, "{name}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{name}: `{msg}` should mention `{needle}`"
+        );
+        assert!(v["error"]["code"].is_string(), "{name}: {v}");
+        assert!(took.as_secs_f64() < 2.0, "{name} took {took:?}");
+    }
+    let (_, v, _) = chat(&url, question(json!({"model": "gpt-4"}))).await;
+    assert_eq!(
+        (&v["error"]["param"], &v["error"]["code"]),
+        (&json!("model"), &json!("model_not_found"))
+    );
+    // A browser page cannot drive the proxy: text/plain needs no preflight, so it is refused.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "text/plain")
+        .body(question(json!({})).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 415);
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("origin", "http://evil.example")
+        .json(&question(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    // A vanishing temperature is greedy, not garbage.
+    let (s, greedy, _) = chat(&url, question(json!({}))).await;
+    assert_eq!(s, 200, "{greedy}");
+    let (s, tiny, _) = chat(&url, question(json!({"temperature": 1e-40}))).await;
+    assert_eq!(s, 200, "{tiny}");
+    assert_eq!(
+        tiny["choices"][0]["message"]["content"],
+        greedy["choices"][0]["message"]["content"]
+    );
+    let answer = greedy["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(answer.contains("Paris"), "{answer}");
 }
 
 /// Reads a `torch.save` payload with candle's pickle parser.

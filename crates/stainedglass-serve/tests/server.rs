@@ -196,6 +196,13 @@ async fn bad_requests_get_the_right_4xx_and_the_server_keeps_serving() {
             "non-finite",
         ),
         (
+            "huge finite values",
+            req(&e.affine(0.0, 3e38).expect("huge"), json!({})),
+            Some(KEY),
+            422,
+            "input embeddings stay within",
+        ),
+        (
             "too long",
             req(
                 &Tensor::zeros((65, 576), DType::F32, &Device::Cpu).expect("z"),
@@ -264,7 +271,7 @@ async fn bad_requests_get_the_right_4xx_and_the_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_server_refuses_with_503_instead_of_queueing_forever() {
+async fn a_full_server_refuses_with_429_instead_of_queueing_forever() {
     // One slot, no queue: while a streamed generation holds the slot, a second request is refused.
     let url = common::start_server(ServerConfig {
         max_new_tokens: 16,
@@ -286,8 +293,18 @@ async fn a_full_server_refuses_with_503_instead_of_queueing_forever() {
     // The first event means the generation is running and holds the slot.
     let chunk = first.chunk().await.expect("chunk");
     assert!(chunk.is_some());
-    let (s, v) = post(&url, req(&e, json!({"max_tokens": 2})), Some(KEY)).await;
-    assert_eq!(s, 503, "{v}");
+    let refused = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .bearer_auth(KEY)
+        .body(req(&e, json!({"max_tokens": 2})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     drop(first);
     // The slot comes back once the first request is gone.
     let mut status = 0;

@@ -3,6 +3,7 @@
 //! machine — with fresh noise from the OS random source for every request — and forwards only
 //! the transformed embeddings upstream. Prompt text and token ids never leave the process.
 
+pub mod access;
 mod completion;
 pub mod detok;
 pub mod openai;
@@ -41,7 +42,15 @@ pub struct ProxyConfig {
     pub default_max_tokens: usize,
     /// Longest templated prompt, in tokens.
     pub max_prompt_tokens: usize,
+    /// Most messages in one request.
+    pub max_messages: usize,
     pub max_body_bytes: usize,
+    /// Chat requests in flight at once; more get 429 with `Retry-After`.
+    pub max_concurrent: usize,
+    /// Longest wait for the upstream: to connect, and between two pieces of a reply (504).
+    pub upstream_timeout: std::time::Duration,
+    /// Who may call the proxy.
+    pub access: access::AccessConfig,
 }
 
 impl Default for ProxyConfig {
@@ -50,7 +59,11 @@ impl Default for ProxyConfig {
             model_id: "stainedglass".into(),
             default_max_tokens: 256,
             max_prompt_tokens: 2048,
+            max_messages: 1024,
             max_body_bytes: 4 << 20,
+            max_concurrent: 64,
+            upstream_timeout: std::time::Duration::from_secs(120),
+            access: access::AccessConfig::default(),
         }
     }
 }
@@ -60,6 +73,10 @@ pub struct ProxyState {
     upstream: Upstream,
     config: ProxyConfig,
     client: reqwest::Client,
+    /// What the upstream said of itself at start-up (`sgt serve` only): its limits.
+    upstream_info: std::sync::OnceLock<ModelInfo>,
+    /// Admission: one permit per chat request in flight.
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProxyState {
@@ -68,11 +85,18 @@ impl ProxyState {
         upstream: Upstream,
         config: ProxyConfig,
     ) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream_timeout)
+            .read_timeout(config.upstream_timeout)
+            .build()
+            .unwrap_or_default();
         Self {
             sgt,
             upstream,
+            admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
             config,
-            client: reqwest::Client::new(),
+            client,
+            upstream_info: std::sync::OnceLock::new(),
         }
     }
 
@@ -91,14 +115,73 @@ impl ProxyState {
 
     /// Fails unless the upstream serves the artefact's base model (our server only).
     pub async fn check_upstream(&self) -> Result<()> {
-        self.upstream
+        if let Some(info) = self
+            .upstream
             .check(&self.client, &self.expected_model())
-            .await
+            .await?
+        {
+            let _ = self.upstream_info.set(info);
+        }
+        Ok(())
+    }
+
+    /// The longest prompt a request may have, in tokens, and the limit that sets it.
+    fn prompt_limit(&self) -> (usize, &'static str) {
+        let mut limit = (
+            self.config.max_prompt_tokens,
+            "the proxy's --max-prompt-tokens",
+        );
+        let positions = self.sgt.max_positions();
+        if positions < limit.0 {
+            limit = (positions, "the base model's positions");
+        }
+        if let Some(i) = self.upstream_info.get() {
+            if i.max_sequence_length > 0 && i.max_sequence_length < limit.0 {
+                limit = (i.max_sequence_length, "the server's --max-sequence-length");
+            }
+        }
+        limit
+    }
+
+    /// Refuses, before any work, what this proxy or its upstream cannot serve: another model,
+    /// too many messages, sampling settings out of range.
+    fn admit(&self, req: &ChatRequest) -> ApiResult<()> {
+        if let Some(m) = req.model.as_deref() {
+            if m != self.config.model_id {
+                return Err(ApiError::ModelNotFound {
+                    asked: m.chars().take(64).collect(),
+                    serves: self.config.model_id.clone(),
+                });
+            }
+        }
+        let bad = |m: String| Err(ApiError::BadRequest(m));
+        let max = self.config.max_messages;
+        if req.messages.len() > max {
+            return bad(format!(
+                "{} messages; the limit is {max} (the proxy's --max-messages)",
+                req.messages.len()
+            ));
+        }
+        if let Some(t) = req.max_tokens {
+            if t == 0 {
+                return bad("max_tokens must be at least 1".into());
+            }
+            if let Some(i) = self.upstream_info.get().filter(|i| i.max_new_tokens > 0) {
+                if t > i.max_new_tokens {
+                    return bad(format!(
+                        "max_tokens {t} is over the server's limit of {}",
+                        i.max_new_tokens
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 pub fn router(state: Arc<ProxyState>) -> Router {
     let limit = state.config.max_body_bytes;
+    let rules = Arc::new(state.config.access.clone());
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
@@ -107,6 +190,10 @@ pub fn router(state: Arc<ProxyState>) -> Router {
             ApiError::NotFound("no such route; see /v1/chat/completions and /v1/models".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            rules,
+            access::middleware,
+        ))
         .with_state(state)
 }
 
@@ -143,9 +230,15 @@ async fn chat(
 ) -> ApiResult<Response> {
     let bytes = read_body(body, st.config.max_body_bytes)?;
     let req = ChatRequest::parse(&bytes)?;
+    st.admit(&req)?;
+    let permit = st
+        .admission
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded(st.config.max_concurrent))?;
     let fwd = forward(&st, req).await?;
     if fwd.req.stream {
-        Ok(streamed_reply(st, fwd))
+        Ok(streamed_reply(st, fwd, permit))
     } else {
         plain_reply(&st, fwd).await
     }
@@ -156,24 +249,35 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
     let started = Instant::now();
     let sgt = st.sgt.clone();
     let messages = req.messages.clone();
-    let max_prompt = st.config.max_prompt_tokens;
-    let transformed = tokio::task::spawn_blocking(move || {
-        sgt.apply(&PromptInput::Chat(messages), &mut NoiseRng::from_entropy())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| match e {
+    let (max_prompt, which) = st.prompt_limit();
+    let client_err = |e: stainedglass_text::Error| match e {
         stainedglass_text::Error::Prompt(_) | stainedglass_text::Error::Template(_) => {
             ApiError::BadRequest(e.to_string())
         }
         other => ApiError::Internal(other.to_string()),
-    })?;
+    };
+    // Tokens are counted before the transform, whose cost grows with the prompt.
+    let transformed = tokio::task::spawn_blocking(move || {
+        let enc = sgt
+            .encode(&PromptInput::Chat(messages))
+            .map_err(client_err)?;
+        let n = enc.input_ids.len();
+        if n > max_prompt {
+            return Err(ApiError::BadRequest(format!(
+                "the prompt is {n} tokens after the chat template; the limit is {max_prompt} \
+                 ({which})"
+            )));
+        }
+        sgt.apply_ids(
+            &enc.input_ids,
+            &enc.noise_mask,
+            &mut NoiseRng::from_entropy(),
+        )
+        .map_err(client_err)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     let prompt_tokens = transformed.input_ids.len();
-    if prompt_tokens > max_prompt {
-        return Err(ApiError::BadRequest(format!(
-            "the prompt is {prompt_tokens} tokens after the chat template; the limit is {max_prompt}"
-        )));
-    }
     let sgt_ms = started.elapsed().as_secs_f64() * 1e3;
     let sampling = Sampling {
         max_tokens: req.max_tokens.unwrap_or(st.config.default_max_tokens),
@@ -183,7 +287,12 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
     };
     let pieces = st
         .upstream
-        .start(&st.client, &transformed.embeddings, &sampling)
+        .start(
+            &st.client,
+            &transformed.embeddings,
+            &sampling,
+            st.config.upstream_timeout.as_secs(),
+        )
         .await?;
     tracing::info!(
         prompt_tokens,
@@ -231,9 +340,15 @@ async fn plain_reply(st: &ProxyState, mut fwd: Forwarded) -> ApiResult<Response>
 /// The completion as server-sent events: a role chunk, a chunk per delta, the finish chunk,
 /// the usage chunk when asked for, `[DONE]`. An upstream error mid-stream is sent as an error
 /// event and ends the stream.
-fn streamed_reply(st: Arc<ProxyState>, mut fwd: Forwarded) -> Response {
+fn streamed_reply(
+    st: Arc<ProxyState>,
+    mut fwd: Forwarded,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
     let (tx, out) = mpsc::channel::<String>(64);
     tokio::spawn(async move {
+        // Held until the reply ends: a stream in flight counts against admission.
+        let _permit = permit;
         let (id, model, created) = (fwd.id.clone(), fwd.model.clone(), fwd.created);
         let chunk = |delta: Value, finish: Option<&str>| {
             openai::chunk(&id, &model, created, delta, finish).to_string()

@@ -149,6 +149,9 @@ impl ChatRequest {
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::BadRequest("temperature must be in [0, 2]".into()));
         }
+        if raw.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(ApiError::BadRequest("top_p must be in (0, 1]".into()));
+        }
         Ok(Self {
             model: raw.model,
             messages,

@@ -60,6 +60,16 @@ fn upstream_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::Upstream(e.to_string())
 }
 
+/// The upstream's refusal: its 400, 413 and 422 are the client's request at fault and stay
+/// 4xx with the upstream's message; anything else (a wrong key, a missing route, 5xx) is the
+/// gateway's problem, 502.
+fn upstream_refusal(status: u16, message: String) -> ApiError {
+    match status {
+        400 | 413 | 422 => ApiError::UpstreamRejected { status, message },
+        _ => ApiError::Upstream(format!("{status}: {message}")),
+    }
+}
+
 /// Splits a server-sent-event byte stream into `data:` payloads.
 #[derive(Default)]
 pub struct SseParser {
@@ -90,6 +100,15 @@ impl SseParser {
 }
 
 impl Upstream {
+    /// A failed send: 504 when it timed out (after `timeout_s`), 502 otherwise.
+    fn unreachable(&self, e: reqwest::Error, timeout_s: u64) -> ApiError {
+        if e.is_timeout() {
+            ApiError::UpstreamTimeout(timeout_s)
+        } else {
+            ApiError::Upstream(format!("cannot reach {}: {e}", self.url))
+        }
+    }
+
     fn request(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let r = client.post(url);
@@ -99,10 +118,15 @@ impl Upstream {
         }
     }
 
-    /// Checks that our server serves the model the artefact was trained for.
-    pub async fn check(&self, client: &reqwest::Client, want: &ModelInfo) -> Result<(), Error> {
+    /// Checks that our server serves the model the artefact was trained for; returns what it
+    /// said of itself (`None` for vLLM, which is not checked).
+    pub async fn check(
+        &self,
+        client: &reqwest::Client,
+        want: &ModelInfo,
+    ) -> Result<Option<ModelInfo>, Error> {
         if self.kind != UpstreamKind::Sgt {
-            return Ok(());
+            return Ok(None);
         }
         let url = format!("{}/v1/model", self.url.trim_end_matches('/'));
         let mut r = client.get(&url);
@@ -139,16 +163,18 @@ impl Upstream {
                 &want.embedding_sha256[..12.min(want.embedding_sha256.len())],
             )));
         }
-        Ok(())
+        Ok(Some(info))
     }
 
     /// Sends `embeddings (seq, hidden)` and streams the reply's pieces into a channel. Dropping
     /// the receiver closes the upstream connection, which cancels the generation there.
+    /// `timeout_s` is the client's timeout, for the 504 message.
     pub async fn start(
         &self,
         client: &reqwest::Client,
         embeddings: &Tensor,
         s: &Sampling,
+        timeout_s: u64,
     ) -> Result<mpsc::Receiver<Result<Piece, ApiError>>, ApiError> {
         let mut key = None;
         let req = match self.kind {
@@ -188,7 +214,7 @@ impl Upstream {
         let resp = req
             .send()
             .await
-            .map_err(|e| ApiError::Upstream(format!("cannot reach {}: {e}", self.url)))?;
+            .map_err(|e| self.unreachable(e, timeout_s))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -196,7 +222,7 @@ impl Upstream {
                 .ok()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                 .unwrap_or(text);
-            return Err(ApiError::Upstream(format!("{status}: {msg}")));
+            return Err(upstream_refusal(status.as_u16(), msg));
         }
         let (tx, rx) = mpsc::channel(64);
         let kind = self.kind;
@@ -207,6 +233,10 @@ impl Upstream {
             while let Some(chunk) = bytes.next().await {
                 let chunk = match chunk {
                     Ok(c) => c,
+                    Err(e) if e.is_timeout() => {
+                        let _ = tx.send(Err(ApiError::UpstreamTimeout(timeout_s))).await;
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx
                             .send(Err(upstream_err(format!("stream broke: {e}"))))
@@ -304,7 +334,7 @@ impl Decoder {
                     usage: Some(usage),
                 }))
             }
-            (StreamEvent::Error { message }, _) => Some(Err(ApiError::Upstream(message))),
+            (StreamEvent::Error { message, .. }, _) => Some(Err(ApiError::Upstream(message))),
             (_, _) => Some(Err(upstream_err("unexpected event for this stream"))),
         }
     }
