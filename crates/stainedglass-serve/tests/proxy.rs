@@ -278,6 +278,107 @@ async fn hostile_requests_get_the_right_status_quickly() {
     assert!(answer.contains("Paris"), "{answer}");
 }
 
+/// Slow senders are cut off (headers, body) and a silent upstream is a 504, all within seconds;
+/// the server and the proxy answer a good request afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_and_a_silent_upstream_time_out() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = common::model();
+    let state = Arc::new(
+        server::ServerState::new(
+            m.clone(),
+            common::tokenizer().stop_tokens(),
+            ServerConfig::default(),
+        )
+        .expect("state"),
+    );
+    let (l, addr) = server::bind("127.0.0.1:0").await.expect("bind");
+    let quick = server::Timeouts {
+        headers: Duration::from_millis(500),
+        body: Duration::from_millis(500),
+        response: Duration::from_secs(60),
+    };
+    tokio::spawn(server::run_with(
+        l,
+        server::router(state),
+        std::future::pending(),
+        quick,
+    ));
+    // Headers that never end: the connection is closed.
+    let t0 = Instant::now();
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "slow headers held {:?}",
+        t0.elapsed()
+    );
+    // A body that never arrives: the request fails.
+    let t0 = Instant::now();
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"emb")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 4"), "{head}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "slow body held {:?}",
+        t0.elapsed()
+    );
+
+    // An upstream that accepts and never answers: 504 after the proxy's timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let p = ProxyState::new(
+        artefact(m.embedding_table()),
+        upstream(UpstreamKind::Sgt, &format!("http://{silent_addr}"), false),
+        ProxyConfig {
+            upstream_timeout: Duration::from_secs(1),
+            ..ProxyConfig::default()
+        },
+    );
+    let hung = start_proxy(p).await;
+    let t0 = Instant::now();
+    let (s, v, _) = chat(&hung, question(json!({}))).await;
+    assert_eq!(s, 504, "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+
+    // Both still serve.
+    let p = ProxyState::new(
+        artefact(m.embedding_table()),
+        upstream(UpstreamKind::Sgt, &format!("http://{addr}"), true),
+        ProxyConfig::default(),
+    );
+    p.check_upstream().await.expect("same model");
+    let url = start_proxy(p).await;
+    let (s, v, _) = chat(&url, question(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
 /// Reads a `torch.save` payload with candle's pickle parser.
 fn read_torch(bytes: &[u8]) -> Tensor {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
