@@ -5,6 +5,7 @@ use crate::lm::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use stainedglass_serve::crypto::ServerIdentity;
 use stainedglass_serve::loadtest::{self, LoadSpec};
 use stainedglass_serve::proxy::access::AccessConfig;
 use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
@@ -53,9 +54,13 @@ pub struct ServeArgs {
     /// Requests decoded together in one batch (one KV cache, each row with its own sampling).
     #[arg(long, default_value_t = 8)]
     pub max_concurrency: usize,
-    /// Requests allowed to wait while a batch runs; more get 503.
+    /// Requests allowed to wait while a batch runs; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
+    /// File holding the server's identity key (sealed output is bound to it; created, mode
+    /// 0600, when missing). Without it a fresh identity is made at every start.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
     /// Model name reported by /v1/model (default: the model file's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -82,8 +87,11 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|| "model".into())
         }),
         max_concurrency: a.max_concurrency,
+        identity: Some(Arc::new(identity(a.key_file.as_deref())?)),
     };
     let state = Arc::new(ServerState::new(model, tok.stop_tokens(), config)?);
+    // Proxies pin this key (`sgt proxy --server-key`) so that no one else can seal replies.
+    println!("sgt serve identity key: {}", state.info().server_key);
     let rt = runtime()?;
     rt.block_on(async move {
         let (listener, addr) = server::bind(&format!("{}:{}", a.host, a.port)).await?;
@@ -92,6 +100,32 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         eprintln!("sgt serve: shut down");
         Ok(())
     })
+}
+
+/// The server identity in `path` (created when missing), or a fresh one.
+fn identity(path: Option<&std::path::Path>) -> Result<ServerIdentity> {
+    let Some(path) = path else {
+        return Ok(ServerIdentity::generate()?);
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the key file {}", path.display()))?;
+        return ServerIdentity::from_secret_b64(&text).with_context(|| {
+            format!(
+                "{} is not a key file written by sgt serve (32 bytes of base64)",
+                path.display()
+            )
+        });
+    }
+    let id = ServerIdentity::generate()?;
+    stainedglass_core::io::atomic_write(path, id.secret_b64().as_bytes())
+        .with_context(|| format!("writing the key file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(id)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,6 +184,10 @@ pub struct ProxyArgs {
     /// Do not check at start-up that the server runs the artefact's base model.
     #[arg(long)]
     pub skip_model_check: bool,
+    /// The server's identity key (printed by `sgt serve` at start): sealed output from anyone
+    /// else is refused, and the start-up check fails if the server has another key.
+    #[arg(long)]
+    pub server_key: Option<String>,
     /// Most messages in one request.
     #[arg(long, default_value_t = 1024)]
     pub max_messages: usize,
@@ -191,6 +229,7 @@ pub fn run_proxy(a: ProxyArgs) -> Result<()> {
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
         },
+        server_key: a.server_key.clone(),
     };
     let mut api_keys = a.api_keys.clone();
     api_keys.extend(crate::env::get().proxy_api_keys.iter().cloned());

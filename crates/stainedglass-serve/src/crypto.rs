@@ -1,10 +1,14 @@
-//! Output protection (`docs/spec.md` §8): the client sends an X25519 public key; the server answers with
-//! an ephemeral key of its own and seals every generated token with ChaCha20-Poly1305 under a
-//! key derived by HKDF-SHA256 from the shared secret. Nonces are a per-response counter, so a
-//! dropped, repeated, reordered or altered token fails to open, and a sealed end record (finish
-//! reason and token count) detects truncation.
+//! Output protection (`docs/spec.md` §8): the client sends a fresh X25519 public key `c`; the
+//! server answers with a fresh key `e` of its own and seals every generated token with
+//! ChaCha20-Poly1305 under a key derived by HKDF-SHA256 from two exchanges: `DH(e, c)` and
+//! `DH(s, c)`, where `s` is the server's static identity key, whose public half the client knows
+//! beforehand (pinned with `--server-key`, or read from `/v1/model` at start-up). Only the holder
+//! of `s` can derive the key, so a party in the middle cannot answer in the server's place (the
+//! pattern of Noise's NK handshake). Nonces are a per-response counter, so a dropped, repeated,
+//! reordered or altered token fails to open; a sealed end record (finish reason, token count and
+//! prompt tokens) detects truncation and carries the usage the client reports.
 
-use crate::protocol::Finish;
+use crate::protocol::{Finish, Usage};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -13,7 +17,7 @@ use rand::TryRngCore;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-const SALT: &[u8] = b"stainedglass/output-protection/v1";
+const SALT: &[u8] = b"stainedglass/output-protection/v2";
 const TOKEN: u8 = b'T';
 const END: u8 = b'E';
 
@@ -50,24 +54,90 @@ fn fresh_secret() -> Result<StaticSecret, CryptoError> {
     Ok(StaticSecret::from(bytes))
 }
 
+/// The key of one response: HKDF over `DH(ephemeral, client) ‖ DH(static, client)`, bound to
+/// the three public keys.
 fn cipher(
-    secret: &StaticSecret,
-    theirs: &PublicKey,
+    exchanges: [x25519_dalek::SharedSecret; 2],
     client: &PublicKey,
-    server: &PublicKey,
+    ephemeral: &PublicKey,
+    identity: &PublicKey,
 ) -> Result<ChaCha20Poly1305, CryptoError> {
-    let shared = secret.diffie_hellman(theirs);
-    if !shared.was_contributory() {
-        return Err(CryptoError::Degenerate);
+    let mut ikm = Vec::with_capacity(64);
+    for shared in &exchanges {
+        if !shared.was_contributory() {
+            return Err(CryptoError::Degenerate);
+        }
+        ikm.extend_from_slice(shared.as_bytes());
     }
-    let mut info = Vec::with_capacity(64);
-    info.extend_from_slice(client.as_bytes());
-    info.extend_from_slice(server.as_bytes());
+    let mut info = Vec::with_capacity(96);
+    for k in [client, ephemeral, identity] {
+        info.extend_from_slice(k.as_bytes());
+    }
     let mut key = [0u8; 32];
-    Hkdf::<Sha256>::new(Some(SALT), shared.as_bytes())
+    Hkdf::<Sha256>::new(Some(SALT), &ikm)
         .expand(&info, &mut key)
         .map_err(|_| CryptoError::Degenerate)?;
     Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
+}
+
+/// The server's long-lived X25519 identity: clients pin its public half.
+pub struct ServerIdentity {
+    secret: StaticSecret,
+    public: PublicKey,
+}
+
+impl ServerIdentity {
+    /// A fresh identity from the OS random source.
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self::from_secret(fresh_secret()?))
+    }
+
+    fn from_secret(secret: StaticSecret) -> Self {
+        let public = PublicKey::from(&secret);
+        Self { secret, public }
+    }
+
+    /// The identity whose secret is `b64` (32 bytes of base64, as [`Self::secret_b64`] writes).
+    pub fn from_secret_b64(b64_secret: &str) -> Result<Self, CryptoError> {
+        let bytes: [u8; 32] = b64()
+            .decode(b64_secret.trim())
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or(CryptoError::BadKey)?;
+        Ok(Self::from_secret(StaticSecret::from(bytes)))
+    }
+
+    /// The secret, base64 (for a key file; keep it private).
+    pub fn secret_b64(&self) -> String {
+        b64().encode(self.secret.to_bytes())
+    }
+
+    /// The public key clients pin (base64).
+    pub fn public_b64(&self) -> String {
+        b64().encode(self.public.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("public", &self.public_b64())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server's public identity key, as a client pins it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerKey(PublicKey);
+
+impl ServerKey {
+    pub fn parse(b64_key: &str) -> Result<Self, CryptoError> {
+        parse_key(b64_key).map(Self)
+    }
+
+    pub fn to_b64(&self) -> String {
+        b64().encode(self.0.as_bytes())
+    }
 }
 
 fn nonce(counter: u64) -> Nonce {
@@ -95,11 +165,16 @@ impl ClientKey {
         b64().encode(self.public.as_bytes())
     }
 
-    /// Opens a response sealed by the server whose ephemeral key is `server_key_b64`.
-    pub fn opener(&self, server_key_b64: &str) -> Result<Opener, CryptoError> {
-        let server = parse_key(server_key_b64)?;
+    /// Opens a response sealed with the ephemeral key `ephemeral_b64` by the server whose
+    /// identity is `server`; a response sealed by anyone else fails to open.
+    pub fn opener(&self, ephemeral_b64: &str, server: &ServerKey) -> Result<Opener, CryptoError> {
+        let ephemeral = parse_key(ephemeral_b64)?;
+        let exchanges = [
+            self.secret.diffie_hellman(&ephemeral),
+            self.secret.diffie_hellman(&server.0),
+        ];
         Ok(Opener {
-            cipher: cipher(&self.secret, &server, &self.public, &server)?,
+            cipher: cipher(exchanges, &self.public, &ephemeral, &server.0)?,
             counter: 0,
         })
     }
@@ -113,14 +188,22 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    pub fn for_client(client_key_b64: &str) -> Result<Self, CryptoError> {
+    /// Seals one response for the client key `client_key_b64`, as `identity`.
+    pub fn for_client(
+        client_key_b64: &str,
+        identity: &ServerIdentity,
+    ) -> Result<Self, CryptoError> {
         let client = parse_key(client_key_b64)?;
         let secret = fresh_secret()?;
-        let server = PublicKey::from(&secret);
+        let ephemeral = PublicKey::from(&secret);
+        let exchanges = [
+            secret.diffie_hellman(&client),
+            identity.secret.diffie_hellman(&client),
+        ];
         Ok(Self {
-            cipher: cipher(&secret, &client, &client, &server)?,
+            cipher: cipher(exchanges, &client, &ephemeral, &identity.public)?,
             counter: 0,
-            server_key: b64().encode(server.as_bytes()),
+            server_key: b64().encode(ephemeral.as_bytes()),
         })
     }
 
@@ -143,11 +226,13 @@ impl Sealer {
         self.seal(&p)
     }
 
-    /// The end record: finish reason and the number of tokens sealed before it.
-    pub fn seal_end(&mut self, finish: Finish) -> String {
+    /// The end record: finish reason, the number of tokens sealed before it and the prompt's
+    /// length (the usage the client reports).
+    pub fn seal_end(&mut self, finish: Finish, prompt_tokens: usize) -> String {
         let count = self.counter;
         let mut p = vec![END, u8::from(finish == Finish::Stop)];
         p.extend_from_slice(&count.to_le_bytes());
+        p.extend_from_slice(&(prompt_tokens as u64).to_le_bytes());
         self.seal(&p)
     }
 }
@@ -179,23 +264,32 @@ impl Opener {
         }
     }
 
-    /// Opens the end record and checks it counts exactly the tokens opened so far.
-    pub fn open_end(&mut self, sealed_b64: &str) -> Result<Finish, CryptoError> {
+    /// Opens the end record and checks it counts exactly the tokens opened so far; returns the
+    /// finish reason and the usage it carries.
+    pub fn open_end(&mut self, sealed_b64: &str) -> Result<(Finish, Usage), CryptoError> {
         let seen = self.counter;
         let p = self.open(sealed_b64)?;
-        if p.len() != 10 || p[0] != END {
+        if p.len() != 18 || p[0] != END {
             return Err(CryptoError::Tampered);
         }
-        let mut c = [0u8; 8];
-        c.copy_from_slice(&p[2..]);
-        if u64::from_le_bytes(c) != seen {
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&p[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        if word(2) != seen {
             return Err(CryptoError::Tampered);
         }
-        Ok(if p[1] == 1 {
+        let finish = if p[1] == 1 {
             Finish::Stop
         } else {
             Finish::Length
-        })
+        };
+        let usage = Usage {
+            prompt_tokens: word(10) as usize,
+            completion_tokens: seen as usize,
+        };
+        Ok((finish, usage))
     }
 }
 
@@ -203,62 +297,84 @@ impl Opener {
 mod tests {
     use super::*;
 
-    fn pair() -> (ClientKey, Sealer) {
+    fn server() -> (ServerIdentity, ServerKey) {
+        let id = ServerIdentity::generate().expect("identity");
+        let key = ServerKey::parse(&id.public_b64()).expect("key");
+        (id, key)
+    }
+
+    fn pair() -> (ClientKey, Sealer, ServerKey) {
+        let (id, key) = server();
         let c = ClientKey::generate().expect("key");
-        let s = Sealer::for_client(&c.public_b64()).expect("sealer");
-        (c, s)
+        let s = Sealer::for_client(&c.public_b64(), &id).expect("sealer");
+        (c, s, key)
     }
 
     #[test]
     fn tokens_round_trip_and_the_end_record_counts_them() {
-        let (c, mut s) = pair();
+        let (c, mut s, key) = pair();
         let sealed: Vec<String> = [5u32, 17, 2].iter().map(|&t| s.seal_token(t)).collect();
-        let end = s.seal_end(Finish::Stop);
-        let mut o = c.opener(s.server_key()).expect("opener");
+        let end = s.seal_end(Finish::Stop, 40);
+        let mut o = c.opener(s.server_key(), &key).expect("opener");
         let ids: Vec<u32> = sealed
             .iter()
             .map(|x| o.open_token(x).expect("open"))
             .collect();
         assert_eq!(ids, [5, 17, 2]);
-        assert_eq!(o.open_end(&end), Ok(Finish::Stop));
+        let usage = Usage {
+            prompt_tokens: 40,
+            completion_tokens: 3,
+        };
+        assert_eq!(o.open_end(&end), Ok((Finish::Stop, usage)));
         // Same token twice seals differently (counter nonce).
         assert_ne!(sealed[0], s.seal_token(5));
     }
 
     #[test]
     fn tampering_reordering_truncation_and_wrong_keys_are_detected() {
-        let (c, mut s) = pair();
+        let (c, mut s, key) = pair();
         let a = s.seal_token(1);
         let b = s.seal_token(2);
-        let end = s.seal_end(Finish::Length);
+        let end = s.seal_end(Finish::Length, 7);
         // Flipped bit.
         let mut raw = b64().decode(&a).expect("b64");
         raw[0] ^= 1;
-        let mut o = c.opener(s.server_key()).expect("o");
+        let mut o = c.opener(s.server_key(), &key).expect("o");
         assert_eq!(
             o.open_token(&b64().encode(&raw)),
             Err(CryptoError::Tampered)
         );
         // Reordered.
-        let mut o = c.opener(s.server_key()).expect("o");
+        let mut o = c.opener(s.server_key(), &key).expect("o");
         assert_eq!(o.open_token(&b), Err(CryptoError::Tampered));
         // Truncated: the end record arrives after one token instead of two.
-        let mut o = c.opener(s.server_key()).expect("o");
+        let mut o = c.opener(s.server_key(), &key).expect("o");
         o.open_token(&a).expect("a");
         assert_eq!(o.open_end(&end), Err(CryptoError::Tampered));
         // Another client's key.
         let other = ClientKey::generate().expect("k");
-        let mut o = other.opener(s.server_key()).expect("o");
+        let mut o = other.opener(s.server_key(), &key).expect("o");
         assert_eq!(o.open_token(&a), Err(CryptoError::Tampered));
+        // A party in the middle with its own identity cannot seal for a client that pinned the
+        // server's: it can run the exchange with the client's key, not derive the server's part.
+        let (mallory, _) = server();
+        let mut forged = Sealer::for_client(&c.public_b64(), &mallory).expect("forged");
+        let t = forged.seal_token(1);
+        let mut o = c.opener(forged.server_key(), &key).expect("o");
+        assert_eq!(o.open_token(&t), Err(CryptoError::Tampered));
         // Bad keys.
+        let (id, _) = server();
         assert!(matches!(
-            Sealer::for_client("short"),
+            Sealer::for_client("short", &id),
             Err(CryptoError::BadKey)
         ));
         let zero = b64().encode([0u8; 32]);
         assert!(matches!(
-            Sealer::for_client(&zero),
+            Sealer::for_client(&zero, &id),
             Err(CryptoError::Degenerate)
         ));
+        // An identity survives its key file.
+        let again = ServerIdentity::from_secret_b64(&id.secret_b64()).expect("reload");
+        assert_eq!(again.public_b64(), id.public_b64());
     }
 }

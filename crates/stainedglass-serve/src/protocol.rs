@@ -117,4 +117,7 @@ pub struct ModelInfo {
     pub embedding_sha256: String,
     pub max_sequence_length: usize,
     pub max_new_tokens: usize,
+    /// The server's X25519 identity key (base64): sealed output can only be opened for it.
+    #[serde(default)]
+    pub server_key: String,
 }

@@ -9,7 +9,7 @@
 //! sampling — while further requests wait in a bounded queue. Nothing a client sends or
 //! receives is logged, only sizes and timings.
 
-use crate::crypto::Sealer;
+use crate::crypto::{Sealer, ServerIdentity};
 use crate::embeddings::{self, EmbeddingLimits};
 use crate::error::{ApiError, Error, Result};
 use crate::protocol::*;
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// Requests allowed to wait while a batch runs; more get 429 with `Retry-After`.
     pub max_queue: usize,
     pub model_name: String,
+    /// The identity sealed output is bound to; `None` generates one at start.
+    pub identity: Option<Arc<ServerIdentity>>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             max_concurrency: 8,
             max_queue: 64,
             model_name: "model".into(),
+            identity: None,
         }
     }
 }
@@ -69,6 +72,7 @@ struct Job {
 /// Everything a request handler needs.
 pub struct ServerState {
     stop_tokens: Vec<u32>,
+    identity: Arc<ServerIdentity>,
     config: ServerConfig,
     info: ModelInfo,
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
@@ -90,6 +94,10 @@ impl ServerState {
             return Err(Error::Config("max_concurrency must be at least 1".into()));
         }
         config.max_sequence_length = config.max_sequence_length.min(model.max_positions());
+        let identity = match config.identity.clone() {
+            Some(i) => i,
+            None => Arc::new(ServerIdentity::generate().map_err(|e| Error::Config(e.to_string()))?),
+        };
         let c = model.config();
         let info = ModelInfo {
             name: config.model_name.clone(),
@@ -100,6 +108,7 @@ impl ServerState {
             )?,
             max_sequence_length: config.max_sequence_length,
             max_new_tokens: config.max_new_tokens,
+            server_key: identity.public_b64(),
         };
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -122,6 +131,7 @@ impl ServerState {
             })?;
         Ok(Self {
             stop_tokens,
+            identity,
             config,
             info,
             jobs: std::sync::Mutex::new(tx),
@@ -289,7 +299,7 @@ fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent
                             prompt_tokens: g.prompt_tokens,
                             completion_tokens: g.tokens.len(),
                         },
-                        sealed_end: sealer.as_mut().map(|s| s.seal_end(f)),
+                        sealed_end: sealer.as_mut().map(|s| s.seal_end(f, g.prompt_tokens)),
                     };
                     (tx, ev)
                 })
@@ -414,7 +424,10 @@ async fn generate(
             let key = v
                 .to_str()
                 .map_err(|_| ApiError::BadRequest(format!("{CLIENT_KEY_HEADER} is not ASCII")))?;
-            Some(Sealer::for_client(key).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+            Some(
+                Sealer::for_client(key, &st.identity)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            )
         }
         None => None,
     };

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_serve::crypto::ServerIdentity;
 use stainedglass_serve::proxy::upstream::SseParser;
 use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
 use stainedglass_serve::server::{self, ServerConfig};
@@ -45,6 +46,7 @@ fn upstream(kind: UpstreamKind, url: &str, protect: bool) -> Upstream {
         model: "served-model".into(),
         protect_output: protect,
         vllm_dtype: DType::F32,
+        server_key: None,
     }
 }
 
@@ -496,11 +498,20 @@ async fn proxy_speaks_vllm_prompt_embeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downgraded_or_tampered_sealed_output_is_refused() {
-    for event in [
-        json!({"type": "token", "token": 5}),
-        json!({"type": "key", "server_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}),
+    // A valid point (the X25519 base point) announced twice: the second announcement re-keys.
+    let base_point = "CQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let rekey = format!(
+        "{}\n\ndata: {}",
+        json!({"type": "key", "server_key": base_point}),
+        json!({"type": "key", "server_key": base_point})
+    );
+    for ev in [
+        json!({"type": "token", "token": 5}).to_string(),
+        json!({"type": "key", "server_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+            .to_string(),
+        rekey,
     ] {
-        let ev = event.to_string();
+        let event = ev.clone();
         let mock = Router::new().route(
             "/v1/generate",
             post(move || {
@@ -515,9 +526,13 @@ async fn downgraded_or_tampered_sealed_output_is_refused() {
         let (l, addr) = server::bind("127.0.0.1:0").await.expect("bind");
         tokio::spawn(server::run(l, mock, std::future::pending()));
         let m = common::model();
+        let pinned = ServerIdentity::generate().expect("identity").public_b64();
         let p = ProxyState::new(
             artefact(m.embedding_table()),
-            upstream(UpstreamKind::Sgt, &format!("http://{addr}"), true),
+            Upstream {
+                server_key: Some(pinned),
+                ..upstream(UpstreamKind::Sgt, &format!("http://{addr}"), true)
+            },
             ProxyConfig::default(),
         );
         let url = start_proxy(p).await;
@@ -529,4 +544,34 @@ async fn downgraded_or_tampered_sealed_output_is_refused() {
             "{msg}"
         );
     }
+}
+
+/// A server with another identity than the pinned one is refused at start-up, and its sealed
+/// replies cannot be opened: it cannot answer in the pinned server's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_identity_cannot_answer_for_the_pinned_one() {
+    let impostor = common::start_server(ServerConfig::default()).await;
+    let m = common::model();
+    let pinned = ServerIdentity::generate().expect("identity").public_b64();
+    let pinning = || {
+        ProxyState::new(
+            artefact(m.embedding_table()),
+            Upstream {
+                server_key: Some(pinned.clone()),
+                ..upstream(UpstreamKind::Sgt, &impostor, true)
+            },
+            ProxyConfig::default(),
+        )
+    };
+    let e = pinning().check_upstream().await.expect_err("another key");
+    assert!(e.to_string().contains("--server-key pins"), "{e}");
+    // Without the start-up check, the impostor's sealed reply fails to open.
+    let url = start_proxy(pinning()).await;
+    let (s, v, _) = chat(&url, question(json!({}))).await;
+    assert_eq!(s, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("tampered") || msg.contains("failed to open"),
+        "{msg}"
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stainedglass_models::llm::{Prompt, SamplingParams};
-use stainedglass_serve::crypto::ClientKey;
+use stainedglass_serve::crypto::{ClientKey, ServerKey};
 use stainedglass_serve::embeddings;
 use stainedglass_serve::proxy::upstream::SseParser;
 use stainedglass_serve::server::ServerConfig;
@@ -47,6 +47,7 @@ fn config() -> ServerConfig {
         max_concurrency: 1,
         max_queue: 0,
         model_name: "smollm2".into(),
+        identity: None,
     }
 }
 
@@ -121,8 +122,19 @@ async fn answers_match_direct_generation_plain_streamed_and_sealed() {
         .expect("send");
     let v: Value = resp.json().await.expect("json");
     assert!(v.get("tokens").is_none(), "{v}");
+    // The server's identity, as a proxy reads (or pins) it.
+    let info: Value = reqwest::Client::new()
+        .get(format!("{url}/v1/model"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("model")
+        .json()
+        .await
+        .expect("json");
+    let identity = ServerKey::parse(info["server_key"].as_str().expect("server key")).expect("key");
     let mut opener = key
-        .opener(v["server_key"].as_str().expect("key"))
+        .opener(v["server_key"].as_str().expect("key"), &identity)
         .expect("opener");
     let opened: Vec<u32> = v["sealed"]
         .as_array()

@@ -136,6 +136,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
                 model: String::new(),
                 protect_output: false,
                 vllm_dtype: DType::F32,
+                server_key: None,
             },
             ProxyConfig::default(),
         );

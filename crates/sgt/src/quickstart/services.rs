@@ -95,6 +95,7 @@ pub async fn start_services(
             model: String::new(),
             protect_output: true,
             vllm_dtype: candle_core::DType::F32,
+            server_key: None,
         },
         ProxyConfig::default(),
     );

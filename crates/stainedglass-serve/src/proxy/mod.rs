@@ -31,7 +31,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-pub use upstream::{Piece, Sampling, Upstream, UpstreamKind};
+pub use upstream::{Call, Piece, Sampling, Upstream, UpstreamKind};
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -110,6 +110,7 @@ impl ProxyState {
             embedding_sha256: b.embedding_sha256.clone(),
             max_sequence_length: 0,
             max_new_tokens: 0,
+            server_key: String::new(),
         }
     }
 
@@ -123,6 +124,17 @@ impl ProxyState {
             let _ = self.upstream_info.set(info);
         }
         Ok(())
+    }
+
+    /// The server identity sealed output is opened for: the pinned one, else the one the server
+    /// gave at start-up.
+    fn server_key(&self) -> Option<crate::crypto::ServerKey> {
+        let b64 = self
+            .upstream
+            .server_key
+            .clone()
+            .or_else(|| self.upstream_info.get().map(|i| i.server_key.clone()))?;
+        crate::crypto::ServerKey::parse(&b64).ok()
     }
 
     /// The longest prompt a request may have, in tokens, and the limit that sets it.
@@ -291,7 +303,10 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
             &st.client,
             &transformed.embeddings,
             &sampling,
-            st.config.upstream_timeout.as_secs(),
+            Call {
+                timeout_s: st.config.upstream_timeout.as_secs(),
+                server_key: st.server_key(),
+            },
         )
         .await?;
     tracing::info!(

@@ -3,7 +3,7 @@
 //! (`/v1/completions` with `prompt_embeds` = base64 of a `torch.save` file, text back). Both are
 //! asked to stream; the proxy aggregates when its own client did not ask for a stream.
 
-use crate::crypto::{ClientKey, Opener};
+use crate::crypto::{ClientKey, Opener, ServerKey};
 use crate::error::{ApiError, Error};
 use crate::protocol::*;
 use base64::Engine;
@@ -34,6 +34,18 @@ pub struct Upstream {
     pub protect_output: bool,
     /// Precision of vLLM's `prompt_embeds` tensor.
     pub vllm_dtype: DType,
+    /// The server identity key (base64) to pin; `None` takes the one `/v1/model` gives at
+    /// start-up.
+    pub server_key: Option<String>,
+}
+
+/// Per-call settings of [`Upstream::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// The client's timeout, for the 504 message.
+    pub timeout_s: u64,
+    /// The identity sealed output must come from.
+    pub server_key: Option<ServerKey>,
 }
 
 /// Sampling parameters forwarded upstream.
@@ -151,6 +163,18 @@ impl Upstream {
             .json()
             .await
             .map_err(|e| err(format!("not an sgt server: {e}")))?;
+        if let Some(pinned) = &self.server_key {
+            if ServerKey::parse(pinned).map_err(|e| err(format!("--server-key: {e}")))?
+                != ServerKey::parse(&info.server_key)
+                    .map_err(|e| err(format!("the server's key: {e}")))?
+            {
+                return Err(err(format!(
+                    "its identity key is {}, but --server-key pins {pinned}: another server \
+                     (or someone in between) answers at this address",
+                    info.server_key
+                )));
+            }
+        }
         if info.hidden_size != want.hidden_size || info.embedding_sha256 != want.embedding_sha256 {
             return Err(err(format!(
                 "serves `{}` (hidden {}, embeddings {}), but the SGT was trained for `{}` \
@@ -168,14 +192,14 @@ impl Upstream {
 
     /// Sends `embeddings (seq, hidden)` and streams the reply's pieces into a channel. Dropping
     /// the receiver closes the upstream connection, which cancels the generation there.
-    /// `timeout_s` is the client's timeout, for the 504 message.
     pub async fn start(
         &self,
         client: &reqwest::Client,
         embeddings: &Tensor,
         s: &Sampling,
-        timeout_s: u64,
+        call: Call,
     ) -> Result<mpsc::Receiver<Result<Piece, ApiError>>, ApiError> {
+        let timeout_s = call.timeout_s;
         let mut key = None;
         let req = match self.kind {
             UpstreamKind::Sgt => {
@@ -189,9 +213,15 @@ impl Upstream {
                 });
                 let mut r = self.request(client, "/v1/generate").json(&body);
                 if self.protect_output {
+                    let server = call.server_key.ok_or_else(|| {
+                        upstream_err(
+                            "sealed output needs the server's identity key: pass --server-key, \
+                             or let the proxy read it at start-up (no --skip-model-check)",
+                        )
+                    })?;
                     let k = ClientKey::generate().map_err(upstream_err)?;
                     r = r.header(CLIENT_KEY_HEADER, k.public_b64());
-                    key = Some(k);
+                    key = Some((k, server));
                 }
                 r
             }
@@ -264,14 +294,15 @@ impl Upstream {
 /// Interprets one upstream's events, opening sealed tokens.
 struct Decoder {
     kind: UpstreamKind,
-    key: Option<ClientKey>,
+    /// This request's key and the server identity it pinned (sealed output).
+    key: Option<(ClientKey, ServerKey)>,
     opener: Option<Opener>,
     finish: Option<Finish>,
     usage: Option<Usage>,
 }
 
 impl Decoder {
-    fn new(kind: UpstreamKind, key: Option<ClientKey>) -> Self {
+    fn new(kind: UpstreamKind, key: Option<(ClientKey, ServerKey)>) -> Self {
         Self {
             kind,
             key,
@@ -295,13 +326,18 @@ impl Decoder {
         };
         let tampered = |e: crate::crypto::CryptoError| upstream_err(e);
         match (ev, &self.key) {
-            (StreamEvent::Key { server_key }, Some(k)) => match k.opener(&server_key) {
-                Ok(o) => {
-                    self.opener = Some(o);
-                    None
+            (StreamEvent::Key { .. }, Some(_)) if self.opener.is_some() => Some(Err(upstream_err(
+                "a second key event: the stream was tampered with",
+            ))),
+            (StreamEvent::Key { server_key }, Some((k, server))) => {
+                match k.opener(&server_key, server) {
+                    Ok(o) => {
+                        self.opener = Some(o);
+                        None
+                    }
+                    Err(e) => Some(Err(tampered(e))),
                 }
-                Err(e) => Some(Err(tampered(e))),
-            },
+            }
             (StreamEvent::Sealed { sealed }, Some(_)) => Some(match self.opener.as_mut() {
                 Some(o) => o.open_token(&sealed).map(Piece::Token).map_err(tampered),
                 None => Err(upstream_err("sealed token before the server key")),
@@ -318,21 +354,28 @@ impl Decoder {
                 },
                 key,
             ) => {
-                if key.is_some() {
-                    let verified = match (self.opener.as_mut(), sealed_end) {
-                        (Some(o), Some(end)) => o.open_end(&end).map_err(tampered),
-                        _ => Err(upstream_err("sealed stream without a valid end record")),
-                    };
-                    match verified {
-                        Ok(f) if f == finish_reason => {}
-                        Ok(_) => return Some(Err(upstream_err("finish reason was altered"))),
-                        Err(e) => return Some(Err(e)),
-                    }
+                if key.is_none() {
+                    return Some(Ok(Piece::Done {
+                        finish: finish_reason,
+                        usage: Some(usage),
+                    }));
                 }
-                Some(Ok(Piece::Done {
-                    finish: finish_reason,
-                    usage: Some(usage),
-                }))
+                // Sealed: the end record's reason and counts are the ones reported; the plain
+                // copies must agree with them.
+                let verified = match (self.opener.as_mut(), sealed_end) {
+                    (Some(o), Some(end)) => o.open_end(&end).map_err(tampered),
+                    _ => Err(upstream_err("sealed stream without a valid end record")),
+                };
+                Some(match verified {
+                    Ok((f, u)) if f == finish_reason && u == usage => Ok(Piece::Done {
+                        finish: f,
+                        usage: Some(u),
+                    }),
+                    Ok(_) => Err(upstream_err(
+                        "the finish reason or usage differs from the sealed end record",
+                    )),
+                    Err(e) => Err(e),
+                })
             }
             (StreamEvent::Error { message, .. }, _) => Some(Err(ApiError::Upstream(message))),
             (_, _) => Some(Err(upstream_err("unexpected event for this stream"))),
