@@ -1,5 +1,5 @@
 //! A bounded load test: `requests` chat completions, `concurrency` at a time, against an
-//! OpenAI-compatible endpoint; reports errors, latency percentiles and tokens/s.
+//! OpenAI-compatible endpoint; reports errors, refusals (429), latency percentiles and tokens/s.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -21,7 +21,11 @@ pub struct LoadSpec {
 pub struct LoadReport {
     pub requests: usize,
     pub concurrency: usize,
+    /// Failed requests, refusals not included.
     pub errors: usize,
+    /// Requests refused for capacity (429), and the longest time one took to be refused.
+    pub refused: usize,
+    pub refused_max_ms: f64,
     /// First few error messages.
     pub error_samples: Vec<String>,
     pub latency_p50_ms: f64,
@@ -41,12 +45,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Why a request did not complete.
+enum Failure {
+    /// 429: the endpoint is at capacity.
+    Refused,
+    Error(String),
+}
+
 async fn one(
     client: &reqwest::Client,
     url: &str,
     prompt: &str,
     max_tokens: usize,
-) -> Result<usize, String> {
+) -> Result<usize, Failure> {
     let body = json!({
         "model": "stainedglass",
         "messages": [{"role": "user", "content": prompt}],
@@ -58,16 +69,22 @@ async fn one(
         .json(&body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Error(e.to_string()))?;
     let status = r.status();
-    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(Failure::Refused);
+    }
+    let v: Value = r.json().await.map_err(|e| Failure::Error(e.to_string()))?;
     if !status.is_success() {
-        return Err(format!("{status}: {}", v["error"]["message"]));
+        return Err(Failure::Error(format!(
+            "{status}: {}",
+            v["error"]["message"]
+        )));
     }
     v["usage"]["completion_tokens"]
         .as_u64()
         .map(|n| n as usize)
-        .ok_or_else(|| "response without usage".to_string())
+        .ok_or_else(|| Failure::Error("response without usage".into()))
 }
 
 pub async fn run(spec: LoadSpec) -> LoadReport {
@@ -93,13 +110,18 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     }
     let mut lat = Vec::new();
     let (mut errors, mut samples, mut tokens) = (0, Vec::new(), 0);
+    let (mut refused, mut refused_max_ms) = (0, 0f64);
     for t in tasks {
         match t.await {
             Ok((ms, Ok(n))) => {
                 lat.push(ms);
                 tokens += n;
             }
-            Ok((_, Err(e))) => {
+            Ok((ms, Err(Failure::Refused))) => {
+                refused += 1;
+                refused_max_ms = refused_max_ms.max(ms);
+            }
+            Ok((_, Err(Failure::Error(e)))) => {
                 errors += 1;
                 if samples.len() < 5 {
                     samples.push(e);
@@ -119,6 +141,8 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         requests: spec.requests,
         concurrency: spec.concurrency,
         errors,
+        refused,
+        refused_max_ms,
         error_samples: samples,
         latency_p50_ms: percentile(&lat, 50.0),
         latency_p99_ms: percentile(&lat, 99.0),
@@ -126,6 +150,6 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         completion_tokens: tokens,
         wall_s: wall,
         tokens_per_s: tokens as f64 / wall,
-        requests_per_s: (spec.requests - errors) as f64 / wall,
+        requests_per_s: lat.len() as f64 / wall,
     }
 }
