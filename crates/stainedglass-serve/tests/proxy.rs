@@ -204,6 +204,7 @@ async fn hostile_requests_get_the_right_status_quickly() {
     p.check_upstream().await.expect("same model");
     let url = start_proxy(p).await;
     let words = "word ".repeat(9_000);
+    let huge = "word ".repeat(600_000);
     let many: Vec<Value> = (0..100_000)
         .map(|_| json!({"role": "user", "content": "a"}))
         .collect();
