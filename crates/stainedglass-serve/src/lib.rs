@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod embeddings;
 pub mod error;
+mod http;
 pub mod loadtest;
 pub mod protocol;
 pub mod proxy;

@@ -216,6 +216,12 @@ async fn hostile_requests_get_the_right_status_quickly() {
             "limit is",
         ),
         (
+            "600,000-word message",
+            json!({"messages": [{"role": "user", "content": huge}]}),
+            400,
+            "limit is",
+        ),
+        (
             "100,000 messages",
             json!({"messages": many}),
             400,
