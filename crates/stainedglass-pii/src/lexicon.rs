@@ -19,6 +19,9 @@ pub enum PiiError {
     Malformed { path: PathBuf, line: usize },
 }
 
+/// Cities this large are public geography, like countries: not personal data.
+pub(crate) const PUBLIC_CITY_POPULATION: u64 = 1_000_000;
+
 /// Lower-cased word lists.
 #[derive(Debug, Default, Clone)]
 pub struct Lexicon {
@@ -68,7 +71,7 @@ impl Lexicon {
             })?;
             let e = cities.entry(name.to_lowercase()).or_insert(0);
             *e = (*e).max(pop);
-            if (100_000..crate::names::PUBLIC_CITY_POPULATION).contains(&pop)
+            if (100_000..PUBLIC_CITY_POPULATION).contains(&pop)
                 && name.chars().all(|c| c.is_ascii_alphabetic() || c == ' ')
             {
                 towns.push(name.to_string());
@@ -110,7 +113,7 @@ impl Lexicon {
                 .collect(),
             towns: cities
                 .iter()
-                .filter(|(_, p)| *p < crate::names::PUBLIC_CITY_POPULATION)
+                .filter(|(_, p)| *p < PUBLIC_CITY_POPULATION)
                 .map(|(n, _)| n.to_string())
                 .collect(),
         }

@@ -15,11 +15,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::lexicon::Lexicon;
+use crate::lexicon::{Lexicon, PUBLIC_CITY_POPULATION};
 use crate::types::{PiiKind, Span};
-
-/// Cities this large are public geography, like countries: not personal data.
-pub(crate) const PUBLIC_CITY_POPULATION: u64 = 1_000_000;
 /// A word among this many most frequent English words counts as common.
 const COMMON_TOP: usize = 12_000;
 /// Very frequent: a capitalised chain of such words is ordinary English ("Thank You Note").
