@@ -5,6 +5,7 @@ mod bench;
 mod env;
 mod eval;
 mod lm;
+mod pii;
 mod quickstart;
 mod serve;
 mod text;
@@ -61,6 +62,9 @@ enum Command {
     Proxy(serve::ProxyArgs),
     /// Bounded load test of a proxy's chat completions (latency percentiles, tokens/s).
     Loadtest(serve::LoadtestArgs),
+    /// Personal data: scan text for it, measure the detector.
+    #[command(subcommand)]
+    Pii(pii::PiiCommand),
     /// Benchmarks printing machine-readable JSON (compare with bench/*.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -112,6 +116,7 @@ fn main() {
         Command::Serve(a) => serve::run_serve(a),
         Command::Proxy(a) => serve::run_proxy(a),
         Command::Loadtest(a) => serve::run_loadtest(a),
+        Command::Pii(cmd) => pii::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {

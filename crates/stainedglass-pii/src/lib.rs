@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod detector;
+pub mod eval;
 mod health;
 mod lexicon;
 mod names;

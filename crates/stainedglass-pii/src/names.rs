@@ -239,7 +239,22 @@ const AMBIGUOUS: &[&str] = &[
     "roman",
     "ben",
 ];
-/// Capitalised words that are never names here.
+/// Lowercase name particles inside a name ("Milan van den Bosch", "Gustavo da Luz").
+const PARTICLES: &[&str] = &[
+    "van", "von", "de", "den", "der", "da", "das", "di", "du", "del", "della", "le", "la", "bin",
+    "ibn", "al", "ter", "ten", "y", "dos",
+];
+/// Words right before a place.
+const PLACE_CUES: &[&str] = &[
+    "in", "near", "around", "outside", "towards", "toward", "visiting",
+];
+/// Function words: never part of a name, stripped from the front of a chain.
+const FUNCTION_WORDS: &[&str] = &[
+    "my", "your", "our", "his", "her", "their", "the", "a", "an", "this", "that", "these", "those",
+    "i", "we", "you", "it", "its", "is", "in", "on", "at", "of", "to", "for", "and", "or", "if",
+    "when", "please", "but", "so", "as", "all", "any", "no", "not", "yes",
+];
+/// Capitalised single words that are never names here.
 const NEVER: &[&str] = &[
     "i",
     "monday",
@@ -345,10 +360,18 @@ impl<'l> NameDetector<'l> {
         Self { lex }
     }
 
+    /// A word that can be part of a name: a known first or last name or an uncommon word, and
+    /// not an acronym ("SSN", "MRN").
     fn namelike(&self, w: &str) -> bool {
-        let l = w.to_lowercase();
-        !NEVER.contains(&l.as_str())
+        let acronym = w.chars().filter(|c| c.is_alphabetic()).count() >= 2
+            && w.chars().all(|c| !c.is_lowercase());
+        !acronym
             && (self.lex.is_first(w) || self.lex.is_last(w) || !self.lex.is_common(w, COMMON_TOP))
+    }
+
+    /// A word that can be a name on its own: name-like and not a weekday, month, language, ….
+    fn namelike_alone(&self, w: &str) -> bool {
+        !NEVER.contains(&w.to_lowercase().as_str()) && self.namelike(w)
     }
 
     /// Person, organisation and location spans of `text`. `hints` are lower-cased words known
@@ -363,8 +386,25 @@ impl<'l> NameDetector<'l> {
                 continue;
             }
             let mut j = i + 1;
-            while j < ws.len() && ws[j].capitalised() && joined(text, &ws[j - 1], &ws[j]) {
-                j += 1;
+            loop {
+                if j < ws.len() && ws[j].capitalised() && joined(text, &ws[j - 1], &ws[j]) {
+                    j += 1;
+                    continue;
+                }
+                // Particles between capitalised words stay in the chain.
+                let mut k = j;
+                while k < ws.len()
+                    && PARTICLES.contains(&ws[k].text)
+                    && joined(text, &ws[k - 1], &ws[k])
+                {
+                    k += 1;
+                }
+                if k > j && k < ws.len() && ws[k].capitalised() && joined(text, &ws[k - 1], &ws[k])
+                {
+                    j = k + 1;
+                    continue;
+                }
+                break;
             }
             self.classify(text, &ws, i, j, hints, out, &mut persons);
             i = j;
@@ -398,7 +438,8 @@ impl<'l> NameDetector<'l> {
         // A place, as written or after the leading ordinary words ("Visit Springfield") —
         // unless a title says it is a person ("Dr. Jackson").
         let after_title = previous(ws, i, text).is_some_and(|(p, _)| TITLES.contains(&p.as_str()));
-        if !after_title && self.place(text, ws, i, j, out) {
+        if !after_title && !self.cued_first_name(ws, i, j, text) && self.place(text, ws, i, j, out)
+        {
             return;
         }
         // Organisations: a chain ending in an organisation word.
@@ -415,7 +456,9 @@ impl<'l> NameDetector<'l> {
             if TITLES.contains(&w.as_str()) {
                 titled = true;
                 i += 1;
-            } else if j - i > 1 && self.lex.is_common(&w, COMMON_TOP) && !self.lex.is_first(&w) {
+            } else if FUNCTION_WORDS.contains(&w.as_str())
+                || (j - i > 1 && self.lex.is_common(&w, COMMON_TOP) && !self.lex.is_first(&w))
+            {
                 titled |= PERSON_CUES.contains(&w.as_str());
                 i += 1;
             } else {
@@ -426,19 +469,30 @@ impl<'l> NameDetector<'l> {
             return;
         }
         let (s, e) = span(i, j);
-        let chain: Vec<&Word> = ws[i..j].iter().collect();
+        // Particles ("van", "da") sit inside names but are ordinary words.
+        let chain: Vec<&Word> = ws[i..j]
+            .iter()
+            .filter(|w| !PARTICLES.contains(&w.text))
+            .collect();
         let hinted = chain.iter().any(|w| hints.contains(&w.lower()));
         let all_namelike = chain.iter().all(|w| self.namelike(w.text));
         let ordinary = chain
             .iter()
             .all(|w| self.lex.is_common(w.text, VERY_COMMON_TOP) && !self.lex.is_first(w.text));
+        if !after_title && self.cued_place(ws, i, text, &chain) {
+            out.push(Span::new(s, e, PiiKind::Location));
+            return;
+        }
         let person = if chain.len() >= 2 {
-            all_namelike && !ordinary && (titled || hinted || self.two_word_name(&chain))
+            let lead = self.namelike(chain[0].text);
+            !ordinary
+                && ((all_namelike && (titled || hinted || self.two_word_name(&chain)))
+                    || (titled && lead))
         } else {
             let w = chain[0];
             let l = w.lower();
             let first = self.lex.is_first(w.text) && !AMBIGUOUS.contains(&l.as_str());
-            all_namelike
+            self.namelike_alone(w.text)
                 && (hinted
                     || (titled && !self.lex.is_common(w.text, VERY_COMMON_TOP))
                     || (titled && self.lex.is_first(w.text))
@@ -473,7 +527,38 @@ impl<'l> NameDetector<'l> {
     fn two_word_name(&self, chain: &[&Word]) -> bool {
         let (f, l) = (chain[0].text, chain[chain.len() - 1].text);
         let uncommon = |w: &str| !self.lex.is_common(w, COMMON_TOP);
-        (self.lex.is_first(f) || uncommon(f)) && (self.lex.is_last(l) || uncommon(l))
+        // A surname that is also a common word ("Baker") needs a known first name before it,
+        // or "Ubuntu Server" would be a person.
+        let first = self.lex.is_first(f);
+        (first || uncommon(f)) && (uncommon(l) || (self.lex.is_last(l) && first))
+    }
+
+    /// Whether words after a place cue ("in", "near", …) name an unlisted town: uncommon
+    /// words, none of them a known first name.
+    fn cued_place(&self, ws: &[Word], i: usize, text: &str, chain: &[&Word]) -> bool {
+        let cued = previous(ws, i, text).is_some_and(|(p, _)| PLACE_CUES.contains(&p.as_str()));
+        cued && !self.lex.is_first(chain[0].text)
+            && chain
+                .iter()
+                .all(|w| self.namelike_alone(w.text) || w.text.len() > 1)
+            && chain
+                .iter()
+                .any(|w| self.namelike_alone(w.text) && !self.lex.is_common(w.text, COMMON_TOP))
+    }
+
+    /// A lone known first name after a person cue ("text Alice"): a person even where a small
+    /// town has the same name; public places stay places ("to Paris").
+    fn cued_first_name(&self, ws: &[Word], i: usize, j: usize, text: &str) -> bool {
+        let w = ws[i].text;
+        j - i == 1
+            && self.lex.is_first(w)
+            && !AMBIGUOUS.contains(&ws[i].lower().as_str())
+            && !self.lex.is_public_place(w)
+            && self
+                .lex
+                .city_population(w)
+                .is_none_or(|p| p < PUBLIC_CITY_POPULATION)
+            && previous(ws, i, text).is_some_and(|(p, _)| PERSON_CUES.contains(&p.as_str()))
     }
 
     /// Whether a title or a person cue precedes word `i`.

@@ -17,12 +17,34 @@ fn re(p: &str) -> Regex {
 
 const MONTHS: &str = "(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|\
                       Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)";
-const STREET: &str = "(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|\
-                      Place|Pl|Way|Terrace|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq)";
+/// Street suffixes: the primary names of USPS Publication 28, appendix C1, and their common
+/// abbreviations.
+const STREET: &str = "(?:Alley|Aly|Annex|Arcade|Avenue|Ave|Bayou|Beach|Bend|Bluffs?|Bottom|\
+                      Boulevard|Blvd|Branch|Bridge|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|\
+                      Causeway|Centers?|Centre|Circles?|Cir|Cliffs?|Club|Commons?|Corners?|Course|\
+                      Courts?|Ct|Coves?|Creek|Crescent|Crest|Crossing|Crossroads?|Curve|Dale|Dam|\
+                      Divide|Drives?|Dr|Estates?|Expressway|Extensions?|Falls?|Ferry|Fields?|\
+                      Flats?|Fords?|Forest|Forges?|Forks?|Fort|Freeway|Gardens?|Gateway|Glens?|\
+                      Greens?|Groves?|Harbors?|Haven|Heights|Highway|Hwy|Hills?|Hollow|Inlet|\
+                      Islands?|Isle|Junctions?|Keys?|Knolls?|Lakes?|Landing|Lane|Ln|Lights?|Loaf|\
+                      Locks?|Lodge|Loop|Mall|Manors?|Meadows?|Mews|Mills?|Mission|Motorway|Mount|\
+                      Mountains?|Neck|Orchard|Oval|Overpass|Parks?|Parkways?|Pkwy|Pass|Passage|\
+                      Path|Pike|Pines?|Place|Pl|Plains?|Plaza|Points?|Ports?|Prairie|Radial|Ramp|\
+                      Ranch|Rapids?|Rest|Ridges?|River|Roads?|Rd|Route|Row|Rue|Run|Shoals?|Shores?|\
+                      Skyway|Springs?|Spurs?|Squares?|Sq|Station|Stravenue|Stream|Streets?|St|\
+                      Summit|Terrace|Ter|Throughway|Trace|Track|Trafficway|Trail|Trl|Trailer|\
+                      Tunnel|Turnpike|Underpass|Unions?|Valleys?|Viaduct|Views?|Villages?|Ville|\
+                      Vista|Walks?|Wall|Ways?|Wells?)";
+/// The two-letter codes of US states, territories and military mail.
+const STATES: &str = "(?:A[AEKLPRSZ]|C[AOT]|D[CE]|F[LM]|G[AU]|HI|I[ADLN]|K[SY]|LA|M[ADEHINOPST]|\
+                      N[CDEHJMVY]|O[HKR]|P[ARW]|RI|S[CD]|T[NX]|UT|V[AIT]|W[AIVY])";
+/// German, Dutch and Scandinavian street names end in the street word ("Hauptstraße 5").
+const STREET_WORD: &str = "(?:stra(?:ß|ss)e|str\\.|weg|platz|allee|gasse|ring|damm|ufer|straat|\
+                           laan|plein|gracht|gatan|vägen|gade|vej)";
 
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(?i)\b[a-z0-9][a-z0-9._%+-]*@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b",
+        r"(?i)\b[\p{L}\p{N}][\p{L}\p{N}._%+-]*@[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}\b",
     )
 });
 static URL_CREDENTIALS: LazyLock<Regex> =
@@ -35,7 +57,7 @@ static IPV6: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:%\w+)?"));
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b|\(\d{3}\)\s?\d{3}-\d{4}\b",
+        r"\+\d{1,3}(?:[\s.-]?\(\d{1,4}\))?(?:[\s.-]?\d{1,8}){1,6}\b|(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b|\(\d{3}\)\s?\d{3}-\d{4}\b",
     )
 });
 static DATE: LazyLock<Regex> = LazyLock::new(|| {
@@ -45,7 +67,13 @@ static DATE: LazyLock<Regex> = LazyLock::new(|| {
 });
 static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
     re(&format!(
-        r"\b\d{{1,6}}\s+(?:[A-Z][a-zA-Z'-]*\.?\s+){{1,4}}{STREET}\b\.?(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|#)\.?\s*#?[A-Za-z0-9-]+)?(?:,\s*[A-Z][a-zA-Z]+(?:\s+[A-Z][a-zA-Z]+){{0,2}})?(?:,?\s*[A-Z]{{2}})?(?:\s+\d{{5}}(?:-\d{{4}})?)?"
+        r"\b\d{{1,6}}\s+(?:[A-Z][\p{{L}}'-]*\.?\s+){{1,4}}{STREET}\b\.?(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|#)\.?\s*#?[A-Za-z0-9-]+)?(?:,\s*[A-Z][\p{{L}}'-]+(?:\s+[A-Z][\p{{L}}'-]+){{0,3}},?\s+{STATES}(?:\s+\d{{5}}(?:-\d{{4}})?)?\b|(?:,\s*[A-Z][\p{{L}}'-]+(?:\s+[A-Z][\p{{L}}'-]+){{0,2}})?)"
+    ))
+});
+/// "Hauptstraße 5, 10115 Berlin", "Keizersgracht 123, 1015 CJ Amsterdam".
+static STREET_FIRST_ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
+    re(&format!(
+        r"\b\p{{Lu}}[\p{{L}}-]*{STREET_WORD}\s+\d{{1,5}}[a-zA-Z]?\b(?:,\s*(?:\d{{4}}\s?[A-Z]{{2}}|\d{{4,5}}|\d{{3}}\s\d{{2}})\s+\p{{Lu}}[\p{{L}}-]+)?"
     ))
 });
 static ACCOUNT: LazyLock<Regex> = LazyLock::new(|| {
@@ -177,7 +205,10 @@ pub(crate) fn detect(text: &str, out: &mut Vec<Span>) {
             push(m, PiiKind::Date);
         }
     }
-    for m in ADDRESS.find_iter(text) {
+    for m in ADDRESS
+        .find_iter(text)
+        .chain(STREET_FIRST_ADDRESS.find_iter(text))
+    {
         push(m, PiiKind::Address);
     }
     for c in ACCOUNT.captures_iter(text) {
