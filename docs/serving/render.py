@@ -8,8 +8,8 @@ prev, chat, lt, bench, exp = load("apply_preview.json"), load("chat.json"), load
 vals = dict(
     answer=chat["choices"][0]["message"]["content"].strip(),
     clean_prompt=prev["preview"]["clean_prompt"].strip(),
-    server_reads=prev["preview"]["server_reads"].strip(),
-    recovered=f'{100 * prev["preview"]["transformed_tokens_recovered"]:.0f}%',
+    server_reads=prev["preview"].get("nearest_neighbour_reads", prev["preview"].get("server_reads", "")).strip(),
+    recovered=f'{100 * prev["preview"].get("transformed_tokens_recovered_by_nearest_neighbour", prev["preview"].get("transformed_tokens_recovered", 0)):.0f}%',
     p_tokens=prev["tokens"], p_transformed=prev["transformed_tokens"],
     lt_req=lt["requests"], lt_conc=lt["concurrency"], lt_err=lt["errors"],
     lt_p50=f'{lt["latency_p50_ms"] / 1e3:.2f}', lt_p99=f'{lt["latency_p99_ms"] / 1e3:.2f}',

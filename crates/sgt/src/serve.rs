@@ -206,6 +206,8 @@ pub struct ProxyArgs {
     /// other cross-origin requests are refused.
     #[arg(long = "allow-origin")]
     pub allow_origins: Vec<String>,
+    #[command(flatten)]
+    pub pii: crate::pii::GuardArgs,
 }
 
 pub fn run_proxy(a: ProxyArgs) -> Result<()> {
@@ -231,6 +233,10 @@ pub fn run_proxy(a: ProxyArgs) -> Result<()> {
         },
         server_key: a.server_key.clone(),
     };
+    let guard = a
+        .pii
+        .detector()?
+        .map(|d| stainedglass_serve::proxy::PiiGuard::new(a.pii.pii, d));
     let mut api_keys = a.api_keys.clone();
     api_keys.extend(crate::env::get().proxy_api_keys.iter().cloned());
     let rt = runtime()?;
@@ -256,7 +262,11 @@ pub fn run_proxy(a: ProxyArgs) -> Result<()> {
             },
             ..ProxyConfig::default()
         };
-        let state = Arc::new(ProxyState::new(Arc::new(sgt), upstream, config));
+        let mut state = ProxyState::new(Arc::new(sgt), upstream, config);
+        if let Some(g) = guard {
+            state = state.with_pii(g);
+        }
+        let state = Arc::new(state);
         if !a.skip_model_check {
             state.check_upstream().await?;
         }

@@ -24,6 +24,12 @@ for chunk in client.chat.completions.create(
         streamed.append(chunk.choices[0].delta.content or "")
         finish = chunk.choices[0].finish_reason or finish
 
+# Personal data: the proxy replaces it before the SGT (default --pii pseudonymize) and maps the
+# reply back; the Rust test checks that none of it reached the server.
+note = [{"role": "user", "content": "Draft a one-line note to Michael Roy (michael.roy@example.com) "
+         "about the contract due 2026-04-15."}]
+pii = client.chat.completions.create(model=models[0], messages=note, temperature=0, max_tokens=32)
+
 print(
     json.dumps(
         {
@@ -34,6 +40,7 @@ print(
             "streamed": "".join(streamed),
             "stream_chunks": len(streamed),
             "stream_finish": finish,
+            "pii_reply": pii.choices[0].message.content,
         }
     )
 )

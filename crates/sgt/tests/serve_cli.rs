@@ -199,6 +199,11 @@ fn check_recording(rec: &[u8]) -> usize {
     for word in ["capital", "france", "primary colors", "im_start"] {
         assert!(!lower.contains(word), "the server received `{word}`");
     }
+    // The note's personal data (with characters outside base64, so no chance match).
+    let raw = String::from_utf8_lossy(rec);
+    for value in ["Michael Roy", "michael.roy@example.com", "2026-04-15"] {
+        assert!(!raw.contains(value), "the server received `{value}`");
+    }
     let mut generates = 0;
     for (head, body) in requests(rec) {
         let first = head.lines().next().unwrap_or_default().to_string();
@@ -296,6 +301,7 @@ fn openai_client_chats_through_proxy_and_server_sees_only_embeddings() {
     assert_eq!(r["stream_finish"], "stop");
     assert_eq!(r["models"][0], "stainedglass");
     assert!(r["usage"]["prompt_tokens"].as_u64().expect("usage") > 8);
+    assert!(r["pii_reply"].is_string(), "{r}");
 
     // Hostile requests to the running processes: the right 4xx at once, then a good answer.
     let words = "word ".repeat(9_000);
@@ -398,7 +404,9 @@ fn openai_client_chats_through_proxy_and_server_sees_only_embeddings() {
     assert!(server_err.contains("shut down"), "{server_err}");
     // Metadata only in the logs: never the prompt or the answer.
     for log in [&proxy_err, &server_err] {
-        assert!(!log.contains("France") && !log.contains("Paris"), "{log}");
+        for secret in ["France", "Paris", "Michael", "example.com"] {
+            assert!(!log.contains(secret), "{log}");
+        }
     }
     let connections: Vec<Vec<u8>> = record
         .lock()
@@ -408,7 +416,7 @@ fn openai_client_chats_through_proxy_and_server_sees_only_embeddings() {
         .collect();
     let generates: usize = connections.iter().map(|c| check_recording(c)).sum();
     assert!(
-        generates >= 202,
-        "2 chats, 200 load-test requests and the admitted ones of the second reached the server"
+        generates >= 203,
+        "3 chats, 200 load-test requests and the admitted ones of the second reached the server"
     );
 }

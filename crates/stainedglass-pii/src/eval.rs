@@ -56,6 +56,8 @@ pub struct DetectionReport {
     pub per_kind: BTreeMap<String, KindScore>,
     pub structured_recall: f64,
     pub person_recall: f64,
+    /// Person, organisation and location names together.
+    pub name_recall: f64,
     pub overall_precision: f64,
     /// Share of gold values still present, whole, in the pseudonymised prompt: what a perfect
     /// inverter of the transformed embeddings could read back.
@@ -119,10 +121,7 @@ pub fn evaluate(detector: &Detector, prompts: &[LabelledPrompt]) -> DetectionRep
         }
     }
     let sum = |f: fn(&(&PiiKind, &KindScore)) -> bool, g: fn(&KindScore) -> usize| {
-        per.iter()
-            .filter(&f)
-            .map(|(_, s)| g(s))
-            .sum::<usize>()
+        per.iter().filter(&f).map(|(_, s)| g(s)).sum::<usize>()
     };
     let structured_recall = ratio(
         sum(|(k, _)| k.is_structured(), |s| s.recalled),
@@ -132,6 +131,13 @@ pub fn evaluate(detector: &Detector, prompts: &[LabelledPrompt]) -> DetectionRep
         sum(|(k, _)| **k == PiiKind::Person, |s| s.recalled),
         sum(|(k, _)| **k == PiiKind::Person, |s| s.gold),
     );
+    let is_name = |(k, _): &(&PiiKind, &KindScore)| {
+        matches!(
+            **k,
+            PiiKind::Person | PiiKind::Organization | PiiKind::Location
+        )
+    };
+    let name_recall = ratio(sum(is_name, |s| s.recalled), sum(is_name, |s| s.gold));
     let overall_precision = ratio(sum(|_| true, |s| s.correct), sum(|_| true, |s| s.found));
     times.sort_by(f64::total_cmp);
     DetectionReport {
@@ -146,6 +152,7 @@ pub fn evaluate(detector: &Detector, prompts: &[LabelledPrompt]) -> DetectionRep
             .collect(),
         structured_recall,
         person_recall,
+        name_recall,
         overall_precision,
         leaked_whole: ratio(leaked, gold_all.max(1)) * f64::from(u8::from(gold_all > 0)),
         leaked_values,

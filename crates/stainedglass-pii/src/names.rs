@@ -244,6 +244,35 @@ const PARTICLES: &[&str] = &[
     "van", "von", "de", "den", "der", "da", "das", "di", "du", "del", "della", "le", "la", "bin",
     "ibn", "al", "ter", "ten", "y", "dos",
 ];
+/// Last words of landmarks and geographic features.
+const LANDMARKS: &[&str] = &[
+    "river",
+    "lake",
+    "mountain",
+    "mountains",
+    "island",
+    "islands",
+    "sea",
+    "ocean",
+    "bay",
+    "valley",
+    "desert",
+    "forest",
+    "canyon",
+    "falls",
+    "archipelago",
+    "peninsula",
+    "strait",
+    "gulf",
+    "glacier",
+    "volcano",
+    "tower",
+    "castle",
+    "palace",
+    "cathedral",
+    "bridge",
+    "monument",
+];
 /// Words right before a place.
 const PLACE_CUES: &[&str] = &[
     "in", "near", "around", "outside", "towards", "toward", "visiting",
@@ -325,6 +354,22 @@ fn words(text: &str) -> Vec<Word<'_>> {
         .collect()
 }
 
+/// A capital after two lower-case letters ("JavaScript", "YouTube"): a product, not a name
+/// ("McKenzie", "DiCaprio", "MacArthur" are names).
+fn camel_case(w: &str) -> bool {
+    if w.starts_with("Mac") || w.starts_with("Fitz") {
+        return false;
+    }
+    let mut lower_run = 0;
+    for c in w.chars() {
+        if c.is_uppercase() && lower_run >= 2 {
+            return true;
+        }
+        lower_run = if c.is_lowercase() { lower_run + 1 } else { 0 };
+    }
+    false
+}
+
 /// Whether only spaces separate two words (a chain continues).
 fn joined(text: &str, a: &Word, b: &Word) -> bool {
     let gap = &text[a.end..b.start];
@@ -361,11 +406,16 @@ impl<'l> NameDetector<'l> {
     }
 
     /// A word that can be part of a name: a known first or last name or an uncommon word, and
-    /// not an acronym ("SSN", "MRN").
+    /// not an acronym ("SSN", "MRN") or a contraction ("You'll").
     fn namelike(&self, w: &str) -> bool {
         let acronym = w.chars().filter(|c| c.is_alphabetic()).count() >= 2
             && w.chars().all(|c| !c.is_lowercase());
+        let contraction = w
+            .rsplit_once(['\'', '’'])
+            .is_some_and(|(_, t)| ["ll", "re", "ve", "d", "t", "m"].contains(&t));
         !acronym
+            && !contraction
+            && !camel_case(w)
             && (self.lex.is_first(w) || self.lex.is_last(w) || !self.lex.is_common(w, COMMON_TOP))
     }
 
@@ -414,6 +464,8 @@ impl<'l> NameDetector<'l> {
             .iter()
             .flat_map(|s| words(s.text(text)).into_iter().map(|w| w.lower()))
             .filter(|w| w.len() > 1 && !TITLES.contains(&w.as_str()))
+            // Only distinctive parts: an ordinary word is not a name everywhere ("River").
+            .filter(|w| !self.lex.is_common(w, COMMON_TOP) || self.lex.is_first(w))
             .collect();
         for w in &ws {
             if w.capitalised() && parts.contains(&w.lower()) {
@@ -444,6 +496,10 @@ impl<'l> NameDetector<'l> {
         }
         // Organisations: a chain ending in an organisation word.
         let last = ws[j - 1].lower();
+        // Landmarks ("Rhine River", "Anavilhanas Archipelago"): geography, not a person.
+        if j - i >= 2 && LANDMARKS.contains(&last.as_str()) {
+            return;
+        }
         if j - i >= 2 && ORG_WORDS.contains(&last.as_str()) {
             let (s, e) = span(i, j);
             out.push(Span::new(s, e, PiiKind::Organization));
@@ -492,11 +548,16 @@ impl<'l> NameDetector<'l> {
             let w = chain[0];
             let l = w.lower();
             let first = self.lex.is_first(w.text) && !AMBIGUOUS.contains(&l.as_str());
+            // After an article a capitalised word is a thing ("the Sun").
+            let article = previous(ws, i, text)
+                .is_some_and(|(p, _)| ["the", "a", "an"].contains(&p.as_str()));
+            let wordlike = self.lex.is_common(w.text, COMMON_TOP);
             self.namelike_alone(w.text)
+                && !article
                 && (hinted
                     || (titled && !self.lex.is_common(w.text, VERY_COMMON_TOP))
-                    || (titled && self.lex.is_first(w.text))
-                    || (first && !sentence_initial(text, w)))
+                    || (titled && first)
+                    || (first && !wordlike && !sentence_initial(text, w)))
         };
         if person {
             persons.push(Span::new(s, e, PiiKind::Person));
@@ -511,7 +572,12 @@ impl<'l> NameDetector<'l> {
         if self.lex.is_public_place(name) {
             return true;
         }
+        // A town named like a word or a person ("Date", "Alice") only after a place cue.
+        let w = ws[i].text;
+        let word_like = j - i == 1 && (self.lex.is_common(w, COMMON_TOP) || self.lex.is_first(w));
+        let cued = previous(ws, i, text).is_some_and(|(p, _)| PLACE_CUES.contains(&p.as_str()));
         match self.lex.city_population(name) {
+            Some(_) if word_like && !cued => false,
             Some(pop) => {
                 if pop < PUBLIC_CITY_POPULATION {
                     out.push(Span::new(s, e, PiiKind::Location));
@@ -587,7 +653,9 @@ mod tests {
             &[
                 "the", "to", "and", "draft", "an", "email", "about", "contract", "please", "ask",
                 "will", "new", "machine", "learning", "dear", "thank", "you", "brown", "meet",
-                "capital", "of", "what", "is", "in", "for", "work", "at", "call",
+                "capital", "of", "what", "is", "in", "for", "work", "at", "call", "compare",
+                "remind", "today", "orbits", "it", "we", "sailed", "visit", "us", "next", "summer",
+                "reply", "see", "on", "file", "a", "nebula", "river", "python",
             ],
         )
     }
@@ -631,5 +699,33 @@ mod tests {
         );
         assert_eq!(found("Will you draft it?"), []);
         assert_eq!(found("Please ask Dr. Springfield"), [p("Springfield")]);
+    }
+
+    #[test]
+    fn things_that_look_like_names_are_not() {
+        // Function words and acronyms, contractions, products, things after an article,
+        // landmarks, and ordinary words that were part of a name elsewhere.
+        assert_eq!(found("My SSN is on file."), []);
+        assert_eq!(found("You'll see."), []);
+        assert_eq!(found("Compare Python and JavaScript today"), []);
+        assert_eq!(found("It orbits the Anna nebula"), []);
+        assert_eq!(found("We sailed the Springfield Riverbank River"), []);
+    }
+
+    #[test]
+    fn particles_cues_and_place_cues() {
+        let p = |s: &str| (PiiKind::Person, s.to_string());
+        assert_eq!(
+            found("Remind Milan van den Bosch to call"),
+            [p("Milan van den Bosch")]
+        );
+        // A cued two-word chain with an uncommon first word is a person even if the surname is
+        // an ordinary word.
+        assert_eq!(found("Draft a reply to Fiene Brown."), [p("Fiene Brown")]);
+        // An unlisted town after a place cue.
+        assert_eq!(
+            found("Visit us in Neustadtwaldnaab next summer"),
+            [(PiiKind::Location, "Neustadtwaldnaab".into())]
+        );
     }
 }

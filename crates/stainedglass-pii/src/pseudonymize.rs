@@ -39,6 +39,16 @@ impl std::str::FromStr for PiiMode {
     }
 }
 
+impl std::fmt::Display for PiiMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pseudonymize => "pseudonymize",
+            Self::Redact => "redact",
+            Self::Off => "off",
+        })
+    }
+}
+
 /// Stand-ins given so far, both ways. Zeroed on drop.
 #[derive(Default)]
 pub struct Mapping {
@@ -154,7 +164,10 @@ impl<'d> Pseudonymizer<'d> {
             );
             if sw.len() == vw.len() && sw.len() > 1 {
                 for (a, b) in sw.iter().zip(&vw) {
-                    self.map.back.push((a.to_string(), b.to_string()));
+                    // Not a word the user wrote themselves: it would be "restored" too.
+                    if !self.seen.contains(a) {
+                        self.map.back.push((a.to_string(), b.to_string()));
+                    }
                 }
             }
         }

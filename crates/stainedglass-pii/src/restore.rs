@@ -13,8 +13,35 @@ pub struct Restorer {
     buf: String,
 }
 
+impl Drop for Restorer {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.values.zeroize();
+        self.stand_ins.zeroize();
+        self.buf.zeroize();
+    }
+}
+
+/// A character that continues a word as the detector's name pattern reads it: a letter or a
+/// mark, by general category (not `char::is_alphabetic`, which also takes "🄰"). (A
+/// digit does not: the detector may end a name right before one, and the stand-in put there
+/// must come back.)
 fn is_word(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_alphanumeric())
+    static LETTER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[\p{L}\p{M}]$").unwrap_or_else(|e| panic!("letter pattern: {e}"))
+    });
+    c.is_some_and(|c| LETTER.is_match(c.encode_utf8(&mut [0; 4])))
+}
+
+/// Whether `stand_in` would be the end of a longer word after `before` ("Jameson" holds no
+/// "James"); a stand-in that starts with "+" or a digit joins no word.
+fn glued_before(stand_in: &str, before: Option<char>) -> bool {
+    is_word(stand_in.chars().next()) && is_word(before)
+}
+
+/// Whether `stand_in` would be the start of a longer word before `after`.
+fn glued_after(stand_in: &str, after: Option<char>) -> bool {
+    is_word(stand_in.chars().last()) && is_word(after)
 }
 
 impl Restorer {
@@ -47,7 +74,8 @@ impl Restorer {
         for m in ac.find_iter(text) {
             let before = text[..m.start()].chars().last();
             let after = text[m.end()..].chars().next();
-            if is_word(before) || is_word(after) {
+            let s = &self.stand_ins[m.pattern().as_usize()];
+            if glued_before(s, before) || glued_after(s, after) {
                 continue;
             }
             out.push_str(&text[at..m.start()]);
@@ -65,8 +93,12 @@ impl Restorer {
         let lo = self.buf.len().saturating_sub(longest);
         for (k, _) in self.buf.char_indices().filter(|&(k, _)| k >= lo) {
             let tail = &self.buf[k..];
-            let boundary = !is_word(self.buf[..k].chars().last());
-            if boundary && self.stand_ins.iter().any(|s| s.starts_with(tail)) {
+            let before = self.buf[..k].chars().last();
+            if self
+                .stand_ins
+                .iter()
+                .any(|s| s.starts_with(tail) && !glued_before(s, before))
+            {
                 return k;
             }
         }
@@ -76,7 +108,17 @@ impl Restorer {
     /// Feeds the next piece of the reply; returns the text that is final.
     pub fn push(&mut self, piece: &str) -> String {
         self.buf.push_str(piece);
-        let hold = self.hold_from();
+        let mut hold = self.hold_from();
+        // Never cut through a whole stand-in that the held-back tail begins inside
+        // ("2025-11-20" before "20 Cedar Street" held back).
+        if let Some(ac) = &self.ac {
+            while let Some(m) = ac
+                .find_iter(self.buf.as_str())
+                .find(|m| m.start() < hold && hold < m.end())
+            {
+                hold = m.start();
+            }
+        }
         let ready: String = self.buf.drain(..hold).collect();
         self.replace(&ready)
     }

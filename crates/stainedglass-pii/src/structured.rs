@@ -193,7 +193,13 @@ pub(crate) fn detect(text: &str, out: &mut Vec<Span>) {
     }
     for m in IPV6.find_iter(text) {
         let s = m.as_str().split('%').next().unwrap_or_default();
-        if s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok() {
+        // Three groups at least, not inside a word or a path ("std::io", "a::b::c").
+        let groups = s.split(':').filter(|g| !g.is_empty()).count();
+        let joined =
+            |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        let inside =
+            joined(text[..m.start()].chars().last()) || joined(text[m.end()..].chars().next());
+        if groups >= 3 && !inside && s.parse::<std::net::Ipv6Addr>().is_ok() {
             push(m, PiiKind::IpAddress);
         }
     }

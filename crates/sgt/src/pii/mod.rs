@@ -1,13 +1,15 @@
 //! `sgt pii …`: scan text for personal data (JSON lines, for audits), and measure the detector
 //! on the labelled synthetic set.
 
+mod e2e;
+
 use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use stainedglass_pii::eval::{evaluate, LabelledPrompt};
-use stainedglass_pii::{Detector, DetectorConfig, Lexicon, PiiKind};
+use stainedglass_pii::{Detector, DetectorConfig, Lexicon, PiiKind, PiiMode};
 
 #[derive(Subcommand)]
 pub enum PiiCommand {
@@ -17,6 +19,10 @@ pub enum PiiCommand {
     /// Precision and recall per kind on a labelled set, and what a perfect inverter could read
     /// of the values after pseudonymisation; writes report.json and summary.md.
     Eval(EvalArgs),
+    /// The labelled prompts through a real proxy and server (handling off, then on), with a tap
+    /// on everything the server receives: original values in its bytes and in the
+    /// nearest-neighbour reading of its embeddings, and replies that carry the needed values.
+    E2e(e2e::E2eArgs),
 }
 
 #[derive(Args, Clone)]
@@ -48,6 +54,41 @@ impl DetectorArgs {
     }
 }
 
+/// Personal-data handling of `sgt proxy` (and `sgt text apply --preview`).
+#[derive(Args, Clone)]
+pub struct GuardArgs {
+    /// What to do with personal data in prompts before the SGT: pseudonymize (consistent
+    /// stand-ins; the reply is mapped back), redact ([PERSON], [EMAIL], …) or off.
+    #[arg(long, default_value = "pseudonymize")]
+    pub pii: PiiMode,
+    /// A further sensitive term to replace, e.g. a project name (repeatable).
+    #[arg(long = "pii-term")]
+    pub pii_terms: Vec<String>,
+    /// Only these kinds (repeatable; default all), as for `sgt pii scan --kind`.
+    #[arg(long = "pii-kind")]
+    pub pii_kinds: Vec<PiiKind>,
+    /// Assets directory holding pii/ (default: $SGT_ASSETS, else assets).
+    #[arg(long)]
+    pub pii_assets: Option<PathBuf>,
+}
+
+impl GuardArgs {
+    /// The detector, or none with `--pii off`.
+    pub fn detector(&self) -> Result<Option<Detector>> {
+        if self.pii == PiiMode::Off {
+            return Ok(None);
+        }
+        DetectorArgs {
+            assets: self.pii_assets.clone(),
+            terms: self.pii_terms.clone(),
+            kinds: self.pii_kinds.clone(),
+        }
+        .detector()
+        .context("loading the PII word lists (or run with --pii off to send names as written)")
+        .map(Some)
+    }
+}
+
 #[derive(Args)]
 pub struct ScanArgs {
     /// The file to scan; `-` reads standard input.
@@ -72,6 +113,7 @@ pub fn run(cmd: PiiCommand) -> Result<()> {
     match cmd {
         PiiCommand::Scan(a) => scan(a),
         PiiCommand::Eval(a) => eval(a),
+        PiiCommand::E2e(a) => e2e::run(a),
     }
 }
 
@@ -95,17 +137,7 @@ fn scan(a: ScanArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let d = a.detector.detector()?;
-    let text = std::fs::read_to_string(&a.data)
-        .with_context(|| format!("reading {}", a.data.display()))?;
-    let prompts = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str::<LabelledPrompt>(l)
-                .with_context(|| format!("{} line {}", a.data.display(), i + 1))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let prompts = read_prompts(&a.data)?;
     let r = evaluate(&d, &prompts);
     std::fs::create_dir_all(&a.report)?;
     let json = serde_json::to_string_pretty(&r)?;
@@ -127,11 +159,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         ));
     }
     md.push_str(&format!(
-        "\nStructured recall {:.1}%, person recall {:.1}%, overall precision {:.1}%.\n\
+        "\nStructured recall {:.1}%, person recall {:.1}%, name recall (person, organisation, \
+         location) {:.1}%, overall precision {:.1}%.\n\
          Values a perfect inverter could read back whole after pseudonymisation: {:.1}%.\n\
          Detection and substitution: {:.0} µs per 1,000 characters (median).\n",
         100.0 * r.structured_recall,
         100.0 * r.person_recall,
+        100.0 * r.name_recall,
         100.0 * r.overall_precision,
         100.0 * r.leaked_whole,
         r.micros_per_1000_chars
@@ -139,4 +173,18 @@ fn eval(a: EvalArgs) -> Result<()> {
     stainedglass_core::io::atomic_write(&a.report.join("summary.md"), md.as_bytes())?;
     println!("{md}");
     Ok(())
+}
+
+/// The labelled prompts of a JSON-lines file.
+fn read_prompts(path: &std::path::Path) -> Result<Vec<LabelledPrompt>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<LabelledPrompt>(l)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@
 //! could read, write the quick report, shut down (also on Ctrl-C). Running it again resumes.
 
 mod report;
-mod services;
+pub(crate) mod services;
 
 use crate::lm::model_args::{ModelArgs, BUNDLED_GGUF};
 use anyhow::{bail, Context, Result};
@@ -168,7 +168,17 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let live = rt.block_on(start_services(model.clone(), &tok, sgt.clone()))?;
+    // The proxy as `sgt proxy` runs by default: personal data replaced before the SGT.
+    let lex = stainedglass_pii::Lexicon::load(&margs.assets().join("pii"))?;
+    let detector = stainedglass_pii::Detector::new(lex, Default::default());
+    let guard =
+        stainedglass_serve::proxy::PiiGuard::new(stainedglass_pii::PiiMode::Pseudonymize, detector);
+    let live = rt.block_on(start_services(
+        model.clone(),
+        &tok,
+        sgt.clone(),
+        Some(guard),
+    ))?;
     stop_on_ctrl_c(&rt, &live, a.keep_running);
     let chat = rt.block_on(chat_once(&live, &tok, &sgt))?;
 

@@ -38,6 +38,16 @@ pub struct Services {
 }
 
 impl Services {
+    /// Copies of the `/v1/generate` bodies the server received so far.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// What the server accepts (to decode a received body).
+    pub fn limits(&self) -> EmbeddingLimits {
+        self.limits
+    }
+
     pub async fn shutdown(self) {
         self.stop_proxy.notify_one();
         self.stop_server.notify_one();
@@ -47,10 +57,12 @@ impl Services {
     }
 }
 
+/// Starts both services; `guard` is the proxy's personal-data handling (none: off).
 pub async fn start_services(
     model: Arc<stainedglass_models::llm::Llama>,
     tok: &TextTokenizer,
     sgt: Arc<StainedGlassTransformForText>,
+    guard: Option<proxy::PiiGuard>,
 ) -> Result<Services> {
     let state = Arc::new(ServerState::new(
         model,
@@ -99,6 +111,10 @@ pub async fn start_services(
         },
         ProxyConfig::default(),
     );
+    let proxy_state = match guard {
+        Some(g) => proxy_state.with_pii(g),
+        None => proxy_state,
+    };
     proxy_state.check_upstream().await?;
     let (l, proxy_addr) = server::bind("127.0.0.1:0").await?;
     let p = stop_proxy.clone();

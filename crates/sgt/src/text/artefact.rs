@@ -119,9 +119,13 @@ pub struct ApplyArgs {
     /// Output format (default: from the --output file name).
     #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
-    /// Also show what a server could read back by nearest-neighbour decoding.
+    /// Also show the prompt that was transformed (after personal data was replaced) and what a
+    /// server reads back by nearest-neighbour decoding — the weakest attack: a learned inverter
+    /// reads far more (docs/eval/).
     #[arg(long)]
     pub preview: bool,
+    #[command(flatten)]
+    pub pii: crate::pii::GuardArgs,
     /// Noise seed (reproducible, for tests); default: fresh OS entropy.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -138,6 +142,15 @@ pub fn apply(a: ApplyArgs) -> Result<()> {
     }
     messages.push(Message::new(Role::User, a.prompt.clone()));
     let t1 = Instant::now();
+    let (messages, pii_found) = match a.pii.detector()? {
+        Some(d) => {
+            let guard = stainedglass_serve::proxy::PiiGuard::new(a.pii.pii, d);
+            let (messages, found) = guard.scrub_messages(messages);
+            (messages, found)
+        }
+        None => (messages, 0),
+    };
+    let sent: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
     let out = sgt.apply(&PromptInput::Chat(messages), &mut NoiseRng::new(a.seed))?;
     let apply_ms = t1.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.output {
@@ -164,9 +177,12 @@ pub fn apply(a: ApplyArgs) -> Result<()> {
         "load_ms": load_ms,
         "apply_ms": apply_ms,
         "output": a.output,
+        "pii": {"mode": a.pii.pii.to_string(), "replaced": pii_found},
     });
     if a.preview {
         report["preview"] = preview(&sgt, &out)?;
+        // What the SGT was given: personal data already replaced by stand-ins (not kept).
+        report["preview"]["transformed_messages"] = serde_json::json!(sent);
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -195,7 +211,9 @@ fn preview(
     let tok = sgt.tokenizer();
     Ok(serde_json::json!({
         "clean_prompt": tok.decode(ids, false)?,
-        "server_reads": tok.decode(&read, false)?,
-        "transformed_tokens_recovered": hits as f64 / transformed.max(1) as f64,
+        "nearest_neighbour_reads": tok.decode(&read, false)?,
+        "transformed_tokens_recovered_by_nearest_neighbour": hits as f64 / transformed.max(1) as f64,
+        "stronger_attacks": "a learned inverter or the provider's own probe reads most \
+                             transformed tokens; see docs/eval/ for the strongest measured attack",
     }))
 }

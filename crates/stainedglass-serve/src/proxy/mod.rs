@@ -1,12 +1,14 @@
 //! The client's OpenAI-compatible proxy: `POST /v1/chat/completions` (plain or streamed),
 //! `GET /v1/models`, `/health`. It tokenizes, applies the chat template and the SGT on this
 //! machine — with fresh noise from the OS random source for every request — and forwards only
-//! the transformed embeddings upstream. Prompt text and token ids never leave the process.
+//! the transformed embeddings upstream. Prompt text and token ids never leave the process; with
+//! a [`PiiGuard`] the personal data in the prompt never even reaches the SGT (`pii.rs`).
 
 pub mod access;
 mod completion;
 pub mod detok;
 pub mod openai;
+mod pii;
 pub mod upstream;
 
 use crate::error::{ApiError, Result};
@@ -24,8 +26,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use completion::Completion;
 use openai::ChatRequest;
+pub use pii::PiiGuard;
+use pii::ReplyRestorer;
 use serde_json::{json, Value};
 use stainedglass_core::NoiseRng;
+use stainedglass_pii::Mapping;
 use stainedglass_text::{PromptInput, StainedGlassTransformForText};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -77,6 +82,8 @@ pub struct ProxyState {
     upstream_info: std::sync::OnceLock<ModelInfo>,
     /// Admission: one permit per chat request in flight.
     admission: Arc<tokio::sync::Semaphore>,
+    /// Personal data handling; none: prompts go to the SGT as written.
+    pii: Option<Arc<PiiGuard>>,
 }
 
 impl ProxyState {
@@ -97,7 +104,14 @@ impl ProxyState {
             config,
             client,
             upstream_info: std::sync::OnceLock::new(),
+            pii: None,
         }
+    }
+
+    /// Finds personal data in every prompt and replaces it before the SGT (see `pii.rs`).
+    pub fn with_pii(mut self, guard: PiiGuard) -> Self {
+        self.pii = Some(Arc::new(guard));
+        self
     }
 
     /// What the artefact expects of the server.
@@ -234,6 +248,8 @@ struct Forwarded {
     id: String,
     model: String,
     created: u64,
+    /// Stand-ins back to the values; dropped (and zeroed) when the reply ends.
+    mapping: Option<Mapping>,
 }
 
 async fn chat(
@@ -269,9 +285,18 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
         other => ApiError::Internal(other.to_string()),
     };
     // Tokens are counted before the transform, whose cost grows with the prompt.
-    let transformed = tokio::task::spawn_blocking(move || {
+    let guard = st.pii.clone();
+    let (transformed, mapping, pii_found) = tokio::task::spawn_blocking(move || {
+        let scrubbed = match guard {
+            Some(g) => g.scrub(messages),
+            None => pii::Scrubbed {
+                messages,
+                mapping: None,
+                found: 0,
+            },
+        };
         let enc = sgt
-            .encode(&PromptInput::Chat(messages))
+            .encode(&PromptInput::Chat(scrubbed.messages))
             .map_err(client_err)?;
         let n = enc.input_ids.len();
         if n > max_prompt {
@@ -280,12 +305,14 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
                  ({which})"
             )));
         }
-        sgt.apply_ids(
-            &enc.input_ids,
-            &enc.noise_mask,
-            &mut NoiseRng::from_entropy(),
-        )
-        .map_err(client_err)
+        let t = sgt
+            .apply_ids(
+                &enc.input_ids,
+                &enc.noise_mask,
+                &mut NoiseRng::from_entropy(),
+            )
+            .map_err(client_err)?;
+        Ok((t, scrubbed.mapping, scrubbed.found))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -312,6 +339,7 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
     tracing::info!(
         prompt_tokens,
         sgt_ms,
+        pii_found,
         stream = req.stream,
         "chat completion forwarded"
     );
@@ -326,6 +354,7 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
         id: completion_id(),
         model,
         created: now(),
+        mapping,
     })
 }
 
@@ -341,6 +370,9 @@ async fn plain_reply(st: &ProxyState, mut fwd: Forwarded) -> ApiResult<Response>
     }
     let end = c.end();
     text.push_str(&end.rest);
+    let mut restore = ReplyRestorer::new(fwd.mapping.as_ref());
+    let mut text = restore.push(&text);
+    text.push_str(&restore.finish());
     let body = openai::completion(
         &fwd.id,
         &fwd.model,
@@ -373,9 +405,10 @@ fn streamed_reply(
             return;
         }
         let mut c = Completion::new(st.sgt.tokenizer(), fwd.req.stop.clone());
+        let mut restore = ReplyRestorer::new(fwd.mapping.as_ref());
         while let Some(piece) = fwd.pieces.recv().await {
             let delta = match piece {
-                Ok(p) => c.push(p),
+                Ok(p) => restore.push(&c.push(p)),
                 Err(e) => {
                     let _ = tx.send(e.body().to_string()).await;
                     return;
@@ -394,9 +427,13 @@ fn streamed_reply(
             }
         }
         let end = c.end();
+        let mut rest = restore.push(&end.rest);
+        rest.push_str(&restore.finish());
+        drop(restore);
+        drop(fwd.mapping.take());
         let mut tail = Vec::new();
-        if !end.rest.is_empty() {
-            tail.push(chunk(json!({"content": end.rest}), None));
+        if !rest.is_empty() {
+            tail.push(chunk(json!({"content": rest}), None));
         }
         tail.push(chunk(json!({}), Some(end.finish.as_str())));
         if fwd.req.include_usage {
