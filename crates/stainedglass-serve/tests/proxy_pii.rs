@@ -235,3 +235,39 @@ async fn personal_data_never_reaches_the_server_and_comes_back_in_the_reply() {
     let seen = std::mem::take(&mut *views.lock().expect("lock"));
     assert!(seen.iter().all(|v| !v.contains("Michael")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_prompts_are_refused_before_any_scan() {
+    let views = Arc::new(Mutex::new(Vec::new()));
+    let mirror = start_mirror(views.clone()).await;
+    let on = start_proxy(&mirror, PiiMode::Pseudonymize).await;
+    let client = reqwest::Client::new();
+    // 3.5 MB of e-mail addresses (spans everywhere), then the densest prompt under the limit.
+    let huge = "a.b@example.com ".repeat(220_000);
+    let dense = "Michael Roy a.b@example.com 2026-04-15 ".repeat(1_500);
+    for (content, want) in [(huge, 400), (dense, 400)] {
+        let t0 = std::time::Instant::now();
+        let r = client
+            .post(format!("{on}/v1/chat/completions"))
+            .json(&json!({"messages": [{"role": "user", "content": content}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), want);
+        let msg = r.text().await.expect("text");
+        assert!(msg.contains("limit is"), "{msg}");
+        assert!(
+            !msg.contains("Michael") && !msg.contains("example.com"),
+            "{msg}"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(3),
+            "took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(
+        views.lock().expect("lock").is_empty(),
+        "nothing reached the server"
+    );
+}

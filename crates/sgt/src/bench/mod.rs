@@ -5,6 +5,7 @@
 mod apply;
 mod common;
 mod llm;
+mod pii;
 mod text_sgt;
 mod vision;
 
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     TextSgt(text_sgt::TextSgtBenchArgs),
     /// Client side: applying the text artefact to a prompt, and the proxy's per-request overhead.
     Apply(apply::ApplyBenchArgs),
+    /// Personal-data handling: detection, pseudonymisation and mapping back per 1,000 characters.
+    Pii(pii::PiiBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -29,5 +32,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Llm(a) => llm::llm(a),
         BenchCommand::TextSgt(a) => text_sgt::text_sgt(a),
         BenchCommand::Apply(a) => apply::apply(a),
+        BenchCommand::Pii(a) => pii::pii(a),
     }
 }

@@ -240,6 +240,10 @@ fn completion_id() -> String {
     format!("chatcmpl-{:016x}", rand::random::<u64>())
 }
 
+/// Characters per token allowed before tokenizing: a prompt longer than this many characters per
+/// token of the limit is refused at once.
+const MAX_CHARS_PER_TOKEN: usize = 32;
+
 /// A request whose prompt has been transformed and sent upstream: what both replies need.
 struct Forwarded {
     req: ChatRequest,
@@ -285,6 +289,16 @@ async fn forward(st: &ProxyState, req: ChatRequest) -> ApiResult<Forwarded> {
         other => ApiError::Internal(other.to_string()),
     };
     // Tokens are counted before the transform, whose cost grows with the prompt.
+    // A cheap bound before any per-character work (detection, tokenization): no token of the
+    // vocabulary is near this long, so a longer prompt is over the token limit anyway.
+    let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
+    let max_chars = max_prompt.saturating_mul(MAX_CHARS_PER_TOKEN);
+    if chars > max_chars {
+        return Err(ApiError::BadRequest(format!(
+            "the prompt is {chars} characters; the limit is {max_chars} ({MAX_CHARS_PER_TOKEN} \
+             per token of {which}, {max_prompt} tokens)"
+        )));
+    }
     let guard = st.pii.clone();
     let (transformed, mapping, pii_found) = tokio::task::spawn_blocking(move || {
         let scrubbed = match guard {
