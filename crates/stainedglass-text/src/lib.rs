@@ -10,7 +10,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod wrapper;
 
-pub use artefact::{StainedGlassTransformForText, TransformedPrompt};
+pub use artefact::{StainedGlassTransformForText, TransformedBatch, TransformedPrompt};
 pub use error::{Error, Result};
 pub use prompt::{Instruction, Message, PromptInput, Role};
 pub use template::ChatTemplate;

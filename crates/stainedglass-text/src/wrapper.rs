@@ -197,6 +197,11 @@ impl TokenizerWrapper {
         &self.tokenizer
     }
 
+    /// The shared tokenizer (to build a wrapper with other options).
+    pub fn tokenizer_arc(&self) -> Arc<TextTokenizer> {
+        self.tokenizer.clone()
+    }
+
     fn validate(messages: &[Message]) -> Result<()> {
         if messages.is_empty() {
             return Err(Error::Prompt("the conversation has no messages".into()));

@@ -230,3 +230,31 @@ fn f32_artefacts_check_the_embedding_hash() {
         stainedglass_text::artefact::embedding_sha256(model().embedding_table()).expect("hash")
     );
 }
+
+#[test]
+fn a_batch_pads_on_the_left_and_a_batch_of_one_is_the_single_prompt() {
+    let t = transform(EmbeddingDtype::F32);
+    let one = t.apply(&prompt(), &mut NoiseRng::seeded(5)).expect("one");
+    let b1 = t
+        .apply_batch(&[prompt()], &mut NoiseRng::seeded(5))
+        .expect("batch of one");
+    assert_eq!(b1.input_ids, vec![one.input_ids.clone()]);
+    assert_eq!(flat(&b1.embeddings), flat(&one.embeddings), "same noise stream");
+
+    let long = PromptInput::Chat(vec![Message::new(
+        Role::User,
+        "Name three rivers that flow through Europe, longest first.",
+    )]);
+    let b = t
+        .apply_batch(&[prompt(), long], &mut NoiseRng::seeded(6))
+        .expect("batch");
+    let (rows, seq, hidden) = b.embeddings.dims3().expect("3d");
+    assert_eq!((rows, hidden), (2, t.hidden_size()));
+    let pad = seq - one.input_ids.len();
+    assert!(pad > 0, "the short prompt is padded");
+    assert_eq!(b.attention_mask[0][..pad], vec![0u8; pad][..]);
+    assert_eq!(b.noise_mask[0][..pad], vec![0u8; pad][..]);
+    assert_eq!(b.input_ids[0][pad..], one.input_ids[..]);
+    assert!(b.attention_mask[1].iter().all(|&m| m == 1));
+    assert!(t.apply_batch(&[], &mut NoiseRng::seeded(0)).is_err());
+}

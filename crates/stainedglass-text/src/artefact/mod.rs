@@ -5,9 +5,11 @@
 //! shapes, dtypes and finiteness, and the embedding table's hash; applying it to a prompt
 //! returns the transformed embeddings and attention mask a server consumes.
 
+mod batch;
 pub mod config;
 mod files;
 
+pub use batch::TransformedBatch;
 pub use config::{ArtefactConfig, EmbeddingDtype, NoiseMaskPolicy};
 
 use crate::error::{Error, Result};
