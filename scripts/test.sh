@@ -10,7 +10,12 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The Python package: wheel built from this checkout, pytest in a fresh virtual environment.
+./scripts/python-test.sh 2>&1 | tee -a "$log"
+py_status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^[0-9]+ (passed|failed).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+[ "$status" = 0 ] && exit "$py_status"
 exit "$status"

@@ -239,7 +239,11 @@ fn a_batch_pads_on_the_left_and_a_batch_of_one_is_the_single_prompt() {
         .apply_batch(&[prompt()], &mut NoiseRng::seeded(5))
         .expect("batch of one");
     assert_eq!(b1.input_ids, vec![one.input_ids.clone()]);
-    assert_eq!(flat(&b1.embeddings), flat(&one.embeddings), "same noise stream");
+    assert_eq!(
+        flat(&b1.embeddings),
+        flat(&one.embeddings),
+        "same noise stream"
+    );
 
     let long = PromptInput::Chat(vec![Message::new(
         Role::User,

@@ -184,6 +184,11 @@ impl StainedGlassTransformForText {
         self.wrapper.tokenizer()
     }
 
+    /// The shared tokenizer (to build a wrapper with other options).
+    pub fn tokenizer_arc(&self) -> Arc<TextTokenizer> {
+        self.wrapper.tokenizer_arc()
+    }
+
     /// The `(vocab, hidden)` f32 input-embedding table.
     pub fn embeddings(&self) -> &Tensor {
         &self.embeddings
