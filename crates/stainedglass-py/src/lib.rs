@@ -50,10 +50,18 @@ fn configure(
     .map_err(err)
 }
 
+/// The `OPENBLAS_CORETYPE` that suits this CPU, for the package to set (as the `sgt` binary
+/// does) before OpenBLAS loads; `None` when OpenBLAS's own detection is right.
+#[pyfunction]
+fn _openblas_coretype() -> Option<&'static str> {
+    stainedglass_models::llm::openblas_coretype()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("StainedGlassError", m.py().get_type::<StainedGlassError>())?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;
+    m.add_function(wrap_pyfunction!(_openblas_coretype, m)?)?;
     m.add_class::<text::StainedGlassTransformForText>()?;
     m.add_class::<text::TokenizerWrapper>()?;
     m.add_class::<vision::NoiseLayer>()?;

@@ -126,6 +126,16 @@ impl StainedGlassTransformForText {
         Ok(d)
     }
 
+    /// The text of token ids (e.g. the ids a server generated), special tokens skipped unless
+    /// `skip_special_tokens=False`.
+    #[pyo3(signature = (ids, *, skip_special_tokens = true))]
+    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        self.inner
+            .tokenizer()
+            .decode(&ids, skip_special_tokens)
+            .map_err(err)
+    }
+
     /// Width of the embeddings.
     #[getter]
     fn hidden_size(&self) -> usize {

@@ -93,10 +93,11 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
     let mut rng = NoiseRng::from_entropy();
     let first = sgt.apply(&prompt, &mut rng)?;
     let tokens = first.input_ids.len();
-    let mut apply_ms = Vec::new();
+    let (mut apply_ms, mut transform_ms) = (Vec::new(), Vec::new());
     for _ in 0..a.iters {
         let t = Instant::now();
         let out = sgt.apply(&prompt, &mut rng)?;
+        transform_ms.push(t.elapsed().as_secs_f64() * 1e3);
         // The payload a proxy sends (f32 safetensors, base64) is part of the client's work.
         let payload =
             stainedglass_serve::embeddings::encode(&out.embeddings.to_dtype(DType::F32)?)?;
@@ -173,6 +174,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "prompt_tokens": tokens,
             "transformed_tokens": first.noise_mask.iter().filter(|&&m| m != 0).count(),
             "apply_ms": median(apply_ms),
+            "apply_without_payload_ms": median(transform_ms),
             "proxy_overhead_ms": overhead,
             "percent_to_mask": sgt.cloak().config().sgt.percent_to_mask,
             "threads": rayon::current_num_threads(),

@@ -18,7 +18,18 @@ nearest-neighbour decoding, not from a learned inverter; personal data is protec
 replacing it before the transform (``sgt proxy --pii``).
 """
 
-from ._native import (
+import os as _os
+
+from . import _native
+
+# As the `sgt` binary does: OpenBLAS (loaded at the first large product) picks its kernels from
+# this variable; set it for this CPU unless the user did.
+if "OPENBLAS_CORETYPE" not in _os.environ:
+    _core = _native._openblas_coretype()
+    if _core:
+        _os.environ["OPENBLAS_CORETYPE"] = _core
+
+from ._native import (  # noqa: E402
     NoiseLayer,
     StainedGlassError,
     StainedGlassTransformForText,

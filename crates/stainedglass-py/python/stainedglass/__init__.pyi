@@ -38,6 +38,8 @@ class StainedGlassTransformForText:
 
         Returns `inputs_embeds` (float32, (seq, hidden) or (batch, seq, hidden)), `input_ids`,
         `attention_mask` and `noise_mask` (int64)."""
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """The text of token ids (e.g. what a server generated)."""
     @property
     def hidden_size(self) -> int: ...
     @property
