@@ -7,26 +7,16 @@
 //! Like the `sgt` binary, the package reads no environment variable: `configure()` chooses the
 //! BLAS, once, before the first product.
 
+#![forbid(unsafe_code)]
+
 mod convert;
+mod errors;
 mod reading;
 mod text;
 mod vision;
 
-use pyo3::exceptions::PyException;
+use errors::{err, StainedGlassError};
 use pyo3::prelude::*;
-
-pyo3::create_exception!(
-    stainedglass,
-    StainedGlassError,
-    PyException,
-    "An error of the Stained Glass Transform: a bad artefact, prompt or input; the message says \
-     what was wrong and how to fix it."
-);
-
-/// Turns any Rust error into a `StainedGlassError` with its message (and causes).
-pub(crate) fn err(e: impl std::fmt::Display) -> PyErr {
-    StainedGlassError::new_err(e.to_string())
-}
 
 /// Chooses the BLAS the transform's products use: "auto" (oneMKL first on Intel CPUs, else
 /// OpenBLAS, else Rust's gemm), "mkl", "openblas" or "off"; `library`: a CBLAS library to try

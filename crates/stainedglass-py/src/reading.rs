@@ -2,7 +2,7 @@
 //! nearest-neighbour decoding the attack suite runs first. It is the weakest attack; a learned
 //! inverter reads far more (see docs/eval/ of the repository).
 
-use crate::err;
+use crate::errors::err;
 use crate::text::StainedGlassTransformForText;
 use candle_core::{Device, Tensor};
 use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};

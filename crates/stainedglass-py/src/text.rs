@@ -1,7 +1,7 @@
 //! `StainedGlassTransformForText` and `TokenizerWrapper` for Python.
 
 use crate::convert::{array, prompts, Prompts};
-use crate::err;
+use crate::errors::err;
 use candle_core::{DType, Device};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

@@ -1,7 +1,7 @@
 //! The image noise layers (`CloakNoiseLayer`, `PatchCloakNoiseLayer`) for Python.
 
 use crate::convert::{array, return_tensors};
-use crate::err;
+use crate::errors::err;
 use candle_core::{Device, Tensor};
 use numpy::{PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;

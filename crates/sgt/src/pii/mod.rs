@@ -1,6 +1,7 @@
 //! `sgt pii …`: scan text for personal data (JSON lines, for audits), and measure the detector
 //! on the labelled synthetic set.
 
+mod args;
 mod e2e;
 
 use std::io::Read;
@@ -8,8 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use stainedglass_pii::eval::{evaluate, LabelledPrompt};
-use stainedglass_pii::{Detector, DetectorConfig, Lexicon, PiiKind, PiiMode};
+use stainedglass_pii::eval::evaluate;
+
+pub use args::{DetectorArgs, GuardArgs};
 
 #[derive(Subcommand)]
 pub enum PiiCommand {
@@ -23,70 +25,6 @@ pub enum PiiCommand {
     /// on everything the server receives: original values in its bytes and in the
     /// nearest-neighbour reading of its embeddings, and replies that carry the needed values.
     E2e(e2e::E2eArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct DetectorArgs {
-    /// Assets directory holding pii/ (default: $SGT_ASSETS, else assets).
-    #[arg(long)]
-    pub assets: Option<PathBuf>,
-    /// A further sensitive term to find, e.g. a project name (repeatable).
-    #[arg(long = "term")]
-    pub terms: Vec<String>,
-    /// Only these kinds (repeatable; default all): email, phone, ssn, card_number, iban,
-    /// ip_address, date, address, url_credentials, account_number, person, organization,
-    /// location, health, custom.
-    #[arg(long = "kind")]
-    pub kinds: Vec<PiiKind>,
-}
-
-impl DetectorArgs {
-    pub fn detector(&self) -> Result<Detector> {
-        let assets = self.assets.clone().unwrap_or_else(crate::env::assets);
-        let lex = Lexicon::load(&assets.join("pii"))?;
-        Ok(Detector::new(
-            lex,
-            DetectorConfig {
-                custom_terms: self.terms.clone(),
-                kinds: self.kinds.iter().copied().collect(),
-            },
-        ))
-    }
-}
-
-/// Personal-data handling of `sgt proxy` (and `sgt text apply --preview`).
-#[derive(Args, Clone)]
-pub struct GuardArgs {
-    /// What to do with personal data in prompts before the SGT: pseudonymize (consistent
-    /// stand-ins; the reply is mapped back), redact ([PERSON], [EMAIL], …) or off.
-    #[arg(long, default_value = "pseudonymize")]
-    pub pii: PiiMode,
-    /// A further sensitive term to replace, e.g. a project name (repeatable).
-    #[arg(long = "pii-term")]
-    pub pii_terms: Vec<String>,
-    /// Only these kinds (repeatable; default all), as for `sgt pii scan --kind`.
-    #[arg(long = "pii-kind")]
-    pub pii_kinds: Vec<PiiKind>,
-    /// Assets directory holding pii/ (default: $SGT_ASSETS, else assets).
-    #[arg(long)]
-    pub pii_assets: Option<PathBuf>,
-}
-
-impl GuardArgs {
-    /// The detector, or none with `--pii off`.
-    pub fn detector(&self) -> Result<Option<Detector>> {
-        if self.pii == PiiMode::Off {
-            return Ok(None);
-        }
-        DetectorArgs {
-            assets: self.pii_assets.clone(),
-            terms: self.pii_terms.clone(),
-            kinds: self.pii_kinds.clone(),
-        }
-        .detector()
-        .context("loading the PII word lists (or run with --pii off to send names as written)")
-        .map(Some)
-    }
 }
 
 #[derive(Args)]
@@ -137,7 +75,7 @@ fn scan(a: ScanArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let d = a.detector.detector()?;
-    let prompts = read_prompts(&a.data)?;
+    let prompts = args::read_prompts(&a.data)?;
     let r = evaluate(&d, &prompts);
     std::fs::create_dir_all(&a.report)?;
     let json = serde_json::to_string_pretty(&r)?;
@@ -173,18 +111,4 @@ fn eval(a: EvalArgs) -> Result<()> {
     stainedglass_core::io::atomic_write(&a.report.join("summary.md"), md.as_bytes())?;
     println!("{md}");
     Ok(())
-}
-
-/// The labelled prompts of a JSON-lines file.
-fn read_prompts(path: &std::path::Path) -> Result<Vec<LabelledPrompt>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str::<LabelledPrompt>(l)
-                .with_context(|| format!("{} line {}", path.display(), i + 1))
-        })
-        .collect()
 }

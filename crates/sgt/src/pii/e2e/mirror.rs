@@ -24,7 +24,7 @@ pub struct Mirror {
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
-impl super::Tapped for Mirror {
+impl super::tapped::Tapped for Mirror {
     fn proxy(&self) -> std::net::SocketAddr {
         self.proxy_addr
     }

@@ -15,6 +15,7 @@
 //! can do no better.
 
 mod mirror;
+mod tapped;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,29 +30,10 @@ use stainedglass_pii::{PiiKind, PiiMode};
 use stainedglass_serve::proxy::PiiGuard;
 use stainedglass_text::{StainedGlassTransformForText, TextTokenizer};
 
-use super::DetectorArgs;
+use super::args::{read_prompts, DetectorArgs};
 use crate::lm::model_args::ModelArgs;
-use crate::quickstart::services::{start_services, Services};
-use stainedglass_serve::embeddings::EmbeddingLimits;
-
-/// A proxy in front of a server that keeps a copy of every body it receives.
-pub trait Tapped {
-    fn proxy(&self) -> std::net::SocketAddr;
-    fn received(&self) -> Vec<Vec<u8>>;
-    fn limits(&self) -> EmbeddingLimits;
-}
-
-impl Tapped for Services {
-    fn proxy(&self) -> std::net::SocketAddr {
-        self.proxy_addr
-    }
-    fn received(&self) -> Vec<Vec<u8>> {
-        Services::received(self)
-    }
-    fn limits(&self) -> EmbeddingLimits {
-        Services::limits(self)
-    }
-}
+use crate::quickstart::services::start_services;
+use tapped::Tapped;
 
 #[derive(Args)]
 pub struct E2eArgs {
@@ -284,7 +266,7 @@ async fn pass(
 }
 
 pub fn run(a: E2eArgs) -> Result<()> {
-    let prompts = super::read_prompts(&a.data)?;
+    let prompts = read_prompts(&a.data)?;
     let prompts = &prompts[..a.limit.unwrap_or(prompts.len()).min(prompts.len())];
     let tok = a.model.load_tokenizer()?;
     let model = Arc::new(a.model.load_model()?);
