@@ -18,7 +18,7 @@ python3 $D/benign.py > /tmp/sgt-pii-benign.txt
 $S pii scan /tmp/sgt-pii-benign.txt > $D/benign-spans.jsonl
 python3 -c "import json; print(json.dumps({'prompts': sum(1 for _ in open('/tmp/sgt-pii-benign.txt').read().split('\n\n'))}))" \
   > $D/benign-count.json
-$S bench pii > $D/bench.jsonl
+$S bench pii --chars 1000,4000,16000,65000 > $D/bench.jsonl
 ART=${ART:-/tmp/sgt-pii-artefact}
 [ -d "$ART" ] || $S text export --init-only --f16 --output "$ART" > /dev/null 2>&1
 $S pii e2e --sgt "$ART" --report $D/e2e

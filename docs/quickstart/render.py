@@ -15,6 +15,9 @@ out = log.read_text()
 r = json.loads((d / "report.json").read_text())
 t, c = r["transformed"], r["clean"]
 pct = lambda x: f"{100 * x:.1f}%"
+f = r["fresh_attacks"]
+fresh_rows = "\n".join(f"| {k.replace('_', ' ')} | {pct(v['top1'])} |"
+                        for k, v in sorted(f["attacks"].items(), key=lambda kv: -kv[1]["top1"]))
 # The run's output (stdout and stderr merged; without a terminal there are no progress bars),
 # minus the asset set-up chatter and blank lines.
 lines = [l for l in out.splitlines() if l.strip() and not l.startswith("setup-assets")]
@@ -29,14 +32,22 @@ data and training stages also show progress bars with live loss components and E
 {shown}
 ```
 
+**Privacy, judged by the strongest attack trained on the frozen SGT: {f["strongest"].replace("_", " ")}
+recovers {pct(f["strongest_top1"])} of the held-out transformed tokens.**
+
+| attack, trained after the SGT was frozen on the attacker's {f["attacker_prompts"]} conversations | transformed tokens recovered (top-1) |
+|---|---|
+{fresh_rows}
+
 | held-out conversations ({r["extra"]["held_out_conversations"]}) | clean embeddings | SGT after {r["extra"]["steps"]} steps |
 |---|---|---|
 | nearest-neighbour recovery of transformed tokens, L2 | {pct(c["nn_top1_l2"])} | {pct(t["nn_top1_l2"])} |
 | nearest-neighbour recovery, cosine | {pct(c["nn_top1_cosine"])} | {pct(t["nn_top1_cosine"])} |
 | next-token agreement with the clean model | {pct(c["next_token_agreement"])} | {pct(t["next_token_agreement"])} |
 
-Nearest neighbour is the weakest attack; learned attackers recover far more (see
-[`../eval/`](../eval/README.md)).
+The learned inverter is the per-token MLP of the full suite, the probe the provider's attack on
+its own layer states (trained on clean text only); the full suite (`sgt eval text`, see
+[`../eval/`](../eval/README.md)) adds a transformer inverter and BeamClean.
 
 ![σ/|x| per transformed token](sigma_over_norm.png)
 ![recovery by position](recovery_by_position.png)
@@ -44,8 +55,8 @@ Nearest neighbour is the weakest attack; learned attackers recover far more (see
 The full report of that run: [`summary.md`](summary.md), [`report.json`](report.json).
 """)
 # README excerpt: the chat stage and the closing summary.
-start = next(i for i, l in enumerate(lines) if l.startswith("[5/6]"))
-excerpt = [l for l in lines[start:] if not l.startswith(("  sgt ", "    (", "[6/6]", "  nearest", "Report:", "  server", "Done", "real", "user", "sys"))]
+start = next(i for i, l in enumerate(lines) if l.startswith("[6/7]"))
+excerpt = [l for l in lines[start:] if not l.startswith(("  sgt ", "[7/7]", "  nearest", "Report:", "  server", "Done", "real", "user", "sys"))]
 section = f"""<!-- quickstart:begin (rendered by docs/quickstart/render.py from a real run) -->
 From a fresh clone on the 2-core machine (the whole output and report:
 [`docs/quickstart/`](docs/quickstart/README.md)):

@@ -21,6 +21,8 @@ fn quickstart_runs_every_stage_writes_the_report_and_resumes() {
         "3",
         "--max-new-tokens",
         "24",
+        "--attack-epochs",
+        "1",
     ];
     let run = |args: &[&str]| {
         let r = common::sgt().args(args).output().expect("spawn");
@@ -32,7 +34,9 @@ fn quickstart_runs_every_stage_writes_the_report_and_resumes() {
         (so, se)
     };
     let (stdout, stderr) = run(&args);
-    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
+    for stage in [
+        "[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]",
+    ] {
         assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
     }
     assert!(stderr.contains("sha256 ok"), "{stderr}");
@@ -42,7 +46,7 @@ fn quickstart_runs_every_stage_writes_the_report_and_resumes() {
         "{stdout}"
     );
     assert!(stdout.contains("The model said:"), "{stdout}");
-    assert!(stdout.contains("server's view:"), "{stdout}");
+    assert!(stdout.contains("nearest neighbour:"), "{stdout}");
     assert!(stdout.contains("no text or token ids"), "{stdout}");
 
     let report = out.join("report");
@@ -75,6 +79,35 @@ fn quickstart_runs_every_stage_writes_the_report_and_resumes() {
         .as_array()
         .expect("buckets")
         .is_empty());
+    // The privacy headline: attacks trained on the frozen SGT, the strongest named.
+    let f = &r["fresh_attacks"];
+    let attacks = f["attacks"].as_object().expect("attacks");
+    for k in ["nearest_neighbour_l2", "learned_mlp", "layer6_probe"] {
+        let v = attacks[k]["top1"].as_f64().expect(k);
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    let strongest = f["strongest"].as_str().expect("strongest");
+    let top = f["strongest_top1"].as_f64().expect("top1");
+    assert!(
+        attacks.values().all(|a| a["top1"].as_f64() <= Some(top)),
+        "{f}"
+    );
+    assert_eq!(attacks[strongest]["top1"].as_f64(), Some(top));
+    assert_eq!(f["attacker_prompts"], 5);
+    let chat = &r["extra"]["chat"];
+    assert_eq!(
+        chat["strongest_attack"].as_str(),
+        Some(strongest.replace('_', " ").as_str())
+    );
+    assert!(
+        stdout.contains(&format!("{}:", strongest.replace('_', " "))),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(report.join("summary.md")).expect("md");
+    assert!(
+        md.contains("Strongest attack trained on the frozen SGT"),
+        "{md}"
+    );
     assert_eq!(r["extra"]["steps"], 2);
     assert_eq!(r["extra"]["chat"]["generate_requests_seen_by_server"], 1);
     let answer = r["extra"]["chat"]["answer"].as_str().expect("answer");

@@ -1,8 +1,9 @@
 //! `sgt quickstart`: the whole product on the bundled model, through the same code a user runs —
 //! check the model, answer chat prompts for training data, train a small text SGT (resuming from
 //! checkpoints), export the client artefact, start `sgt serve` and `sgt proxy` on free loopback
-//! ports, chat through the proxy while recording what the server receives, show what the server
-//! could read, write the quick report, shut down (also on Ctrl-C). Running it again resumes.
+//! ports, train the strongest cheap attacks on the frozen SGT (`stainedglass_eval::text::fresh`),
+//! chat through the proxy while recording what the server receives, show what those attacks read
+//! of it, write the quick report, shut down (also on Ctrl-C). Running it again resumes.
 
 mod report;
 pub(crate) mod services;
@@ -11,8 +12,12 @@ use crate::lm::model_args::{ModelArgs, BUNDLED_GGUF};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use report::write_report;
-use services::{chat_once, start_services, Services};
+use services::{chat_once, start_services, Reader, Services};
+use stainedglass_eval::text::fresh::{observe, FreshAttackConfig, FreshAttackReport, FreshAttacks};
+use stainedglass_eval::text::inverter::InverterConfig;
+use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
 use stainedglass_text::{StainedGlassTransformForText, TextTokenizer};
 use stainedglass_train::text::{data, RunOptions, TextTrainConfig, TrainSummary};
@@ -50,6 +55,9 @@ pub struct QuickstartArgs {
     /// Conversations held out for the report.
     #[arg(long, default_value_t = 12)]
     pub held_out: usize,
+    /// Epochs of the attackers trained on the frozen SGT (fresh noise each epoch).
+    #[arg(long, default_value_t = 3)]
+    pub attack_epochs: usize,
 }
 
 struct Stage {
@@ -68,7 +76,7 @@ impl Stage {
     fn begin(&mut self, what: &str) {
         self.n += 1;
         eprintln!(
-            "\n[{}/6] {what}  (t = {:.0} s)",
+            "\n[{}/7] {what}  (t = {:.0} s)",
             self.n,
             self.started.elapsed().as_secs_f64()
         );
@@ -164,6 +172,24 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     stage.begin("Client artefact (sgt text export)");
     let sgt = export_artefact(&summary, &model, &tok, &out.join("artefact"))?;
 
+    stage.begin("Attackers trained fresh on the frozen SGT (learned inverter, layer probe)");
+    let cloak = stainedglass_train::text::load_sgt(&summary.sgt_dir, model.device())?;
+    let index = EmbeddingIndex::new(model.embedding_table())?;
+    let attackers = train_attackers(&cfg, &model, &tok, &cloak, &index, a.attack_epochs)?;
+    let fresh = attackers.score(
+        &model,
+        &cloak,
+        &stainedglass_train::text::held_out_rows(&cfg, &tok)?,
+    )?;
+    print_fresh(&fresh);
+    let read = |x: candle_core::Tensor, ids: &[u32], mask: &[u8]| -> Result<Vec<u32>> {
+        Ok(attackers.read(&fresh.strongest, &observe(x, ids, mask))?)
+    };
+    let reader = Reader {
+        name: fresh.strongest.replace('_', " "),
+        read: &read,
+    };
+
     stage.begin("Private chat: sgt serve + sgt proxy on loopback");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -180,21 +206,32 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         Some(guard),
     ))?;
     stop_on_ctrl_c(&rt, &live, a.keep_running);
-    let chat = rt.block_on(chat_once(&live, &tok, &sgt))?;
+    let chat = rt.block_on(chat_once(&live, &tok, &sgt, &reader))?;
 
     stage.begin("Quick evaluation report");
     let report_dir = out.join("report");
-    let t = write_report(&cfg, &model, tok, &summary, &report_dir, &chat)?;
+    let t = write_report(
+        &cfg,
+        &model,
+        tok,
+        &cloak,
+        &summary,
+        &report_dir,
+        &chat,
+        &fresh,
+    )?;
     println!();
     println!(
         "Report: {}/summary.md (report.json, PNG plots)",
         report_dir.display()
     );
     println!(
-        "Held-out: nearest-neighbour recovery of transformed tokens {:.1}% (L2) / {:.1}% \
-         (cosine), clean embeddings 100%; next-token agreement with the clean model {:.1}%.",
+        "Held-out: the strongest attack trained on the frozen SGT ({}) recovers {:.1}% of the \
+         transformed tokens (nearest neighbour {:.1}%); next-token agreement with the clean \
+         model {:.1}%.",
+        fresh.strongest.replace('_', " "),
+        100.0 * fresh.strongest_top1,
         100.0 * t.nn_top1_l2,
-        100.0 * t.nn_top1_cosine,
         100.0 * t.next_token_agreement,
     );
     if a.keep_running {
@@ -209,6 +246,48 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         stage.started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The learned MLP inverter (trained on the SGT's outputs for the training conversations, the
+/// attacker's own text) and the provider's probe at the distillation layer (trained on their
+/// clean states), both after the SGT is frozen.
+fn train_attackers<'a>(
+    cfg: &TextTrainConfig,
+    model: &'a Llama,
+    tok: &Arc<TextTokenizer>,
+    cloak: &TransformerCloak,
+    index: &'a EmbeddingIndex,
+    epochs: usize,
+) -> Result<FreshAttacks<'a>> {
+    let rows = stainedglass_train::text::training_rows(cfg, tok)?;
+    let fresh_cfg = FreshAttackConfig {
+        inverter: InverterConfig {
+            epochs: epochs.max(1),
+            ..InverterConfig::default()
+        },
+        probe_layer: Some(
+            cfg.loss
+                .distillation_layer_index
+                .unwrap_or(model.config().num_layers),
+        ),
+        ..FreshAttackConfig::default()
+    };
+    let mut log = |line: String| eprintln!("  {line}");
+    Ok(FreshAttacks::train(
+        index, model, cloak, &rows, &fresh_cfg, &mut log,
+    )?)
+}
+
+fn print_fresh(f: &FreshAttackReport) {
+    let mut rows: Vec<_> = f.attacks.iter().collect();
+    rows.sort_by(|a, b| b.1.top1.total_cmp(&a.1.top1));
+    for (name, r) in rows {
+        eprintln!(
+            "  {:<22} recovers {:5.1}% of the held-out transformed tokens",
+            name.replace('_', " "),
+            100.0 * r.top1
+        );
+    }
 }
 
 /// Answers the bundled chat prompts with the model into `conv`, unless it exists.

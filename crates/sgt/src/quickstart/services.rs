@@ -1,6 +1,6 @@
 //! The quickstart's live part: `sgt serve` and `sgt proxy` on free loopback ports (the server
-//! tapped to keep a copy of what it receives), one question through the proxy, and the
-//! nearest-neighbour reading of exactly what the server received.
+//! tapped to keep a copy of what it receives), one question through the proxy, and what the
+//! strongest fresh attack and nearest neighbour read of exactly what the server received.
 
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
@@ -22,7 +22,20 @@ pub struct ChatResult {
     pub clean: String,
     pub server_reads: String,
     pub recovered: f64,
+    /// The strongest fresh attack's name, its reading of the message, and its share of the
+    /// message tokens.
+    pub strongest_attack: String,
+    pub strongest_reads: String,
+    pub strongest_recovered: f64,
     pub requests_seen: usize,
+}
+
+/// The strongest attack trained on the frozen SGT: its name, and its top-1 reading of a
+/// received prompt `x̃ (1, t, d)` at the positions where the noise mask is set.
+pub struct Reader<'r> {
+    pub name: String,
+    #[allow(clippy::type_complexity)]
+    pub read: &'r dyn Fn(candle_core::Tensor, &[u32], &[u8]) -> Result<Vec<u32>>,
 }
 
 /// The server and the proxy, running on the quickstart's runtime.
@@ -141,6 +154,7 @@ pub async fn chat_once(
     live: &Services,
     tok: &TextTokenizer,
     sgt: &StainedGlassTransformForText,
+    strongest: &Reader<'_>,
 ) -> Result<ChatResult> {
     let body = serde_json::json!({
         "model": "stainedglass",
@@ -193,24 +207,45 @@ pub async fn chat_once(
         .iter()
         .filter(|&&i| read.get(i) == mine.input_ids.get(i))
         .count();
+    // The strongest attack's reading of the same bytes (its guesses, in content order).
+    let guessed = (strongest.read)(emb.unsqueeze(0)?, &mine.input_ids, &mine.noise_mask)?;
+    let strong_hits = guessed
+        .iter()
+        .zip(&content)
+        .filter(|(g, &i)| mine.input_ids.get(i) == Some(g))
+        .count();
+    let strongest_reads = tok.decode(&guessed, false)?;
     println!();
     println!("  You asked:        {QUESTION}");
     println!("  The model said:   {}", answer.trim());
-    println!("  The server could read (nearest-neighbour decoding of what it received):");
-    println!("    clean prompt:   {}", clean.trim());
-    println!("    server's view:  {}", server_reads.trim());
     println!(
-        "    ({} of {} message tokens recovered; the server got {} request(s) with only \
-         embeddings, no text or token ids)",
-        hits,
-        content.len(),
+        "  The server received {} request(s) with only embeddings, no text or token ids. \
+         What it could read of them:",
         received.len()
+    );
+    println!("    clean prompt:        {}", clean.trim());
+    println!(
+        "    {:<20} {}   ({} of {} message tokens)",
+        format!("{}:", strongest.name),
+        strongest_reads.trim(),
+        strong_hits,
+        content.len()
+    );
+    println!(
+        "    {:<20} {}   ({} of {})",
+        "nearest neighbour:",
+        server_reads.trim(),
+        hits,
+        content.len()
     );
     Ok(ChatResult {
         answer,
         clean,
         server_reads,
         recovered: hits as f64 / content.len().max(1) as f64,
+        strongest_attack: strongest.name.clone(),
+        strongest_reads,
+        strongest_recovered: strong_hits as f64 / content.len().max(1) as f64,
         requests_seen: received.len(),
     })
 }

@@ -3,6 +3,7 @@
 //! utility, perplexity and answer accuracy, against the SGT and two baselines, with reports.
 
 pub mod beamclean;
+pub mod fresh;
 pub mod info;
 pub mod inverter;
 pub mod mechanism;

@@ -1,8 +1,11 @@
 //! The quick text report (what `sgt quickstart` writes): `report.json`, `sigma_over_norm.png`
 //! (σ/|x| per transformed token), `recovery_by_position.png` (nearest-neighbour recovery by
-//! position in the prompt) and `summary.md`. The measurements come from the caller (the
-//! trainer's quick evaluation and privacy profile); this module aggregates, plots and writes.
+//! position in the prompt) and `summary.md`, which leads with the strongest fresh attack
+//! (`fresh.rs`) when the caller ran them. The measurements come from the caller (the trainer's
+//! quick evaluation and privacy profile, the fresh attacks); this module aggregates, plots and
+//! writes.
 
+use super::fresh::FreshAttackReport;
 use crate::plot::{histogram, line_chart, Series};
 use crate::report_io::{create_report_dir, write_report_file};
 use crate::{Error, Result};
@@ -20,6 +23,9 @@ pub struct QuickReportInput<'a> {
     pub sigma_over_norm: &'a [f64],
     /// `(position, recovered by L2, recovered by cosine)` per transformed token.
     pub recovery_by_position: &'a [(usize, bool, bool)],
+    /// The attacks trained on the frozen SGT after training, scored on the same held-out
+    /// prompts: the report's privacy headline.
+    pub fresh: Option<&'a FreshAttackReport>,
     /// Anything else worth keeping (run settings, timings).
     pub extra: Value,
 }
@@ -86,6 +92,35 @@ fn pct(x: f64, measured: usize) -> String {
     }
 }
 
+/// The privacy headline: every fresh attack's recovery, strongest first.
+fn fresh_table(f: &FreshAttackReport) -> String {
+    let mut rows: Vec<_> = f.attacks.iter().collect();
+    rows.sort_by(|a, b| b.1.top1.total_cmp(&a.1.top1));
+    let mut md = format!(
+        "**Strongest attack trained on the frozen SGT: {} recovers {:.1}% of the transformed \
+         tokens.**\n\n| attack (trained after the SGT was frozen, on the attacker's {} \
+         prompts) | top-1 | top-5 |\n|---|---|---|\n",
+        f.strongest,
+        100.0 * f.strongest_top1,
+        f.attacker_prompts
+    );
+    for (name, r) in rows {
+        let top5 = r
+            .top5
+            .map(|x| format!("{:.1}%", 100.0 * x))
+            .unwrap_or("—".into());
+        md.push_str(&format!("| {name} | {:.1}% | {top5} |\n", 100.0 * r.top1));
+    }
+    md.push_str(&format!(
+        "\n{} held-out prompts, {} tokens; attackers trained in {:.0} s. Nearest neighbour is \
+         the weakest of these; the full suite (`sgt eval text`) adds stronger ones.\n\n",
+        f.held_out_prompts,
+        f.attacks.values().map(|r| r.tokens).max().unwrap_or(0),
+        f.train_seconds
+    ));
+    md
+}
+
 /// Writes the report into `dir` and returns `report.json`'s content.
 pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Value> {
     create_report_dir(dir)?;
@@ -97,6 +132,7 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
         "transformed": input.transformed,
         "sigma_over_norm": sig,
         "recovery_by_position": buckets,
+        "fresh_attacks": input.fresh,
         "plots": ["sigma_over_norm.png", "recovery_by_position.png"],
         "extra": input.extra,
     });
@@ -128,7 +164,7 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
     }
     let (c, t) = (input.clean, input.transformed);
     let md = format!(
-        "# {title}\n\n\
+        "# {title}\n\n{fresh}\
          | | clean embeddings | SGT |\n|---|---|---|\n\
          | nearest-neighbour recovery, L2 (lower is more private) | {cl2} | {tl2} |\n\
          | nearest-neighbour recovery, cosine | {ccos} | {tcos} |\n\
@@ -139,6 +175,7 @@ pub fn write_quick_report(dir: &Path, input: &QuickReportInput<'_>) -> Result<Va
          {sm:.3}, median {smed:.3} (10–90%: {s10:.3}–{s90:.3}).\n\n\
          ![σ/|x|](sigma_over_norm.png)\n\n![recovery by position](recovery_by_position.png)\n",
         title = input.title,
+        fresh = input.fresh.map(fresh_table).unwrap_or_default(),
         cl2 = pct(c.nn_top1_l2, c.transformed_tokens),
         tl2 = pct(t.nn_top1_l2, t.transformed_tokens),
         ccos = pct(c.nn_top1_cosine, c.transformed_tokens),
@@ -197,6 +234,7 @@ mod tests {
                 transformed: &m,
                 sigma_over_norm: &[0.1, 0.2, 0.3, 0.25],
                 recovery_by_position: &rec,
+                fresh: None,
                 extra: Value::Null,
             },
         )
@@ -212,5 +250,42 @@ mod tests {
         }
         let md = std::fs::read_to_string(dir.path().join("summary.md")).expect("md");
         assert!(md.contains("| 5.0% | 5.0% |"), "{md}");
+        assert!(!md.contains("Strongest attack"), "{md}");
+    }
+
+    #[test]
+    fn the_strongest_fresh_attack_leads_the_summary() {
+        let rec = |top1: f64| crate::text::observed::Recovery {
+            top1,
+            top5: Some(top1),
+            tokens: 40,
+            hits: Vec::new(),
+        };
+        let f = FreshAttackReport {
+            attacks: [
+                ("nearest_neighbour_l2".to_string(), rec(0.05)),
+                ("learned_mlp".to_string(), rec(0.975)),
+                ("layer6_probe".to_string(), rec(0.5)),
+            ]
+            .into_iter()
+            .collect(),
+            strongest: "learned_mlp".into(),
+            strongest_top1: 0.975,
+            attacker_prompts: 52,
+            held_out_prompts: 12,
+            train_seconds: 90.0,
+            config: Default::default(),
+        };
+        let md = fresh_table(&f);
+        assert!(
+            md.contains("learned_mlp recovers 97.5% of the transformed tokens"),
+            "{md}"
+        );
+        let (mlp, probe, nn) = (
+            md.find("| learned_mlp |").expect("mlp"),
+            md.find("| layer6_probe |").expect("probe"),
+            md.find("| nearest_neighbour_l2 |").expect("nn"),
+        );
+        assert!(mlp < probe && probe < nn, "strongest first:\n{md}");
     }
 }
