@@ -59,6 +59,21 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
     assert_eq!(v["steps"], 2);
     assert_eq!(v["clean_eval"]["nn_top1_cosine"], 1.0);
     assert!(out.join("sgt/config.json").exists() && out.join("sgt/model.safetensors").exists());
+    // Training ends with attacks trained on the frozen SGT; the probe reads the distillation
+    // layer, and the headline is the strongest of them.
+    let f = &v["fresh_attacks"];
+    let attacks = f["attacks"].as_object().expect("fresh attacks");
+    let nn = attacks["nearest_neighbour_l2"]["top1"]
+        .as_f64()
+        .expect("nn");
+    assert!(attacks["layer2_probe"]["top1"].as_f64().is_some(), "{f}");
+    assert!(attacks["learned_mlp"]["top1"].as_f64().is_some(), "{f}");
+    assert!(
+        f["strongest_top1"].as_f64().expect("strongest") >= nn,
+        "{f}"
+    );
+    assert_eq!(f["attacker_prompts"], 2);
+    assert!(out.join("fresh_attacks.json").exists());
     let plots = dir.path().join("plots");
     ok(&[
         "text",

@@ -9,15 +9,14 @@ mod report;
 pub(crate) mod services;
 
 use crate::lm::model_args::{ModelArgs, BUNDLED_GGUF};
+use crate::text::attacks;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use report::write_report;
 use services::{chat_once, start_services, Reader, Services};
-use stainedglass_eval::text::fresh::{observe, FreshAttackConfig, FreshAttackReport, FreshAttacks};
-use stainedglass_eval::text::inverter::InverterConfig;
+use stainedglass_eval::text::fresh::observe;
 use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::llm::Llama;
-use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
 use stainedglass_text::{StainedGlassTransformForText, TextTokenizer};
 use stainedglass_train::text::{data, RunOptions, TextTrainConfig, TrainSummary};
@@ -175,13 +174,13 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     stage.begin("Attackers trained fresh on the frozen SGT (learned inverter, layer probe)");
     let cloak = stainedglass_train::text::load_sgt(&summary.sgt_dir, model.device())?;
     let index = EmbeddingIndex::new(model.embedding_table())?;
-    let attackers = train_attackers(&cfg, &model, &tok, &cloak, &index, a.attack_epochs)?;
+    let attackers = attacks::train(&cfg, &model, &tok, &cloak, &index, a.attack_epochs)?;
     let fresh = attackers.score(
         &model,
         &cloak,
         &stainedglass_train::text::held_out_rows(&cfg, &tok)?,
     )?;
-    print_fresh(&fresh);
+    attacks::print(&fresh);
     let read = |x: candle_core::Tensor, ids: &[u32], mask: &[u8]| -> Result<Vec<u32>> {
         Ok(attackers.read(&fresh.strongest, &observe(x, ids, mask))?)
     };
@@ -246,48 +245,6 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         stage.started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The learned MLP inverter (trained on the SGT's outputs for the training conversations, the
-/// attacker's own text) and the provider's probe at the distillation layer (trained on their
-/// clean states), both after the SGT is frozen.
-fn train_attackers<'a>(
-    cfg: &TextTrainConfig,
-    model: &'a Llama,
-    tok: &Arc<TextTokenizer>,
-    cloak: &TransformerCloak,
-    index: &'a EmbeddingIndex,
-    epochs: usize,
-) -> Result<FreshAttacks<'a>> {
-    let rows = stainedglass_train::text::training_rows(cfg, tok)?;
-    let fresh_cfg = FreshAttackConfig {
-        inverter: InverterConfig {
-            epochs: epochs.max(1),
-            ..InverterConfig::default()
-        },
-        probe_layer: Some(
-            cfg.loss
-                .distillation_layer_index
-                .unwrap_or(model.config().num_layers),
-        ),
-        ..FreshAttackConfig::default()
-    };
-    let mut log = |line: String| eprintln!("  {line}");
-    Ok(FreshAttacks::train(
-        index, model, cloak, &rows, &fresh_cfg, &mut log,
-    )?)
-}
-
-fn print_fresh(f: &FreshAttackReport) {
-    let mut rows: Vec<_> = f.attacks.iter().collect();
-    rows.sort_by(|a, b| b.1.top1.total_cmp(&a.1.top1));
-    for (name, r) in rows {
-        eprintln!(
-            "  {:<22} recovers {:5.1}% of the held-out transformed tokens",
-            name.replace('_', " "),
-            100.0 * r.top1
-        );
-    }
 }
 
 /// Answers the bundled chat prompts with the model into `conv`, unless it exists.

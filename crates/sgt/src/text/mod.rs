@@ -1,6 +1,8 @@
-//! `sgt text …`: prepare chat training data with the base model, train a text SGT.
+//! `sgt text …`: prepare chat training data with the base model, train a text SGT, measure it
+//! with attacks trained on the frozen result (`attacks.rs`).
 
 pub mod artefact;
+pub mod attacks;
 pub mod curve;
 
 use crate::lm::model_args::ModelArgs;
@@ -20,7 +22,9 @@ pub enum TextCommand {
     Train(TrainArgs),
     /// Plot recovery and agreement over training from a run's metrics.jsonl.
     Curve(curve::CurveArgs),
-    /// Quick evaluation of a trained SGT on the config's held-out conversations (JSON).
+    /// Evaluation of a trained SGT on the config's held-out conversations (JSON): attacks
+    /// trained on the frozen SGT (the strongest is the privacy headline), nearest neighbour,
+    /// next-token agreement.
     Eval(EvalArgs),
     /// Package a trained SGT with the tokenizer, chat template and embedding table as the
     /// client artefact (StainedGlassTransformForText).
@@ -43,6 +47,16 @@ pub struct EvalArgs {
     /// Evaluate only the first N held-out conversations.
     #[arg(long)]
     pub limit: Option<usize>,
+    #[command(flatten)]
+    pub attacks: AttackArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct AttackArgs {
+    /// Epochs of the attackers trained on the frozen SGT (learned MLP inverter, layer probe;
+    /// fresh noise each epoch). 0 skips them: the privacy of the result is then unmeasured.
+    #[arg(long, default_value_t = 3)]
+    pub attack_epochs: usize,
 }
 
 #[derive(Args)]
@@ -79,6 +93,8 @@ pub struct TrainArgs {
     /// Ignore existing checkpoints.
     #[arg(long)]
     pub fresh: bool,
+    #[command(flatten)]
+    pub attacks: AttackArgs,
 }
 
 pub fn run(cmd: TextCommand) -> Result<()> {
@@ -143,7 +159,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = stainedglass_train::text::train(
         &cfg,
         &model,
-        tok,
+        tok.clone(),
         &a.output,
         &RunOptions {
             fresh: a.fresh,
@@ -151,8 +167,38 @@ fn train(a: TrainArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("training into {}", a.output.display()))?;
-    println!("{}", serde_json::to_string(&summary)?);
+    let fresh = fresh_attacks(&cfg, &model, &tok, &summary.sgt_dir, &a.attacks, None)?;
+    if let Some(f) = &fresh {
+        let path = a.output.join("fresh_attacks.json");
+        stainedglass_core::io::atomic_write(&path, serde_json::to_string_pretty(f)?.as_bytes())?;
+        eprintln!("  wrote {}", path.display());
+    }
+    let mut out = serde_json::to_value(&summary)?;
+    out["fresh_attacks"] = serde_json::to_value(&fresh)?;
+    println!("{out}");
     Ok(())
+}
+
+/// The attacks trained on the frozen SGT in `sgt_dir`, unless `--attack-epochs 0` (then a
+/// warning that privacy is unmeasured).
+fn fresh_attacks(
+    cfg: &TextTrainConfig,
+    model: &stainedglass_models::llm::Llama,
+    tok: &Arc<stainedglass_text::TextTokenizer>,
+    sgt_dir: &std::path::Path,
+    a: &AttackArgs,
+    limit: Option<usize>,
+) -> Result<Option<stainedglass_eval::text::fresh::FreshAttackReport>> {
+    if a.attack_epochs == 0 {
+        eprintln!(
+            "warning: --attack-epochs 0: no attack was trained on the frozen SGT, so its privacy \
+             is unmeasured (nearest neighbour alone says little)"
+        );
+        return Ok(None);
+    }
+    let cloak = stainedglass_train::text::load_sgt(sgt_dir, model.device())
+        .with_context(|| format!("loading the SGT from {}", sgt_dir.display()))?;
+    attacks::measure(cfg, model, tok, &cloak, a.attack_epochs, limit).map(Some)
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -167,10 +213,12 @@ fn eval(a: EvalArgs) -> Result<()> {
         .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
     let clean =
         stainedglass_train::text::held_out_eval(&cfg, &model, tok.clone(), &cloak, a.limit, false)?;
-    let sgt = stainedglass_train::text::held_out_eval(&cfg, &model, tok, &cloak, a.limit, true)?;
+    let sgt =
+        stainedglass_train::text::held_out_eval(&cfg, &model, tok.clone(), &cloak, a.limit, true)?;
+    let fresh = fresh_attacks(&cfg, &model, &tok, &a.sgt, &a.attacks, a.limit)?;
     println!(
         "{}",
-        serde_json::json!({"clean": clean, "transformed": sgt})
+        serde_json::json!({"clean": clean, "transformed": sgt, "fresh_attacks": fresh})
     );
     Ok(())
 }

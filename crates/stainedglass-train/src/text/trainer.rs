@@ -413,7 +413,7 @@ pub fn train(
                 eval: e.clone(),
             })?;
             pb.println(format!(
-                "step {done}: nn recovery cos {:.1}% l2 {:.1}% | next-token agreement {:.1}% KL {:.3}",
+                "step {done}: nearest-neighbour recovery (weakest attack) cos {:.1}% l2 {:.1}% | next-token agreement {:.1}% KL {:.3}",
                 100.0 * e.nn_top1_cosine,
                 100.0 * e.nn_top1_l2,
                 100.0 * e.next_token_agreement,

@@ -1,0 +1,82 @@
+//! The privacy measurement every text command ends with: the learned MLP inverter and the
+//! provider's layer probe, trained fresh on the frozen SGT with the training conversations as
+//! the attacker's own text, scored on the held-out conversations
+//! (`stainedglass_eval::text::fresh`). `sgt quickstart`, `sgt text train` and `sgt text eval`
+//! report its strongest attack; nearest neighbour is one column of it, never the headline.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use stainedglass_eval::text::fresh::{FreshAttackConfig, FreshAttackReport, FreshAttacks};
+use stainedglass_eval::text::inverter::InverterConfig;
+use stainedglass_metrics::EmbeddingIndex;
+use stainedglass_models::llm::Llama;
+use stainedglass_models::text_sgt::TransformerCloak;
+use stainedglass_text::TextTokenizer;
+use stainedglass_train::text::TextTrainConfig;
+
+/// Trains the attackers on the config's training conversations (the probe at the config's
+/// distillation layer), `epochs` passes with fresh noise each.
+pub fn train<'a>(
+    cfg: &TextTrainConfig,
+    model: &'a Llama,
+    tok: &Arc<TextTokenizer>,
+    cloak: &TransformerCloak,
+    index: &'a EmbeddingIndex,
+    epochs: usize,
+) -> Result<FreshAttacks<'a>> {
+    let rows = stainedglass_train::text::training_rows(cfg, tok)?;
+    let fresh_cfg = FreshAttackConfig {
+        inverter: InverterConfig {
+            epochs: epochs.max(1),
+            ..InverterConfig::default()
+        },
+        probe_layer: Some(
+            cfg.loss
+                .distillation_layer_index
+                .unwrap_or(model.config().num_layers),
+        ),
+        ..FreshAttackConfig::default()
+    };
+    let mut log = |line: String| eprintln!("  {line}");
+    Ok(FreshAttacks::train(
+        index, model, cloak, &rows, &fresh_cfg, &mut log,
+    )?)
+}
+
+/// Trains the attackers and scores them on the config's held-out conversations (the first
+/// `limit`); prints one line per attack, strongest first.
+pub fn measure(
+    cfg: &TextTrainConfig,
+    model: &Llama,
+    tok: &Arc<TextTokenizer>,
+    cloak: &TransformerCloak,
+    epochs: usize,
+    limit: Option<usize>,
+) -> Result<FreshAttackReport> {
+    let index = EmbeddingIndex::new(model.embedding_table())?;
+    let attackers = train(cfg, model, tok, cloak, &index, epochs)?;
+    let mut held = stainedglass_train::text::held_out_rows(cfg, tok)?;
+    held.truncate(limit.unwrap_or(usize::MAX));
+    let report = attackers.score(model, cloak, &held)?;
+    print(&report);
+    Ok(report)
+}
+
+/// One line per attack, strongest first (standard error).
+pub fn print(f: &FreshAttackReport) {
+    let mut rows: Vec<_> = f.attacks.iter().collect();
+    rows.sort_by(|a, b| b.1.top1.total_cmp(&a.1.top1));
+    eprintln!(
+        "  attacks trained on the frozen SGT ({} attacker conversations, {:.0} s), on {} held-out \
+         conversations:",
+        f.attacker_prompts, f.train_seconds, f.held_out_prompts
+    );
+    for (name, r) in rows {
+        eprintln!(
+            "    {:<22} recovers {:5.1}% of the transformed tokens",
+            name.replace('_', " "),
+            100.0 * r.top1
+        );
+    }
+}
