@@ -24,8 +24,32 @@ pub struct CloakSettings {
     pub rhos_init: f64,
     /// Bound `b` of the mean `μ = b·tanh(r / b)`.
     pub mean_bound: f64,
-    /// Fraction of each transformed token's features replaced by μ (largest σ first).
+    /// Fraction of each transformed token's features suppressed (largest σ first).
     pub percent_to_mask: Option<f64>,
+    /// What a suppressed feature carries (default: μ, as the original).
+    #[serde(skip_serializing_if = "MaskedFill::is_mean")]
+    pub masked_fill: MaskedFill,
+}
+
+/// The value of a suppressed feature (`percent_to_mask`). The original sends μ(x) there, and
+/// μ is a function of the token: `docs/eval/` found it a channel the learned inverter reads.
+/// The other fills carry no input value in those features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskedFill {
+    /// μ(x) (the original's choice).
+    #[default]
+    Mean,
+    /// σ(x)·ε: fresh noise at that feature's scale, no mean.
+    Noise,
+    /// 0.
+    Zero,
+}
+
+impl MaskedFill {
+    pub fn is_mean(&self) -> bool {
+        *self == Self::Mean
+    }
 }
 
 impl Default for CloakSettings {
@@ -37,6 +61,7 @@ impl Default for CloakSettings {
             rhos_init: DEFAULT_RHOS_INIT,
             mean_bound: 1.0,
             percent_to_mask: None,
+            masked_fill: MaskedFill::Mean,
         }
     }
 }
@@ -82,6 +107,8 @@ struct SettingsWire {
     mean_bound: f64,
     #[serde(default)]
     percent_to_mask: Option<f64>,
+    #[serde(default)]
+    masked_fill: MaskedFill,
 }
 
 fn one() -> usize {
@@ -122,6 +149,7 @@ impl TryFrom<SettingsWire> for CloakSettings {
             rhos_init: w.rhos_init,
             mean_bound: w.mean_bound,
             percent_to_mask: w.percent_to_mask,
+            masked_fill: w.masked_fill,
         };
         s.validate()?;
         Ok(s)
@@ -205,5 +233,25 @@ mod tests {
         assert_eq!(v["std"]["type"], "cloak");
         let back: TransformerCloakConfig = serde_json::from_value(v).expect("back");
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_masked_fill_is_written_only_when_not_the_original() {
+        let mut c = TransformerCloakConfig::new(LlamaConfig::tiny_for_tests());
+        let v = serde_json::to_value(&c).expect("json");
+        assert!(v.get("masked_fill").is_none(), "{v}");
+        c.sgt.masked_fill = MaskedFill::Noise;
+        let v = serde_json::to_value(&c).expect("json");
+        assert_eq!(v["masked_fill"], "noise");
+        let back: TransformerCloakConfig = serde_json::from_value(v).expect("back");
+        assert_eq!(back.sgt.masked_fill, MaskedFill::Noise);
+        let zero: CloakSettings = serde_json::from_str(r#"{"masked_fill": "zero"}"#).expect("zero");
+        assert_eq!(zero.masked_fill, MaskedFill::Zero);
+        let e = serde_json::from_str::<CloakSettings>(r#"{"masked_fill": "learned"}"#)
+            .expect_err("unknown fill");
+        assert!(
+            e.to_string().contains("masked_fill") || e.to_string().contains("variant"),
+            "{e}"
+        );
     }
 }

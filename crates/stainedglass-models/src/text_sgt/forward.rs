@@ -11,6 +11,7 @@ use stainedglass_core::noise_layer::NoiseOutput;
 use stainedglass_core::NoiseRng;
 
 use super::cloak::TransformerCloak;
+use super::config::MaskedFill;
 use super::estimator::{linear, Grad};
 use super::noise_head::{combine_in_place, NoiseCombine, Rows, TanhHead};
 use crate::error::{Error, Result};
@@ -112,6 +113,7 @@ impl TransformerCloak {
                 std: &std,
                 transformed: sel,
                 keep: keep.as_deref(),
+                fill: self.config.sgt.masked_fill,
                 d,
             },
         );
@@ -155,6 +157,7 @@ impl TransformerCloak {
                 Some(k) => Some(Arc::new(k.flatten_all()?.to_vec1::<u8>()?)),
                 None => None,
             },
+            fill: self.config.sgt.masked_fill,
         };
         let transformed = mean.apply_op2(&std, op)?;
         Ok(NoiseOutput {
@@ -208,10 +211,15 @@ impl TransformerCloak {
         };
         let x32 = x.to_dtype(DType::F32)?;
         let candidate = match &keep {
-            // Kept features: x + μ + σε; suppressed ones: μ.
+            // Kept features: x + μ + σε; suppressed ones: the fill.
             Some(k) => {
                 let full = ((&x32 + &mean)? + &noise)?;
-                k.where_cond(&full, &mean)?
+                let fill = match self.config.sgt.masked_fill {
+                    MaskedFill::Mean => mean.clone(),
+                    MaskedFill::Noise => noise.clone(),
+                    MaskedFill::Zero => mean.zeros_like()?,
+                };
+                k.where_cond(&full, &fill)?
             }
             None => ((&x32 + &mean)? + &noise)?,
         };

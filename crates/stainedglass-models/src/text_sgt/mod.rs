@@ -20,7 +20,7 @@ mod noise_head;
 mod noisy;
 
 pub use cloak::{mean_sigma, TransformerCloak};
-pub use config::{CloakSettings, TransformerCloakConfig};
+pub use config::{CloakSettings, MaskedFill, TransformerCloakConfig};
 pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};
 
 #[cfg(test)]

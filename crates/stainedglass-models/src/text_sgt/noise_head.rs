@@ -12,6 +12,7 @@ use stainedglass_core::fastmath::tanh_affine_in_place;
 use stainedglass_core::host::{cpu_slice, with_host, with_hosts, zeroed};
 use stainedglass_core::param::TanhAffine;
 
+use super::config::MaskedFill;
 use crate::llm::backend::blas::{par_sgemm, par_sgemm_new};
 use crate::llm::backend::kernels::column_sums;
 use crate::llm::backend::train_linear::weight_grad;
@@ -132,12 +133,13 @@ pub(super) struct Rows<'a> {
     pub std: &'a [f32],
     pub transformed: &'a [u8],
     pub keep: Option<&'a [u8]>,
+    pub fill: MaskedFill,
     pub d: usize,
 }
 
 /// `x̃` in place: `out` holds ε on entry and, per row, `(x + μ) + σ·ε` where the token is
-/// transformed and the feature kept (the composed ops' order of operations), `μ` where it is
-/// suppressed, and `x` where the token is not transformed. Training (this module's op) and the
+/// transformed and the feature kept (the composed ops' order of operations), the fill (`μ`,
+/// `σ·ε` or 0) where it is suppressed, and `x` where the token is not transformed. Training (this module's op) and the
 /// client's path (`TransformerCloak::transform`) both run it.
 pub(super) fn combine_in_place(out: &mut [f32], r: Rows) {
     let d = r.d;
@@ -152,22 +154,27 @@ pub(super) fn combine_in_place(out: &mut [f32], r: Rows) {
         let kr = r.keep.map(|k| &k[span]);
         for j in 0..d {
             o[j] = match kr {
-                Some(k) if k[j] == 0 => mr[j],
+                Some(k) if k[j] == 0 => match r.fill {
+                    MaskedFill::Mean => mr[j],
+                    MaskedFill::Noise => sr[j] * o[j],
+                    MaskedFill::Zero => 0.0,
+                },
                 _ => (xr[j] + mr[j]) + sr[j] * o[j],
             };
         }
     });
 }
 
-/// `x̃ = x + μ + σ·ε` on transformed tokens (`μ` alone where a feature is suppressed), `x`
+/// `x̃ = x + μ + σ·ε` on transformed tokens (the fill where a feature is suppressed), `x`
 /// elsewhere; the op's inputs are μ and σ (`x` carries no gradient in training).
 pub(super) struct NoiseCombine {
     pub x: Arc<Vec<f32>>,
     pub eps: Arc<Vec<f32>>,
     /// Per token: 1 = transformed.
     pub transformed: Arc<Vec<u8>>,
-    /// Per feature: 1 = kept, 0 = replaced by μ (no suppression when `None`).
+    /// Per feature: 1 = kept, 0 = replaced by the fill (no suppression when `None`).
     pub keep: Option<Arc<Vec<u8>>>,
+    pub fill: MaskedFill,
 }
 
 impl NoiseCombine {
@@ -219,6 +226,7 @@ impl CustomOp2 for NoiseCombine {
                 std,
                 transformed: &self.transformed,
                 keep: self.keep.as_ref().map(|k| k.as_slice()),
+                fill: self.fill,
                 d,
             },
         );
@@ -247,10 +255,17 @@ impl CustomOp2 for NoiseCombine {
                     let (gr, er) = (&g[r.clone()], &self.eps[r.clone()]);
                     let kr = self.keep.as_ref().map(|k| &k[r]);
                     for j in 0..d {
-                        dmr[j] = gr[j];
-                        if kr.is_none_or(|k| k[j] != 0) {
-                            dsr[j] = gr[j] * er[j];
-                        }
+                        let (dm, ds) = if kr.is_none_or(|k| k[j] != 0) {
+                            (gr[j], gr[j] * er[j])
+                        } else {
+                            match self.fill {
+                                MaskedFill::Mean => (gr[j], 0.0),
+                                MaskedFill::Noise => (0.0, gr[j] * er[j]),
+                                MaskedFill::Zero => (0.0, 0.0),
+                            }
+                        };
+                        dmr[j] = dm;
+                        dsr[j] = ds;
                     }
                 });
         })?;

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use stainedglass_core::noise_layer::NoiseLayer;
 use stainedglass_core::NoiseRng;
 
-use super::{TransformerCloak, TransformerCloakConfig};
+use super::{MaskedFill, TransformerCloak, TransformerCloakConfig};
 use crate::llm::LlamaConfig;
 use crate::test_util::rand;
 
@@ -17,9 +17,14 @@ fn tiny(composed: bool) -> TransformerCloak {
 }
 
 fn tiny_with(composed: bool, percent_to_mask: Option<f64>) -> TransformerCloak {
+    tiny_filled(composed, percent_to_mask, MaskedFill::Mean)
+}
+
+fn tiny_filled(composed: bool, percent_to_mask: Option<f64>, fill: MaskedFill) -> TransformerCloak {
     let mut config = TransformerCloakConfig::new(LlamaConfig::tiny_for_tests());
     config.sgt.estimator_layers = 2;
     config.sgt.percent_to_mask = percent_to_mask;
+    config.sgt.masked_fill = fill;
     // Not 1, so that a dropped temperature or bound shows in the gradients.
     config.sgt.std =
         stainedglass_core::param::StdParameterization::cloak(1e-4, 2.0, 0.7).expect("std");
@@ -106,9 +111,15 @@ fn layer_op_matches_the_composed_ops_in_value_and_every_gradient() {
 /// The whole training forward (fused estimator layers, heads and noise combination)
 /// against the composed ops: same transformed embeddings, μ, σ and keep mask for the same
 /// seed, and the same gradient for every parameter of the layer (heads included), with
-/// suppressed features, an untransformed token and a padded one.
+/// suppressed features (each fill), an untransformed token and a padded one.
 #[test]
 fn fused_training_forward_matches_the_composed_ops() {
+    for fill in [MaskedFill::Mean, MaskedFill::Noise, MaskedFill::Zero] {
+        fused_matches_composed(fill);
+    }
+}
+
+fn fused_matches_composed(fill: MaskedFill) {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let (b, t) = (2, 5);
     let x = rand(&[b, t, 32], &mut r, 1.0);
@@ -118,11 +129,17 @@ fn fused_training_forward_matches_the_composed_ops() {
     let mut nm = vec![1u8; b * t];
     nm[2] = 0;
     let run = |composed: bool| {
-        let c = tiny_with(composed, Some(0.25));
+        let c = tiny_filled(composed, Some(0.25), fill);
         let mut rng = NoiseRng::seeded(4);
         let o = c
             .forward_masked(&x, Some(&am), Some(&nm), &mut rng)
             .expect("forward");
+        // The client's path (no graph, host combination) gives the same values.
+        let served = c
+            .transform(&x, Some(&am), Some(&nm), &mut NoiseRng::seeded(4))
+            .expect("transform");
+        let d = max_abs(&(&served.transformed - &o.transformed).expect("diff"));
+        assert!(d < 1e-4, "{fill:?}: transform differs from training by {d}");
         let outs = [o.transformed.clone(), o.mean.clone(), o.std.clone()];
         let loss = outs
             .iter()
@@ -140,6 +157,28 @@ fn fused_training_forward_matches_the_composed_ops() {
     };
     let (o_op, m_op, g_op) = run(false);
     let (o_ref, m_ref, g_ref) = run(true);
+    // Suppressed features of a transformed token hold the fill.
+    let (out, mean, keep) = (
+        o_op[0].get(0).and_then(|r| r.get(0)).expect("row"),
+        o_op[1].get(0).and_then(|r| r.get(0)).expect("row"),
+        m_op.get(0).and_then(|r| r.get(0)).expect("row"),
+    );
+    let suppressed = |t: &Tensor| -> Vec<f32> {
+        let v = t.to_vec1::<f32>().expect("v");
+        let k = keep.to_vec1::<f32>().expect("k");
+        v.iter()
+            .zip(&k)
+            .filter(|(_, &k)| k == 0.0)
+            .map(|(x, _)| *x)
+            .collect()
+    };
+    let (got, mu) = (suppressed(&out), suppressed(&mean));
+    assert!(!got.is_empty());
+    match fill {
+        MaskedFill::Mean => assert_eq!(got, mu),
+        MaskedFill::Zero => assert!(got.iter().all(|&v| v == 0.0), "{got:?}"),
+        MaskedFill::Noise => assert!(got.iter().zip(&mu).all(|(a, b)| a != b), "{got:?}"),
+    }
     assert_eq!(
         max_abs(&(&m_op - &m_ref).expect("diff")),
         0.0,
