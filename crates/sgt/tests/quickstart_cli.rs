@@ -82,7 +82,14 @@ fn quickstart_runs_every_stage_writes_the_report_and_resumes() {
     // The privacy headline: attacks trained on the frozen SGT, the strongest named.
     let f = &r["fresh_attacks"];
     let attacks = f["attacks"].as_object().expect("attacks");
-    for k in ["nearest_neighbour_l2", "learned_mlp", "layer6_probe"] {
+    for k in [
+        "nearest_neighbour_l2",
+        "learned_mlp",
+        "layer6_probe",
+        "layer3_probe",
+        "layer18_probe",
+        "layer6_probe_on_sgt",
+    ] {
         let v = attacks[k]["top1"].as_f64().expect(k);
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }

@@ -66,7 +66,17 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
     let nn = attacks["nearest_neighbour_l2"]["top1"]
         .as_f64()
         .expect("nn");
-    assert!(attacks["layer2_probe"]["top1"].as_f64().is_some(), "{f}");
+    // Probes at the distillation layer (2), halfway to the input (1) and to the output (16 of
+    // SmolLM2's 30), and
+    // one trained on the SGT's own layer-2 states (the provider holding the artefact).
+    for k in [
+        "layer2_probe",
+        "layer1_probe",
+        "layer16_probe",
+        "layer2_probe_on_sgt",
+    ] {
+        assert!(attacks[k]["top1"].as_f64().is_some(), "{k}: {f}");
+    }
     assert!(attacks["learned_mlp"]["top1"].as_f64().is_some(), "{f}");
     assert!(
         f["strongest_top1"].as_f64().expect("strongest") >= nn,

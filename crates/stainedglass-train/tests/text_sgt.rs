@@ -57,11 +57,15 @@ fn data(dir: &Path) -> PathBuf {
 }
 
 fn config(data: &Path, steps: u64) -> TextTrainConfig {
+    config_with(data, steps, "")
+}
+
+fn config_with(data: &Path, steps: u64, extra: &str) -> TextTrainConfig {
     let text = format!(
         "[data]\nconversations = {:?}\nheld_out = 2\nmax_length = 48\n\
          [loss]\ndistillation_layer_index = 2\n\
          [train]\nsteps = {steps}\nbatch_size = 2\nwarmup_steps = 1\neval_every = 2\n\
-         checkpoint_every = 2\ngrad_accumulation = 2\n",
+         checkpoint_every = 2\ngrad_accumulation = 2\n{extra}",
         data.to_string_lossy()
     );
     TextTrainConfig::from_toml(&text, Path::new("test.toml")).expect("config")
@@ -140,6 +144,49 @@ fn trains_checkpoints_and_resumes_bit_exactly() {
     // A different config refuses to resume.
     let e = train(&config(&d, 6), model(), tok(), &resumed, &opts).expect_err("config changed");
     assert!(e.to_string().contains("different config"), "{e}");
+}
+
+/// With `[adversary]` the online inverter trains beside the layer, its loss and accuracy are
+/// logged, its state is checkpointed (a resumed run is bit-exact), and the layer it pushes on
+/// ends elsewhere than without it.
+#[test]
+fn the_in_training_adversary_trains_logs_and_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = data(dir.path());
+    let opts = RunOptions::default();
+    let adv = "[adversary]\nweight = 1.0\ninner_steps = 2\nnegatives = 64\nhidden = 64\n";
+    let cfg = config_with(&d, 4, adv);
+    let full = dir.path().join("full");
+    train(&cfg, model(), tok(), &full, &opts).expect("train");
+    let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).expect("metrics");
+    let first: serde_json::Value =
+        serde_json::from_str(metrics.lines().next().expect("a line")).expect("json");
+    for key in ["adversary_loss", "adversary_accuracy", "adversary_term"] {
+        let v = first[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite(), "{key} = {v} in {first}");
+    }
+    assert!(
+        first["adversary_term"].as_f64().unwrap_or(0.0) < 0.0,
+        "{first}"
+    );
+    assert!(full
+        .join("checkpoints/step-00000004/adversary.safetensors")
+        .exists());
+
+    let resumed = dir.path().join("resumed");
+    copy_dir(&full, &resumed);
+    let ck = resumed.join("checkpoints");
+    std::fs::remove_dir_all(ck.join("step-00000004")).expect("rm");
+    std::fs::write(ck.join("latest"), "step-00000002").expect("latest");
+    let s2 = train(&cfg, model(), tok(), &resumed, &opts).expect("resume");
+    assert_eq!(s2.resumed_from, Some(2));
+    assert_eq!(
+        max_diff_layers(&full.join("sgt"), &resumed.join("sgt")),
+        0.0
+    );
+    let plain = dir.path().join("plain");
+    train(&config(&d, 4), model(), tok(), &plain, &opts).expect("plain");
+    assert!(max_diff_layers(&full.join("sgt"), &plain.join("sgt")) > 0.0);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -65,6 +65,10 @@ pub struct EvalTextArgs {
     /// Attack only the SGT with the learned inverters and BeamClean (not the baselines).
     #[arg(long)]
     pub no_baseline_attacks: bool,
+    /// Also attack every baseline point with the learned MLP inverter (both baselines as curves
+    /// under the strongest attack; the frontier of docs/eval/frontier/).
+    #[arg(long, conflicts_with = "no_baseline_attacks")]
+    pub all_baseline_attacks: bool,
     /// Seed of every mechanism's noise and of the attacks' initialisation and sampling.
     #[arg(long, default_value_t = 20_261_129)]
     pub seed: u64,
@@ -124,6 +128,7 @@ pub fn run(a: EvalTextArgs) -> Result<()> {
             k => Some(k),
         },
         attack_baselines: !a.no_baseline_attacks,
+        attack_all_baselines: a.all_baseline_attacks,
         seed: a.seed,
         ..Default::default()
     };

@@ -171,7 +171,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     stage.begin("Client artefact (sgt text export)");
     let sgt = export_artefact(&summary, &model, &tok, &out.join("artefact"))?;
 
-    stage.begin("Attackers trained fresh on the frozen SGT (learned inverter, layer probe)");
+    stage.begin("Attackers trained fresh on the frozen SGT (learned inverter, provider probes)");
     let cloak = stainedglass_train::text::load_sgt(&summary.sgt_dir, model.device())?;
     let index = EmbeddingIndex::new(model.embedding_table())?;
     let attackers = attacks::train(&cfg, &model, &tok, &cloak, &index, a.attack_epochs)?;

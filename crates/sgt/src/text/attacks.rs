@@ -15,8 +15,9 @@ use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::TextTokenizer;
 use stainedglass_train::text::TextTrainConfig;
 
-/// Trains the attackers on the config's training conversations (the probe at the config's
-/// distillation layer), `epochs` passes with fresh noise each.
+/// Trains the attackers on the config's training conversations (probes at the config's
+/// distillation layer and two other depths, and one on the SGT's own states at that layer),
+/// `epochs` passes with fresh noise each.
 pub fn train<'a>(
     cfg: &TextTrainConfig,
     model: &'a Llama,
@@ -31,17 +32,24 @@ pub fn train<'a>(
             epochs: epochs.max(1),
             ..InverterConfig::default()
         },
-        probe_layer: Some(
-            cfg.loss
-                .distillation_layer_index
-                .unwrap_or(model.config().num_layers),
-        ),
+        probe_layers: probe_depths(cfg.loss.distillation_layer_index, model.config().num_layers),
+        probe_on_sgt: true,
         ..FreshAttackConfig::default()
     };
     let mut log = |line: String| eprintln!("  {line}");
     Ok(FreshAttacks::train(
         index, model, cloak, &rows, &fresh_cfg, &mut log,
     )?)
+}
+
+/// The provider's probe depths: the distillation layer `k` (the last layer when the SGT
+/// distils logits), halfway to the input and halfway to the output.
+pub fn probe_depths(k: Option<usize>, layers: usize) -> Vec<usize> {
+    let k = k.unwrap_or(layers).clamp(1, layers.max(1));
+    let mut depths = vec![k, (k / 2).max(1), k + (layers - k) / 2];
+    let mut seen = std::collections::HashSet::new();
+    depths.retain(|d| seen.insert(*d));
+    depths
 }
 
 /// Trains the attackers and scores them on the config's held-out conversations (the first
@@ -78,5 +86,18 @@ pub fn print(f: &FreshAttackReport) {
             name.replace('_', " "),
             100.0 * r.top1
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_depths;
+
+    #[test]
+    fn probes_read_the_distillation_layer_first_then_two_other_depths() {
+        assert_eq!(probe_depths(Some(6), 30), vec![6, 3, 18]);
+        assert_eq!(probe_depths(None, 30), vec![30, 15]);
+        assert_eq!(probe_depths(Some(1), 2), vec![1]);
+        assert_eq!(probe_depths(Some(40), 4), vec![4, 2]);
     }
 }

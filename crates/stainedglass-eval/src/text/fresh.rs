@@ -5,8 +5,11 @@
 //! - a learned per-token MLP inverter trained on the attacker's own text transformed by the
 //!   public SGT (fresh noise each epoch): on the bundled SmolLM2 it recovers 99.5% of the
 //!   tokens that nearest neighbour misses (docs/eval/);
-//! - the provider's probe on its layer-k states, trained on the **clean** states of the
-//!   attacker's text (it needs neither the SGT nor a noise model).
+//! - the provider's probes on its layer-k states, trained on the **clean** states of the
+//!   attacker's text (they need neither the SGT nor a noise model), at the SGT's distillation
+//!   layer and other depths;
+//! - the provider holding the artefact: a probe trained on the layer-k states of the attacker's
+//!   text *transformed by the SGT*, fresh noise each epoch.
 //!
 //! The headline is the strongest of them. `sgt quickstart` reports it, and reads the prompt it
 //! sent through the proxy with it; the full suite (`sgt eval text`) adds the transformer
@@ -32,18 +35,26 @@ use crate::Result;
 pub const NEAREST_NEIGHBOUR: &str = "nearest_neighbour_l2";
 pub const LEARNED_MLP: &str = "learned_mlp";
 
-/// The report key of the layer-`k` probe.
+/// The report key of the layer-`k` probe trained on clean states.
 pub fn probe_name(layer: usize) -> String {
     format!("layer{layer}_probe")
+}
+
+/// The report key of the layer-`k` probe trained on the SGT's own states.
+pub fn sgt_probe_name(layer: usize) -> String {
+    format!("layer{layer}_probe_on_sgt")
 }
 
 /// What to train.
 #[derive(Debug, Clone, Serialize)]
 pub struct FreshAttackConfig {
     pub inverter: InverterConfig,
-    /// The provider's probe reads this decoder layer (the SGT's distillation layer); `None`
-    /// skips it.
-    pub probe_layer: Option<usize>,
+    /// The provider's clean-state probes read these decoder layers (the SGT's distillation
+    /// layer first); empty skips them.
+    pub probe_layers: Vec<usize>,
+    /// Also train a probe on the SGT's own states at the first probe layer (the provider with
+    /// the artefact).
+    pub probe_on_sgt: bool,
     /// Seed of the held-out application of the SGT.
     pub seed: u64,
 }
@@ -52,7 +63,8 @@ impl Default for FreshAttackConfig {
     fn default() -> Self {
         Self {
             inverter: InverterConfig::default(),
-            probe_layer: Some(6),
+            probe_layers: vec![6],
+            probe_on_sgt: true,
             seed: 20_261_203,
         }
     }
@@ -75,7 +87,8 @@ pub struct FreshAttackReport {
 pub struct FreshAttacks<'a> {
     index: &'a EmbeddingIndex,
     mlp: MlpInverter<'a>,
-    probe: Option<ActivationProbe<'a>>,
+    /// Every probe with its report key.
+    probes: Vec<(String, ActivationProbe<'a>)>,
     attacker_prompts: usize,
     train_seconds: f64,
     cfg: FreshAttackConfig,
@@ -101,21 +114,33 @@ impl<'a> FreshAttacks<'a> {
             &cfg.inverter,
             |e, l| log(format!("MLP inverter epoch {e}: loss {l:.3}")),
         )?;
-        let probe = match cfg.probe_layer {
-            Some(layer) => Some(ActivationProbe::train(
+        let mut probes = Vec::new();
+        for &layer in &cfg.probe_layers {
+            let p = ActivationProbe::train(index, model, layer, rows, &cfg.inverter, |e, l| {
+                log(format!("layer-{layer} probe epoch {e}: loss {l:.3}"))
+            })?;
+            probes.push((probe_name(layer), p));
+        }
+        if let (true, Some(&layer)) = (cfg.probe_on_sgt, cfg.probe_layers.first()) {
+            let p = ActivationProbe::train_on(
                 index,
                 model,
                 layer,
+                &Sgt(sgt),
                 rows,
                 &cfg.inverter,
-                |e, l| log(format!("layer-{layer} probe epoch {e}: loss {l:.3}")),
-            )?),
-            None => None,
-        };
+                |e, l| {
+                    log(format!(
+                        "layer-{layer} probe on the SGT's states epoch {e}: loss {l:.3}"
+                    ))
+                },
+            )?;
+            probes.push((sgt_probe_name(layer), p));
+        }
         Ok(Self {
             index,
             mlp,
-            probe,
+            probes,
             attacker_prompts: rows.len(),
             train_seconds: t0.elapsed().as_secs_f64(),
             cfg: cfg.clone(),
@@ -161,19 +186,10 @@ impl<'a> FreshAttacks<'a> {
     /// `attack` (one of the report's keys). `obs.tokens` is not read.
     pub fn read(&self, attack: &str, obs: &Observed) -> Result<Vec<u32>> {
         let one = std::slice::from_ref(obs);
-        let g = match attack {
-            LEARNED_MLP => self.mlp.guess(one, 1)?,
-            a if self
-                .probe
-                .as_ref()
-                .is_some_and(|p| a == probe_name(p.layer())) =>
-            {
-                self.probe
-                    .as_ref()
-                    .map(|p| p.guess(one, 1))
-                    .transpose()?
-                    .unwrap_or_default()
-            }
+        let probe = self.probes.iter().find(|(name, _)| name == attack);
+        let g = match (attack, probe) {
+            (LEARNED_MLP, _) => self.mlp.guess(one, 1)?,
+            (_, Some((_, p))) => p.guess(one, 1)?,
             _ => nearest(self.index, one)?,
         };
         Ok(g.into_iter()
@@ -187,8 +203,8 @@ impl<'a> FreshAttacks<'a> {
             (NEAREST_NEIGHBOUR.to_string(), nearest(self.index, obs)?),
             (LEARNED_MLP.to_string(), self.mlp.guess(obs, 5)?),
         ];
-        if let Some(p) = &self.probe {
-            out.push((probe_name(p.layer()), p.guess(obs, 5)?));
+        for (name, p) in &self.probes {
+            out.push((name.clone(), p.guess(obs, 5)?));
         }
         Ok(out)
     }
@@ -242,5 +258,6 @@ mod tests {
     #[test]
     fn probe_names_match_the_report_keys() {
         assert_eq!(probe_name(6), "layer6_probe");
+        assert_eq!(sgt_probe_name(6), "layer6_probe_on_sgt");
     }
 }

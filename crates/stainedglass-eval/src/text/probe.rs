@@ -2,13 +2,16 @@
 //! the model's hidden state at layer `k` and decode the token from it. The probe is trained on
 //! **clean** text only (the attacker needs neither the SGT nor any noise model): an SGT that
 //! keeps layer-`k` activations close to the clean ones — which is what distillation at layer
-//! `k` optimises — hands the probe the same features it was trained on.
+//! `k` optimises — hands the probe the same features it was trained on. A provider that also
+//! holds the client artefact can do better still: [`ActivationProbe::train_on`] trains on the
+//! states the model computes on the attacker's text *transformed by the SGT*.
 
 use super::inverter::{InverterConfig, MlpInverter};
-use super::mechanism::table_rms;
-use super::observed::{embed_rows, Observed};
+use super::mechanism::{table_rms, Mechanism};
+use super::observed::{apply_rows, embed_rows, Observed};
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
+use stainedglass_core::NoiseRng;
 use stainedglass_metrics::index::{EmbeddingIndex, Ranked};
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_text::EncodedPrompt;
@@ -32,31 +35,39 @@ impl<'a> ActivationProbe<'a> {
         cfg: &InverterConfig,
         progress: impl FnMut(usize, f32),
     ) -> Result<Self> {
-        let layers = model.config().num_layers;
-        if layer == 0 || layer > layers {
-            return Err(Error::Input(format!(
-                "probe layer {layer} is outside 1..={layers} (the model's decoder layers)"
-            )));
-        }
         let table = model.embedding_table();
-        let table_rms = table_rms(table)?;
+        let table_rms = check_layer(model, layer)?;
         let clean = embed_rows(table, rows)?;
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        for (r, x) in rows.iter().zip(clean) {
-            let o = Observed::new(r, x);
-            if o.positions.is_empty() {
-                continue;
-            }
-            xs.push(layer_features(model, layer, table_rms, &o)?);
-            ys.extend(o.tokens);
-        }
-        if ys.is_empty() {
-            return Err(Error::Input(
-                "the attacker's rows have no content tokens to train the probe on".into(),
-            ));
-        }
-        let x = Tensor::cat(&xs, 0)?;
+        let (x, ys) = states(model, layer, table_rms, rows, clean)?;
         let mlp = MlpInverter::fit(index, table, cfg, |_| Ok((x.clone(), ys.clone())), progress)?;
+        Ok(Self {
+            model,
+            layer,
+            table_rms,
+            mlp,
+        })
+    }
+
+    /// The provider holding the artefact: trains on the layer-`layer` states the model computes
+    /// on the attacker's `rows` transformed by `mechanism`, with fresh noise each epoch.
+    pub fn train_on(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        mechanism: &dyn Mechanism,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<Self> {
+        let table = model.embedding_table();
+        let table_rms = check_layer(model, layer)?;
+        let clean = embed_rows(table, rows)?;
+        let epoch_data = |rng: &mut NoiseRng| -> Result<(Tensor, Vec<u32>)> {
+            let applied = apply_rows(mechanism, rows, &clean, rng)?;
+            let received = applied.into_iter().map(|a| a.transformed).collect();
+            states(model, layer, table_rms, rows, received)
+        };
+        let mlp = MlpInverter::fit(index, table, cfg, epoch_data, progress)?;
         Ok(Self {
             model,
             layer,
@@ -76,6 +87,43 @@ impl<'a> ActivationProbe<'a> {
             layer_features(self.model, self.layer, self.table_rms, o)
         })
     }
+}
+
+/// The embedding table's RMS, once `layer` is known to be one of the model's decoder layers.
+fn check_layer(model: &Llama, layer: usize) -> Result<f64> {
+    let layers = model.config().num_layers;
+    if layer == 0 || layer > layers {
+        return Err(Error::Input(format!(
+            "probe layer {layer} is outside 1..={layers} (the model's decoder layers)"
+        )));
+    }
+    table_rms(model.embedding_table())
+}
+
+/// The layer-`layer` states of `inputs` (one `(1, t, d)` per row) at the rows' content tokens,
+/// stacked, with those tokens.
+fn states(
+    model: &Llama,
+    layer: usize,
+    table_rms: f64,
+    rows: &[EncodedPrompt],
+    inputs: Vec<Tensor>,
+) -> Result<(Tensor, Vec<u32>)> {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for (r, x) in rows.iter().zip(inputs) {
+        let o = Observed::new(r, x);
+        if o.positions.is_empty() {
+            continue;
+        }
+        xs.push(layer_features(model, layer, table_rms, &o)?);
+        ys.extend(o.tokens);
+    }
+    if ys.is_empty() {
+        return Err(Error::Input(
+            "the attacker's rows have no content tokens to train the probe on".into(),
+        ));
+    }
+    Ok((Tensor::cat(&xs, 0)?, ys))
 }
 
 /// `(positions, d)`: the layer-`layer` states at the observation's transformed positions, each

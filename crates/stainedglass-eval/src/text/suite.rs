@@ -51,6 +51,9 @@ pub struct TextSuiteConfig {
     /// Run the learned and BeamClean attacks on the baselines closest to the SGT in utility
     /// (unless nearest neighbour already recovers ≥ 99% of their tokens).
     pub attack_baselines: bool,
+    /// Also run the learned MLP inverter on every other baseline point: both baselines as
+    /// curves under the strongest attack, for a privacy–utility frontier.
+    pub attack_all_baselines: bool,
     pub seed: u64,
 }
 
@@ -68,6 +71,7 @@ impl Default for TextSuiteConfig {
             mi_components: 512,
             answer_tokens: 24,
             attack_baselines: true,
+            attack_all_baselines: false,
             seed: 20_261_129,
         }
     }
@@ -341,7 +345,8 @@ fn mechanisms<'m>(
 
 /// Which reports get the learned attacks (`true`: the MLP inverter only): the SGT; with
 /// `attack_baselines`, the baseline of each kind closest to it in utility (unless nearest
-/// neighbour already inverts it fully: nothing left to find); and every scaled SGT.
+/// neighbour already inverts it fully: nothing left to find); and every scaled SGT, and with
+/// `attack_all_baselines` every other baseline point.
 fn attack_targets(
     cfg: &TextSuiteConfig,
     reports: &[MechanismReport],
@@ -362,11 +367,18 @@ fn attack_targets(
             targets.extend(closest);
         }
     }
-    let scaled = (0..entries.len()).filter(|&i| entries[i].kind == "sgt-scaled");
+    let curves = |i: &usize| {
+        let kind = entries[*i].kind;
+        kind == "sgt-scaled"
+            || (cfg.attack_all_baselines
+                && (kind == "gaussian" || kind == "metric-dp")
+                && !targets.contains(i))
+    };
+    let mlp_only: Vec<usize> = (0..entries.len()).filter(curves).collect();
     targets
         .into_iter()
         .map(|i| (i, false))
-        .chain(scaled.map(|i| (i, true)))
+        .chain(mlp_only.into_iter().map(|i| (i, true)))
         .collect()
 }
 

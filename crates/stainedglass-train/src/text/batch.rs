@@ -70,7 +70,8 @@ pub(crate) fn collate(
     }
     let tokens = am.iter().filter(|&&v| v == 1).count();
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (b, t), dev)?,
+        ids: Tensor::from_vec(ids.clone(), (b, t), dev)?,
+        id_list: ids,
         am_t: Tensor::from_vec(am.clone(), (b, t), dev)?,
         nm_f: Tensor::from_vec(
             nm.iter().map(|&v| f32::from(v)).collect::<Vec<_>>(),
@@ -84,10 +85,11 @@ pub(crate) fn collate(
     })
 }
 
-/// A padded batch: ids, attention mask (tensor and bytes), noise mask (f32 tensor and bytes),
+/// A padded batch: ids (tensor and values), attention mask (tensor and bytes), noise mask (f32 tensor and bytes),
 /// loss mask, and the number of real tokens.
 pub(crate) struct Batch {
     pub ids: Tensor,
+    pub id_list: Vec<u32>,
     pub am_t: Tensor,
     pub nm_f: Tensor,
     pub lm: Tensor,

@@ -1,6 +1,7 @@
 //! The text-SGT training configuration (`sgt text train --config <toml>`). Every section has
 //! defaults, so a config names only what it changes; unknown keys are errors.
 
+use super::adversary::AdversarySection;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::DistillationConfig;
@@ -93,6 +94,8 @@ pub struct TextTrainConfig {
     pub sgt: CloakSettings,
     pub loss: DistillationConfig,
     pub train: TrainSection,
+    /// An inverter trained online against the SGT (off unless `weight > 0`).
+    pub adversary: AdversarySection,
 }
 
 impl TextTrainConfig {
@@ -132,7 +135,7 @@ impl TextTrainConfig {
             return bad("data.max_length must be at least 8 tokens".into());
         }
         self.loss.validate()?;
-        Ok(())
+        self.adversary.validate()
     }
 
     /// Learning rate at `step` (0-based): linear warm-up, then linear decay.

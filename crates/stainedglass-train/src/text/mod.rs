@@ -1,11 +1,13 @@
 //! Training a text SGT (TransformerCloak) on a frozen causal LM with the distillation loss.
 
+mod adversary;
 mod batch;
 pub mod config;
 pub mod data;
 mod sgt_io;
 pub mod trainer;
 
+pub use adversary::{AdversaryObjective, AdversarySection};
 pub use batch::{held_out_eval, held_out_rows, training_rows};
 pub use config::TextTrainConfig;
 pub use sgt_io::{load_sgt, save_sgt};

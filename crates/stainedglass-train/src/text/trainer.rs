@@ -8,6 +8,7 @@
 //! [`Run::step`] (micro-batches, clipping, the optimizer), the held-out evaluation and
 //! [`Run::checkpoint`].
 
+use super::adversary::{transformed_rows, Adversary};
 use super::batch::{collate, encode_all, eval_seed};
 use super::config::TextTrainConfig;
 use super::sgt_io::save_sgt;
@@ -122,6 +123,17 @@ struct Run<'a> {
     loss: DistillationLoss,
     stop: Stop,
     ckpts: Checkpoints,
+    /// The in-training inverter (`[adversary]`), when enabled.
+    adversary: Option<Adversary>,
+}
+
+/// The checkpoint groups of a run: the layer, its optimizers, and the adversary when enabled.
+fn groups(cfg: &TextTrainConfig) -> Vec<&'static str> {
+    let mut g = vec!["sgt", "optimizer", "optimizer_bias"];
+    if cfg.adversary.enabled() {
+        g.extend(["adversary", "optimizer_adversary"]);
+    }
+    g
 }
 
 impl<'a> Run<'a> {
@@ -137,7 +149,16 @@ impl<'a> Run<'a> {
         let dev = model.device();
         let sc = TransformerCloakConfig::with_settings(model.config().clone(), cfg.sgt.clone());
         let ckpts = Checkpoints::new(ckdir);
-        let resumed = ckpts.load_latest::<State>(&["sgt", "optimizer", "optimizer_bias"], dev)?;
+        let resumed = ckpts.load_latest::<State>(&groups(cfg), dev)?;
+        let mut adversary = match cfg.adversary.enabled() {
+            true => Some(Adversary::new(
+                &cfg.adversary,
+                model.embedding_table(),
+                &rows,
+                cfg.train.seed ^ 0xAD7E,
+            )?),
+            false => None,
+        };
         let (cloak, (opt, opt_bias), start) = match resumed {
             Some(ck) => {
                 if ck.state.config != *cfg {
@@ -150,6 +171,9 @@ impl<'a> Run<'a> {
                 let (mut opt, mut opt_bias) = optimizers(&cloak, cfg)?;
                 opt.load_state(&ck.tensors["optimizer"])?;
                 opt_bias.load_state(&ck.tensors["optimizer_bias"])?;
+                if let Some(adv) = adversary.as_mut() {
+                    adv.load(&ck.tensors["adversary"], &ck.tensors["optimizer_adversary"])?;
+                }
                 (cloak, (opt, opt_bias), ck.state.step)
             }
             None => {
@@ -174,12 +198,13 @@ impl<'a> Run<'a> {
             loss: distillation_loss_factory(cfg.loss.clone())?,
             stop,
             ckpts,
+            adversary,
         })
     }
 
     /// The forward and backward pass of micro-batch `global` (counted over the whole run, so
     /// that batch order and noise do not depend on where a run resumed).
-    fn micro_step(&self, step: u64, global: u64) -> Result<MicroStep> {
+    fn micro_step(&mut self, step: u64, global: u64) -> Result<MicroStep> {
         let (cfg, model) = (self.cfg, self.model);
         let per_epoch = self.rows.len().div_ceil(cfg.train.batch_size).max(1) as u64;
         let (epoch, k) = (global / per_epoch, (global % per_epoch) as usize);
@@ -215,10 +240,21 @@ impl<'a> Run<'a> {
                 what: "the loss".into(),
             });
         }
+        let (mut loss, mut components) = (rec.loss, rec.components);
+        let seen = transformed_rows(&noise.transformed, &b.id_list, &b.nm)?;
+        if let (Some(adv), Some((xs, tokens))) = (self.adversary.as_mut(), seen) {
+            let mut rng = NoiseRng::seeded(cfg.train.seed ^ 0xAD7E ^ global.wrapping_mul(7919));
+            let s = adv.update(&xs, &tokens, &mut rng)?;
+            let term = adv.sgt_term(&xs, &tokens, &mut rng)?;
+            components.push(("adversary_term", term.to_scalar::<f32>()? as f64));
+            components.push(("adversary_loss", s.loss));
+            components.push(("adversary_accuracy", s.accuracy));
+            loss = (loss + term)?;
+        }
         let micro = cfg.train.grad_accumulation as f64;
         Ok(MicroStep {
-            grads: (rec.loss / micro)?.backward()?,
-            losses: rec.components,
+            grads: (loss / micro)?.backward()?,
+            losses: components,
             mean_sigma: mean_sigma(&noise.std, &b.nm)?,
             tokens: b.tokens,
         })
@@ -293,15 +329,16 @@ impl<'a> Run<'a> {
             step: done,
             config: self.cfg.clone(),
         };
-        self.ckpts.save(
-            done,
-            &[
-                ("sgt", self.cloak.named_tensors()),
-                ("optimizer", self.opt.state()?),
-                ("optimizer_bias", self.opt_bias.state()?),
-            ],
-            &state,
-        )?;
+        let mut groups = vec![
+            ("sgt", self.cloak.named_tensors()),
+            ("optimizer", self.opt.state()?),
+            ("optimizer_bias", self.opt_bias.state()?),
+        ];
+        if let Some(adv) = &self.adversary {
+            let (weights, opt) = adv.state()?;
+            groups.extend([("adversary", weights), ("optimizer_adversary", opt)]);
+        }
+        self.ckpts.save(done, &groups, &state)?;
         Ok(())
     }
 }
@@ -397,13 +434,22 @@ pub fn train(
         })?;
         let loss = |k: &str| s.losses.get(k).copied().unwrap_or(f64::NAN);
         pb.set_position(done);
-        pb.set_message(format!(
+        let mut msg = format!(
             "loss {:.3} dist {:.4} sim {:.3} σ {:.4}",
             loss("loss"),
             loss("distillation_loss"),
             loss("input_embedding_similarity"),
             s.mean_sigma
-        ));
+        );
+        if cfg.adversary.enabled() {
+            // The online inverter's accuracy over its sampled candidates: a training signal,
+            // not a privacy measurement (the fresh attacks after training are).
+            msg += &format!(
+                " | in-training inverter {:.0}%",
+                100.0 * loss("adversary_accuracy")
+            );
+        }
+        pb.set_message(msg);
         let last = done == cfg.train.steps;
         if done % cfg.train.eval_every == 0 || last {
             let e = held.eval(&run.cloak, true)?;

@@ -1,0 +1,183 @@
+"""Writes docs/eval/frontier/ (README.md from README.tmpl.md, report.json, frontier.png) from the
+runs of docs/eval/frontier/run.sh. No number is typed by hand: every cell, and the verdict on
+the issue's targets T1–T3, is computed here from the reports.
+    python3 docs/eval/frontier/render.py runs/variants      (needs matplotlib)"""
+import json, pathlib, sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+root = pathlib.Path(__file__).resolve().parents[3]
+out = root / "docs" / "eval" / "frontier"
+run = pathlib.Path(sys.argv[1])
+pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
+
+LABELS = {
+    "mean": "SGT, masked features carry μ(x) (the original)",
+    "noise": "SGT, masked features carry σ·ε",
+    "zero": "SGT, masked features carry 0",
+    "adv-ce-0.3": "SGT σ·ε + in-training adversary, CE, weight 0.3",
+    "adv-ce-3": "SGT σ·ε + in-training adversary, CE, weight 3",
+    "adv-conf-1": "SGT σ·ε + in-training adversary, confusion, weight 1",
+}
+
+
+def attacks_of(m):
+    """Attacks that scored tokens (BeamClean is off in these runs)."""
+    return {k: v["top1"] for k, v in m["attacks"].items() if v.get("tokens", 1) > 0}
+
+
+def fresh_of(v):
+    p = run / v / "fresh_attacks_v2.json"
+    if not p.exists():
+        return {}
+    f = json.loads(p.read_text())
+    f = f.get("fresh_attacks", f)
+    return {f"fresh:{k}": a["top1"] for k, a in f["attacks"].items()}
+
+
+def point(m, variant, extra=None):
+    a = attacks_of(m)
+    if extra:
+        a.update(extra)
+    a.pop("nearest_neighbour_cosine", None)
+    name, top = max(a.items(), key=lambda kv: kv[1])
+    return {
+        "variant": variant,
+        "kind": m["kind"],
+        "strength": m.get("strength"),
+        "attacks": a,
+        "strongest": name,
+        "strongest_top1": top,
+        "utility": m["utility"],
+        "answers": m["answers"]["accuracy"],
+        "answers_retained": m.get("answers_retained"),
+        "agreement": m["utility"]["agreement"],
+    }
+
+
+points, clean = [], None
+base = json.loads((run / "frontier-base" / "report.json").read_text())
+for m in base["mechanisms"]:
+    if m["kind"] == "clean":
+        clean = point(m, "clean")
+    elif m["kind"] in ("gaussian", "metric-dp"):
+        points.append(point(m, m["kind"]))
+    elif m["kind"] == "sgt":
+        points.append(point(m, "mean", fresh_of("mean")))
+    elif m["kind"] == "sgt-scaled":
+        points.append(point(m, "mean"))
+curves = ["mean"]
+for v in LABELS:
+    rep = run / f"frontier-{v}" / "report.json"
+    if v == "mean" or not rep.exists():
+        continue
+    curves.append(v)
+    for m in json.loads(rep.read_text())["mechanisms"]:
+        if m["kind"] == "sgt":
+            points.append(point(m, v, fresh_of(v)))
+        elif m["kind"] == "sgt-scaled":
+            points.append(point(m, v))
+singles = []
+for v in LABELS:
+    rep = run / f"{v}-eval" / "report.json"
+    if v in curves or not rep.exists():
+        continue
+    singles.append(v)
+    m = next(m for m in json.loads(rep.read_text())["mechanisms"] if m["kind"] == "sgt")
+    points.append(point(m, v, fresh_of(v)))
+
+sgt_points = [p for p in points if p["variant"] in LABELS]
+baseline_points = [p for p in points if p["variant"] in ("gaussian", "metric-dp")]
+
+
+def dominates(variant):
+    """T1: at every baseline point's answer accuracy, some point of the variant answers at least
+    as well with lower recovery."""
+    mine = [p for p in sgt_points if p["variant"] == variant]
+    return all(
+        any(s["answers"] >= b["answers"] and s["strongest_top1"] < b["strongest_top1"] for s in mine)
+        for b in baseline_points
+    )
+
+
+near_clean = [p for p in sgt_points if p["answers"] >= clean["answers"] - 0.05 - 1e-9]
+best_near = min(near_clean, key=lambda p: p["strongest_top1"]) if near_clean else None
+t1 = [v for v in curves + singles if dominates(v)]
+verdict = {
+    "T1_dominating_variants": t1,
+    "T2_T3_best_point_within_5_points_of_clean": best_near and {
+        "variant": best_near["variant"],
+        "factor": best_near["strength"] or 1.0,
+        "strongest": best_near["strongest"],
+        "strongest_top1": best_near["strongest_top1"],
+        "answers": best_near["answers"],
+    },
+    "T2_met": bool(best_near and best_near["strongest_top1"] <= 0.5),
+    "T3_met": bool(best_near and best_near["strongest_top1"] <= 0.1),
+}
+
+# The plot: strongest attack against answers, one curve per variant and baseline.
+fig, ax = plt.subplots(figsize=(8.5, 5.5))
+style = {"gaussian": ("Gaussian noise (input-independent)", "0.45", "s"),
+         "metric-dp": ("metric-DP (snapped to tokens)", "0.7", "D")}
+for kind, (label, colour, marker) in style.items():
+    ps = sorted((p for p in baseline_points if p["variant"] == kind), key=lambda p: p["answers"])
+    ax.plot([100 * p["answers"] for p in ps], [100 * p["strongest_top1"] for p in ps],
+            marker=marker, color=colour, ls="--", label=label)
+for v in curves:
+    ps = sorted((p for p in sgt_points if p["variant"] == v), key=lambda p: p["strength"] or 1.0)
+    ax.plot([100 * p["answers"] for p in ps], [100 * p["strongest_top1"] for p in ps],
+            marker="o", label=LABELS[v] + " ×1…×8")
+for v in singles:
+    p = next(p for p in sgt_points if p["variant"] == v)
+    ax.plot([100 * p["answers"]], [100 * p["strongest_top1"]], marker="^", ls="", label=LABELS[v])
+ax.plot([100 * clean["answers"]], [100 * clean["strongest_top1"]], marker="*", ms=14, color="k",
+        ls="", label="clean")
+ax.axhline(50, color="tab:red", lw=0.8, ls=":")
+ax.axhline(10, color="tab:red", lw=0.8, ls=":")
+ax.axvline(100 * (clean["answers"] - 0.05), color="tab:green", lw=0.8, ls=":")
+ax.set_xlabel("answer accuracy on 20 questions (%)")
+ax.set_ylabel("tokens recovered by the strongest attack trained after freezing (%)")
+ax.set_title("Privacy–utility frontier, SmolLM2-135M (lower right is better)")
+ax.legend(fontsize=7, loc="lower left")
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(out / "frontier.png", dpi=110)
+
+rows = []
+order = ["clean"] + curves + singles + ["gaussian", "metric-dp"]
+for p in sorted([clean] + points, key=lambda p: (order.index(p["variant"]), p["strength"] or 0)):
+    a = p["attacks"]
+    probe = max((v for k, v in a.items() if "probe" in k and "on_sgt" not in k), default=None)
+    label = LABELS.get(p["variant"], p["variant"])
+    level = "" if p["variant"] == "clean" else (
+        f"×{p['strength'] or 1:g}" if p["variant"] in LABELS else f"{p['strength']:g}")
+    rows.append(
+        f"| {label} | {level} | **{pct(p['strongest_top1'])}** ({p['strongest'].replace('_', ' ')}) "
+        f"| {pct(a.get('learned_mlp'))} | {pct(a.get('fresh:layer6_probe_on_sgt'))} | {pct(probe)} "
+        f"| {pct(a.get('nearest_neighbour_l2'))} | {pct(p['agreement'])} | {pct(p['answers'])} |")
+table = "\n".join(rows)
+(out / "report.json").write_text(json.dumps(
+    {"title": "privacy–utility frontier", "questions": base["questions"],
+     "held_out_prompts": base["held_out_prompts"], "attacker_prompts": base["attacker_prompts"],
+     "verdict": verdict, "mechanisms": [clean] + points}, indent=1))
+b = verdict["T2_T3_best_point_within_5_points_of_clean"]
+best = "no SGT point" if not b else (
+    f"{LABELS[b['variant']]} ×{b['factor']:g}: {pct(b['strongest_top1'])} ({b['strongest'].replace('_', ' ')}) "
+    f"at {pct(b['answers'])} answers")
+readme = (out / "README.tmpl.md").read_text()
+for k, v in {
+    "TABLE": table,
+    "CLEAN_ANSWERS": pct(clean["answers"]),
+    "T1": ", ".join(LABELS[v] for v in t1) if t1 else "none",
+    "T2": "met" if verdict["T2_met"] else "not met",
+    "T3": "met" if verdict["T3_met"] else "not met",
+    "BEST": best,
+}.items():
+    readme = readme.replace(k, v)
+(out / "README.md").write_text(readme)
+print(table)
+print(json.dumps(verdict, indent=1))
