@@ -84,6 +84,25 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
     );
     assert_eq!(f["attacker_prompts"], 2);
     assert!(out.join("fresh_attacks.json").exists());
+    // Every periodic evaluation also trained an inverter on the layer as it was then.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "eval")
+        .collect();
+    assert!(!evals.is_empty());
+    for e in &evals {
+        let p = &e["privacy"];
+        let top = p["strongest_top1"].as_f64().expect("strongest");
+        assert!(
+            p["attacks"]["learned_mlp"]
+                .as_f64()
+                .is_some_and(|m| m <= top),
+            "{e}"
+        );
+    }
+    assert!(summary_has_privacy(&v), "{v}");
     let plots = dir.path().join("plots");
     ok(&[
         "text",
@@ -204,4 +223,9 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         o,
     ]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("steps"));
+}
+
+/// The training summary carries the last periodic privacy reading.
+fn summary_has_privacy(v: &serde_json::Value) -> bool {
+    v["final_privacy"]["strongest_top1"].as_f64().is_some()
 }

@@ -16,6 +16,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the privacy check of step {step} failed: {source}")]
+    PrivacyCheck {
+        step: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Models(#[from] stainedglass_models::Error),
     #[error(transparent)]

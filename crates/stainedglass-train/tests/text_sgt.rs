@@ -94,7 +94,7 @@ fn trains_checkpoints_and_resumes_bit_exactly() {
     let opts = RunOptions::default();
     let cfg = config(&d, 4);
     let full = dir.path().join("full");
-    let s = train(&cfg, model(), tok(), &full, &opts).expect("train");
+    let s = train(&cfg, model(), tok(), &full, &opts, None).expect("train");
     assert_eq!(s.steps, 4);
     assert!(s.resumed_from.is_none());
     // Clean embeddings: every token recovered, every next token agreed.
@@ -131,7 +131,7 @@ fn trains_checkpoints_and_resumes_bit_exactly() {
     std::fs::remove_dir_all(ck.join("step-00000004")).expect("rm");
     std::fs::write(ck.join("latest"), "step-00000002").expect("latest");
     std::fs::remove_dir_all(resumed.join("sgt")).expect("rm sgt");
-    let s2 = train(&cfg, model(), tok(), &resumed, &opts).expect("resume");
+    let s2 = train(&cfg, model(), tok(), &resumed, &opts, None).expect("resume");
     assert_eq!(s2.resumed_from, Some(2));
     assert_eq!(
         max_diff_layers(&full.join("sgt"), &resumed.join("sgt")),
@@ -139,10 +139,11 @@ fn trains_checkpoints_and_resumes_bit_exactly() {
     );
     // The layer changed during training.
     let fresh = dir.path().join("fresh");
-    train(&config(&d, 1), model(), tok(), &fresh, &opts).expect("one step");
+    train(&config(&d, 1), model(), tok(), &fresh, &opts, None).expect("one step");
     assert!(max_diff_layers(&full.join("sgt"), &fresh.join("sgt")) > 0.0);
     // A different config refuses to resume.
-    let e = train(&config(&d, 6), model(), tok(), &resumed, &opts).expect_err("config changed");
+    let e =
+        train(&config(&d, 6), model(), tok(), &resumed, &opts, None).expect_err("config changed");
     assert!(e.to_string().contains("different config"), "{e}");
 }
 
@@ -157,7 +158,7 @@ fn the_in_training_adversary_trains_logs_and_resumes_bit_exactly() {
     let adv = "[adversary]\nweight = 1.0\ninner_steps = 2\nnegatives = 64\nhidden = 64\n";
     let cfg = config_with(&d, 4, adv);
     let full = dir.path().join("full");
-    train(&cfg, model(), tok(), &full, &opts).expect("train");
+    train(&cfg, model(), tok(), &full, &opts, None).expect("train");
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).expect("metrics");
     let first: serde_json::Value =
         serde_json::from_str(metrics.lines().next().expect("a line")).expect("json");
@@ -178,14 +179,14 @@ fn the_in_training_adversary_trains_logs_and_resumes_bit_exactly() {
     let ck = resumed.join("checkpoints");
     std::fs::remove_dir_all(ck.join("step-00000004")).expect("rm");
     std::fs::write(ck.join("latest"), "step-00000002").expect("latest");
-    let s2 = train(&cfg, model(), tok(), &resumed, &opts).expect("resume");
+    let s2 = train(&cfg, model(), tok(), &resumed, &opts, None).expect("resume");
     assert_eq!(s2.resumed_from, Some(2));
     assert_eq!(
         max_diff_layers(&full.join("sgt"), &resumed.join("sgt")),
         0.0
     );
     let plain = dir.path().join("plain");
-    train(&config(&d, 4), model(), tok(), &plain, &opts).expect("plain");
+    train(&config(&d, 4), model(), tok(), &plain, &opts, None).expect("plain");
     assert!(max_diff_layers(&full.join("sgt"), &plain.join("sgt")) > 0.0);
 }
 

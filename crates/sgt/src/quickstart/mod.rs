@@ -302,14 +302,30 @@ fn train_sgt(
         fresh: false,
         progress,
     };
-    let summary = stainedglass_train::text::train(cfg, model, tok.clone(), dir, &options)
-        .with_context(|| format!("training into {}", dir.display()))?;
+    let mut periodic = crate::text::attacks::Periodic::new(cfg, model, tok)?;
+    let summary = stainedglass_train::text::train(
+        cfg,
+        model,
+        tok.clone(),
+        dir,
+        &options,
+        Some(&mut periodic),
+    )
+    .with_context(|| format!("training into {}", dir.display()))?;
     if let Some(s) = summary.resumed_from {
         eprintln!("  resumed from step {s}");
     }
     let e = &summary.final_eval;
+    if let Some(p) = &summary.final_privacy {
+        eprintln!(
+            "  step {}: strongest attack trained on the layer at this step (one pass): {} {:.1}% of the held-out transformed tokens",
+            summary.steps,
+            p.strongest.replace('_', " "),
+            100.0 * p.strongest_top1
+        );
+    }
     eprintln!(
-        "  step {}: held-out recovery (L2) {:.1}%, next-token agreement {}",
+        "  step {}: nearest neighbour (weakest attack) {:.1}%, next-token agreement {}",
         summary.steps,
         100.0 * e.nn_top1_l2,
         if e.predicted_tokens == 0 {

@@ -12,8 +12,9 @@ use stainedglass_eval::text::inverter::InverterConfig;
 use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::llm::Llama;
 use stainedglass_models::text_sgt::TransformerCloak;
+use stainedglass_text::EncodedPrompt;
 use stainedglass_text::TextTokenizer;
-use stainedglass_train::text::TextTrainConfig;
+use stainedglass_train::text::{PrivacyCheck, PrivacyReading, TextTrainConfig};
 
 /// Trains the attackers on the config's training conversations (probes at the config's
 /// distillation layer and two other depths, and one on the SGT's own states at that layer),
@@ -69,6 +70,59 @@ pub fn measure(
     let report = attackers.score(model, cloak, &held)?;
     print(&report);
     Ok(report)
+}
+
+/// The privacy check of each periodic evaluation during training: the learned MLP inverter
+/// (one epoch) trained afresh on the layer as it is at that step, beside nearest neighbour, on
+/// the config's split. The probes and the full epochs wait for the frozen layer at the end.
+pub struct Periodic<'a> {
+    model: &'a Llama,
+    index: EmbeddingIndex,
+    attacker: Vec<EncodedPrompt>,
+    held: Vec<EncodedPrompt>,
+}
+
+impl<'a> Periodic<'a> {
+    pub fn new(cfg: &TextTrainConfig, model: &'a Llama, tok: &Arc<TextTokenizer>) -> Result<Self> {
+        Ok(Self {
+            model,
+            index: EmbeddingIndex::new(model.embedding_table())?,
+            attacker: stainedglass_train::text::training_rows(cfg, tok)?,
+            held: stainedglass_train::text::held_out_rows(cfg, tok)?,
+        })
+    }
+}
+
+impl PrivacyCheck for Periodic<'_> {
+    fn check(
+        &mut self,
+        cloak: &TransformerCloak,
+    ) -> std::result::Result<PrivacyReading, Box<dyn std::error::Error + Send + Sync>> {
+        let cfg = FreshAttackConfig {
+            inverter: InverterConfig {
+                epochs: 1,
+                ..InverterConfig::default()
+            },
+            probe_layers: Vec::new(),
+            probe_on_sgt: false,
+            ..FreshAttackConfig::default()
+        };
+        let attackers = FreshAttacks::train(
+            &self.index,
+            self.model,
+            cloak,
+            &self.attacker,
+            &cfg,
+            &mut |_| {},
+        )?;
+        let report = attackers.score(self.model, cloak, &self.held)?;
+        let attacks = report
+            .attacks
+            .iter()
+            .map(|(k, r)| (k.clone(), r.top1))
+            .collect();
+        Ok(PrivacyReading::of(attacks).ok_or("no attack ran")?)
+    }
 }
 
 /// One line per attack, strongest first (standard error).

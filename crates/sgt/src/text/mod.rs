@@ -8,7 +8,7 @@ pub mod curve;
 use crate::lm::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use stainedglass_train::text::{data, RunOptions, TextTrainConfig};
+use stainedglass_train::text::{data, PrivacyCheck, RunOptions, TextTrainConfig};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,6 +156,12 @@ fn train(a: TrainArgs) -> Result<()> {
     let tok = Arc::new(margs.load_tokenizer()?);
     let model = margs.load_model()?;
     crate::alloc::keep_freed_pages();
+    // Each periodic evaluation also trains an inverter on the layer as it is then, unless the
+    // attacks are off.
+    let mut periodic = match a.attacks.attack_epochs {
+        0 => None,
+        _ => Some(attacks::Periodic::new(&cfg, &model, &tok)?),
+    };
     let summary = stainedglass_train::text::train(
         &cfg,
         &model,
@@ -165,6 +171,7 @@ fn train(a: TrainArgs) -> Result<()> {
             fresh: a.fresh,
             progress: std::io::stderr().is_terminal(),
         },
+        periodic.as_mut().map(|p| p as &mut dyn PrivacyCheck),
     )
     .with_context(|| format!("training into {}", a.output.display()))?;
     let fresh = fresh_attacks(&cfg, &model, &tok, &summary.sgt_dir, &a.attacks, None)?;

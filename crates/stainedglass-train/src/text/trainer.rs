@@ -11,6 +11,7 @@
 use super::adversary::{transformed_rows, Adversary};
 use super::batch::{collate, encode_all, eval_seed};
 use super::config::TextTrainConfig;
+use super::privacy_check::{PrivacyCheck, PrivacyReading};
 use super::sgt_io::save_sgt;
 use crate::batches::epoch_batches;
 use crate::checkpoint::{clear, Checkpoints};
@@ -60,6 +61,33 @@ pub struct EvalRecord {
     pub step: u64,
     #[serde(flatten)]
     pub eval: QuickEval,
+    /// Attackers trained afresh on this step's layer, when the run had a privacy check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyReading>,
+}
+
+impl EvalRecord {
+    /// The progress line: the strongest attack trained on this step's layer first when there
+    /// is one; nearest neighbour is labelled as the weakest.
+    pub fn line(&self) -> String {
+        let e = &self.eval;
+        let strongest = match &self.privacy {
+            Some(p) => format!(
+                "strongest attack trained on this layer: {} {:.1}% | ",
+                p.strongest.replace('_', " "),
+                100.0 * p.strongest_top1
+            ),
+            None => String::new(),
+        };
+        format!(
+            "step {}: {strongest}nearest-neighbour recovery (weakest attack) cos {:.1}% l2 {:.1}% | next-token agreement {:.1}% KL {:.3}",
+            self.step,
+            100.0 * e.nn_top1_cosine,
+            100.0 * e.nn_top1_l2,
+            100.0 * e.next_token_agreement,
+            e.next_token_kl
+        )
+    }
 }
 
 /// Options of one invocation.
@@ -77,6 +105,8 @@ pub struct TrainSummary {
     pub steps: u64,
     pub resumed_from: Option<u64>,
     pub final_eval: QuickEval,
+    /// The privacy check's reading of the last evaluation, when the run had a check.
+    pub final_privacy: Option<PrivacyReading>,
     pub clean_eval: QuickEval,
     pub sgt_dir: PathBuf,
 }
@@ -352,6 +382,29 @@ struct HeldOut<'a> {
 }
 
 impl HeldOut<'_> {
+    /// The evaluation record of step `done`: the quick evaluation, and the privacy check's
+    /// reading when there is one.
+    fn record(
+        &self,
+        cloak: &TransformerCloak,
+        done: u64,
+        check: Option<&mut (dyn PrivacyCheck + '_)>,
+    ) -> Result<EvalRecord> {
+        let privacy = match check {
+            Some(c) => Some(
+                c.check(cloak)
+                    .map_err(|source| Error::PrivacyCheck { step: done, source })?,
+            ),
+            None => None,
+        };
+        Ok(EvalRecord {
+            kind: "eval".into(),
+            step: done,
+            eval: self.eval(cloak, true)?,
+            privacy,
+        })
+    }
+
     fn eval(&self, cloak: &TransformerCloak, transform: bool) -> Result<QuickEval> {
         let mut rng = NoiseRng::seeded(self.seed);
         Ok(quick_eval(
@@ -389,13 +442,15 @@ fn split_rows(
     Ok((train_rows, held_rows))
 }
 
-/// Trains (or resumes) a text SGT into `output`.
+/// Trains (or resumes) a text SGT into `output`. With a `check`, every periodic evaluation
+/// also trains attackers afresh on the layer as it is then and leads with the strongest.
 pub fn train(
     cfg: &TextTrainConfig,
     model: &Llama,
     tok: Arc<TextTokenizer>,
     output: &Path,
     opts: &RunOptions,
+    mut check: Option<&mut dyn PrivacyCheck>,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
     let ckdir = output.join("checkpoints");
@@ -418,7 +473,7 @@ pub fn train(
     if !opts.progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut last_eval = None;
+    let (mut last_eval, mut last_privacy) = (None, None);
     for step in run.start..cfg.train.steps {
         let t0 = Instant::now();
         let s = run.step(step)?;
@@ -452,20 +507,11 @@ pub fn train(
         pb.set_message(msg);
         let last = done == cfg.train.steps;
         if done % cfg.train.eval_every == 0 || last {
-            let e = held.eval(&run.cloak, true)?;
-            metrics.write(&EvalRecord {
-                kind: "eval".into(),
-                step: done,
-                eval: e.clone(),
-            })?;
-            pb.println(format!(
-                "step {done}: nearest-neighbour recovery (weakest attack) cos {:.1}% l2 {:.1}% | next-token agreement {:.1}% KL {:.3}",
-                100.0 * e.nn_top1_cosine,
-                100.0 * e.nn_top1_l2,
-                100.0 * e.next_token_agreement,
-                e.next_token_kl
-            ));
-            last_eval = Some(e);
+            let rec = held.record(&run.cloak, done, check.as_deref_mut())?;
+            metrics.write(&rec)?;
+            pb.println(rec.line());
+            last_privacy = rec.privacy;
+            last_eval = Some(rec.eval);
         }
         if done % cfg.train.checkpoint_every == 0 || last {
             run.checkpoint(done)?;
@@ -482,6 +528,7 @@ pub fn train(
         steps: cfg.train.steps,
         resumed_from: (run.start > 0).then_some(run.start),
         final_eval,
+        final_privacy: last_privacy,
         clean_eval,
         sgt_dir,
     })
