@@ -12,8 +12,8 @@ pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
 VARIANTS = {
     "noise": "none (masked_fill noise alone, from ../fill/)",
     "adv-ce-0.3": "capped CE, weight 0.3",
-    "adv-ce-3": "capped CE, weight 3",
-    "adv-conf-1": "confusion, weight 1",
+    "adv-ce-1": "capped CE, weight 1",
+    "adv-conf-0.1": "confusion, weight 0.1",
 }
 rows, clean = [], None
 for v, label in VARIANTS.items():
@@ -46,8 +46,29 @@ for v, label in VARIANTS.items():
         f"| {pct(a.get('fresh layer6_probe_on_sgt'))} | {pct(a.get('nearest_neighbour_l2'))} "
         f"| {pct(inv)} | {pct(sgt['utility']['agreement'])} | {pct(sgt['answers']['accuracy'])} "
         f"| {sgt['sigma_over_norm']['median']:.2f} |")
+# Runs stopped at their step-200 evaluation, once it showed the layer had given up utility: the
+# trainer's own evaluation (nearest neighbour, agreement) and the in-training inverter.
+STOPPED = {"adv-ce-3": "capped CE, weight 3 (stopped at step 200)",
+           "adv-conf-1": "confusion, weight 1 (stopped at step 200)"}
+for v, label in STOPPED.items():
+    p = run / v / "metrics.jsonl"
+    if not p.exists():
+        continue
+    recs = [json.loads(l) for l in p.read_text().splitlines()]
+    ev = [r for r in recs if r["kind"] == "eval" and r["step"] == 200]
+    tr = [r for r in recs if r["kind"] == "train" and 180 < r["step"] <= 200]
+    if not ev or not tr:
+        continue
+    (d / v).mkdir(exist_ok=True)
+    shutil.copy(run / f"{v}.toml", d / v / "config.toml")
+    (d / v / "eval-step-200.json").write_text(json.dumps(ev[0], indent=1))
+    inv = statistics.mean(r["adversary_accuracy"] for r in tr)
+    sigma = statistics.mean(r["mean_sigma"] for r in tr)
+    rows.append(
+        f"| {label} | not measured | — | — | — | — | {pct(ev[0]['nn_top1_l2'])} | {pct(inv)} "
+        f"| {pct(ev[0]['next_token_agreement'])} | — | mean σ {sigma:.2f} |")
 table = "\n".join(rows)
 readme = (d / "README.tmpl.md").read_text()
-readme = readme.replace("TABLE", table).replace("CLEAN_ANSWERS", pct(clean["answers"]["accuracy"]))
+readme = readme.replace("@TABLE@", table).replace("@CLEAN_ANSWERS@", pct(clean["answers"]["accuracy"]))
 (d / "README.md").write_text(readme)
 print(table)

@@ -13,14 +13,15 @@ if [ -z "${S:-}" ]; then cargo build --release -q -p sgt; S=target/release/sgt; 
 R=${R:-runs/variants}
 mkdir -p "$R"
 [ -f "$R/conversations.jsonl" ] || $S text prepare-data --limit 64 --max-new-tokens 96 --out "$R/conversations.jsonl"
-VARIANTS=${VARIANTS:-"adv-ce-0.3 adv-ce-3 adv-conf-1"}
+VARIANTS=${VARIANTS:-"adv-ce-0.3 adv-ce-1 adv-conf-0.1"}
 for v in $VARIANTS; do
   case $v in
     adv-ce-0.3) adv='weight = 0.3' ;;
     adv-ce-1)   adv='weight = 1.0' ;;
-    adv-ce-3)   adv='weight = 3.0' ;;
+    adv-ce-3)   adv='weight = 3.0' ;;   # stopped at step 200 of 400: all noise, no utility
     adv-ent-1)  adv=$'weight = 1.0\nobjective = "entropy"' ;;
-    adv-conf-1) adv=$'weight = 1.0\nobjective = "confusion"' ;;
+    adv-conf-1) adv=$'weight = 1.0\nobjective = "confusion"' ;;   # stopped at step 200: agreement 0.9%
+    adv-conf-0.1) adv=$'weight = 0.1\nobjective = "confusion"' ;;
     adv-conf-3) adv=$'weight = 3.0\nobjective = "confusion"' ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
