@@ -4,10 +4,10 @@
 //! The inverter is the suite's per-token MLP (`z = x̃ + W₂·gelu(W₁·x̃/r + b₁) + b₂`, scores
 //! `s·(z·E_v − ½‖E_v‖²) + b_v` against the frozen embedding table), scored over a *sampled*
 //! vocabulary: the step's true tokens and `negatives` draws from the unigram distribution of the
-//! training text, every candidate's score lowered by the log of its expected count in the
-//! sample (the log-Q correction of sampled softmax), so that the full 49k-row product is never
-//! needed. Each SGT micro-batch first gives the inverter `inner_steps` AdamW steps on the
-//! detached outputs, then adds `weight ×` the SGT's adversarial term to the distillation loss:
+//! training text, every candidate's score lowered by the log of its probability of being drawn
+//! (the log-Q correction of sampled softmax), so that the full 49k-row product is never needed.
+//! Each SGT micro-batch first gives the inverter `inner_steps` AdamW steps on the detached
+//! outputs, then adds `weight ×` the SGT's adversarial term to the distillation loss:
 //!
 //! - `objective = "ce"`: `−mean(min(CE_t, ln C))` — the SGT raises the inverter's loss, and a
 //!   token whose loss is already at chance (`ln C` over `C` candidates) gives no more push,
@@ -118,7 +118,7 @@ struct Candidates {
     ids: Tensor,
     /// Index of each target in `ids`.
     targets: Tensor,
-    /// `ln E[count]` of each candidate under the sampling (the log-Q correction).
+    /// `ln P(drawn)` of each candidate under the sampling (the log-Q correction).
     log_q: Tensor,
     len: usize,
 }
@@ -190,8 +190,9 @@ impl Unigram {
             .iter()
             .map(|t| {
                 let q = self.prob.get(t).copied().unwrap_or(0.0);
-                // Expected count of `t` among the draws; targets outside the sample's support
-                // (not seen in training text) count as drawn once.
+                // The probability that `t` is among the draws (the candidates are unique, so
+                // this, not the expected count, is the sampling correction); targets outside
+                // the sample's support (unseen in the training text) count as drawn once.
                 (1.0 - (1.0 - q).powi(n as i32)).max(1.0 / n as f64).ln() as f32
             })
             .collect();
