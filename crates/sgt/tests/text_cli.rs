@@ -103,6 +103,32 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         );
     }
     assert!(summary_has_privacy(&v), "{v}");
+    // `sgt text eval` on the same layer: the clean-state probes (which do not depend on the
+    // SGT) are the ones training kept, so they read exactly the same tokens.
+    let e = common::sgt()
+        .args([
+            "text",
+            "eval",
+            "--config",
+            cfg.to_str().expect("p"),
+            "--sgt",
+        ])
+        .arg(out.join("sgt"))
+        .output()
+        .expect("spawn sgt");
+    assert!(e.status.success(), "{}", common::stderr(&e));
+    assert!(
+        common::stderr(&e).contains("(cache)"),
+        "{}",
+        common::stderr(&e)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&e.stdout).expect("text eval json");
+    for k in ["layer2_probe", "layer1_probe", "layer16_probe"] {
+        assert_eq!(
+            again["fresh_attacks"]["attacks"][k]["top1"], attacks[k]["top1"],
+            "{k}: {again}"
+        );
+    }
     let plots = dir.path().join("plots");
     ok(&[
         "text",

@@ -174,7 +174,15 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     stage.begin("Attackers trained fresh on the frozen SGT (learned inverter, provider probes)");
     let cloak = stainedglass_train::text::load_sgt(&summary.sgt_dir, model.device())?;
     let index = EmbeddingIndex::new(model.embedding_table())?;
-    let attackers = attacks::train(&cfg, &model, &tok, &cloak, &index, a.attack_epochs)?;
+    let attackers = attacks::train(
+        &cfg,
+        &model,
+        &tok,
+        &cloak,
+        &index,
+        a.attack_epochs,
+        Some(&attacks::probe_cache(&a.model.assets())),
+    )?;
     let fresh = attackers.score(
         &model,
         &cloak,

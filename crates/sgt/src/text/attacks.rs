@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use stainedglass_eval::text::fresh::{FreshAttackConfig, FreshAttackReport, FreshAttacks};
 use stainedglass_eval::text::inverter::InverterConfig;
+use stainedglass_eval::text::probe_cache::ProbeCache;
 use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::llm::Llama;
 use stainedglass_models::text_sgt::TransformerCloak;
@@ -26,6 +27,7 @@ pub fn train<'a>(
     cloak: &TransformerCloak,
     index: &'a EmbeddingIndex,
     epochs: usize,
+    cache: Option<&ProbeCache>,
 ) -> Result<FreshAttacks<'a>> {
     let rows = stainedglass_train::text::training_rows(cfg, tok)?;
     let fresh_cfg = FreshAttackConfig {
@@ -39,8 +41,14 @@ pub fn train<'a>(
     };
     let mut log = |line: String| eprintln!("  {line}");
     Ok(FreshAttacks::train(
-        index, model, cloak, &rows, &fresh_cfg, &mut log,
+        index, model, cloak, &rows, &fresh_cfg, cache, &mut log,
     )?)
+}
+
+/// Where clean-state probes are kept between runs: `<assets>/cache/probes` (they depend on the
+/// base model, layer and attacker text only, never on the SGT).
+pub fn probe_cache(assets: &std::path::Path) -> ProbeCache {
+    ProbeCache::new(assets.join("cache").join("probes"))
 }
 
 /// The provider's probe depths: the distillation layer `k` (the last layer when the SGT
@@ -62,9 +70,10 @@ pub fn measure(
     cloak: &TransformerCloak,
     epochs: usize,
     limit: Option<usize>,
+    cache: Option<&ProbeCache>,
 ) -> Result<FreshAttackReport> {
     let index = EmbeddingIndex::new(model.embedding_table())?;
-    let attackers = train(cfg, model, tok, cloak, &index, epochs)?;
+    let attackers = train(cfg, model, tok, cloak, &index, epochs, cache)?;
     let mut held = stainedglass_train::text::held_out_rows(cfg, tok)?;
     held.truncate(limit.unwrap_or(usize::MAX));
     let report = attackers.score(model, cloak, &held)?;
@@ -113,6 +122,7 @@ impl PrivacyCheck for Periodic<'_> {
             cloak,
             &self.attacker,
             &cfg,
+            None,
             &mut |_| {},
         )?;
         let report = attackers.score(self.model, cloak, &self.held)?;

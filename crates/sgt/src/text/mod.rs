@@ -174,7 +174,15 @@ fn train(a: TrainArgs) -> Result<()> {
         periodic.as_mut().map(|p| p as &mut dyn PrivacyCheck),
     )
     .with_context(|| format!("training into {}", a.output.display()))?;
-    let fresh = fresh_attacks(&cfg, &model, &tok, &summary.sgt_dir, &a.attacks, None)?;
+    let fresh = fresh_attacks(
+        &cfg,
+        &model,
+        &tok,
+        &summary.sgt_dir,
+        &a.attacks,
+        None,
+        &margs.assets(),
+    )?;
     if let Some(f) = &fresh {
         let path = a.output.join("fresh_attacks.json");
         stainedglass_core::io::atomic_write(&path, serde_json::to_string_pretty(f)?.as_bytes())?;
@@ -195,6 +203,7 @@ fn fresh_attacks(
     sgt_dir: &std::path::Path,
     a: &AttackArgs,
     limit: Option<usize>,
+    assets: &std::path::Path,
 ) -> Result<Option<stainedglass_eval::text::fresh::FreshAttackReport>> {
     if a.attack_epochs == 0 {
         eprintln!(
@@ -205,7 +214,17 @@ fn fresh_attacks(
     }
     let cloak = stainedglass_train::text::load_sgt(sgt_dir, model.device())
         .with_context(|| format!("loading the SGT from {}", sgt_dir.display()))?;
-    attacks::measure(cfg, model, tok, &cloak, a.attack_epochs, limit).map(Some)
+    let cache = attacks::probe_cache(assets);
+    attacks::measure(
+        cfg,
+        model,
+        tok,
+        &cloak,
+        a.attack_epochs,
+        limit,
+        Some(&cache),
+    )
+    .map(Some)
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -222,7 +241,15 @@ fn eval(a: EvalArgs) -> Result<()> {
         stainedglass_train::text::held_out_eval(&cfg, &model, tok.clone(), &cloak, a.limit, false)?;
     let sgt =
         stainedglass_train::text::held_out_eval(&cfg, &model, tok.clone(), &cloak, a.limit, true)?;
-    let fresh = fresh_attacks(&cfg, &model, &tok, &a.sgt, &a.attacks, a.limit)?;
+    let fresh = fresh_attacks(
+        &cfg,
+        &model,
+        &tok,
+        &a.sgt,
+        &a.attacks,
+        a.limit,
+        &margs.assets(),
+    )?;
     println!(
         "{}",
         serde_json::json!({"clean": clean, "transformed": sgt, "fresh_attacks": fresh})

@@ -29,6 +29,7 @@ use super::inverter::{InverterConfig, MlpInverter};
 use super::mechanism::Sgt;
 use super::observed::{apply_rows, embed_rows, Observed, Recovery};
 use super::probe::ActivationProbe;
+use super::probe_cache::ProbeCache;
 use crate::Result;
 
 /// Attack names as they appear in reports.
@@ -95,14 +96,16 @@ pub struct FreshAttacks<'a> {
 }
 
 impl<'a> FreshAttacks<'a> {
-    /// Trains the MLP inverter against the frozen `sgt` and the probe on clean states, both on
-    /// the attacker's `rows`. `log` gets one line per epoch.
+    /// Trains the MLP inverter against the frozen `sgt` and the probes, all on the attacker's
+    /// `rows`; clean-state probes come from `cache` when it holds them (they do not depend on
+    /// the SGT). `log` gets one line per epoch.
     pub fn train(
         index: &'a EmbeddingIndex,
         model: &'a Llama,
         sgt: &TransformerCloak,
         rows: &[EncodedPrompt],
         cfg: &FreshAttackConfig,
+        cache: Option<&ProbeCache>,
         log: &mut dyn FnMut(String),
     ) -> Result<Self> {
         let t0 = std::time::Instant::now();
@@ -116,9 +119,20 @@ impl<'a> FreshAttacks<'a> {
         )?;
         let mut probes = Vec::new();
         for &layer in &cfg.probe_layers {
-            let p = ActivationProbe::train(index, model, layer, rows, &cfg.inverter, |e, l| {
-                log(format!("layer-{layer} probe epoch {e}: loss {l:.3}"))
-            })?;
+            let (p, kept) = ActivationProbe::train_cached(
+                index,
+                model,
+                layer,
+                rows,
+                &cfg.inverter,
+                cache,
+                |e, l| log(format!("layer-{layer} probe epoch {e}: loss {l:.3}")),
+            )?;
+            if kept {
+                log(format!(
+                    "layer-{layer} probe: trained before for this model, layer and text (cache)"
+                ));
+            }
             probes.push((probe_name(layer), p));
         }
         if let (true, Some(&layer)) = (cfg.probe_on_sgt, cfg.probe_layers.first()) {

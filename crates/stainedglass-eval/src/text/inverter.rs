@@ -168,6 +168,38 @@ impl<'a> MlpInverter<'a> {
         Ok((x + m)?)
     }
 
+    /// The trained weights by name (for [`MlpInverter::from_named`]).
+    pub(crate) fn named(&self) -> Vec<(String, Tensor)> {
+        ["w1", "b1", "w2", "b2", "log_scale", "bias"]
+            .iter()
+            .zip(self.vars())
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// An inverter with the weights of [`MlpInverter::named`]; `None` when a weight is missing
+    /// or has another shape than `cfg` and `table` give.
+    pub(crate) fn from_named(
+        index: &'a EmbeddingIndex,
+        table: &Tensor,
+        cfg: &InverterConfig,
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<Option<Self>> {
+        let inv = Self::new(index, table, cfg)?;
+        for (n, v) in ["w1", "b1", "w2", "b2", "log_scale", "bias"]
+            .iter()
+            .zip(inv.vars())
+        {
+            match named.get(*n) {
+                Some(t) if t.shape() == v.as_tensor().shape() && t.dtype() == DType::F32 => {
+                    v.set(t)?
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(inv))
+    }
+
     /// Trains on the attacker's `rows`, transformed afresh by `mechanism` every epoch.
     pub fn train(
         index: &'a EmbeddingIndex,

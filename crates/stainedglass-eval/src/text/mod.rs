@@ -9,6 +9,7 @@ pub mod inverter;
 pub mod mechanism;
 pub mod observed;
 pub mod probe;
+pub mod probe_cache;
 pub mod quick;
 pub mod report;
 pub mod suite;

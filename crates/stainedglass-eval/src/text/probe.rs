@@ -9,6 +9,7 @@
 use super::inverter::{InverterConfig, MlpInverter};
 use super::mechanism::{table_rms, Mechanism};
 use super::observed::{apply_rows, embed_rows, Observed};
+use super::probe_cache::ProbeCache;
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
 use stainedglass_core::NoiseRng;
@@ -46,6 +47,43 @@ impl<'a> ActivationProbe<'a> {
             table_rms,
             mlp,
         })
+    }
+
+    /// [`ActivationProbe::train`], or the probe kept in `cache` for the same model, layer, text
+    /// and settings (then `progress` is not called); a newly trained probe is kept there.
+    /// The second value says whether it came from the cache.
+    pub fn train_cached(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+        cache: Option<&ProbeCache>,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<(Self, bool)> {
+        let Some(cache) = cache else {
+            return Ok((
+                Self::train(index, model, layer, rows, cfg, progress)?,
+                false,
+            ));
+        };
+        let table_rms = check_layer(model, layer)?;
+        let key = ProbeCache::key(model, layer, rows, cfg)?;
+        let table = model.embedding_table();
+        if let Some(named) = cache.load(&key, table.device()) {
+            if let Some(mlp) = MlpInverter::from_named(index, table, cfg, &named)? {
+                let probe = Self {
+                    model,
+                    layer,
+                    table_rms,
+                    mlp,
+                };
+                return Ok((probe, true));
+            }
+        }
+        let probe = Self::train(index, model, layer, rows, cfg, progress)?;
+        cache.store(&key, &probe.mlp.named())?;
+        Ok((probe, false))
     }
 
     /// The provider holding the artefact: trains on the layer-`layer` states the model computes

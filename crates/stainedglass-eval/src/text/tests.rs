@@ -4,6 +4,7 @@ use super::info::text_mutual_information;
 use super::inverter::{InverterConfig, MlpInverter};
 use super::mechanism::{Clean, Gaussian, Mechanism};
 use super::observed::{apply_rows, embed_rows, Observed, Recovery};
+use super::probe_cache::ProbeCache;
 use candle_core::{Device, Tensor};
 use stainedglass_core::NoiseRng;
 use stainedglass_metrics::index::{EmbeddingIndex, Ranked};
@@ -157,4 +158,29 @@ fn learned_inverter_beats_nearest_neighbour_on_gaussian_noise() {
         learned.top1
     );
     assert!(learned.top5.expect("ranked") >= learned.top1);
+
+    // Kept and restored through a probe cache, the inverter guesses exactly as before; a file
+    // whose weights do not fit these settings is not used.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = ProbeCache::new(dir.path());
+    cache.store("k", &inv.named()).expect("store");
+    let named = cache.load("k", t.device()).expect("load");
+    let back = MlpInverter::from_named(&index, &t, &cfg, &named)
+        .expect("restore")
+        .expect("fits");
+    assert_eq!(
+        back.guess(&obs, 5).expect("guess"),
+        inv.guess(&obs, 5).expect("guess")
+    );
+    let wider = InverterConfig { hidden: 65, ..cfg };
+    assert!(MlpInverter::from_named(&index, &t, &wider, &named)
+        .expect("restore")
+        .is_none());
+    std::fs::write(
+        dir.path().join("bad.safetensors"),
+        b"not a safetensors file",
+    )
+    .expect("write");
+    assert!(cache.load("bad", t.device()).is_none());
+    assert!(cache.load("absent", t.device()).is_none());
 }

@@ -1,0 +1,89 @@
+//! A probe trained on **clean** layer-`k` states depends on the base model, the layer, the
+//! attacker's text and the training settings — never on the SGT — so it is trained once and
+//! kept: `<dir>/<key>.safetensors`. The key hashes the model (its embedding table, and its
+//! layer-`k` states on a fixed input, which every weight up to layer `k` shapes), the layer, the
+//! attacker's token ids and masks, and the settings. A file that does not load or does not fit
+//! is ignored (the probe is retrained and the file replaced); writes are atomic.
+
+use super::inverter::InverterConfig;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use sha2::{Digest, Sha256};
+use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_text::EncodedPrompt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where trained clean-state probes are kept.
+#[derive(Debug, Clone)]
+pub struct ProbeCache {
+    dir: PathBuf,
+}
+
+impl ProbeCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The key of the probe of `model`'s layer `layer` trained on `rows` with `cfg`.
+    pub fn key(
+        model: &Llama,
+        layer: usize,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+    ) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(b"stainedglass clean-state probe v1\n");
+        h.update(stainedglass_text::artefact::embedding_sha256(
+            model.embedding_table(),
+        )?);
+        h.update(layer.to_le_bytes());
+        // The layer's states on a fixed input: a change to any weight below it changes them.
+        let vocab = model.embedding_table().dim(0)? as u32;
+        let ids: Vec<u32> = (0..16u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let x = model.embed(&Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?)?;
+        let s = model.forward_embeds(&x, None, Stop::AtLayer(layer))?;
+        for v in s.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            h.update(v.to_le_bytes());
+        }
+        for r in rows {
+            h.update((r.input_ids.len() as u64).to_le_bytes());
+            for (&t, (&a, &n)) in r
+                .input_ids
+                .iter()
+                .zip(r.attention_mask.iter().zip(&r.noise_mask))
+            {
+                h.update(t.to_le_bytes());
+                h.update([a, n]);
+            }
+        }
+        h.update(
+            serde_json::to_vec(cfg).map_err(|e| Error::Input(format!("probe settings: {e}")))?,
+        );
+        Ok(format!("{:x}", h.finalize()))
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.safetensors"))
+    }
+
+    /// The kept tensors of `key`, if a readable file holds them.
+    pub fn load(&self, key: &str, device: &candle_core::Device) -> Option<HashMap<String, Tensor>> {
+        let p = self.path(key);
+        p.exists()
+            .then(|| candle_core::safetensors::load(&p, device).ok())
+            .flatten()
+    }
+
+    /// Keeps `tensors` under `key` (written to a temporary file, then renamed).
+    pub fn store(&self, key: &str, tensors: &[(String, Tensor)]) -> Result<()> {
+        let io = |p: &Path, e: std::io::Error| Error::Input(format!("{}: {e}", p.display()));
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let fin = self.path(key);
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+        Ok(())
+    }
+}
