@@ -12,8 +12,6 @@ pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
 VARIANTS = {
     "noise": "none (masked_fill noise alone, from ../fill/)",
     "adv-ce-0.3": "capped CE, weight 0.3",
-    "adv-ce-1": "capped CE, weight 1",
-    "adv-conf-0.1": "confusion, weight 0.1",
 }
 rows, clean = [], None
 for v, label in VARIANTS.items():
@@ -48,8 +46,10 @@ for v, label in VARIANTS.items():
         f"| {sgt['sigma_over_norm']['median']:.2f} |")
 # Runs stopped at their step-200 evaluation, once it showed the layer had given up utility: the
 # trainer's own evaluation (nearest neighbour, agreement) and the in-training inverter.
-STOPPED = {"adv-ce-3": "capped CE, weight 3 (stopped at step 200)",
-           "adv-conf-1": "confusion, weight 1 (stopped at step 200)"}
+STOPPED = {"adv-ce-1": "capped CE, weight 1 (stopped at step 200)",
+           "adv-ce-3": "capped CE, weight 3 (stopped at step 200)",
+           "adv-conf-1": "confusion, weight 1 (stopped at step 200)",
+           "adv-conf-0.1": "confusion, weight 0.1 (stopped at step 200)"}
 for v, label in STOPPED.items():
     p = run / v / "metrics.jsonl"
     if not p.exists():
@@ -64,8 +64,11 @@ for v, label in STOPPED.items():
     (d / v / "eval-step-200.json").write_text(json.dumps(ev[0], indent=1))
     inv = statistics.mean(r["adversary_accuracy"] for r in tr)
     sigma = statistics.mean(r["mean_sigma"] for r in tr)
+    early = ev[0].get("privacy")
+    first = "not measured" if not early else (
+        f"{pct(early['attacks'].get('learned_mlp'))} (learned MLP, one pass, on the step-200 layer)")
     rows.append(
-        f"| {label} | not measured | — | — | — | — | {pct(ev[0]['nn_top1_l2'])} | {pct(inv)} "
+        f"| {label} | {first} | — | — | — | — | {pct(ev[0]['nn_top1_l2'])} | {pct(inv)} "
         f"| {pct(ev[0]['next_token_agreement'])} | — | mean σ {sigma:.2f} |")
 table = "\n".join(rows)
 readme = (d / "README.tmpl.md").read_text()

@@ -5,7 +5,9 @@
 # (sampled softmax over the step's tokens and 512 unigram negatives, log-Q corrected; 2 inverter
 # steps per SGT step) that the SGT is trained to defeat. Judged only by attacks trained afresh on
 # the frozen layer (`sgt text train` ends with them; `sgt eval text` adds the learned transformer
-# and answers on 20 questions). Variants: name and the [adversary] lines.
+# and answers on 20 questions). Variants: name and the [adversary] lines. The runs marked
+# "stopped" were ended at their step-200 evaluation, which showed the layer had given up
+# utility (run them with VARIANTS="adv-ce-1 ..." and stop them there, or let them finish).
 #   docs/eval/adversary/run.sh        # ~16 min per variant on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -13,15 +15,15 @@ if [ -z "${S:-}" ]; then cargo build --release -q -p sgt; S=target/release/sgt; 
 R=${R:-runs/variants}
 mkdir -p "$R"
 [ -f "$R/conversations.jsonl" ] || $S text prepare-data --limit 64 --max-new-tokens 96 --out "$R/conversations.jsonl"
-VARIANTS=${VARIANTS:-"adv-ce-0.3 adv-ce-1 adv-conf-0.1"}
+VARIANTS=${VARIANTS:-"adv-ce-0.3"}
 for v in $VARIANTS; do
   case $v in
     adv-ce-0.3) adv='weight = 0.3' ;;
-    adv-ce-1)   adv='weight = 1.0' ;;
+    adv-ce-1)   adv='weight = 1.0' ;;   # stopped at step 200: agreement 0.2%
     adv-ce-3)   adv='weight = 3.0' ;;   # stopped at step 200 of 400: all noise, no utility
     adv-ent-1)  adv=$'weight = 1.0\nobjective = "entropy"' ;;
     adv-conf-1) adv=$'weight = 1.0\nobjective = "confusion"' ;;   # stopped at step 200: agreement 0.9%
-    adv-conf-0.1) adv=$'weight = 0.1\nobjective = "confusion"' ;;
+    adv-conf-0.1) adv=$'weight = 0.1\nobjective = "confusion"' ;;   # stopped at step 200: agreement 1.2%
     adv-conf-3) adv=$'weight = 3.0\nobjective = "confusion"' ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac

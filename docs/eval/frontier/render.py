@@ -19,8 +19,6 @@ LABELS = {
     "noise": "SGT, masked features carry σ·ε",
     "zero": "SGT, masked features carry 0",
     "adv-ce-0.3": "SGT σ·ε + in-training adversary, CE, weight 0.3",
-    "adv-ce-1": "SGT σ·ε + in-training adversary, CE, weight 1",
-    "adv-conf-0.1": "SGT σ·ε + in-training adversary, confusion, weight 0.1",
 }
 
 

@@ -19,7 +19,7 @@ Q="--question-limit 20 --beamclean-rows 0"
   --sgt-noise-factors 2,4,8 --all-baseline-attacks > /dev/null
 # Every variant: the attacks `sgt text eval` trains after freezing (MLP inverter, the provider's
 # probes at three depths, the probe retrained on the SGT's own states) on the held-out text.
-for v in ${VARIANTS:-mean noise adv-ce-0.3 adv-ce-1 adv-conf-0.1}; do
+for v in ${VARIANTS:-mean noise adv-ce-0.3}; do
   [ -s "$R/$v/fresh_attacks_v2.json" ] || $S text eval --config "$R/$v.toml" --sgt "$R/$v/sgt" > "$R/$v/fresh_attacks_v2.json"
 done
 for v in ${CURVES:-noise}; do
