@@ -25,6 +25,106 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Q, K and V projections carry a bias (Qwen2).
     pub attention_bias: bool,
+    /// Llama 3's RoPE frequency scaling (`rope_scaling` of type `llama3`); `None` = plain RoPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// The attention window of a Hugging Face config, when one is in force (Mistral's
+/// `sliding_window`; Qwen2's only with `use_sliding_window`). Our attention is full, which equals
+/// windowed attention on sequences no longer than the window, so the model's positions are
+/// capped at it: a longer prompt is refused rather than attended differently.
+fn sliding_window_cap(v: &serde_json::Value, arch: &str) -> Option<usize> {
+    let w = v.get("sliding_window").and_then(|x| x.as_u64())? as usize;
+    let used = match arch {
+        "qwen2" => v
+            .get("use_sliding_window")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        _ => true,
+    };
+    (used && w > 0).then_some(w)
+}
+
+/// Llama 3.x RoPE scaling (Hugging Face `rope_scaling` with `rope_type = "llama3"`): wavelengths
+/// longer than `original_max_position_embeddings / low_freq_factor` are stretched by `factor`,
+/// those shorter than `… / high_freq_factor` kept, and the band between interpolated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+impl RopeScaling {
+    /// Reads a `rope_scaling` object; `Ok(None)` for the plain (`default`) type, an error naming
+    /// the type for every other kind.
+    fn from_hf(v: &serde_json::Value, path: &Path) -> Result<Option<Self>> {
+        let kind = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(|x| x.as_str())
+            .unwrap_or("");
+        match kind {
+            "default" => return Ok(None),
+            "" if v.get("factor").is_none() => return Ok(None),
+            "llama3" => {}
+            other => {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "rope_scaling of type `{other}` is not supported (supported: llama3, \
+                         default)"
+                    ),
+                ))
+            }
+        }
+        let num = |k: &str| {
+            v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
+                Error::model(
+                    path,
+                    format!("rope_scaling (llama3) lacks the number `{k}`"),
+                )
+            })
+        };
+        let s = Self {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        };
+        let ok = s.factor >= 1.0
+            && s.low_freq_factor > 0.0
+            && s.high_freq_factor > s.low_freq_factor
+            && s.original_max_position_embeddings > 0;
+        if !ok {
+            return Err(Error::model(
+                path,
+                format!(
+                    "rope_scaling (llama3) needs factor ≥ 1, 0 < low_freq_factor < \
+                     high_freq_factor and original_max_position_embeddings > 0: {v}"
+                ),
+            ));
+        }
+        Ok(Some(s))
+    }
+
+    /// Scales the inverse frequencies as Hugging Face's `_compute_llama3_parameters` does.
+    fn apply(&self, inv_freq: &mut [f64]) {
+        let old = self.original_max_position_embeddings as f64;
+        let (low_wavelen, high_wavelen) = (old / self.low_freq_factor, old / self.high_freq_factor);
+        for f in inv_freq {
+            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= self.factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (old / wavelen - self.low_freq_factor)
+                    / (self.high_freq_factor - self.low_freq_factor);
+                *f = (1.0 - smooth) * *f / self.factor + smooth * *f;
+            }
+        }
+    }
 }
 
 /// Architectures this module implements.
@@ -49,7 +149,20 @@ impl LlamaConfig {
             max_position_embeddings: 64,
             tie_word_embeddings: true,
             attention_bias: true,
+            rope_scaling: None,
         }
+    }
+
+    /// The rotary embedding's `head_dim / 2` inverse frequencies, scaled as configured.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let d = self.head_dim as f64;
+        let mut inv: Vec<f64> = (0..self.head_dim / 2)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d))
+            .collect();
+        if let Some(s) = &self.rope_scaling {
+            s.apply(&mut inv);
+        }
+        inv
     }
 
     /// Checks the internal consistency of the numbers.
@@ -161,7 +274,18 @@ impl LlamaConfig {
             max_position_embeddings: int("context_length").unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            rope_scaling: None,
         };
+        if content.tensor_infos.contains_key("rope_freqs.weight") {
+            // Llama 3.1-style files carry their RoPE scaling as per-frequency factors; read
+            // without them, positions would be rotated wrongly.
+            return Err(Error::model(
+                path,
+                "this GGUF carries RoPE frequency factors (rope_freqs.weight, Llama 3.1 style), \
+                 which are not read yet; load the model's Hugging Face folder, whose \
+                 rope_scaling is supported",
+            ));
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -184,12 +308,22 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if let Some(rs) = v.get("rope_scaling").filter(|x| !x.is_null()) {
-            return Err(Error::model(
-                path,
-                format!("rope_scaling {rs} is not supported; use a model without RoPE scaling"),
-            ));
-        }
+        // transformers ≥ 5 writes `rope_parameters` (θ inside, type `default` when plain);
+        // earlier versions `rope_theta` beside an optional `rope_scaling`.
+        let rope_params = v.get("rope_parameters").filter(|x| x.is_object());
+        let rope_scaling = match v
+            .get("rope_scaling")
+            .filter(|x| !x.is_null())
+            .or(rope_params)
+        {
+            Some(rs) => RopeScaling::from_hf(rs, path)?,
+            None => None,
+        };
+        let rope_theta = v
+            .get("rope_theta")
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")))
+            .and_then(|x| x.as_f64())
+            .unwrap_or(10_000.0);
         let int = |key: &str| -> Result<usize> {
             v.get(key)
                 .and_then(|x| x.as_u64())
@@ -210,11 +344,11 @@ impl LlamaConfig {
                 .get("rms_norm_eps")
                 .and_then(|x| x.as_f64())
                 .unwrap_or(1e-6),
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(10_000.0),
-            max_position_embeddings: int("max_position_embeddings").unwrap_or(4096),
+            rope_theta,
+            max_position_embeddings: sliding_window_cap(&v, &arch)
+                .map_or(int("max_position_embeddings").unwrap_or(4096), |w| {
+                    int("max_position_embeddings").unwrap_or(4096).min(w)
+                }),
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(|x| x.as_bool())
@@ -224,6 +358,7 @@ impl LlamaConfig {
                 .and_then(|x| x.as_bool())
                 .unwrap_or(arch == "qwen2"),
             architecture: arch,
+            rope_scaling,
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -251,6 +386,13 @@ impl LlamaConfig {
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
+            "rope_scaling": self.rope_scaling.as_ref().map(|s| serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            })),
             "hidden_act": "silu",
             "torch_dtype": "float32",
         })

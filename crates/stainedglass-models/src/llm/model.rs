@@ -135,9 +135,8 @@ impl Llama {
         } else {
             Some(Linear::new(take(&mut map, "lm_head.weight")?, None))
         };
-        let rope = Arc::new(RopeTable::new(
-            cfg.head_dim,
-            cfg.rope_theta,
+        let rope = Arc::new(RopeTable::from_inv_freq(
+            &cfg.rope_inv_freq(),
             cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS),
         ));
         Ok(Self {

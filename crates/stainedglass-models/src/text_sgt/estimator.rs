@@ -141,9 +141,8 @@ impl Estimator {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let rope = Arc::new(RopeTable::new(
-            base.head_dim,
-            base.rope_theta,
+        let rope = Arc::new(RopeTable::from_inv_freq(
+            &base.rope_inv_freq(),
             base.max_position_embeddings.min(32_768),
         ));
         Ok(Self {

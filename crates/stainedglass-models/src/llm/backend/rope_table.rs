@@ -13,13 +13,24 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    /// Plain RoPE: inverse frequencies `θ^(−2i/d)` (the models build theirs from
+    /// `LlamaConfig::rope_inv_freq`).
+    #[cfg(test)]
     pub fn new(head_dim: usize, theta: f64, max_positions: usize) -> Self {
-        let half = head_dim / 2;
+        let inv: Vec<f64> = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
+        Self::from_inv_freq(&inv, max_positions)
+    }
+
+    /// The table of the given inverse frequencies (`head_dim / 2` of them, e.g. scaled by
+    /// `LlamaConfig::rope_inv_freq`).
+    pub fn from_inv_freq(inv_freq: &[f64], max_positions: usize) -> Self {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         for p in 0..max_positions {
-            for i in 0..half {
-                let inv = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            for inv in inv_freq {
                 let a = p as f64 * inv;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
