@@ -126,9 +126,9 @@ fig, ax = plt.subplots(figsize=(11, 5.5))
 style = {"gaussian": ("Gaussian noise (input-independent)", "0.45", "s"),
          "metric-dp": ("metric-DP (snapped to tokens)", "0.7", "D")}
 for kind, (label, colour, marker) in style.items():
-    ps = sorted((p for p in baseline_points if p["variant"] == kind), key=lambda p: p["answers"])
+    ps = sorted((p for p in baseline_points if p["variant"] == kind), key=lambda p: p["strength"])
     ax.plot([100 * p["answers"] for p in ps], [100 * p["strongest_top1"] for p in ps],
-            marker=marker, color=colour, ls="--", label=label)
+            marker=marker, color=colour, ls="--", label=label + ", in order of noise")
 for v in curves:
     ps = sorted((p for p in sgt_points if p["variant"] == v), key=lambda p: p["strength"] or 1.0)
     ax.plot([100 * p["answers"] for p in ps], [100 * p["strongest_top1"] for p in ps],
