@@ -121,6 +121,9 @@ fn check_loss(loss: &Tensor, what: &str) -> Result<f32> {
     Ok(v)
 }
 
+/// Names of [`MlpInverter`]'s weights, in the order of its `vars()`.
+const MLP_NAMES: [&str; 6] = ["w1", "b1", "w2", "b2", "log_scale", "bias"];
+
 /// Per-token MLP inverter: `z = x̃ + W₂·gelu(W₁·x̃/r + b₁) + b₂` (W₂ starts at zero).
 pub struct MlpInverter<'a> {
     w1: Var,
@@ -170,7 +173,7 @@ impl<'a> MlpInverter<'a> {
 
     /// The trained weights by name (for [`MlpInverter::from_named`]).
     pub(crate) fn named(&self) -> Vec<(String, Tensor)> {
-        ["w1", "b1", "w2", "b2", "log_scale", "bias"]
+        MLP_NAMES
             .iter()
             .zip(self.vars())
             .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
@@ -186,10 +189,7 @@ impl<'a> MlpInverter<'a> {
         named: &std::collections::HashMap<String, Tensor>,
     ) -> Result<Option<Self>> {
         let inv = Self::new(index, table, cfg)?;
-        for (n, v) in ["w1", "b1", "w2", "b2", "log_scale", "bias"]
-            .iter()
-            .zip(inv.vars())
-        {
+        for (n, v) in MLP_NAMES.iter().zip(inv.vars()) {
             match named.get(*n) {
                 Some(t) if t.shape() == v.as_tensor().shape() && t.dtype() == DType::F32 => {
                     v.set(t)?

@@ -40,7 +40,21 @@ impl<'a> ActivationProbe<'a> {
         let table_rms = check_layer(model, layer)?;
         let clean = embed_rows(table, rows)?;
         let (x, ys) = states(model, layer, table_rms, rows, clean)?;
-        let mlp = MlpInverter::fit(index, table, cfg, |_| Ok((x.clone(), ys.clone())), progress)?;
+        let data = |_: &mut NoiseRng| Ok((x.clone(), ys.clone()));
+        Self::fit(index, model, layer, table_rms, cfg, data, progress)
+    }
+
+    /// Fits the probe's MLP on the `(states, tokens)` that `epoch_data` gives each epoch.
+    fn fit(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        table_rms: f64,
+        cfg: &InverterConfig,
+        epoch_data: impl FnMut(&mut NoiseRng) -> Result<(Tensor, Vec<u32>)>,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<Self> {
+        let mlp = MlpInverter::fit(index, model.embedding_table(), cfg, epoch_data, progress)?;
         Ok(Self {
             model,
             layer,
@@ -105,13 +119,7 @@ impl<'a> ActivationProbe<'a> {
             let received = applied.into_iter().map(|a| a.transformed).collect();
             states(model, layer, table_rms, rows, received)
         };
-        let mlp = MlpInverter::fit(index, table, cfg, epoch_data, progress)?;
-        Ok(Self {
-            model,
-            layer,
-            table_rms,
-            mlp,
-        })
+        Self::fit(index, model, layer, table_rms, cfg, epoch_data, progress)
     }
 
     /// The layer the probe reads.

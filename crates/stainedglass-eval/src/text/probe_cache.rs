@@ -3,7 +3,8 @@
 //! kept: `<dir>/<key>.safetensors`. The key hashes the model (its embedding table, and its
 //! layer-`k` states on a fixed input, which every weight up to layer `k` shapes), the layer, the
 //! attacker's token ids and masks, and the settings. A file that does not load or does not fit
-//! is ignored (the probe is retrained and the file replaced); writes are atomic.
+//! is ignored (the probe is retrained and the file replaced); writes are atomic
+//! (`stainedglass_core::io::save_tensors`).
 
 use super::inverter::InverterConfig;
 use crate::{Error, Result};
@@ -12,7 +13,7 @@ use sha2::{Digest, Sha256};
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_text::EncodedPrompt;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where trained clean-state probes are kept.
 #[derive(Debug, Clone)]
@@ -69,21 +70,14 @@ impl ProbeCache {
 
     /// The kept tensors of `key`, if a readable file holds them.
     pub fn load(&self, key: &str, device: &candle_core::Device) -> Option<HashMap<String, Tensor>> {
-        let p = self.path(key);
-        p.exists()
-            .then(|| candle_core::safetensors::load(&p, device).ok())
-            .flatten()
+        stainedglass_core::io::load_tensors(&self.path(key), device).ok()
     }
 
-    /// Keeps `tensors` under `key` (written to a temporary file, then renamed).
+    /// Keeps `tensors` under `key` (atomically: temporary file, fsync, rename).
     pub fn store(&self, key: &str, tensors: &[(String, Tensor)]) -> Result<()> {
-        let io = |p: &Path, e: std::io::Error| Error::Input(format!("{}: {e}", p.display()));
-        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let fin = self.path(key);
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
-        Ok(())
+        Ok(stainedglass_core::io::save_tensors(
+            &self.path(key),
+            tensors,
+        )?)
     }
 }

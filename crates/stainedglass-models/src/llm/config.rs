@@ -332,6 +332,7 @@ impl LlamaConfig {
         };
         let hidden = int("hidden_size")?;
         let heads = int("num_attention_heads")?;
+        let max_positions = int("max_position_embeddings").unwrap_or(4096);
         let cfg = Self {
             vocab_size: int("vocab_size")?,
             hidden_size: hidden,
@@ -346,9 +347,7 @@ impl LlamaConfig {
                 .unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings: sliding_window_cap(&v, &arch)
-                .map_or(int("max_position_embeddings").unwrap_or(4096), |w| {
-                    int("max_position_embeddings").unwrap_or(4096).min(w)
-                }),
+                .map_or(max_positions, |w| max_positions.min(w)),
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(|x| x.as_bool())

@@ -271,8 +271,11 @@ impl<'a> Run<'a> {
             });
         }
         let (mut loss, mut components) = (rec.loss, rec.components);
-        let seen = transformed_rows(&noise.transformed, &b.id_list, &b.nm)?;
-        if let (Some(adv), Some((xs, tokens))) = (self.adversary.as_mut(), seen) {
+        let seen = match self.adversary.as_mut() {
+            Some(adv) => transformed_rows(&noise.transformed, &b.id_list, &b.nm)?.map(|s| (adv, s)),
+            None => None,
+        };
+        if let Some((adv, (xs, tokens))) = seen {
             let mut rng = NoiseRng::seeded(cfg.train.seed ^ 0xAD7E ^ global.wrapping_mul(7919));
             let s = adv.update(&xs, &tokens, &mut rng)?;
             let term = adv.sgt_term(&xs, &tokens, &mut rng)?;
