@@ -20,6 +20,10 @@ pub enum Error {
     /// A parameter outside its valid range.
     #[error("invalid {what}: expected {expected}")]
     Invalid { what: String, expected: String },
+    /// An operation the model, as loaded, does not run (e.g. gradients through quantized
+    /// weights); the message names what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

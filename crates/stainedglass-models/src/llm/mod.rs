@@ -1,9 +1,11 @@
 //! A Llama-family causal LM (Llama, Mistral, Qwen2-style) that runs from input embeddings,
 //! stops at any layer, generates with a KV cache, and passes gradients to its input embeddings
-//! through frozen weights. Loads GGUF (dequantized to f32) and Hugging Face folders.
+//! through frozen weights. Loads GGUF (dequantized to f32, or kept as stored for inference) and
+//! Hugging Face folders.
 //!
 //! - the model: [`config`], [`weights`] and [`hf`] (loading and saving), `model.rs` ([`Llama`]),
-//!   `block.rs` (one layer's weights), `kv_cache.rs`, `stack/` (the decoder layers as one op);
+//!   `block.rs` (one layer's weights), `stored.rs` (a model with its matrices as stored),
+//!   `kv_cache.rs`, `stack/` (the decoder layers as one op);
 //! - generation: [`generate`] (sampling, batched requests);
 //! - `backend/`: the CPU kernels and the run-time BLAS, private to the crate.
 
@@ -15,6 +17,7 @@ pub mod hf;
 pub(crate) mod kv_cache;
 pub(crate) mod model;
 pub(crate) mod stack;
+pub(crate) mod stored;
 pub mod weights;
 
 pub use backend::blas::{
@@ -23,6 +26,7 @@ pub use backend::blas::{
 };
 pub use backend::ops::Linear;
 pub use backend::packed::set_prepack_budget_mb;
+pub use backend::quant::{Isa as QuantIsa, QMatrix};
 pub use config::LlamaConfig;
 pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
 pub use kv_cache::KvCache;

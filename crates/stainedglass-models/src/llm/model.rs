@@ -4,7 +4,8 @@
 
 use super::backend::ops::{Attention, Linear, RmsNorm, Rope, SwiGlu};
 use super::backend::rope_table::RopeTable;
-use super::block::Block;
+use super::block::{Block, Mats};
+use super::stored::EmbedHead;
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
 use super::stack::{DecoderStack, LayerPass, StackDims};
@@ -43,18 +44,18 @@ pub fn positions_from_mask(mask: &[u8], b: usize, t: usize) -> Vec<u32> {
 /// The longest context a model instance supports (bounds the RoPE table).
 const MAX_ROPE_POSITIONS: usize = 32_768;
 
-/// A Llama, Mistral or Qwen2-style causal LM held in f32.
+/// A Llama, Mistral or Qwen2-style causal LM, held in f32 or with its matrices as the file
+/// stores them (`Llama::load_stored`: inference only).
 pub struct Llama {
-    cfg: LlamaConfig,
-    embed: Tensor,
-    layers: Arc<[Block]>,
-    norm: RmsNorm,
-    lm_head: Option<Linear>,
-    rope: Arc<RopeTable>,
-    device: Device,
+    pub(super) cfg: LlamaConfig,
+    pub(super) io: EmbedHead,
+    pub(super) layers: Arc<[Block]>,
+    pub(super) norm: RmsNorm,
+    pub(super) rope: Arc<RopeTable>,
+    pub(super) device: Device,
 }
 
-fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
+pub(super) fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
     map.remove(name)
         .ok_or_else(|| Error::model(Path::new(name), "missing tensor"))
 }
@@ -120,11 +121,13 @@ impl Llama {
             let gate_up = Tensor::cat(&[t("mlp.gate_proj.weight")?, t("mlp.up_proj.weight")?], 0)?;
             layers.push(Block {
                 attn_norm: RmsNorm::new(t("input_layernorm.weight")?, eps)?,
-                qkv: Linear::new(qkv_w, qkv_b),
-                o: Linear::new(t("self_attn.o_proj.weight")?, None),
                 mlp_norm: RmsNorm::new(t("post_attention_layernorm.weight")?, eps)?,
-                gate_up: Linear::new(gate_up, None),
-                down: Linear::new(t("mlp.down_proj.weight")?, None),
+                mats: Mats::F32 {
+                    qkv: Linear::new(qkv_w, qkv_b),
+                    o: Linear::new(t("self_attn.o_proj.weight")?, None),
+                    gate_up: Linear::new(gate_up, None),
+                    down: Linear::new(t("mlp.down_proj.weight")?, None),
+                },
                 packed: OnceLock::new(),
             });
         }
@@ -135,19 +138,21 @@ impl Llama {
         } else {
             Some(Linear::new(take(&mut map, "lm_head.weight")?, None))
         };
-        let rope = Arc::new(RopeTable::from_inv_freq(
-            &cfg.rope_inv_freq(),
-            cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS),
-        ));
         Ok(Self {
+            rope: Self::rope_table(&cfg),
             cfg,
-            embed,
+            io: EmbedHead::F32 { embed, lm_head },
             layers: layers.into(),
             norm,
-            lm_head,
-            rope,
             device: device.clone(),
         })
+    }
+
+    pub(super) fn rope_table(cfg: &LlamaConfig) -> Arc<RopeTable> {
+        Arc::new(RopeTable::from_inv_freq(
+            &cfg.rope_inv_freq(),
+            cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS),
+        ))
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -158,9 +163,10 @@ impl Llama {
         &self.device
     }
 
-    /// The input-embedding table `(vocab, hidden)`.
+    /// The input-embedding table `(vocab, hidden)` in f32 (a model with stored weights
+    /// dequantizes it on the first call and keeps it).
     pub fn embedding_table(&self) -> &Tensor {
-        &self.embed
+        self.io.table(&self.device)
     }
 
     /// The longest sequence (prompt + generated) this instance accepts.
@@ -180,7 +186,7 @@ impl Llama {
                 got: dims,
             });
         }
-        let e = self.embed.index_select(&flat, 0)?;
+        let e = self.io.rows(&v, &self.device)?;
         let mut out = dims;
         out.push(self.cfg.hidden_size);
         Ok(e.reshape(out)?)
@@ -297,6 +303,9 @@ impl Llama {
         mut states: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
+        if embeds.track_op() && self.io.is_stored() {
+            return Err(self.io.needs_f32("gradients to the input embeddings"));
+        }
         let n_layers = match stop {
             Stop::AtLayer(k) if k > self.cfg.num_layers => {
                 return Err(Error::Shape {
@@ -370,11 +379,22 @@ impl Llama {
         let rope = Rope::new(self.rope.clone(), positions);
         let attn = Attention { key_valid };
         for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+            let Mats::F32 {
+                qkv: wqkv,
+                o: wo,
+                gate_up: wgu,
+                down: wdown,
+            } = &blk.mats
+            else {
+                return Err(self.io.needs_f32(
+                    "per-layer states and gradients through a cached pass",
+                ));
+            };
             if let Some(s) = states.as_deref_mut() {
                 s.push(x.clone());
             }
             let h = blk.attn_norm.forward(&x)?;
-            let qkv = blk.qkv.forward(&h)?;
+            let qkv = wqkv.forward(&h)?;
             let q = qkv.narrow(2, 0, hq * d)?.reshape((b, t, hq, d))?;
             let k = qkv.narrow(2, hq * d, hkv * d)?.reshape((b, t, hkv, d))?;
             let v = qkv
@@ -392,10 +412,10 @@ impl Llama {
                 v = cv.narrow(1, 0, past + t)?;
             }
             let a = attn.forward(&q, &k, &v)?;
-            x = (x + blk.o.forward(&a.reshape((b, t, hq * d))?)?)?;
+            x = (x + wo.forward(&a.reshape((b, t, hq * d))?)?)?;
             let h = blk.mlp_norm.forward(&x)?;
-            let m = SwiGlu::forward(&blk.gate_up.forward(&h)?)?;
-            x = (x + blk.down.forward(&m)?)?;
+            let m = SwiGlu::forward(&wgu.forward(&h)?)?;
+            x = (x + wdown.forward(&m)?)?;
         }
         if let Some(s) = states {
             s.push(x.clone());
@@ -419,10 +439,7 @@ impl Llama {
 
     /// The LM head on normed hidden states `(…, hidden)` → `(…, vocab)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            Some(l) => Ok(l.forward(x)?),
-            None => Ok(Linear::new(self.embed.clone(), None).forward(x)?),
-        }
+        self.io.head(x)
     }
 
     /// Hugging Face-named tensors (unfused), e.g. to save the model as a HF folder.
@@ -432,16 +449,28 @@ impl Llama {
             self.cfg.num_kv_heads * self.cfg.head_dim,
         );
         let f = self.cfg.intermediate_size;
+        let EmbedHead::F32 { embed, lm_head } = &self.io else {
+            return Err(self.io.needs_f32("saving the model as a Hugging Face folder"));
+        };
         let mut v = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
+            ("model.embed_tokens.weight".to_string(), embed.clone()),
             ("model.norm.weight".to_string(), self.norm.weight().clone()),
         ];
-        if let Some(l) = &self.lm_head {
+        if let Some(l) = lm_head {
             v.push(("lm_head.weight".into(), l.weight().clone()));
         }
         for (i, blk) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            let w = blk.qkv.weight();
+            let Mats::F32 {
+                qkv,
+                o,
+                gate_up,
+                down,
+            } = &blk.mats
+            else {
+                return Err(self.io.needs_f32("saving the model as a Hugging Face folder"));
+            };
+            let w = qkv.weight();
             v.push((
                 format!("{p}.input_layernorm.weight"),
                 blk.attn_norm.weight().clone(),
@@ -456,7 +485,7 @@ impl Llama {
                 format!("{p}.self_attn.v_proj.weight"),
                 w.narrow(0, q + kv, kv)?,
             ));
-            if let Some(bias) = blk.qkv.bias() {
+            if let Some(bias) = qkv.bias() {
                 v.push((format!("{p}.self_attn.q_proj.bias"), bias.narrow(0, 0, q)?));
                 v.push((format!("{p}.self_attn.k_proj.bias"), bias.narrow(0, q, kv)?));
                 v.push((
@@ -464,17 +493,11 @@ impl Llama {
                     bias.narrow(0, q + kv, kv)?,
                 ));
             }
-            v.push((
-                format!("{p}.self_attn.o_proj.weight"),
-                blk.o.weight().clone(),
-            ));
-            let gu = blk.gate_up.weight();
+            v.push((format!("{p}.self_attn.o_proj.weight"), o.weight().clone()));
+            let gu = gate_up.weight();
             v.push((format!("{p}.mlp.gate_proj.weight"), gu.narrow(0, 0, f)?));
             v.push((format!("{p}.mlp.up_proj.weight"), gu.narrow(0, f, f)?));
-            v.push((
-                format!("{p}.mlp.down_proj.weight"),
-                blk.down.weight().clone(),
-            ));
+            v.push((format!("{p}.mlp.down_proj.weight"), down.weight().clone()));
         }
         Ok(v)
     }

@@ -1,8 +1,10 @@
-//! Loading Llama-family weights, dequantized to f32, under Hugging Face names: from a GGUF file
-//! (llama.cpp's Q/K row permutation undone) or from a Hugging Face folder (`config.json` plus
-//! `model.safetensors` or a sharded `model.safetensors.index.json`). Every expected tensor is
-//! checked for presence, shape and finite values before a model is built.
+//! Loading Llama-family weights under Hugging Face names: from a GGUF file (llama.cpp's Q/K row
+//! permutation undone), dequantized to f32 or kept as stored ([`load_gguf_stored`]), or from a
+//! Hugging Face folder (`config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`). Every expected tensor is checked for presence, shape and
+//! finite values before a model is built.
 
+use super::backend::quant::QMatrix;
 use super::config::LlamaConfig;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
@@ -118,6 +120,111 @@ pub fn load_gguf(file: &GgufFile, cfg: &LlamaConfig, device: &Device) -> Result<
     Ok(out)
 }
 
+/// Matrices by Hugging Face name, as the file stores them.
+pub type StoredMap = HashMap<String, QMatrix>;
+
+/// The rotary permutation `unpermute` undoes, as a row order: new row `i` is old row `perm[i]`.
+fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads.max(1);
+    let mut perm = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for a in 0..2 {
+            for i in 0..d / 2 {
+                perm.push(h * d + i * 2 + a);
+            }
+        }
+    }
+    perm
+}
+
+/// Reads a GGUF Llama-family model keeping its matrices as stored (quantized); vectors (norms,
+/// biases) are dequantized to f32. Shapes and finite values are checked as in [`load_gguf`].
+pub fn load_gguf_stored(
+    file: &GgufFile,
+    cfg: &LlamaConfig,
+    device: &Device,
+) -> Result<(TensorMap, StoredMap)> {
+    let path = &file.path;
+    let mut reader = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut names: Vec<&String> = file.content.tensor_infos.keys().collect();
+    names.sort();
+    let (mut vectors, mut mats) = (TensorMap::new(), StoredMap::new());
+    for name in names {
+        let Some(hf) = gguf_to_hf(name) else {
+            continue;
+        };
+        let q = file
+            .content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| Error::model(path, format!("tensor {name}: {e} (file truncated?)")))?;
+        let bad = |e: String| Error::model(path, format!("tensor {name}: {e}"));
+        match *q.shape().dims() {
+            [rows, cols] => {
+                let data = q.data().map_err(|e| bad(e.to_string()))?;
+                let mut m = QMatrix::from_gguf(q.dtype(), &data, rows, cols).map_err(bad)?;
+                let heads = if hf.ends_with("q_proj.weight") {
+                    Some(cfg.num_heads)
+                } else if hf.ends_with("k_proj.weight") {
+                    Some(cfg.num_kv_heads)
+                } else {
+                    None
+                };
+                if let (Some(h), "llama") = (heads, cfg.architecture.as_str()) {
+                    m.permute_rows(&unpermute_order(rows, h)).map_err(bad)?;
+                }
+                mats.insert(hf, m);
+            }
+            _ => {
+                let t = q
+                    .dequantize(device)
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_dtype(DType::F32)?;
+                vectors.insert(hf, t);
+            }
+        }
+    }
+    check_stored(&vectors, &mats, cfg, path)?;
+    Ok((vectors, mats))
+}
+
+/// [`check_tensors`] for a model whose matrices are kept stored.
+fn check_stored(
+    vectors: &TensorMap,
+    mats: &StoredMap,
+    cfg: &LlamaConfig,
+    path: &Path,
+) -> Result<()> {
+    for (name, shape) in expected_shapes(cfg) {
+        if let &[rows, cols] = shape.as_slice() {
+            let m = mats.get(&name).ok_or_else(|| {
+                Error::model(
+                    path,
+                    format!("missing tensor `{name}` for a {} model", cfg.architecture),
+                )
+            })?;
+            if m.dims() != (rows, cols) {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                        m.dims()
+                    ),
+                ));
+            }
+        }
+    }
+    check_vectors(vectors, cfg, path)
+}
+
+/// The one-dimensional tensors of [`expected_shapes`] (norms, biases) are present, shaped and
+/// finite.
+fn check_vectors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> {
+    for (name, shape) in expected_shapes(cfg).into_iter().filter(|(_, s)| s.len() == 1) {
+        check_one(map, &name, &shape, cfg, path)?;
+    }
+    Ok(())
+}
+
 /// Reads a Hugging Face folder: `config.json` and single-file or sharded safetensors.
 pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<(LlamaConfig, TensorMap)> {
     let cfg_path = dir.join("config.json");
@@ -199,13 +306,25 @@ pub fn expected_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 /// Every expected tensor is present, has its shape, and holds only finite values.
 pub fn check_tensors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> {
     for (name, shape) in expected_shapes(cfg) {
-        let t = map.get(&name).ok_or_else(|| {
+        check_one(map, &name, &shape, cfg, path)?;
+    }
+    Ok(())
+}
+
+fn check_one(
+    map: &TensorMap,
+    name: &str,
+    shape: &[usize],
+    cfg: &LlamaConfig,
+    path: &Path,
+) -> Result<()> {
+    let t = map.get(name).ok_or_else(|| {
             Error::model(
                 path,
                 format!("missing tensor `{name}` for a {} model", cfg.architecture),
             )
         })?;
-        if t.dims() != shape.as_slice() {
+        if t.dims() != shape {
             return Err(Error::model(
                 path,
                 format!(
@@ -225,6 +344,5 @@ pub fn check_tensors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<
                 format!("tensor `{name}` holds NaN or Inf"),
             ));
         }
-    }
     Ok(())
 }

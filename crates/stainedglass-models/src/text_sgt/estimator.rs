@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::llm::backend::ops::{reference, Attention, Linear, RmsNorm, Rope, SwiGlu};
 use crate::llm::backend::rope_table::RopeTable;
 use crate::llm::backend::train_linear;
-use crate::llm::block::Block;
+use crate::llm::block::{Block, Mats};
 use crate::llm::stack::{DecoderStack, LayerPass, StackDims};
 use crate::llm::{positions_from_mask, LlamaConfig};
 
@@ -96,11 +96,13 @@ impl EstimatorBlock {
         };
         Ok(Block {
             attn_norm: RmsNorm::new(self.attn_norm.as_tensor().detach(), eps)?,
-            qkv: lin(&self.qkv, self.qkv_bias.as_ref()),
-            o: lin(&self.o, None),
             mlp_norm: RmsNorm::new(self.mlp_norm.as_tensor().detach(), eps)?,
-            gate_up: lin(&self.gate_up, None),
-            down: lin(&self.down, None),
+            mats: Mats::F32 {
+                qkv: lin(&self.qkv, self.qkv_bias.as_ref()),
+                o: lin(&self.o, None),
+                gate_up: lin(&self.gate_up, None),
+                down: lin(&self.down, None),
+            },
             packed: OnceLock::new(),
         })
     }

@@ -61,6 +61,7 @@ impl PackedLayout {
             gate_up,
             down,
             packed: None,
+            stored: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod gemv;
 pub mod kernels;
 pub mod ops;
 pub mod packed;
+pub mod quant;
 pub mod rope_table;
 pub mod train_linear;
 pub mod vexp;

@@ -145,15 +145,18 @@ impl LayerPass {
                 let mut qkv = bias.repeat(m);
                 project(
                     &h,
-                    lw.qkv,
-                    lw.fwd(|p| &p.qkv),
+                    (lw.qkv, lw.fwd(|p| &p.qkv), lw.stored(|s| &s.qkv)),
                     (m, w, hidden),
                     true,
                     &mut qkv,
                 );
                 qkv
             }
-            None => project_new(&h, lw.qkv, lw.fwd(|p| &p.qkv), (m, w, hidden)),
+            None => project_new(
+                &h,
+                (lw.qkv, lw.fwd(|p| &p.qkv), lw.stored(|s| &s.qkv)),
+                (m, w, hidden),
+            ),
         };
         rope_in_place(&mut qkv, w, hq + hkv, d, &self.rope, &self.positions, false);
         let (a, probs) = self.attend(&mut qkv, (b, t), li, cache)?;
@@ -165,8 +168,7 @@ impl LayerPass {
         };
         project(
             &a,
-            lw.o,
-            lw.fwd(|p| &p.o),
+            (lw.o, lw.fwd(|p| &p.o), lw.stored(|s| &s.o)),
             (m, hidden, hq * d),
             true,
             &mut x2,
@@ -175,7 +177,11 @@ impl LayerPass {
             .weight_inputs
             .then(|| std::mem::replace(&mut h, zeroed(m * hidden)));
         kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
-        let gu = project_new(&h, lw.gate_up, lw.fwd(|p| &p.gate_up), (m, 2 * ffn, hidden));
+        let gu = project_new(
+            &h,
+            (lw.gate_up, lw.fwd(|p| &p.gate_up), lw.stored(|s| &s.gate_up)),
+            (m, 2 * ffn, hidden),
+        );
         let mut act = zeroed(m * ffn);
         kernels::swiglu(&gu, ffn, &mut act);
         let mut y = match x {
@@ -184,8 +190,7 @@ impl LayerPass {
         };
         project(
             &act,
-            lw.down,
-            lw.fwd(|p| &p.down),
+            (lw.down, lw.fwd(|p| &p.down), lw.stored(|s| &s.down)),
             (m, hidden, ffn),
             true,
             &mut y,
@@ -281,6 +286,12 @@ impl LayerPass {
         } = self.dims;
         let (m, w) = (b * t, self.dims.qkv_width());
         let wi = tape.w.as_ref();
+        if lw.stored.is_some() {
+            return Err(op_error(
+                "decoder stack: no gradients through stored (quantized) weights; load the model \
+                 in f32 to train through it",
+            ));
+        }
         if grads.is_some() && wi.is_none() {
             return Err(op_error(
                 "decoder stack: weight gradients need a forward pass that kept their inputs",

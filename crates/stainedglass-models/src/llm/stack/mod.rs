@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use stainedglass_core::host::{cpu_slice, with_host, with_hosts};
 
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
-use crate::llm::block::Block;
+use crate::llm::block::{Block, Mats};
 use crate::llm::kv_cache::KvCache;
 use layer::op_error;
 
@@ -33,17 +33,41 @@ pub(crate) struct DecoderStack {
 }
 
 /// Runs `f` on host views of one frozen layer's weights (read locks held meanwhile), with
-/// their packed forms if the layer has them; `pack` packs them first if not yet done.
+/// their packed forms if the layer has them; `pack` packs them first if not yet done. Stored
+/// (quantized) weights are passed as they are.
 fn with_weights<R>(
     blk: &Block,
     pack: bool,
     f: impl FnOnce(&LayerWeights) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let bias = match blk.qkv.bias() {
+    let (qkv, o, gate_up, down) = match &blk.mats {
+        Mats::F32 {
+            qkv,
+            o,
+            gate_up,
+            down,
+        } => (qkv, o, gate_up, down),
+        Mats::Stored(s) => {
+            return f(&LayerWeights {
+                attn_norm: blk.attn_norm.host(),
+                attn_eps: blk.attn_norm.eps(),
+                qkv: &[],
+                bias: s.qkv_bias.as_deref(),
+                o: &[],
+                mlp_norm: blk.mlp_norm.host(),
+                mlp_eps: blk.mlp_norm.eps(),
+                gate_up: &[],
+                down: &[],
+                packed: None,
+                stored: Some(s),
+            })
+        }
+    };
+    let bias = match qkv.bias() {
         Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    let weights = [&blk.qkv, &blk.o, &blk.gate_up, &blk.down].map(|l| l.weight());
+    let weights = [qkv, o, gate_up, down].map(|l| l.weight());
     with_hosts(weights, |[qkv, o, gate_up, down]| {
         let mut lw = LayerWeights {
             attn_norm: blk.attn_norm.host(),
@@ -56,6 +80,7 @@ fn with_weights<R>(
             gate_up,
             down,
             packed: None,
+            stored: None,
         };
         lw.packed = if pack {
             Some(blk.packed.get_or_init(|| PackedLayer::new(&lw)))

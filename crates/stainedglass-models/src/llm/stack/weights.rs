@@ -8,6 +8,8 @@ use crate::llm::backend::blas::{par_sgemm, par_sgemm_new};
 use crate::llm::backend::gemv::gemv_rows;
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
 use crate::llm::backend::packed::PackedMatrix;
+use crate::llm::backend::quant::QMatrix;
+use crate::llm::block::StoredMats;
 
 /// Host views of one decoder layer's weights (`(out, in)` row-major products).
 pub(crate) struct LayerWeights<'a> {
@@ -22,6 +24,8 @@ pub(crate) struct LayerWeights<'a> {
     pub down: &'a [f32],
     /// The same weights packed for large products (frozen layers in training; see `packed`).
     pub packed: Option<&'a PackedLayer>,
+    /// The weights as stored (quantized), in place of the f32 slices (then empty).
+    pub stored: Option<&'a StoredMats>,
 }
 
 /// A frozen layer's four weights packed once: `fwd` for `x · Wᵀ`, `bwd` for the input
@@ -84,6 +88,11 @@ impl LayerWeights<'_> {
         self.packed.and_then(|p| pick(&p.fwd).as_ref())
     }
 
+    /// The stored form of one of the weights, when the layer runs from stored weights.
+    pub(super) fn stored(&self, pick: fn(&StoredMats) -> &QMatrix) -> Option<&QMatrix> {
+        self.stored.map(pick)
+    }
+
     /// The packed form of one of the weights for the input-gradient (`dy · W`) product.
     pub(super) fn bwd(
         &self,
@@ -123,10 +132,14 @@ pub(super) fn input_grad(
 /// A new `x (m×k) · wᵀ` (`w` stored `n×k`), as [`project`] computes it.
 pub(super) fn project_new(
     x: &[f32],
-    w: &[f32],
-    packed: Option<&PackedMatrix>,
+    (w, packed, stored): (&[f32], Option<&PackedMatrix>, Option<&QMatrix>),
     (m, n, k): (usize, usize, usize),
 ) -> Vec<f32> {
+    if let Some(q) = stored {
+        let mut out = zeroed(m * n);
+        q.product(x, m, &mut out, false);
+        return out;
+    }
     if m > GEMV_MAX_ROWS {
         return match packed {
             Some(p) => {
@@ -143,17 +156,18 @@ pub(super) fn project_new(
 
 /// `out (m×n) = x (m×k) · wᵀ` (`w` stored `n×k`), added to `out` when `accumulate`. A few
 /// rows (decoding) run as row dot products, more as a matrix product (through `packed`, `wᵀ`
-/// packed, when given).
+/// packed, when given); stored weights run their quantized product.
 pub(super) fn project(
     x: &[f32],
-    w: &[f32],
-    packed: Option<&PackedMatrix>,
+    (w, packed, stored): (&[f32], Option<&PackedMatrix>, Option<&QMatrix>),
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
     out: &mut [f32],
 ) {
     let beta = if accumulate { 1.0 } else { 0.0 };
-    if m > GEMV_MAX_ROWS {
+    if let Some(q) = stored {
+        q.product(x, m, out, accumulate);
+    } else if m > GEMV_MAX_ROWS {
         match packed {
             Some(p) => {
                 debug_assert_eq!(p.dims(), (n, k), "packed weight of another shape");

@@ -1,0 +1,140 @@
+use super::*;
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use proptest::prelude::*;
+
+fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| {
+            let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed);
+            ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+/// A matrix quantized by candle (`QTensor::quantize`), as a GGUF file stores it, and candle's
+/// own dequantized values.
+fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QMatrix, Vec<f32>) {
+    let w = Tensor::from_vec(weights(rows, cols, seed), (rows, cols), &Device::Cpu).expect("w");
+    let q = QTensor::quantize(&w, dtype).expect("quantize");
+    let data = q.data().expect("bytes");
+    let deq = q
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .expect("dequantize");
+    (QMatrix::from_gguf(dtype, &data, rows, cols).expect("matrix"), deq)
+}
+
+fn reference(w: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for r in 0..m {
+        for j in 0..n {
+            out[r * n + j] = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
+        }
+    }
+    out
+}
+
+const TYPES: [GgmlDType; 6] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+    GgmlDType::F16,
+];
+
+/// Rows read back exactly as candle dequantizes them, and products within the 8-bit
+/// activations' rounding of the f32 product of those rows, for 1, 3 and 9 activation rows.
+#[test]
+fn products_match_the_dequantized_f32_product() {
+    let (n, k) = (37, 512);
+    for dtype in TYPES {
+        let (qm, deq) = quantized(dtype, n, k, 3);
+        let mut row = vec![0f32; k];
+        for r in [0, 5, n - 1] {
+            qm.dequantize_row(r, &mut row);
+            assert_eq!(row, deq[r * k..(r + 1) * k], "{dtype:?} row {r}");
+        }
+        for m in [1, 3, 9] {
+            let x = weights(m, k, 11);
+            let want = reference(&deq, &x, m, n, k);
+            let mut got = vec![1f32; m * n];
+            qm.product(&x, m, &mut got, false);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 0.01 * scale, "{dtype:?} m={m} [{i}]: {g} vs {w}");
+            }
+            let mut acc = vec![1f32; m * n];
+            qm.product(&x, m, &mut acc, true);
+            for (a, g) in acc.iter().zip(&got) {
+                assert!((a - 1.0 - g).abs() < 1e-5, "{dtype:?}: accumulate");
+            }
+        }
+    }
+}
+
+/// A fused matrix (Q4_1 + Q6_K + Q4_1 rows, the middle one permuted) gives each part's own
+/// products in its rows; the two Q4_1 neighbours around another type stay separate parts.
+#[test]
+fn fused_and_permuted_rows_keep_their_products() {
+    let k = 256;
+    let (a, da) = quantized(GgmlDType::Q4_1, 8, k, 1);
+    let (mut b, db) = quantized(GgmlDType::Q6K, 4, k, 2);
+    let (c, dc) = quantized(GgmlDType::Q4_1, 6, k, 3);
+    let perm = [2, 0, 3, 1];
+    b.permute_rows(&perm).expect("permute");
+    let fused = QMatrix::concat(vec![a, b, c]).expect("concat");
+    assert_eq!(fused.dims(), (18, k));
+    assert_eq!(fused.storage(), "Q4_1+Q6K+Q4_1");
+    let mut w = da;
+    for &p in &perm {
+        w.extend_from_slice(&db[p * k..(p + 1) * k]);
+    }
+    w.extend(dc);
+    let x = weights(2, k, 5);
+    let want = reference(&w, &x, 2, 18, k);
+    let mut got = vec![0f32; 2 * 18];
+    fused.product(&x, 2, &mut got, false);
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 0.01 * scale, "{g} vs {w}");
+    }
+    let (q1, _) = quantized(GgmlDType::Q4_1, 3, k, 4);
+    let (q2, _) = quantized(GgmlDType::Q4_1, 5, k, 6);
+    assert_eq!(QMatrix::concat(vec![q1, q2]).expect("concat").storage(), "Q4_1");
+}
+
+#[test]
+fn bad_bytes_are_refused() {
+    let (_, _) = quantized(GgmlDType::Q4_1, 2, 64, 1);
+    let e = QMatrix::from_gguf(GgmlDType::Q4_1, &[0u8; 79], 2, 64).err();
+    assert!(e.is_some_and(|e| e.contains("expected 80")));
+    let mut nan = vec![0u8; 34];
+    nan[..2].copy_from_slice(&f16::NAN.to_le_bytes());
+    assert!(QMatrix::from_gguf(GgmlDType::Q8_0, &nan, 1, 32).is_err());
+    assert!(QMatrix::from_gguf(GgmlDType::Q4_0, &[0u8; 18], 1, 30).is_err());
+    assert!(QMatrix::from_gguf(GgmlDType::Q8K, &[0u8; 292], 1, 256).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    /// Untrusted bytes of any length and type either load (and multiply to finite values) or
+    /// are refused; nothing panics.
+    #[test]
+    fn any_bytes_load_or_are_refused(
+        t in 0usize..6,
+        rows in 1usize..4,
+        blocks in 1usize..3,
+        data in proptest::collection::vec(any::<u8>(), 0..2400),
+    ) {
+        let dtype = TYPES[t];
+        let cols = blocks * if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) { 256 } else { 32 };
+        if let Ok(m) = QMatrix::from_gguf(dtype, &data, rows, cols) {
+            let x = vec![0.5f32; cols];
+            let mut out = vec![0f32; rows];
+            m.product(&x, 1, &mut out, false);
+            prop_assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+}
