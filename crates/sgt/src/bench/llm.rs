@@ -1,15 +1,16 @@
 //! `sgt bench llm`: machine-readable prefill and decode throughput at batch 1, one SGT-style
 //! training step (clean forward to layer k without grad + noisy forward to layer k + backward to
-//! the input embeddings), and peak RSS during decode. `bench/llm_torch.py` measures the same
+//! the input embeddings), and peak RSS during decode; with `--stored`, prefill and decode from
+//! the GGUF's quantized matrices as stored. `bench/llm_torch.py` measures the same
 //! computation with `transformers`; `bench/run_llm.sh` runs both and prints the ratios.
 
 use super::common::{blas_name, rayon_threads};
 use crate::lm::model_args::ModelArgs;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use stainedglass_models::llm::{Prompt, SamplingParams, Stop};
+use stainedglass_models::llm::{Activations, Llama, Prompt, QuantIsa, SamplingParams, Stop};
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -34,6 +35,14 @@ pub struct LlmBenchArgs {
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
+    /// Load the GGUF's matrices as stored (quantized) and measure prefill and decode only (no
+    /// training step: stored weights run inference only).
+    #[arg(long)]
+    pub stored: bool,
+    /// With --stored: `int8` (8-bit activations, llama.cpp's numerics) or `f32` (the f32
+    /// model's numbers bit for bit).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub activations: String,
 }
 
 /// Starts a fresh peak-RSS window. Memory the program has already freed (the weight file read
@@ -58,7 +67,17 @@ fn peak_rss_mb() -> f64 {
 
 pub fn llm(a: LlmBenchArgs) -> Result<()> {
     let dev = Device::Cpu;
-    let model = a.model.load_model()?;
+    let model = if a.stored {
+        let act = match a.activations.as_str() {
+            "f32" => Activations::F32,
+            _ => Activations::Int8,
+        };
+        let p = a.model.model_path()?;
+        Llama::load_stored_with(&p, &dev, act)
+            .with_context(|| format!("loading {} as stored", p.display()))?
+    } else {
+        a.model.load_model()?
+    };
     let cfg = model.config().clone();
     let weight_mb = {
         let per_layer = cfg.hidden_size * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
@@ -110,6 +129,23 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
     })?;
     let decode = a.decode_tokens as f64 / t_first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
     let decode_peak = peak_rss_mb();
+    if a.stored {
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": format!("rust-stored-{}", a.activations),
+                "threads": rayon_threads(),
+                "storage": model.storage_summary(),
+                "isa": QuantIsa::get().name(),
+                "prefill_tokens_per_s": prefill,
+                "decode_tokens_per_s": decode,
+                "decode_peak_rss_mb": decode_peak,
+                "weights_f32_mb": weight_mb,
+                "weights_loaded_mb": model.weight_bytes() as f64 / (1024.0 * 1024.0),
+            })
+        );
+        return Ok(());
+    }
     // training-style step (the allocator policy of the training commands)
     crate::alloc::keep_freed_pages();
     let tids = rand_ids(a.train_batch * a.train_seq);

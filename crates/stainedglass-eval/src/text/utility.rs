@@ -93,6 +93,49 @@ pub fn next_token_utility(
     })
 }
 
+/// How often model `b`'s top-1 next-token prediction is model `a`'s, on the same clean
+/// embeddings at the reply positions (e.g. a model served from quantized weights against the
+/// f32 one).
+pub fn cross_model_agreement(
+    a: &Llama,
+    b: &Llama,
+    rows: &[EncodedPrompt],
+    clean: &[Tensor],
+) -> Result<f64> {
+    let dev = a.device();
+    let (mut agree, mut n) = (0usize, 0usize);
+    for (r, x) in rows.iter().zip(clean) {
+        let t = r.len();
+        let lm = r.loss_mask.clone().unwrap_or_else(|| vec![0; t]);
+        let pos: Vec<u32> = (0..t.saturating_sub(1))
+            .filter(|&i| lm[i + 1] == 1 && r.attention_mask[i + 1] == 1)
+            .map(|i| i as u32)
+            .collect();
+        if pos.is_empty() {
+            continue;
+        }
+        let am = Tensor::from_vec(r.attention_mask.clone(), (1, t), dev)?;
+        let pidx = Tensor::new(pos.as_slice(), dev)?;
+        let top = |m: &Llama| -> Result<Vec<u32>> {
+            let l = m.forward_embeds(&x.detach(), Some(&am), Stop::Logits)?;
+            Ok(l.squeeze(0)?
+                .index_select(&pidx, 0)?
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?)
+        };
+        let (ta, tb) = (top(a)?, top(b)?);
+        agree += ta.iter().zip(&tb).filter(|(x, y)| x == y).count();
+        n += pos.len();
+    }
+    if n == 0 {
+        return Err(Error::Input(
+            "no reply tokens to predict: the held-out rows need a loss mask (encode with labels)"
+                .into(),
+        ));
+    }
+    Ok(agree as f64 / n as f64)
+}
+
 /// A held-out question with the strings that count as a right answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

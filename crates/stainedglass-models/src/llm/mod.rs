@@ -26,7 +26,7 @@ pub use backend::blas::{
 };
 pub use backend::ops::Linear;
 pub use backend::packed::set_prepack_budget_mb;
-pub use backend::quant::{Isa as QuantIsa, QMatrix};
+pub use backend::quant::{Activations, Isa as QuantIsa, QMatrix};
 pub use config::LlamaConfig;
 pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
 pub use kv_cache::KvCache;

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Device, Tensor};
 
 use super::backend::ops::{Linear, RmsNorm};
-use super::backend::quant::QMatrix;
+use super::backend::quant::{Activations, QMatrix};
 use super::block::{Block, Mats, StoredMats};
 use super::config::LlamaConfig;
 use super::model::{take, Llama};
@@ -115,6 +115,16 @@ impl Llama {
     /// with llama.cpp's numerics (8-bit activations) rather than the f32 path's. A Hugging Face
     /// folder loads in f32, as [`Llama::load`] does.
     pub fn load_stored(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_stored_with(path, device, Activations::Int8)
+    }
+
+    /// [`Llama::load_stored`] with the activations of every product kept as `activations`
+    /// says: [`Activations::F32`] gives the f32 model's numbers bit for bit.
+    pub fn load_stored_with(
+        path: &Path,
+        device: &Device,
+        activations: Activations,
+    ) -> Result<Self> {
         if path.is_dir() || !path.exists() {
             return Self::load(path, device);
         }
@@ -127,7 +137,8 @@ impl Llama {
         }
         let file = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&file.content, &file.path)?;
-        let (vectors, mats) = weights::load_gguf_stored(&file, &cfg, device)?;
+        let (vectors, mut mats) = weights::load_gguf_stored(&file, &cfg, device)?;
+        mats.values_mut().for_each(|m| m.set_activations(activations));
         Self::assemble_stored(cfg, vectors, mats, device)
     }
 
@@ -149,6 +160,29 @@ impl Llama {
             });
         }
         self.io.row(id, out)
+    }
+
+    /// The matrices' storage types with their counts, e.g. `Q4_1 ×210, Q8_0 ×1` (`f32` for a
+    /// model held in f32).
+    pub fn storage_summary(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        let mut add = |m: &QMatrix| *counts.entry(m.storage()).or_default() += 1;
+        match &self.io {
+            EmbedHead::F32 { .. } => return "f32".into(),
+            EmbedHead::Stored { embed, lm_head, .. } => {
+                add(embed);
+                if let Some(h) = lm_head {
+                    add(h);
+                }
+            }
+        }
+        for blk in self.layers.iter() {
+            if let Mats::Stored(s) = &blk.mats {
+                [&s.qkv, &s.o, &s.gate_up, &s.down].into_iter().for_each(&mut add);
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        parts.join(", ")
     }
 
     /// Bytes held by the weight matrices and the embedding table, as loaded.
@@ -190,23 +224,16 @@ impl Llama {
     ) -> Result<Self> {
         let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_layers);
-        let fused = |m: Vec<QMatrix>| {
-            QMatrix::concat(m).map_err(|e| Error::model(Path::new("<stored weights>"), e))
-        };
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
             let mut q = |n: &str| {
                 mats.remove(&format!("{p}.{n}"))
                     .ok_or_else(|| Error::model(Path::new(n), "missing tensor"))
             };
-            let qkv = fused(vec![
-                q("self_attn.q_proj.weight")?,
-                q("self_attn.k_proj.weight")?,
-                q("self_attn.v_proj.weight")?,
-            ])?;
-            let (o, gate_up, down) = (
+            let (qkv, o, gate_up, down) = (
+                q("self_attn.qkv_proj.weight")?,
                 q("self_attn.o_proj.weight")?,
-                fused(vec![q("mlp.gate_proj.weight")?, q("mlp.up_proj.weight")?])?,
+                q("mlp.gate_up_proj.weight")?,
                 q("mlp.down_proj.weight")?,
             );
             let mut t = |n: &str| take(&mut vectors, &format!("{p}.{n}"));

@@ -4,7 +4,7 @@
 //! `model.safetensors.index.json`). Every expected tensor is checked for presence, shape and
 //! finite values before a model is built.
 
-use super::backend::quant::QMatrix;
+use super::backend::quant::{GgufPiece, QMatrix};
 use super::config::LlamaConfig;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
@@ -137,83 +137,115 @@ fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
     perm
 }
 
-/// Reads a GGUF Llama-family model keeping its matrices as stored (quantized); vectors (norms,
-/// biases) are dequantized to f32. Shapes and finite values are checked as in [`load_gguf`].
+/// Reads a GGUF Llama-family model keeping its matrices as stored (quantized), fused as the
+/// model runs them: per layer `self_attn.qkv_proj.weight` (`[q | k | v]`),
+/// `self_attn.o_proj.weight`, `mlp.gate_up_proj.weight` (`[gate | up]`), `mlp.down_proj.weight`;
+/// and the embedding table (and LM head). Vectors (norms, biases) are dequantized to f32.
+/// Names, shapes and finite values are checked as in [`load_gguf`]. The matrices are parsed
+/// from a read-only memory map of the file, each buffer allocated once at its final size, so a
+/// load's peak memory is the model's own.
 pub fn load_gguf_stored(
     file: &GgufFile,
     cfg: &LlamaConfig,
     device: &Device,
 ) -> Result<(TensorMap, StoredMap)> {
     let path = &file.path;
-    let mut reader = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut names: Vec<&String> = file.content.tensor_infos.keys().collect();
-    names.sort();
-    let (mut vectors, mut mats) = (TensorMap::new(), StoredMap::new());
-    for name in names {
-        let Some(hf) = gguf_to_hf(name) else {
-            continue;
-        };
-        let q = file
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file changed
+    // underneath it meanwhile gives wrong bytes (which the checks may catch), never a read
+    // outside the mapping: every slice is bounds-checked against its length.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    let mut reader = f;
+    let by_hf: HashMap<String, &String> = file
+        .content
+        .tensor_infos
+        .keys()
+        .filter_map(|n| gguf_to_hf(n).map(|h| (h, n)))
+        .collect();
+    let mut vectors = TensorMap::new();
+    for (name, shape) in expected_shapes(cfg).into_iter().filter(|(_, s)| s.len() == 1) {
+        let Some(g) = by_hf.get(&name) else { continue };
+        let t = file
             .content
-            .tensor(&mut reader, name, device)
-            .map_err(|e| Error::model(path, format!("tensor {name}: {e} (file truncated?)")))?;
-        let bad = |e: String| Error::model(path, format!("tensor {name}: {e}"));
-        match *q.shape().dims() {
-            [rows, cols] => {
-                let data = q.data().map_err(|e| bad(e.to_string()))?;
-                let mut m = QMatrix::from_gguf(q.dtype(), &data, rows, cols).map_err(bad)?;
-                let heads = if hf.ends_with("q_proj.weight") {
-                    Some(cfg.num_heads)
-                } else if hf.ends_with("k_proj.weight") {
-                    Some(cfg.num_kv_heads)
-                } else {
-                    None
-                };
-                if let (Some(h), "llama") = (heads, cfg.architecture.as_str()) {
-                    m.permute_rows(&unpermute_order(rows, h)).map_err(bad)?;
-                }
-                mats.insert(hf, m);
-            }
-            _ => {
-                let t = q
-                    .dequantize(device)
-                    .map_err(|e| bad(e.to_string()))?
-                    .to_dtype(DType::F32)?;
-                vectors.insert(hf, t);
-            }
+            .tensor(&mut reader, g, device)
+            .and_then(|q| q.dequantize(device))
+            .map_err(|e| Error::model(path, format!("tensor {g}: {e} (file truncated?)")))?
+            .to_dtype(DType::F32)?;
+        let _ = shape;
+        vectors.insert(name, t);
+    }
+    check_vectors(&vectors, cfg, path)?;
+    let shapes: HashMap<String, Vec<usize>> = expected_shapes(cfg).into_iter().collect();
+    let piece = |name: &str| -> Result<GgufPiece<'_>> {
+        let missing = || {
+            Error::model(
+                path,
+                format!("missing tensor `{name}` for a {} model", cfg.architecture),
+            )
+        };
+        let g = by_hf.get(name).ok_or_else(missing)?;
+        let info = &file.content.tensor_infos[*g];
+        let want = shapes.get(name).ok_or_else(missing)?;
+        if info.shape.dims() != want.as_slice() {
+            return Err(Error::model(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, the config implies {want:?}",
+                    info.shape.dims()
+                ),
+            ));
+        }
+        let (rows, cols) = (want[0], want[1]);
+        let dtype = info.ggml_dtype;
+        let bytes = rows * cols / dtype.block_size().max(1) * dtype.type_size();
+        let start = usize::try_from(file.content.tensor_data_offset + info.offset).unwrap_or(usize::MAX);
+        let data = map.get(start..start.saturating_add(bytes)).ok_or_else(|| {
+            Error::model(
+                path,
+                format!("tensor {g}: {bytes} bytes at {start}, past the end of the file (truncated?)"),
+            )
+        })?;
+        let heads = if name.ends_with("q_proj.weight") {
+            Some(cfg.num_heads)
+        } else if name.ends_with("k_proj.weight") {
+            Some(cfg.num_kv_heads)
+        } else {
+            None
+        };
+        let order = match (heads, cfg.architecture.as_str()) {
+            (Some(h), "llama") => Some(unpermute_order(rows, h)),
+            _ => None,
+        };
+        Ok(GgufPiece { dtype, data, rows, order })
+    };
+    let build = |names: &[String]| -> Result<QMatrix> {
+        let pieces = names.iter().map(|n| piece(n)).collect::<Result<Vec<_>>>()?;
+        let cols = shapes.get(&names[0]).map_or(0, |s| s[1]);
+        QMatrix::from_gguf_pieces(&pieces, cols)
+            .map_err(|e| Error::model(path, format!("tensor `{}`: {e}", names[0])))
+    };
+    let mut mats = StoredMap::new();
+    for i in 0..cfg.num_layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        let fused: [(&str, &[&str]); 4] = [
+            ("self_attn.qkv_proj.weight", &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"]),
+            ("self_attn.o_proj.weight", &["self_attn.o_proj.weight"]),
+            ("mlp.gate_up_proj.weight", &["mlp.gate_proj.weight", "mlp.up_proj.weight"]),
+            ("mlp.down_proj.weight", &["mlp.down_proj.weight"]),
+        ];
+        for (name, parts) in fused {
+            let names: Vec<String> = parts.iter().map(|n| p(n)).collect();
+            mats.insert(p(name), build(&names)?);
         }
     }
-    check_stored(&vectors, &mats, cfg, path)?;
+    let mut heads = vec!["model.embed_tokens.weight"];
+    if !cfg.tie_word_embeddings {
+        heads.push("lm_head.weight");
+    }
+    for n in heads {
+        mats.insert(n.to_string(), build(&[n.to_string()])?);
+    }
     Ok((vectors, mats))
-}
-
-/// [`check_tensors`] for a model whose matrices are kept stored.
-fn check_stored(
-    vectors: &TensorMap,
-    mats: &StoredMap,
-    cfg: &LlamaConfig,
-    path: &Path,
-) -> Result<()> {
-    for (name, shape) in expected_shapes(cfg) {
-        if let &[rows, cols] = shape.as_slice() {
-            let m = mats.get(&name).ok_or_else(|| {
-                Error::model(
-                    path,
-                    format!("missing tensor `{name}` for a {} model", cfg.architecture),
-                )
-            })?;
-            if m.dims() != (rows, cols) {
-                return Err(Error::model(
-                    path,
-                    format!(
-                        "tensor `{name}` has shape {:?}, the config implies {shape:?}",
-                        m.dims()
-                    ),
-                ));
-            }
-        }
-    }
-    check_vectors(vectors, cfg, path)
 }
 
 /// The one-dimensional tensors of [`expected_shapes`] (norms, biases) are present, shaped and

@@ -53,25 +53,40 @@ impl Isa {
     }
 }
 
-/// `R` Q4 rows (`qs`: `R·nb·16` bytes, `d`: `R·nb` scales) with one activation row.
+/// The per-block term a Q4 row adds to its nibble products: `scale · Σ_b off[b] · s_x[b]`,
+/// with `off` the Q4_1 minimums (`scale` 1) or the Q4_0 scales (`scale` −8, the offset of 8).
+#[derive(Clone, Copy)]
+pub struct Q4Offset<'a> {
+    pub off: &'a [f32],
+    pub scale: f32,
+    /// The activation row's block sums `d_x · Σ q_x`.
+    pub xs: &'a [f32],
+}
+
+/// `R` Q4 rows (`qs`: `R·nb·16` bytes, `d`: `R·nb` scales) with one activation row, their
+/// offset terms added.
 #[inline]
 pub fn q4_dots<const R: usize>(
     isa: Isa,
-    qs: &[u8],
-    d: &[f32],
+    (qs, d): (&[u8], &[f32]),
     xq: &[i8],
     xd: &[f32],
+    o: Q4Offset<'_>,
 ) -> [f32; R] {
     let nb = xd.len();
     assert!(qs.len() >= R * nb * 16 && d.len() >= R * nb && xq.len() >= nb * QK);
+    assert!(o.off.len() >= R * nb && o.xs.len() >= nb);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q4_vnni::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, nb) },
+        Isa::Vnni => unsafe { x86::q4_vnni::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, o) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q4_avx2::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, nb) },
-        _ => std::array::from_fn(|r| q4_portable(&qs[r * nb * 16..], &d[r * nb..], xq, xd)),
+        Isa::Avx2 => unsafe { x86::q4_avx2::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, o) },
+        _ => std::array::from_fn(|r| {
+            let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * o.xs[b]).sum();
+            q4_portable(&qs[r * nb * 16..], &d[r * nb..], xq, xd) + o.scale * off
+        }),
     }
 }
 
@@ -158,13 +173,18 @@ mod x86 {
                 d: *const f32,
                 xq: *const i8,
                 xd: &[f32],
-                nb: usize,
+                o: super::Q4Offset<'_>,
             ) -> [f32; R] {
+                let nb = xd.len();
                 let mask = _mm_set1_epi8(0x0f);
                 let mut acc = [_mm256_setzero_ps(); R];
-                for (b, &dx) in xd.iter().enumerate().take(nb) {
+                let mut offs = [0f32; R];
+                let off = o.off.as_ptr();
+                for (b, &dx) in xd.iter().enumerate() {
                     let xv = _mm256_loadu_si256(xq.add(b * 32).cast());
+                    let sb = *o.xs.get_unchecked(b);
                     for (r, a) in acc.iter_mut().enumerate() {
+                        offs[r] += *off.add(r * nb + b) * sb;
                         let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
                         let lo = _mm_and_si128(raw, mask);
                         let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
@@ -173,7 +193,7 @@ mod x86 {
                         *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *a);
                     }
                 }
-                std::array::from_fn(|r| hsum(acc[r]))
+                std::array::from_fn(|r| hsum(acc[r]) + o.scale * offs[r])
             }
 
             #[target_feature(enable = $feat)]
@@ -236,11 +256,18 @@ mod tests {
                 isas.push(Isa::Vnni);
             }
         }
+        let (_, _, xs) = x.row(0);
+        let off = Q4Offset {
+            off: &d,
+            scale: -8.0,
+            xs,
+        };
         for isa in isas {
-            let a = q4_dots::<4>(isa, &q4, &d, xq, xd);
+            let a = q4_dots::<4>(isa, (&q4, &d), xq, xd, off);
             let b = q8_dots::<4>(isa, &q8, &d, xq, xd);
             for r in 0..rows {
-                let want4 = q4_portable(&q4[r * nb * 16..], &d[r * nb..], xq, xd);
+                let o: f32 = (0..nb).map(|b| d[r * nb + b] * xs[b]).sum();
+                let want4 = q4_portable(&q4[r * nb * 16..], &d[r * nb..], xq, xd) - 8.0 * o;
                 let want8 = q8_portable(&q8[r * nb * 32..], &d[r * nb..], xq, xd);
                 assert!((a[r] - want4).abs() <= 1e-4 * want4.abs().max(1.0), "{isa:?} q4");
                 assert!((b[r] - want8).abs() <= 1e-4 * want8.abs().max(1.0), "{isa:?} q8");

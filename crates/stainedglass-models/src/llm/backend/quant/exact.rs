@@ -1,0 +1,287 @@
+//! The f32 product of stored weights: rows dequantized (`deq.rs`, candle's arithmetic) into a
+//! per-thread buffer and multiplied by the f32 model's own kernels in the f32 model's order —
+//! for a few activation rows `gemv::dot_rows` over the same 64-row blocks and 8-row passes as
+//! `gemv::gemv_rows`, for more the BLAS over the same column split as `blas::par_sgemm`. A
+//! decode step therefore gives the f32 model's logits bit for bit (tested), while reading
+//! 4–8× fewer bytes of weights; only the per-thread buffer (a few hundred KB) is ever in f32.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::act::QK;
+use super::{OutPtr, Part, QMatrix};
+use crate::llm::backend::blas::{columns_per_task, sgemm_strided, MIN_SPLIT_WORK};
+use crate::llm::backend::gemv::{dot, dot_rows};
+use crate::llm::backend::ops::GEMV_MAX_ROWS;
+
+/// Weight rows per parallel task, and per pass, as `gemv::gemv_rows` has them.
+const BLOCK: usize = 64;
+const ROWS_PER_PASS: usize = 8;
+/// Weight rows dequantized at a time for one BLAS call.
+const TILE: usize = 128;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut buf = s.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+impl QMatrix {
+    /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`, in f32 on the
+    /// dequantized weights (see the module doc).
+    pub fn product_f32(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        debug_assert_eq!(x.len(), m * self.cols);
+        debug_assert_eq!(out.len(), m * self.rows);
+        if m <= GEMV_MAX_ROWS {
+            self.rows_product(x, m, out, accumulate);
+        } else {
+            self.tiled_product(x, m, out, accumulate);
+        }
+    }
+
+    fn rows_product(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        let (n, k) = (self.rows, self.cols);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let write = |r: usize, j: usize, v: f32| {
+            // SAFETY: each (row, column) of `out` (m × n) belongs to one task.
+            unsafe {
+                let p = out_ptr.at(r * n + j);
+                *p = if accumulate { *p + v } else { v };
+            }
+        };
+        (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|bi| {
+            let j0 = bi * BLOCK;
+            let rows = BLOCK.min(n - j0);
+            let passes = rows / ROWS_PER_PASS * ROWS_PER_PASS;
+            with_scratch(ROWS_PER_PASS * k, |buf| {
+                for jj in (0..passes).step_by(ROWS_PER_PASS) {
+                    if let Some(fused) = self.fused_pass(j0 + jj) {
+                        for r in 0..m {
+                            let d = fused.dots(&x[r * k..(r + 1) * k]);
+                            for (q, v) in d.into_iter().enumerate() {
+                                write(r, j0 + jj + q, v);
+                            }
+                        }
+                        continue;
+                    }
+                    self.rows_f32(j0 + jj, buf);
+                    for r in 0..m {
+                        let d = dot_rows::<ROWS_PER_PASS>(&x[r * k..(r + 1) * k], buf);
+                        for (q, v) in d.into_iter().enumerate() {
+                            write(r, j0 + jj + q, v);
+                        }
+                    }
+                }
+                for jj in passes..rows {
+                    self.rows_f32(j0 + jj, &mut buf[..k]);
+                    for r in 0..m {
+                        write(r, j0 + jj, dot(&x[r * k..(r + 1) * k], &buf[..k]));
+                    }
+                }
+            });
+        });
+    }
+
+    /// Rows `g..g + 8` when they lie in one of our parts and the CPU has AVX2: dequantized in
+    /// registers instead of through the buffer.
+    fn fused_pass(&self, mut g: usize) -> Option<Fused<'_>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+                return None;
+            }
+            let nb = self.cols / QK;
+            for p in &self.parts {
+                if g >= p.rows() {
+                    g -= p.rows();
+                    continue;
+                }
+                if g + ROWS_PER_PASS > p.rows() {
+                    return None;
+                }
+                return match p {
+                    Part::Q4 { d, m, qs, .. } => Some(Fused::Q4 {
+                        qs: &qs[g * nb * 16..(g + ROWS_PER_PASS) * nb * 16],
+                        d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
+                        m: m.as_ref().map(|m| &m[g * nb..(g + ROWS_PER_PASS) * nb]),
+                    }),
+                    Part::Q8 { d, qs, .. } => Some(Fused::Q8 {
+                        qs: &qs[g * nb * QK..(g + ROWS_PER_PASS) * nb * QK],
+                        d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
+                    }),
+                    Part::Ggml(_) => None,
+                };
+            }
+        }
+        let _ = &mut g;
+        None
+    }
+
+    fn tiled_product(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        let (n, k) = (self.rows, self.cols);
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let call = |j0: usize, cols: usize| {
+            with_scratch(TILE.min(cols) * k, |buf| {
+                for t0 in (j0..j0 + cols).step_by(TILE) {
+                    let tc = TILE.min(j0 + cols - t0);
+                    self.rows_f32(t0, &mut buf[..tc * k]);
+                    // SAFETY: `x` is m × k, the buffer tc × k, `out` m × n with this task's
+                    // columns t0..t0 + tc written by this call only.
+                    unsafe {
+                        sgemm_strided(
+                            false,
+                            true,
+                            m,
+                            tc,
+                            k,
+                            1.0,
+                            x.as_ptr(),
+                            k,
+                            buf.as_ptr(),
+                            k,
+                            beta,
+                            out_ptr.at(t0),
+                            n,
+                        )
+                    }
+                }
+            })
+        };
+        let per = columns_per_task(n);
+        if per >= n || m * n * k < MIN_SPLIT_WORK {
+            call(0, n);
+        } else {
+            (0..n.div_ceil(per))
+                .into_par_iter()
+                .for_each(|i| call(i * per, per.min(n - i * per)));
+        }
+    }
+}
+
+/// Eight consecutive rows of one of our parts.
+enum Fused<'a> {
+    Q4 {
+        qs: &'a [u8],
+        d: &'a [f32],
+        m: Option<&'a [f32]>,
+    },
+    Q8 {
+        qs: &'a [i8],
+        d: &'a [f32],
+    },
+}
+
+impl Fused<'_> {
+    /// The eight rows' dot products with `x`, in `gemv::dot_rows`'s order and arithmetic.
+    fn dots(&self, x: &[f32]) -> [f32; ROWS_PER_PASS] {
+        let nb = x.len() / QK;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `fused_pass` checked AVX2 and FMA, and sliced eight rows of `nb` blocks.
+        unsafe {
+            match *self {
+                Fused::Q4 { qs, d, m: Some(m) } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
+                    x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
+                }
+                Fused::Q4 { qs, d, m: None } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * 16);
+                    x86::q4::<ROWS_PER_PASS, false>(qs, d, d.as_ptr(), x, nb)
+                }
+                Fused::Q8 { qs, d } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * QK);
+                    x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (nb, x);
+            unreachable!("fused passes are made on x86-64 only")
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The eight lanes summed in `gemv::dot_rows_avx2`'s order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lane_sum(a: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+        lanes.iter().sum()
+    }
+
+    /// `R` Q4 rows (`MIN`: Q4_1, with minimums `m`) against `x`: each 8-value chunk is
+    /// dequantized as candle does (`q·d + m`, or `(q − 8)·d`) and multiply-added in order.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q4<const R: usize, const MIN: bool>(
+        qs: &[u8],
+        d: &[f32],
+        m: *const f32,
+        x: &[f32],
+        nb: usize,
+    ) -> [f32; R] {
+        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi32(8);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(b * 32 + o)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let raw = _mm_loadu_si128(qp.add((r * nb + b) * 16).cast());
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let ints = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
+                let s = _mm256_set1_ps(d[r * nb + b]);
+                let mn = _mm256_set1_ps(if MIN { *m.add(r * nb + b) } else { 0.0 });
+                for (c, xv) in ints.into_iter().zip(xs) {
+                    let q = _mm256_cvtepu8_epi32(c);
+                    let w = if MIN {
+                        _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s), mn)
+                    } else {
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)), s)
+                    };
+                    *a = _mm256_fmadd_ps(w, xv, *a);
+                }
+            }
+        }
+        std::array::from_fn(|r| lane_sum(acc[r]))
+    }
+
+    /// `R` Q8_0 rows against `x`, dequantized as candle does (`q·d`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q8<const R: usize>(
+        qs: &[i8],
+        d: &[f32],
+        x: &[f32],
+        nb: usize,
+    ) -> [f32; R] {
+        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(b * 32 + o)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let s = _mm256_set1_ps(d[r * nb + b]);
+                for (c, xv) in xs.into_iter().enumerate() {
+                    let raw = _mm_loadl_epi64(qp.add((r * nb + b) * 32 + c * 8).cast());
+                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), s);
+                    *a = _mm256_fmadd_ps(w, xv, *a);
+                }
+            }
+        }
+        std::array::from_fn(|r| lane_sum(acc[r]))
+    }
+}

@@ -1,0 +1,157 @@
+//! Building a [`QMatrix`] from GGUF tensor bytes: one or several tensors stacked by rows (a
+//! fused `[q | k | v]`), each optionally read in another row order. Neighbouring tensors of
+//! one of our types (Q4_0, Q4_1, Q8_0) become one part whose buffers are allocated once at
+//! their final size; a load's memory is the model's own, without copies or growth.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+use super::act::QK;
+use super::{ggml, Activations, Part, QMatrix};
+
+/// One GGUF tensor's rows, as [`QMatrix::from_gguf_pieces`] reads them.
+pub struct GgufPiece<'a> {
+    pub dtype: GgmlDType,
+    /// The tensor's bytes (`rows` rows of blocks).
+    pub data: &'a [u8],
+    pub rows: usize,
+    /// New row `i` is stored row `order[i]` (e.g. llama.cpp's rotary permutation undone).
+    pub order: Option<Vec<usize>>,
+}
+
+/// Bytes of one block of our types.
+fn block_bytes(dtype: GgmlDType) -> Option<usize> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(18),
+        GgmlDType::Q4_1 => Some(20),
+        GgmlDType::Q8_0 => Some(34),
+        _ => None,
+    }
+}
+
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+impl GgufPiece<'_> {
+    fn check(&self, cols: usize) -> Result<(), String> {
+        let dtype = self.dtype;
+        if let Some(o) = &self.order {
+            if o.len() != self.rows || o.iter().any(|&r| r >= self.rows) {
+                return Err("row order of another length".into());
+            }
+        }
+        if let Some(size) = block_bytes(dtype) {
+            if cols % QK != 0 {
+                return Err(format!("{dtype:?} rows of {cols} values: not blocks of {QK}"));
+            }
+            let want = self.rows * cols / QK * size;
+            if self.data.len() != want {
+                return Err(format!(
+                    "{dtype:?} data of {} bytes for {} × {cols} values (expected {want})",
+                    self.data.len(),
+                    self.rows
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows' bytes in their new order.
+    fn rows_in_order(&self, row_bytes: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.rows).map(move |i| {
+            let r = self.order.as_ref().map_or(i, |o| o[i]);
+            &self.data[r * row_bytes..(r + 1) * row_bytes]
+        })
+    }
+}
+
+impl QMatrix {
+    /// The rows of `pieces`, one after the other, each `cols` values wide.
+    pub fn from_gguf_pieces(pieces: &[GgufPiece<'_>], cols: usize) -> Result<Self, String> {
+        for p in pieces {
+            p.check(cols)?;
+        }
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < pieces.len() {
+            let dtype = pieces[i].dtype;
+            let run = pieces[i..].iter().take_while(|p| p.dtype == dtype).count();
+            let run = if block_bytes(dtype).is_some() { run } else { 1 };
+            parts.push(parse_run(&pieces[i..i + run], cols)?);
+            i += run;
+        }
+        let rows = pieces.iter().map(|p| p.rows).sum();
+        Ok(Self {
+            rows,
+            cols,
+            parts,
+            activations: Activations::default(),
+        })
+    }
+}
+
+/// One part from neighbouring pieces of one type (checked).
+fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
+    let first = &run[0];
+    let dtype = first.dtype;
+    let rows: usize = run.iter().map(|p| p.rows).sum();
+    let nb = rows * cols / QK;
+    let part = match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+            let q41 = dtype == GgmlDType::Q4_1;
+            let size = if q41 { 20 } else { 18 };
+            let mut d = Vec::with_capacity(nb);
+            let mut m = Vec::with_capacity(if q41 { nb } else { 0 });
+            let mut qs = Vec::with_capacity(nb * 16);
+            for p in run {
+                for b in p.rows_in_order(size * cols / QK).flat_map(|r| r.chunks_exact(size)) {
+                    d.push(half_at(b, 0));
+                    if q41 {
+                        m.push(half_at(b, 2));
+                    }
+                    qs.extend_from_slice(&b[size - 16..]);
+                }
+            }
+            Part::Q4 {
+                rows,
+                d,
+                m: q41.then_some(m),
+                qs,
+            }
+        }
+        GgmlDType::Q8_0 => {
+            let mut d = Vec::with_capacity(nb);
+            let mut qs = Vec::with_capacity(nb * QK);
+            for p in run {
+                for b in p.rows_in_order(34 * cols / QK).flat_map(|r| r.chunks_exact(34)) {
+                    d.push(half_at(b, 0));
+                    qs.extend(b[2..].iter().map(|&v| v as i8));
+                }
+            }
+            Part::Q8 { rows, d, qs }
+        }
+        _ => {
+            let mut g = ggml::rows_for(dtype, first.data, first.rows, cols)?;
+            if let Some(o) = &first.order {
+                g.permute(o);
+            }
+            Part::Ggml(g)
+        }
+    };
+    let bad = match &part {
+        Part::Q4 { d, m, .. } => d.iter().chain(m.iter().flatten()).any(|v| !v.is_finite()),
+        Part::Q8 { d, .. } => d.iter().any(|v| !v.is_finite()),
+        Part::Ggml(g) => {
+            let mut row = vec![0f32; cols];
+            (0..g.rows()).any(|r| {
+                g.dequantize_row(r, &mut row);
+                row.iter().any(|v| !v.is_finite())
+            })
+        }
+    };
+    if bad {
+        return Err(format!("{dtype:?} weights hold NaN or Inf"));
+    }
+    Ok(part)
+}
