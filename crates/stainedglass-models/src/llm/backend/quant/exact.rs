@@ -18,7 +18,10 @@ use crate::llm::backend::ops::GEMV_MAX_ROWS;
 /// Weight rows per parallel task, and per pass, as `gemv::gemv_rows` has them.
 const BLOCK: usize = 64;
 const ROWS_PER_PASS: usize = 8;
-/// Weight rows dequantized at a time for one BLAS call.
+/// Most f32 values a task dequantizes for one BLAS call: up to this, a task's whole column
+/// block (as `par_sgemm` splits it) goes in one call, which gives `par_sgemm`'s numbers bit
+/// for bit; a larger block (an LM head) goes in tiles of [`TILE`] rows.
+const MAX_BLOCK_VALUES: usize = 4 << 20;
 const TILE: usize = 128;
 
 thread_local! {
@@ -58,7 +61,7 @@ impl QMatrix {
                 *p = if accumulate { *p + v } else { v };
             }
         };
-        (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|bi| {
+        let block = |bi: usize| {
             let j0 = bi * BLOCK;
             let rows = BLOCK.min(n - j0);
             let passes = rows / ROWS_PER_PASS * ROWS_PER_PASS;
@@ -88,7 +91,8 @@ impl QMatrix {
                     }
                 }
             });
-        });
+        };
+        super::spin_pool(n.div_ceil(BLOCK), |range| range.for_each(block));
     }
 
     /// Rows `g..g + 8` when they lie in one of our parts and the CPU has AVX2: dequantized in
@@ -131,9 +135,10 @@ impl QMatrix {
         let beta = if accumulate { 1.0 } else { 0.0 };
         let out_ptr = OutPtr(out.as_mut_ptr());
         let call = |j0: usize, cols: usize| {
-            with_scratch(TILE.min(cols) * k, |buf| {
-                for t0 in (j0..j0 + cols).step_by(TILE) {
-                    let tc = TILE.min(j0 + cols - t0);
+            let tile = if cols * k <= MAX_BLOCK_VALUES { cols } else { TILE };
+            with_scratch(tile.min(cols) * k, |buf| {
+                for t0 in (j0..j0 + cols).step_by(tile) {
+                    let tc = tile.min(j0 + cols - t0);
                     self.rows_f32(t0, &mut buf[..tc * k]);
                     // SAFETY: `x` is m × k, the buffer tc × k, `out` m × n with this task's
                     // columns t0..t0 + tc written by this call only.

@@ -2,8 +2,6 @@
 //! (`dot.rs` for Q4_0/Q4_1/Q8_0, candle's per-type dot products for the rest), f32
 //! accumulation — llama.cpp's numerics, the fastest path, not the f32 model's numbers.
 
-use rayon::prelude::*;
-
 use super::act::{ActQ8, QK};
 use super::dot::{self, Isa, Q4Offset};
 use super::{ggml, OutPtr, Part, QMatrix};
@@ -26,8 +24,8 @@ impl QMatrix {
                 _ => None,
             })
             .collect();
-        // Tasks of whole groups of four rows, several per thread.
-        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256) / 4 * 4;
+        // Tasks of whole groups of `G` rows, several per thread.
+        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256) / G * G;
         let mut tasks = Vec::new();
         let mut offset = 0;
         for (pi, p) in self.parts.iter().enumerate() {
@@ -36,7 +34,7 @@ impl QMatrix {
             offset += r;
         }
         let out_ptr = OutPtr(out.as_mut_ptr());
-        tasks.par_iter().for_each(|&(pi, r0, r1, offset)| {
+        let run = |&(pi, r0, r1, offset): &(usize, usize, usize, usize)| {
             let write = |ar: usize, j: usize, v: f32| {
                 // SAFETY: each (row, column) of `out` (m × n) belongs to one task.
                 unsafe {
@@ -58,11 +56,15 @@ impl QMatrix {
                     own_rows(isa, part, act, k / QK, (r0, r1), m, write);
                 }
             }
-        });
+        };
+        super::spin_pool(tasks.len(), |range| tasks[range].iter().for_each(&run));
     }
 }
 
-/// Rows `r0..r1` of one of our parts with every activation row, four rows at a time.
+/// Weight rows per kernel call (each activation block is loaded once for all of them).
+const G: usize = 2;
+
+/// Rows `r0..r1` of one of our parts with every activation row, `G` rows at a time.
 fn own_rows(
     isa: Isa,
     part: &Part,
@@ -74,10 +76,10 @@ fn own_rows(
 ) {
     let mut j = r0;
     while j < r1 {
-        let four = j + 4 <= r1;
+        let full = j + G <= r1;
         for ar in 0..m {
             let (xq, xd, xs) = act.row(ar);
-            let mut v = [0f32; 4];
+            let mut v = [0f32; G];
             match part {
                 Part::Q4 { d, m: mins, qs, .. } => {
                     let w = (&qs[j * nb * 16..], &d[j * nb..]);
@@ -93,26 +95,26 @@ fn own_rows(
                             xs,
                         },
                     };
-                    if four {
-                        v = dot::q4_dots::<4>(isa, w, xq, xd, o);
+                    if full {
+                        v = dot::q4_dots::<G>(isa, w, xq, xd, o);
                     } else {
                         v[0] = dot::q4_dots::<1>(isa, w, xq, xd, o)[0];
                     }
                 }
                 Part::Q8 { d, qs, .. } => {
                     let (q, dd) = (&qs[j * nb * QK..], &d[j * nb..]);
-                    if four {
-                        v = dot::q8_dots::<4>(isa, q, dd, xq, xd);
+                    if full {
+                        v = dot::q8_dots::<G>(isa, q, dd, xq, xd);
                     } else {
                         v[0] = dot::q8_dots::<1>(isa, q, dd, xq, xd)[0];
                     }
                 }
                 Part::Ggml(_) => return,
             }
-            for (r, val) in v.iter().enumerate().take(if four { 4 } else { 1 }) {
+            for (r, val) in v.iter().enumerate().take(if full { G } else { 1 }) {
                 write(ar, j + r, *val);
             }
         }
-        j += if four { 4 } else { 1 };
+        j += if full { G } else { 1 };
     }
 }

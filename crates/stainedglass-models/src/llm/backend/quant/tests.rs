@@ -1,4 +1,5 @@
 use super::*;
+use crate::llm::backend::quant::parse::GgufPiece;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
@@ -74,35 +75,104 @@ fn products_match_the_dequantized_f32_product() {
     }
 }
 
-/// A fused matrix (Q4_1 + Q6_K + Q4_1 rows, the middle one permuted) gives each part's own
-/// products in its rows; the two Q4_1 neighbours around another type stay separate parts.
+/// A fused matrix (Q4_1 + Q6_K + Q4_1 rows, the middle one read in another order) gives each
+/// piece's own products in its rows, with both activation kinds; neighbouring Q4_1 pieces merge
+/// into one part, pieces around another type stay separate.
 #[test]
-fn fused_and_permuted_rows_keep_their_products() {
+fn fused_and_reordered_rows_keep_their_products() {
     let k = 256;
-    let (a, da) = quantized(GgmlDType::Q4_1, 8, k, 1);
-    let (mut b, db) = quantized(GgmlDType::Q6K, 4, k, 2);
-    let (c, dc) = quantized(GgmlDType::Q4_1, 6, k, 3);
-    let perm = [2, 0, 3, 1];
-    b.permute_rows(&perm).expect("permute");
-    let fused = QMatrix::concat(vec![a, b, c]).expect("concat");
+    let raw = |dtype: GgmlDType, rows: usize, seed: u64| {
+        let w = weights(rows, k, seed);
+        let t = Tensor::from_vec(w, (rows, k), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&t, dtype).expect("quantize");
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("dequantize");
+        (q.data().expect("bytes").into_owned(), deq)
+    };
+    let (a, da) = raw(GgmlDType::Q4_1, 8, 1);
+    let (b, db) = raw(GgmlDType::Q6K, 4, 2);
+    let (c, dc) = raw(GgmlDType::Q4_1, 6, 3);
+    let perm = vec![2, 0, 3, 1];
+    fn piece(dtype: GgmlDType, data: &[u8], rows: usize, order: Option<Vec<usize>>) -> GgufPiece<'_> {
+        GgufPiece {
+            dtype,
+            data,
+            rows,
+            order,
+        }
+    }
+    let mut fused = QMatrix::from_gguf_pieces(
+        &[
+            piece(GgmlDType::Q4_1, &a, 8, None),
+            piece(GgmlDType::Q6K, &b, 4, Some(perm.clone())),
+            piece(GgmlDType::Q4_1, &c, 6, None),
+        ],
+        k,
+    )
+    .expect("fused");
     assert_eq!(fused.dims(), (18, k));
     assert_eq!(fused.storage(), "Q4_1+Q6K+Q4_1");
-    let mut w = da;
+    let mut w = da.clone();
     for &p in &perm {
         w.extend_from_slice(&db[p * k..(p + 1) * k]);
     }
-    w.extend(dc);
+    w.extend(dc.iter().copied());
     let x = weights(2, k, 5);
     let want = reference(&w, &x, 2, 18, k);
-    let mut got = vec![0f32; 2 * 18];
-    fused.product(&x, 2, &mut got, false);
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() <= 0.01 * scale, "{g} vs {w}");
+    for act in [Activations::Int8, Activations::F32] {
+        fused.set_activations(act);
+        let mut got = vec![0f32; 2 * 18];
+        fused.product(&x, 2, &mut got, false);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 0.01 * scale, "{act:?}: {g} vs {w}");
+        }
     }
-    let (q1, _) = quantized(GgmlDType::Q4_1, 3, k, 4);
-    let (q2, _) = quantized(GgmlDType::Q4_1, 5, k, 6);
-    assert_eq!(QMatrix::concat(vec![q1, q2]).expect("concat").storage(), "Q4_1");
+    let merged = QMatrix::from_gguf_pieces(
+        &[
+            piece(GgmlDType::Q4_1, &a, 8, None),
+            piece(GgmlDType::Q4_1, &c, 6, None),
+        ],
+        k,
+    )
+    .expect("merged");
+    assert_eq!(merged.storage(), "Q4_1");
+    let mut row = vec![0f32; k];
+    merged.dequantize_row(9, &mut row);
+    assert_eq!(row, dc[k..2 * k]);
+}
+
+/// With f32 activations a few rows give exactly the f32 kernels' numbers on the dequantized
+/// weights (`gemv::gemv_rows`, what the f32 model decodes with), and more rows the BLAS's.
+#[test]
+fn f32_activations_reproduce_the_f32_kernels_bit_for_bit() {
+    use crate::llm::backend::blas::par_sgemm;
+    use crate::llm::backend::gemv::gemv_rows;
+    let (n, k) = (77, 256);
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+        let (mut qm, deq) = quantized(dtype, n, k, 9);
+        qm.set_activations(Activations::F32);
+        for m in [1, 3, 9] {
+            let x = weights(m, k, 21);
+            let mut want = vec![0f32; m * n];
+            if m <= crate::llm::backend::ops::GEMV_MAX_ROWS {
+                gemv_rows(&x, &deq, m, k, n, &mut want);
+            } else {
+                par_sgemm(&x, &deq, &mut want, (m, n, k), true, 0.0);
+            }
+            let mut got = vec![0f32; m * n];
+            qm.product(&x, m, &mut got, false);
+            if m <= crate::llm::backend::ops::GEMV_MAX_ROWS {
+                assert_eq!(got, want, "{dtype:?} m={m}");
+            } else {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{dtype:?} m={m}");
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -111,7 +181,7 @@ fn bad_bytes_are_refused() {
     let e = QMatrix::from_gguf(GgmlDType::Q4_1, &[0u8; 79], 2, 64).err();
     assert!(e.is_some_and(|e| e.contains("expected 80")));
     let mut nan = vec![0u8; 34];
-    nan[..2].copy_from_slice(&f16::NAN.to_le_bytes());
+    nan[..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
     assert!(QMatrix::from_gguf(GgmlDType::Q8_0, &nan, 1, 32).is_err());
     assert!(QMatrix::from_gguf(GgmlDType::Q4_0, &[0u8; 18], 1, 30).is_err());
     assert!(QMatrix::from_gguf(GgmlDType::Q8K, &[0u8; 292], 1, 256).is_err());
