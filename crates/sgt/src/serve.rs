@@ -5,6 +5,7 @@ use crate::lm::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use stainedglass_models::llm::{Activations, Llama};
 use stainedglass_serve::crypto::ServerIdentity;
 use stainedglass_serve::loadtest::{self, LoadSpec};
 use stainedglass_serve::proxy::access::AccessConfig;
@@ -64,12 +65,41 @@ pub struct ServeArgs {
     /// Model name reported by /v1/model (default: the model file's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// How the model's weights are held: `stored` (a GGUF's quantized matrices as the file
+    /// stores them: a fraction of the memory, several times the decoding speed), or `f32`
+    /// (dequantized, the numbers an SGT is trained against). A Hugging Face folder loads in
+    /// f32 either way.
+    #[arg(long, default_value = "stored", value_parser = ["stored", "f32"])]
+    pub weights: String,
+    /// With `--weights stored`: `int8` (activations quantized to 8 bits for decoding,
+    /// llama.cpp's numerics, the fastest) or `f32` (the f32 model's numbers bit for bit).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub activations: String,
+}
+
+/// The model as `--weights` and `--activations` ask.
+fn load_served(a: &ServeArgs, path: &std::path::Path) -> Result<Llama> {
+    if a.weights == "f32" {
+        return a.model.load_model();
+    }
+    let act = if a.activations == "f32" {
+        Activations::F32
+    } else {
+        Activations::Int8
+    };
+    Llama::load_stored_with(path, &candle_core::Device::Cpu, act)
+        .with_context(|| format!("loading the model from {}", path.display()))
 }
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let path = a.model.model_path()?;
     let tok = a.model.load_tokenizer()?;
-    let model = Arc::new(a.model.load_model()?);
+    let model = Arc::new(load_served(&a, &path)?);
+    eprintln!(
+        "sgt serve: weights {} ({:.0} MB)",
+        model.storage_summary(),
+        model.weight_bytes() as f64 / (1 << 20) as f64
+    );
     let mut keys = a.api_keys.clone();
     keys.extend(crate::env::get().api_keys.iter().cloned());
     if keys.is_empty() {

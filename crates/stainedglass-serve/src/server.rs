@@ -104,9 +104,7 @@ impl ServerState {
             name: config.model_name.clone(),
             hidden_size: c.hidden_size,
             vocab_size: c.vocab_size,
-            embedding_sha256: stainedglass_text::artefact::embedding_sha256(
-                model.embedding_table(),
-            )?,
+            embedding_sha256: stainedglass_text::artefact::model_embedding_sha256(&model)?,
             max_sequence_length: config.max_sequence_length,
             max_new_tokens: config.max_new_tokens,
             server_key: identity.public_b64(),

@@ -5,11 +5,11 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use stainedglass_models::llm::{Prompt, SamplingParams};
+use stainedglass_models::llm::{Llama, Prompt, SamplingParams};
 use stainedglass_serve::crypto::{ClientKey, ServerKey};
 use stainedglass_serve::embeddings;
 use stainedglass_serve::proxy::upstream::SseParser;
-use stainedglass_serve::server::ServerConfig;
+use stainedglass_serve::server::{ServerConfig, ServerState};
 
 const KEY: &str = "secret-key";
 
@@ -350,4 +350,23 @@ async fn concurrent_requests_are_decoded_together_and_all_answered() {
         let text = tok.decode(&ids, true).expect("decode");
         assert!(text.contains("Paris"), "{text}");
     }
+}
+
+/// A server over the model's weights as stored (what `sgt serve` runs by default) publishes the
+/// same embedding-table hash as the f32 model, so artefacts made against either are accepted,
+/// computed row by row without making the f32 table.
+#[test]
+fn a_server_over_stored_weights_publishes_the_f32_tables_hash() {
+    let stored = Llama::load_stored(&common::gguf(), &candle_core::Device::Cpu).expect("stored");
+    let state = ServerState::new(
+        std::sync::Arc::new(stored),
+        common::tokenizer().stop_tokens(),
+        config(),
+    )
+    .expect("state");
+    assert_eq!(
+        state.info().embedding_sha256,
+        stainedglass_text::artefact::embedding_sha256(common::model().embedding_table())
+            .expect("hash")
+    );
 }

@@ -94,6 +94,29 @@ pub fn embedding_sha256(table: &Tensor) -> Result<String> {
         .collect())
 }
 
+/// [`embedding_sha256`] of a model's input-embedding table, read one row at a time (a model
+/// with stored weights never makes the whole f32 table for it).
+pub fn model_embedding_sha256(model: &stainedglass_models::llm::Llama) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let (vocab, hidden) = (model.config().vocab_size, model.config().hidden_size);
+    let mut hasher = Sha256::new();
+    let mut row = vec![0f32; hidden];
+    let mut buf = Vec::with_capacity(hidden * 4);
+    for id in 0..vocab {
+        model.embedding_row(id, &mut row)?;
+        buf.clear();
+        for x in &row {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        hasher.update(&buf);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 fn wrapper_options(policy: NoiseMaskPolicy) -> WrapperOptions {
     WrapperOptions {
         add_generation_prompt: true,

@@ -22,7 +22,9 @@ pub use dot::Isa;
 pub use parse::GgufPiece;
 use ggml::GgmlRows;
 
-use crate::llm::backend::ops::GEMV_MAX_ROWS;
+/// The most activation rows the 8-bit product takes (a decode step of up to this many
+/// requests); more rows are a prefill.
+pub const INT8_MAX_ROWS: usize = 16;
 
 /// Rows of one storage type inside a [`QMatrix`].
 pub(super) enum Part {
@@ -105,12 +107,13 @@ impl QMatrix {
         self.activations = a;
     }
 
-    /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`: a few rows
-    /// (decoding) with the matrix's [`Activations`], more (prefill) always in f32 through the
-    /// BLAS on dequantized tiles (faster there than 8-bit row products, and exact).
+    /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`: up to
+    /// [`INT8_MAX_ROWS`] rows (decoding, a batch of decoding requests) with the matrix's
+    /// [`Activations`], more (prefill) always in f32 through the BLAS on dequantized tiles
+    /// (faster there than 8-bit row products, and exact).
     pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
         match self.activations {
-            Activations::Int8 if m <= GEMV_MAX_ROWS => self.product_int8(x, m, out, accumulate),
+            Activations::Int8 if m <= INT8_MAX_ROWS => self.product_int8(x, m, out, accumulate),
             _ => self.product_f32(x, m, out, accumulate),
         }
     }
