@@ -33,7 +33,10 @@ const IDS: [u32; 17] = [
 /// Last-position logits of a 12-token prefill, then of each of the remaining tokens decoded
 /// one at a time through the KV cache.
 fn cached_logits(m: &Llama) -> Vec<Vec<f32>> {
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).expect("ids").unsqueeze(0).expect("batch");
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("batch");
     let x = m.embed(&ids).expect("embed");
     let mut cache = KvCache::new(m.config().num_layers, 1);
     let mut out = Vec::new();
@@ -79,7 +82,11 @@ fn f32_activations_give_the_f32_model_bit_for_bit() {
 fn int8_activations_predict_the_same_tokens_in_a_quarter_of_the_memory() {
     let q = stored(Activations::Int8);
     let (a, b) = (cached_logits(&q), cached_logits(f32_model()));
-    let same = a.iter().zip(&b).filter(|(x, y)| argmax(x) == argmax(y)).count();
+    let same = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
     assert!(same >= 5, "next tokens agree at {same} of 6 positions");
     for (x, y) in a.iter().zip(&b) {
         let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
@@ -88,10 +95,17 @@ fn int8_activations_predict_the_same_tokens_in_a_quarter_of_the_memory() {
     let (fb, qb) = (f32_model().weight_bytes(), q.weight_bytes());
     assert!(qb * 4 < fb, "stored {qb} bytes, f32 {fb}");
     // Activations at a layer run too (what a probe reads), close to the f32 model's.
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).expect("ids").unsqueeze(0).expect("b");
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("b");
     let x = f32_model().embed(&ids).expect("embed");
-    let hq = q.forward_embeds(&x, None, Stop::AtLayer(6)).expect("stored layer 6");
-    let hf = f32_model().forward_embeds(&x, None, Stop::AtLayer(6)).expect("f32 layer 6");
+    let hq = q
+        .forward_embeds(&x, None, Stop::AtLayer(6))
+        .expect("stored layer 6");
+    let hf = f32_model()
+        .forward_embeds(&x, None, Stop::AtLayer(6))
+        .expect("f32 layer 6");
     let rel = (&hq - &hf)
         .and_then(|d| d.sqr()?.sum_all()?.sqrt())
         .and_then(|d| d.to_scalar::<f32>())
@@ -105,13 +119,19 @@ fn int8_activations_predict_the_same_tokens_in_a_quarter_of_the_memory() {
 #[test]
 fn what_stored_weights_do_not_run_is_refused_by_name() {
     let q = stored(Activations::Int8);
-    let ids = Tensor::new(&IDS[..4], &Device::Cpu).expect("ids").unsqueeze(0).expect("b");
+    let ids = Tensor::new(&IDS[..4], &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("b");
     let x = Var::from_tensor(&q.embed(&ids).expect("embed")).expect("var");
     let e = q
         .forward_embeds(x.as_tensor(), None, Stop::AtLayer(2))
         .expect_err("gradients through quantized weights")
         .to_string();
-    assert!(e.contains("f32 weights") && e.contains("Llama::load"), "{e}");
+    assert!(
+        e.contains("f32 weights") && e.contains("Llama::load"),
+        "{e}"
+    );
     let e = q.hf_tensors().expect_err("saving").to_string();
     assert!(e.contains("f32 weights"), "{e}");
     let e = q
@@ -126,6 +146,9 @@ fn what_stored_weights_do_not_run_is_refused_by_name() {
     let cut = dir.path().join("cut.gguf");
     let bytes = std::fs::read(gguf()).expect("read");
     std::fs::write(&cut, &bytes[..bytes.len() - 4096]).expect("write");
-    let e = Llama::load_stored(&cut, &Device::Cpu).err().expect("truncated").to_string();
+    let e = Llama::load_stored(&cut, &Device::Cpu)
+        .err()
+        .expect("truncated")
+        .to_string();
     assert!(e.contains("truncated"), "{e}");
 }

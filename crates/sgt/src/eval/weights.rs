@@ -54,7 +54,10 @@ pub fn run(a: EvalWeightsArgs) -> Result<()> {
     let stored = Llama::load_stored(&path, &candle_core::Device::Cpu)
         .with_context(|| format!("loading {} with its weights as stored", path.display()))?;
     if !stored.is_stored() {
-        bail!("{} is not a GGUF file: nothing is stored quantized", path.display());
+        bail!(
+            "{} is not a GGUF file: nothing is stored quantized",
+            path.display()
+        );
     }
     let cloak = stainedglass_train::text::load_sgt(&a.sgt, f32_model.device())
         .with_context(|| format!("loading the SGT from {}", a.sgt.display()))?;
@@ -73,7 +76,15 @@ pub fn run(a: EvalWeightsArgs) -> Result<()> {
     for (name, model) in [("f32", &f32_model), ("stored", &stored)] {
         let answers = |mech: &dyn Mechanism| {
             let mut rng = NoiseRng::seeded(a.seed);
-            answer_accuracy(model, &wrapper, &tok, &questions, mech, &mut rng, a.answer_tokens)
+            answer_accuracy(
+                model,
+                &wrapper,
+                &tok,
+                &questions,
+                mech,
+                &mut rng,
+                a.answer_tokens,
+            )
         };
         let (clean_answers, sgt_answers) = (answers(&Clean)?, answers(&sgt)?);
         let applied = apply_rows(&sgt, &held, &clean, &mut NoiseRng::seeded(a.seed))?;

@@ -4,8 +4,7 @@
 use std::sync::OnceLock;
 
 use super::backend::ops::{Linear, RmsNorm};
-use super::backend::quant::QMatrix;
-use super::stack::PackedLayer;
+use super::stack::{PackedLayer, StoredMats};
 
 /// One decoder layer's frozen weights (q, k, v and gate, up fused).
 pub(crate) struct Block {
@@ -27,11 +26,18 @@ pub(crate) enum Mats {
     Stored(StoredMats),
 }
 
-/// A layer's products kept as stored, with the `[q | k | v]` bias (if any) in f32.
-pub(crate) struct StoredMats {
-    pub qkv: QMatrix,
-    pub qkv_bias: Option<Vec<f32>>,
-    pub o: QMatrix,
-    pub gate_up: QMatrix,
-    pub down: QMatrix,
+impl Block {
+    /// The four products of an f32 layer (`[q | k | v]`, o, `[gate | up]`, down); `None` for a
+    /// layer kept as stored.
+    pub fn f32_mats(&self) -> Option<[&Linear; 4]> {
+        match &self.mats {
+            Mats::F32 {
+                qkv,
+                o,
+                gate_up,
+                down,
+            } => Some([qkv, o, gate_up, down]),
+            Mats::Stored(_) => None,
+        }
+    }
 }

@@ -26,6 +26,22 @@ impl KvCache {
 
     /// Layer `li`'s key and value buffers `(b, capacity, kv_heads, head_dim)` holding `used`
     /// positions, grown (doubling, old entries copied) so that `need` positions fit.
+    /// Writes layer `li`'s new keys and values `(b, t, heads, d)` after its `used` positions
+    /// (growing the buffers as needed) and returns views of all `used + t` of them.
+    pub(crate) fn append(
+        &mut self,
+        li: usize,
+        k: &Tensor,
+        v: &Tensor,
+        used: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(1)?;
+        let (ck, cv) = self.reserve(li, k, used, used + t)?;
+        ck.slice_set(&k.contiguous()?, 1, used)?;
+        cv.slice_set(&v.contiguous()?, 1, used)?;
+        Ok((ck.narrow(1, 0, used + t)?, cv.narrow(1, 0, used + t)?))
+    }
+
     pub(crate) fn reserve(
         &mut self,
         li: usize,

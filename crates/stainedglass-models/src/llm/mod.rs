@@ -12,6 +12,7 @@
 pub(crate) mod backend;
 pub(crate) mod block;
 pub mod config;
+pub(crate) mod embed_head;
 pub mod generate;
 pub mod hf;
 pub(crate) mod kv_cache;

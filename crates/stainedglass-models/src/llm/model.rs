@@ -5,11 +5,11 @@
 use super::backend::ops::{Attention, Linear, RmsNorm, Rope, SwiGlu};
 use super::backend::rope_table::RopeTable;
 use super::block::{Block, Mats};
-use super::stored::EmbedHead;
 use super::config::LlamaConfig;
+use super::embed_head::EmbedHead;
 use super::kv_cache::KvCache;
 use super::stack::{DecoderStack, LayerPass, StackDims};
-use super::weights::{self, GgufFile, TensorMap};
+use super::weights::{self, take, GgufFile, TensorMap};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use stainedglass_core::host::is_cpu_f32;
@@ -53,11 +53,6 @@ pub struct Llama {
     pub(super) norm: RmsNorm,
     pub(super) rope: Arc<RopeTable>,
     pub(super) device: Device,
-}
-
-pub(super) fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
-    map.remove(name)
-        .ok_or_else(|| Error::model(Path::new(name), "missing tensor"))
 }
 
 impl Llama {
@@ -379,17 +374,10 @@ impl Llama {
         let rope = Rope::new(self.rope.clone(), positions);
         let attn = Attention { key_valid };
         for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
-            let Mats::F32 {
-                qkv: wqkv,
-                o: wo,
-                gate_up: wgu,
-                down: wdown,
-            } = &blk.mats
-            else {
-                return Err(self.io.needs_f32(
-                    "per-layer states and gradients through a cached pass",
-                ));
-            };
+            let [wqkv, wo, wgu, wdown] = blk.f32_mats().ok_or_else(|| {
+                self.io
+                    .needs_f32("per-layer states and gradients through a cached pass")
+            })?;
             if let Some(s) = states.as_deref_mut() {
                 s.push(x.clone());
             }
@@ -401,16 +389,12 @@ impl Llama {
                 .narrow(2, (hq + hkv) * d, hkv * d)?
                 .reshape((b, t, hkv, d))?;
             let q = rope.forward(&q)?;
-            let mut k = rope.forward(&k)?;
-            let mut v = v.contiguous()?;
-            if last_only {
-                // Write the new keys/values into the preallocated cache and attend over a view.
-                let (ck, cv) = cache.reserve(li, &k, past, past + t)?;
-                ck.slice_set(&k.contiguous()?, 1, past)?;
-                cv.slice_set(&v, 1, past)?;
-                k = ck.narrow(1, 0, past + t)?;
-                v = cv.narrow(1, 0, past + t)?;
-            }
+            let (k, v) = (rope.forward(&k)?, v.contiguous()?);
+            let (k, v) = if last_only {
+                cache.append(li, &k, &v, past)?
+            } else {
+                (k, v)
+            };
             let a = attn.forward(&q, &k, &v)?;
             x = (x + wo.forward(&a.reshape((b, t, hq * d))?)?)?;
             let h = blk.mlp_norm.forward(&x)?;
@@ -450,7 +434,9 @@ impl Llama {
         );
         let f = self.cfg.intermediate_size;
         let EmbedHead::F32 { embed, lm_head } = &self.io else {
-            return Err(self.io.needs_f32("saving the model as a Hugging Face folder"));
+            return Err(self
+                .io
+                .needs_f32("saving the model as a Hugging Face folder"));
         };
         let mut v = vec![
             ("model.embed_tokens.weight".to_string(), embed.clone()),
@@ -468,7 +454,9 @@ impl Llama {
                 down,
             } = &blk.mats
             else {
-                return Err(self.io.needs_f32("saving the model as a Hugging Face folder"));
+                return Err(self
+                    .io
+                    .needs_f32("saving the model as a Hugging Face folder"));
             };
             let w = qkv.weight();
             v.push((

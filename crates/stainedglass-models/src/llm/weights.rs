@@ -120,6 +120,12 @@ pub fn load_gguf(file: &GgufFile, cfg: &LlamaConfig, device: &Device) -> Result<
     Ok(out)
 }
 
+/// Removes tensor `name` from `map`, or says it is missing.
+pub(crate) fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
+    map.remove(name)
+        .ok_or_else(|| Error::model(Path::new(name), "missing tensor"))
+}
+
 /// Matrices by Hugging Face name, as the file stores them.
 pub type StoredMap = HashMap<String, QMatrix>;
 
@@ -162,19 +168,7 @@ pub fn load_gguf_stored(
         .keys()
         .filter_map(|n| gguf_to_hf(n).map(|h| (h, n)))
         .collect();
-    let mut vectors = TensorMap::new();
-    for (name, shape) in expected_shapes(cfg).into_iter().filter(|(_, s)| s.len() == 1) {
-        let Some(g) = by_hf.get(&name) else { continue };
-        let t = file
-            .content
-            .tensor(&mut reader, g, device)
-            .and_then(|q| q.dequantize(device))
-            .map_err(|e| Error::model(path, format!("tensor {g}: {e} (file truncated?)")))?
-            .to_dtype(DType::F32)?;
-        let _ = shape;
-        vectors.insert(name, t);
-    }
-    check_vectors(&vectors, cfg, path)?;
+    let vectors = load_vectors(file, cfg, &by_hf, &mut reader, device)?;
     let shapes: HashMap<String, Vec<usize>> = expected_shapes(cfg).into_iter().collect();
     let piece = |name: &str| -> Result<GgufPiece<'_>> {
         let missing = || {
@@ -198,11 +192,14 @@ pub fn load_gguf_stored(
         let (rows, cols) = (want[0], want[1]);
         let dtype = info.ggml_dtype;
         let bytes = rows * cols / dtype.block_size().max(1) * dtype.type_size();
-        let start = usize::try_from(file.content.tensor_data_offset + info.offset).unwrap_or(usize::MAX);
+        let start =
+            usize::try_from(file.content.tensor_data_offset + info.offset).unwrap_or(usize::MAX);
         let data = map.get(start..start.saturating_add(bytes)).ok_or_else(|| {
             Error::model(
                 path,
-                format!("tensor {g}: {bytes} bytes at {start}, past the end of the file (truncated?)"),
+                format!(
+                    "tensor {g}: {bytes} bytes at {start}, past the end of the file (truncated?)"
+                ),
             )
         })?;
         let heads = if name.ends_with("q_proj.weight") {
@@ -216,7 +213,12 @@ pub fn load_gguf_stored(
             (Some(h), "llama") => Some(unpermute_order(rows, h)),
             _ => None,
         };
-        Ok(GgufPiece { dtype, data, rows, order })
+        Ok(GgufPiece {
+            dtype,
+            data,
+            rows,
+            order,
+        })
     };
     let build = |names: &[String]| -> Result<QMatrix> {
         let pieces = names.iter().map(|n| piece(n)).collect::<Result<Vec<_>>>()?;
@@ -228,9 +230,19 @@ pub fn load_gguf_stored(
     for i in 0..cfg.num_layers {
         let p = |n: &str| format!("model.layers.{i}.{n}");
         let fused: [(&str, &[&str]); 4] = [
-            ("self_attn.qkv_proj.weight", &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"]),
+            (
+                "self_attn.qkv_proj.weight",
+                &[
+                    "self_attn.q_proj.weight",
+                    "self_attn.k_proj.weight",
+                    "self_attn.v_proj.weight",
+                ],
+            ),
             ("self_attn.o_proj.weight", &["self_attn.o_proj.weight"]),
-            ("mlp.gate_up_proj.weight", &["mlp.gate_proj.weight", "mlp.up_proj.weight"]),
+            (
+                "mlp.gate_up_proj.weight",
+                &["mlp.gate_proj.weight", "mlp.up_proj.weight"],
+            ),
             ("mlp.down_proj.weight", &["mlp.down_proj.weight"]),
         ];
         for (name, parts) in fused {
@@ -248,10 +260,40 @@ pub fn load_gguf_stored(
     Ok((vectors, mats))
 }
 
+/// The one-dimensional tensors (norms, biases) of a GGUF model, dequantized to f32 and checked.
+fn load_vectors(
+    file: &GgufFile,
+    cfg: &LlamaConfig,
+    by_hf: &HashMap<String, &String>,
+    reader: &mut std::fs::File,
+    device: &Device,
+) -> Result<TensorMap> {
+    let path = &file.path;
+    let mut vectors = TensorMap::new();
+    for (name, _) in expected_shapes(cfg)
+        .into_iter()
+        .filter(|(_, s)| s.len() == 1)
+    {
+        let Some(g) = by_hf.get(&name) else { continue };
+        let t = file
+            .content
+            .tensor(reader, g, device)
+            .and_then(|q| q.dequantize(device))
+            .map_err(|e| Error::model(path, format!("tensor {g}: {e} (file truncated?)")))?
+            .to_dtype(DType::F32)?;
+        vectors.insert(name, t);
+    }
+    check_vectors(&vectors, cfg, path)?;
+    Ok(vectors)
+}
+
 /// The one-dimensional tensors of [`expected_shapes`] (norms, biases) are present, shaped and
 /// finite.
 fn check_vectors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> {
-    for (name, shape) in expected_shapes(cfg).into_iter().filter(|(_, s)| s.len() == 1) {
+    for (name, shape) in expected_shapes(cfg)
+        .into_iter()
+        .filter(|(_, s)| s.len() == 1)
+    {
         check_one(map, &name, &shape, cfg, path)?;
     }
     Ok(())
@@ -351,30 +393,30 @@ fn check_one(
     path: &Path,
 ) -> Result<()> {
     let t = map.get(name).ok_or_else(|| {
-            Error::model(
-                path,
-                format!("missing tensor `{name}` for a {} model", cfg.architecture),
-            )
-        })?;
-        if t.dims() != shape {
-            return Err(Error::model(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}, the config implies {shape:?}",
-                    t.dims()
-                ),
-            ));
-        }
-        let bad = t
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .any(|x| !x.is_finite());
-        if bad {
-            return Err(Error::model(
-                path,
-                format!("tensor `{name}` holds NaN or Inf"),
-            ));
-        }
+        Error::model(
+            path,
+            format!("missing tensor `{name}` for a {} model", cfg.architecture),
+        )
+    })?;
+    if t.dims() != shape {
+        return Err(Error::model(
+            path,
+            format!(
+                "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                t.dims()
+            ),
+        ));
+    }
+    let bad = t
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .any(|x| !x.is_finite());
+    if bad {
+        return Err(Error::model(
+            path,
+            format!("tensor `{name}` holds NaN or Inf"),
+        ));
+    }
     Ok(())
 }

@@ -179,7 +179,11 @@ impl LayerPass {
         kernels::rms_norm(&x2, lw.mlp_norm, lw.mlp_eps, &mut h);
         let gu = project_new(
             &h,
-            (lw.gate_up, lw.fwd(|p| &p.gate_up), lw.stored(|s| &s.gate_up)),
+            (
+                lw.gate_up,
+                lw.fwd(|p| &p.gate_up),
+                lw.stored(|s| &s.gate_up),
+            ),
             (m, 2 * ffn, hidden),
         );
         let mut act = zeroed(m * ffn);

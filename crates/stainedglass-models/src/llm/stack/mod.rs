@@ -11,7 +11,7 @@ mod layer;
 mod weights;
 
 pub(crate) use layer::{LayerPass, LayerTape, StackDims};
-pub(crate) use weights::{LayerGrads, LayerWeights, PackedLayer};
+pub(crate) use weights::{LayerGrads, LayerWeights, PackedLayer, StoredMats};
 
 use std::sync::{Arc, Mutex};
 

@@ -9,7 +9,6 @@ use crate::llm::backend::gemv::gemv_rows;
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
 use crate::llm::backend::packed::PackedMatrix;
 use crate::llm::backend::quant::QMatrix;
-use crate::llm::block::StoredMats;
 
 /// Host views of one decoder layer's weights (`(out, in)` row-major products).
 pub(crate) struct LayerWeights<'a> {
@@ -26,6 +25,15 @@ pub(crate) struct LayerWeights<'a> {
     pub packed: Option<&'a PackedLayer>,
     /// The weights as stored (quantized), in place of the f32 slices (then empty).
     pub stored: Option<&'a StoredMats>,
+}
+
+/// A layer's products kept as stored, with the `[q | k | v]` bias (if any) in f32.
+pub(crate) struct StoredMats {
+    pub qkv: QMatrix,
+    pub qkv_bias: Option<Vec<f32>>,
+    pub o: QMatrix,
+    pub gate_up: QMatrix,
+    pub down: QMatrix,
 }
 
 /// A frozen layer's four weights packed once: `fwd` for `x · Wᵀ`, `bwd` for the input

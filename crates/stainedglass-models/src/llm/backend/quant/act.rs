@@ -58,11 +58,16 @@ mod tests {
 
     #[test]
     fn round_trip_error_is_within_half_a_step() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 37) % 23) as f32 * 0.13 - 1.4).collect();
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37) % 23) as f32 * 0.13 - 1.4)
+            .collect();
         let a = ActQ8::new(&x, 96);
         for (i, v) in x.iter().enumerate() {
             let back = f32::from(a.qs[i]) * a.d[i / QK];
-            assert!((back - v).abs() <= a.d[i / QK] * 0.5 + 1e-6, "{i}: {back} vs {v}");
+            assert!(
+                (back - v).abs() <= a.d[i / QK] * 0.5 + 1e-6,
+                "{i}: {back} vs {v}"
+            );
         }
         let sum: f32 = a.qs[..QK].iter().map(|&q| f32::from(q)).sum::<f32>() * a.d[0];
         assert!((a.s[0] - sum).abs() < 1e-4);

@@ -11,7 +11,11 @@ fn q4_row(qs: &[u8], d: &[f32], m: Option<&[f32]>, row: usize, out: &mut [f32]) 
     let nb = out.len() / QK;
     let qs = &qs[row * nb * 16..(row + 1) * nb * 16];
     let d = &d[row * nb..(row + 1) * nb];
-    for (b, (o, q)) in out.chunks_exact_mut(QK).zip(qs.chunks_exact(16)).enumerate() {
+    for (b, (o, q)) in out
+        .chunks_exact_mut(QK)
+        .zip(qs.chunks_exact(16))
+        .enumerate()
+    {
         let (lo, hi) = o.split_at_mut(16);
         match m {
             Some(m) => {

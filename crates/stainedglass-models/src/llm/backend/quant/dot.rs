@@ -28,8 +28,8 @@ impl Isa {
         *ISA.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
-                let avx2 = std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma");
+                let avx2 =
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
                 if avx2
                     && std::is_x86_feature_detected!("avx512vnni")
                     && std::is_x86_feature_detected!("avx512vl")
@@ -92,13 +92,7 @@ pub fn q4_dots<const R: usize>(
 
 /// `R` Q8 rows (`qs`: `R·nb·32` bytes, `d`: `R·nb` scales) with one activation row.
 #[inline]
-pub fn q8_dots<const R: usize>(
-    isa: Isa,
-    qs: &[i8],
-    d: &[f32],
-    xq: &[i8],
-    xd: &[f32],
-) -> [f32; R] {
+pub fn q8_dots<const R: usize>(isa: Isa, qs: &[i8], d: &[f32], xq: &[i8], xd: &[f32]) -> [f32; R] {
     let nb = xd.len();
     assert!(qs.len() >= R * nb * QK && d.len() >= R * nb && xq.len() >= nb * QK);
     match isa {
@@ -230,12 +224,18 @@ mod tests {
     use crate::llm::backend::quant::act::ActQ8;
 
     fn data(nb: usize, rows: usize) -> (Vec<u8>, Vec<i8>, Vec<f32>, ActQ8) {
-        let q4: Vec<u8> = (0..rows * nb * 16).map(|i| ((i * 97 + 13) % 256) as u8).collect();
+        let q4: Vec<u8> = (0..rows * nb * 16)
+            .map(|i| ((i * 97 + 13) % 256) as u8)
+            .collect();
         let q8: Vec<i8> = (0..rows * nb * 32)
             .map(|i| ((i * 61 + 5) % 256) as u8 as i8)
             .collect();
-        let d: Vec<f32> = (0..rows * nb).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect();
-        let x: Vec<f32> = (0..nb * 32).map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.7).collect();
+        let d: Vec<f32> = (0..rows * nb)
+            .map(|i| 0.01 + (i % 7) as f32 * 0.003)
+            .collect();
+        let x: Vec<f32> = (0..nb * 32)
+            .map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.7)
+            .collect();
         (q4, q8, d, ActQ8::new(&x, nb * 32))
     }
 
@@ -269,8 +269,14 @@ mod tests {
                 let o: f32 = (0..nb).map(|b| d[r * nb + b] * xs[b]).sum();
                 let want4 = q4_portable(&q4[r * nb * 16..], &d[r * nb..], xq, xd) - 8.0 * o;
                 let want8 = q8_portable(&q8[r * nb * 32..], &d[r * nb..], xq, xd);
-                assert!((a[r] - want4).abs() <= 1e-4 * want4.abs().max(1.0), "{isa:?} q4");
-                assert!((b[r] - want8).abs() <= 1e-4 * want8.abs().max(1.0), "{isa:?} q8");
+                assert!(
+                    (a[r] - want4).abs() <= 1e-4 * want4.abs().max(1.0),
+                    "{isa:?} q4"
+                );
+                assert!(
+                    (b[r] - want8).abs() <= 1e-4 * want8.abs().max(1.0),
+                    "{isa:?} q8"
+                );
             }
         }
     }

@@ -135,7 +135,11 @@ impl QMatrix {
         let beta = if accumulate { 1.0 } else { 0.0 };
         let out_ptr = OutPtr(out.as_mut_ptr());
         let call = |j0: usize, cols: usize| {
-            let tile = if cols * k <= MAX_BLOCK_VALUES { cols } else { TILE };
+            let tile = if cols * k <= MAX_BLOCK_VALUES {
+                cols
+            } else {
+                TILE
+            };
             with_scratch(tile.min(cols) * k, |buf| {
                 for t0 in (j0..j0 + cols).step_by(tile) {
                     let tc = tile.min(j0 + cols - t0);

@@ -96,7 +96,7 @@ fn rows_of<T: GgmlType + 'static>(
 where
     T::VecDotType: 'static,
 {
-    if k % T::BLCK_SIZE != 0 || T::BLCK_SIZE != T::VecDotType::BLCK_SIZE {
+    if !k.is_multiple_of(T::BLCK_SIZE) || T::BLCK_SIZE != T::VecDotType::BLCK_SIZE {
         return Err(format!(
             "{:?} rows of {k} values: not a multiple of its block of {}",
             T::DTYPE,

@@ -30,7 +30,11 @@ impl QMatrix {
         let mut offset = 0;
         for (pi, p) in self.parts.iter().enumerate() {
             let r = p.rows();
-            tasks.extend((0..r).step_by(per_task).map(|s| (pi, s, (s + per_task).min(r), offset)));
+            tasks.extend(
+                (0..r)
+                    .step_by(per_task)
+                    .map(|s| (pi, s, (s + per_task).min(r), offset)),
+            );
             offset += r;
         }
         let out_ptr = OutPtr(out.as_mut_ptr());

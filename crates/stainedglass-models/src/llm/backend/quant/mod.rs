@@ -10,17 +10,17 @@
 
 mod act;
 mod deq;
-mod parse;
 mod dot;
 mod exact;
 mod ggml;
 mod int8;
+mod parse;
 
 use candle_core::quantized::GgmlDType;
 
 pub use dot::Isa;
-pub use parse::GgufPiece;
 use ggml::GgmlRows;
+pub use parse::GgufPiece;
 
 /// The most activation rows the 8-bit product takes (a decode step of up to this many
 /// requests); more rows are a prefill.
@@ -156,7 +156,10 @@ impl QMatrix {
                 continue;
             }
             let take = (pr - g0).min(count - done);
-            for (i, row) in out[done * k..(done + take) * k].chunks_exact_mut(k).enumerate() {
+            for (i, row) in out[done * k..(done + take) * k]
+                .chunks_exact_mut(k)
+                .enumerate()
+            {
                 match p {
                     Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
                     Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),

@@ -42,8 +42,10 @@ impl GgufPiece<'_> {
             }
         }
         if let Some(size) = block_bytes(dtype) {
-            if cols % QK != 0 {
-                return Err(format!("{dtype:?} rows of {cols} values: not blocks of {QK}"));
+            if !cols.is_multiple_of(QK) {
+                return Err(format!(
+                    "{dtype:?} rows of {cols} values: not blocks of {QK}"
+                ));
             }
             let want = self.rows * cols / QK * size;
             if self.data.len() != want {
@@ -105,7 +107,10 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
             let mut m = Vec::with_capacity(if q41 { nb } else { 0 });
             let mut qs = Vec::with_capacity(nb * 16);
             for p in run {
-                for b in p.rows_in_order(size * cols / QK).flat_map(|r| r.chunks_exact(size)) {
+                for b in p
+                    .rows_in_order(size * cols / QK)
+                    .flat_map(|r| r.chunks_exact(size))
+                {
                     d.push(half_at(b, 0));
                     if q41 {
                         m.push(half_at(b, 2));
@@ -124,7 +129,10 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
             let mut d = Vec::with_capacity(nb);
             let mut qs = Vec::with_capacity(nb * QK);
             for p in run {
-                for b in p.rows_in_order(34 * cols / QK).flat_map(|r| r.chunks_exact(34)) {
+                for b in p
+                    .rows_in_order(34 * cols / QK)
+                    .flat_map(|r| r.chunks_exact(34))
+                {
                     d.push(half_at(b, 0));
                     qs.extend(b[2..].iter().map(|&v| v as i8));
                 }

@@ -23,7 +23,10 @@ fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QMatrix,
         .dequantize(&Device::Cpu)
         .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
         .expect("dequantize");
-    (QMatrix::from_gguf(dtype, &data, rows, cols).expect("matrix"), deq)
+    (
+        QMatrix::from_gguf(dtype, &data, rows, cols).expect("matrix"),
+        deq,
+    )
 }
 
 fn reference(w: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -64,7 +67,10 @@ fn products_match_the_dequantized_f32_product() {
             qm.product(&x, m, &mut got, false);
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 0.01 * scale, "{dtype:?} m={m} [{i}]: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 0.01 * scale,
+                    "{dtype:?} m={m} [{i}]: {g} vs {w}"
+                );
             }
             let mut acc = vec![1f32; m * n];
             qm.product(&x, m, &mut acc, true);
@@ -95,7 +101,12 @@ fn fused_and_reordered_rows_keep_their_products() {
     let (b, db) = raw(GgmlDType::Q6K, 4, 2);
     let (c, dc) = raw(GgmlDType::Q4_1, 6, 3);
     let perm = vec![2, 0, 3, 1];
-    fn piece(dtype: GgmlDType, data: &[u8], rows: usize, order: Option<Vec<usize>>) -> GgufPiece<'_> {
+    fn piece(
+        dtype: GgmlDType,
+        data: &[u8],
+        rows: usize,
+        order: Option<Vec<usize>>,
+    ) -> GgufPiece<'_> {
         GgufPiece {
             dtype,
             data,
@@ -151,7 +162,12 @@ fn f32_activations_reproduce_the_f32_kernels_bit_for_bit() {
     use crate::llm::backend::blas::par_sgemm;
     use crate::llm::backend::gemv::gemv_rows;
     let (n, k) = (77, 256);
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+    ] {
         let (mut qm, deq) = quantized(dtype, n, k, 9);
         qm.set_activations(Activations::F32);
         for m in [1, 3, 9] {
