@@ -71,9 +71,11 @@ pub struct ServeArgs {
     /// f32 either way.
     #[arg(long, default_value = "stored", value_parser = ["stored", "f32"])]
     pub weights: String,
-    /// With `--weights stored`: `int8` (activations quantized to 8 bits for decoding,
-    /// llama.cpp's numerics, the fastest) or `f32` (the f32 model's numbers bit for bit).
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    /// With `--weights stored`: `f32` (the f32 model's numbers bit for bit: the replies an SGT
+    /// was trained and measured with) or `int8` (activations quantized to 8 bits for decoding,
+    /// llama.cpp's numerics: about twice as fast; greedy replies may differ where the model's top
+    /// two tokens are close).
+    #[arg(long, default_value = "f32", value_parser = ["int8", "f32"])]
     pub activations: String,
 }
 

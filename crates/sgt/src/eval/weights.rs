@@ -10,7 +10,7 @@ use stainedglass_core::NoiseRng;
 use stainedglass_eval::text::mechanism::{Clean, Mechanism, Sgt};
 use stainedglass_eval::text::observed::{apply_rows, embed_rows};
 use stainedglass_eval::text::utility::{answer_accuracy, load_questions, next_token_utility};
-use stainedglass_models::llm::Llama;
+use stainedglass_models::llm::{Activations, Llama};
 use stainedglass_text::{TokenizerWrapper, WrapperOptions};
 use stainedglass_train::text::TextTrainConfig;
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ pub struct EvalWeightsArgs {
     /// Tokens generated per answer.
     #[arg(long, default_value_t = 24)]
     pub answer_tokens: usize,
+    /// The stored model's activations: `int8` (8-bit decoding, what `sgt serve --activations
+    /// int8` runs) or `f32` (equal to the f32 model bit for bit, by construction).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub activations: String,
     /// Seed of the SGT's noise (the same on both models).
     #[arg(long, default_value_t = 20_261_203)]
     pub seed: u64,
@@ -51,7 +55,12 @@ pub fn run(a: EvalWeightsArgs) -> Result<()> {
     let path = margs.model_path()?;
     let tok = Arc::new(margs.load_tokenizer()?);
     let f32_model = margs.load_model()?;
-    let stored = Llama::load_stored(&path, &candle_core::Device::Cpu)
+    let act = if a.activations == "f32" {
+        Activations::F32
+    } else {
+        Activations::Int8
+    };
+    let stored = Llama::load_stored_with(&path, &candle_core::Device::Cpu, act)
         .with_context(|| format!("loading {} with its weights as stored", path.display()))?;
     if !stored.is_stored() {
         bail!(
@@ -120,6 +129,7 @@ pub fn run(a: EvalWeightsArgs) -> Result<()> {
         "held_out_rows": held.len(),
         "storage": stored.storage_summary(),
         "isa": stainedglass_models::llm::QuantIsa::get().name(),
+        "activations": a.activations,
         "f32": sides["f32"],
         "stored": sides["stored"],
         "clean_next_token_agreement_stored_vs_f32": same,

@@ -19,12 +19,13 @@ use super::weights::{self, take, GgufFile, StoredMap, TensorMap};
 use crate::error::{Error, Result};
 
 impl Llama {
-    /// Loads a GGUF file keeping its matrices as stored (quantized), for inference: about a
-    /// quarter to an eighth of the f32 model's memory and several times its decoding speed,
-    /// with llama.cpp's numerics (8-bit activations) rather than the f32 path's. A Hugging Face
-    /// folder loads in f32, as [`Llama::load`] does.
+    /// Loads a GGUF file keeping its matrices as stored (quantized), for inference: a quarter
+    /// to an eighth of the f32 model's memory, computing the f32 model's numbers bit for bit
+    /// ([`Activations::F32`]; [`Llama::load_stored_with`] and [`Activations::Int8`] for
+    /// llama.cpp's faster 8-bit numerics). A Hugging Face folder loads in f32, as
+    /// [`Llama::load`] does.
     pub fn load_stored(path: &Path, device: &Device) -> Result<Self> {
-        Self::load_stored_with(path, device, Activations::Int8)
+        Self::load_stored_with(path, device, Activations::F32)
     }
 
     /// [`Llama::load_stored`] with the activations of every product kept as `activations`

@@ -74,12 +74,14 @@ pub struct QMatrix {
 /// How a stored matrix multiplies its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
-    /// Quantized to 8 bits per block of 32, integer block sums (llama.cpp's numerics): the
-    /// fastest.
-    #[default]
+    /// Quantized to 8 bits per block of 32 in decoding, integer block sums (llama.cpp's
+    /// numerics): about twice as fast as [`Activations::F32`], and greedy replies may differ
+    /// from the f32 model's where its top two tokens are close.
     Int8,
     /// Kept in f32, weights dequantized on the fly and multiplied in the f32 model's order:
-    /// the f32 model's numbers bit for bit, at a fraction of its memory.
+    /// the f32 model's numbers bit for bit (what an SGT was trained against), at a fraction of
+    /// its memory.
+    #[default]
     F32,
 }
 
