@@ -60,7 +60,14 @@ impl EmbedHead {
                 Ok(embed.index_select(&idx, 0)?)
             }
             EmbedHead::Stored { embed, .. } => {
-                let cols = embed.dims().1;
+                let (rows, cols) = embed.dims();
+                if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+                    return Err(Error::Shape {
+                        what: format!("token id {bad}"),
+                        expected: format!("ids below the vocabulary size {rows}"),
+                        got: vec![ids.len()],
+                    });
+                }
                 let mut v = vec![0f32; ids.len() * cols];
                 for (&id, row) in ids.iter().zip(v.chunks_exact_mut(cols.max(1))) {
                     embed.dequantize_row(id as usize, row);

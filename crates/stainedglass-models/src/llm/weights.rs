@@ -157,9 +157,11 @@ pub fn load_gguf_stored(
 ) -> Result<(TensorMap, StoredMap)> {
     let path = &file.path;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only and dropped before this function returns; a file changed
-    // underneath it meanwhile gives wrong bytes (which the checks may catch), never a read
-    // outside the mapping: every slice is bounds-checked against its length.
+    // SAFETY: the map is read-only and dropped before this function returns, and every slice
+    // taken from it is bounds-checked against its length. As with any memory-mapped loader
+    // (candle's and safetensors' included), another process truncating or rewriting the file
+    // during these milliseconds is outside what this can guard against (the OS raises SIGBUS
+    // on a truncated mapping); model files are not expected to change while being loaded.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
     let mut reader = f;
     let by_hf: HashMap<String, &String> = file

@@ -27,6 +27,12 @@ impl ActQ8 {
         let mut s = vec![0f32; blocks];
         for (bi, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if xb.iter().any(|v| !v.is_finite()) {
+                // NaN or Inf: the block's products are NaN, as the f32 path's would be.
+                d[bi] = f32::NAN;
+                s[bi] = f32::NAN;
+                continue;
+            }
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;

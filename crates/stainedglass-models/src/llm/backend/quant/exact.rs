@@ -3,7 +3,9 @@
 //! for a few activation rows `gemv::dot_rows` over the same 64-row blocks and 8-row passes as
 //! `gemv::gemv_rows`, for more the BLAS over the same column split as `blas::par_sgemm`. A
 //! decode step therefore gives the f32 model's logits bit for bit (tested), while reading
-//! 4–8× fewer bytes of weights; only the per-thread buffer (a few hundred KB) is ever in f32.
+//! 4–8× fewer bytes of weights. What is ever in f32 is a per-thread buffer: 8 rows for
+//! decoding, a task's whole column block for prefill (up to 16 MiB per thread; beyond that,
+//! tiles of 128 rows, whose bit-equality with `par_sgemm` then depends on the BLAS).
 
 use std::cell::RefCell;
 
@@ -41,7 +43,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 impl QMatrix {
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`, in f32 on the
     /// dequantized weights (see the module doc).
-    pub fn product_f32(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+    pub(super) fn product_f32(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
         debug_assert_eq!(x.len(), m * self.cols);
         debug_assert_eq!(out.len(), m * self.rows);
         if m <= GEMV_MAX_ROWS {

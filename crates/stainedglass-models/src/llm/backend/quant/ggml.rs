@@ -105,15 +105,18 @@ where
     }
     let nb = k / T::BLCK_SIZE;
     let size = std::mem::size_of::<T>();
-    if data.len() != rows * nb * size {
-        return Err(format!(
-            "{:?} data of {} bytes for {rows} × {k} values (expected {})",
-            T::DTYPE,
-            data.len(),
-            rows * nb * size
-        ));
-    }
-    let mut blocks = vec![T::zeros(); rows * nb];
+    let blocks_n = rows
+        .checked_mul(nb)
+        .filter(|&n| k > 0 && n.checked_mul(size) == Some(data.len()))
+        .ok_or_else(|| {
+            format!(
+                "{:?} data of {} bytes for {rows} × {k} values (expected {} per row)",
+                T::DTYPE,
+                data.len(),
+                nb * size
+            )
+        })?;
+    let mut blocks = vec![T::zeros(); blocks_n];
     // SAFETY: the block types are plain old data (integers and halves, `repr(C)`); the byte
     // count was checked against the destination's size.
     unsafe {

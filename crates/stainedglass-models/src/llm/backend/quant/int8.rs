@@ -9,7 +9,7 @@ use super::{ggml, OutPtr, Part, QMatrix};
 impl QMatrix {
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`, with the
     /// activations quantized to 8 bits (llama.cpp's numerics).
-    pub fn product_int8(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+    pub(super) fn product_int8(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
         let (n, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);

@@ -4,9 +4,8 @@
 //! products (`ggml.rs`). One parallel pass covers every part of a fused matrix (e.g. `[q | k |
 //! v]` with a Q6_K `v`), so a decode step pays one dispatch per product.
 //!
-//! Numerics: llama.cpp's (8-bit activations, integer block sums, f32 accumulation), not the
-//! f32 path's; the frozen model an SGT trains against runs in f32 (`Llama::load`), serving may
-//! run from these.
+//! Numerics ([`Activations`]): by default the f32 model's, bit for bit (`exact.rs`); or, for
+//! decoding, llama.cpp's (8-bit activations, integer block sums, f32 accumulation; `int8.rs`).
 
 mod act;
 mod deq;
@@ -113,7 +112,18 @@ impl QMatrix {
     /// [`INT8_MAX_ROWS`] rows (decoding, a batch of decoding requests) with the matrix's
     /// [`Activations`], more (prefill) always in f32 through the BLAS on dequantized tiles
     /// (faster there than 8-bit row products, and exact).
+    ///
+    /// # Panics
+    /// If `x` is not `m × cols` or `out` not `m × rows` (checked before any work starts).
     pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        assert!(
+            x.len() == m * self.cols && out.len() == m * self.rows,
+            "quantized product: {} inputs and {} outputs for {m} rows of a {} × {} matrix",
+            x.len(),
+            out.len(),
+            self.rows,
+            self.cols
+        );
         match self.activations {
             Activations::Int8 if m <= INT8_MAX_ROWS => self.product_int8(x, m, out, accumulate),
             _ => self.product_f32(x, m, out, accumulate),
@@ -177,7 +187,11 @@ impl QMatrix {
     }
 
     /// Row `row` as f32 values (`out`: `cols` long).
+    ///
+    /// # Panics
+    /// If `row` is not below the row count (callers check ids first).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows, "row {row} of a {}-row matrix", self.rows);
         self.rows_f32(row, &mut out[..self.cols]);
     }
 }

@@ -36,6 +36,9 @@ fn half_at(b: &[u8], at: usize) -> f32 {
 impl GgufPiece<'_> {
     fn check(&self, cols: usize) -> Result<(), String> {
         let dtype = self.dtype;
+        if cols == 0 || self.rows == 0 {
+            return Err(format!("{dtype:?} tensor of {} × {cols} values", self.rows));
+        }
         if let Some(o) = &self.order {
             if o.len() != self.rows || o.iter().any(|&r| r >= self.rows) {
                 return Err("row order of another length".into());
@@ -47,7 +50,16 @@ impl GgufPiece<'_> {
                     "{dtype:?} rows of {cols} values: not blocks of {QK}"
                 ));
             }
-            let want = self.rows * cols / QK * size;
+            let want = self
+                .rows
+                .checked_mul(cols / QK)
+                .and_then(|b| b.checked_mul(size))
+                .ok_or_else(|| {
+                    format!(
+                        "{dtype:?} tensor of {} × {cols} values: too large",
+                        self.rows
+                    )
+                })?;
             if self.data.len() != want {
                 return Err(format!(
                     "{dtype:?} data of {} bytes for {} × {cols} values (expected {want})",

@@ -201,6 +201,25 @@ fn bad_bytes_are_refused() {
     assert!(QMatrix::from_gguf(GgmlDType::Q8_0, &nan, 1, 32).is_err());
     assert!(QMatrix::from_gguf(GgmlDType::Q4_0, &[0u8; 18], 1, 30).is_err());
     assert!(QMatrix::from_gguf(GgmlDType::Q8K, &[0u8; 292], 1, 256).is_err());
+    assert!(QMatrix::from_gguf(GgmlDType::Q4_1, &[], 1, 0).is_err());
+    assert!(QMatrix::from_gguf(GgmlDType::Q6K, &[], 1, 0).is_err());
+    assert!(QMatrix::from_gguf(GgmlDType::Q4_1, &[0u8; 20], usize::MAX / 2, 64).is_err());
+}
+
+/// A NaN or Inf input gives NaN outputs with 8-bit activations too, as in f32 (not a silent 0).
+#[test]
+fn non_finite_inputs_propagate() {
+    let (mut qm, _) = quantized(GgmlDType::Q4_1, 8, 64, 1);
+    for act in [Activations::Int8, Activations::F32] {
+        qm.set_activations(act);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = vec![0.5f32; 64];
+            x[40] = bad;
+            let mut out = vec![0f32; 8];
+            qm.product(&x, 1, &mut out, false);
+            assert!(out.iter().all(|v| !v.is_finite()), "{act:?} {bad}: {out:?}");
+        }
+    }
 }
 
 proptest! {
