@@ -27,6 +27,17 @@ pub struct NextTokenUtility {
     pub predicted_tokens: usize,
 }
 
+/// The positions whose next token is a real reply token (loss mask and attention mask 1): where
+/// the utility measures compare predictions.
+fn reply_positions(r: &EncodedPrompt) -> Vec<u32> {
+    let t = r.len();
+    let lm = r.loss_mask.as_deref().unwrap_or(&[]);
+    (0..t.saturating_sub(1))
+        .filter(|&i| lm.get(i + 1) == Some(&1) && r.attention_mask[i + 1] == 1)
+        .map(|i| i as u32)
+        .collect()
+}
+
 /// Compares the model on `clean[i]` and `transformed[i]` (both `(1, t, d)`) at the positions
 /// whose next token is a reply token (`loss_mask`).
 pub fn next_token_utility(
@@ -40,11 +51,7 @@ pub fn next_token_utility(
     let (mut nll_c, mut nll_t) = (0f64, 0f64);
     for ((r, x), xt) in rows.iter().zip(clean).zip(transformed) {
         let t = r.len();
-        let lm = r.loss_mask.clone().unwrap_or_else(|| vec![0; t]);
-        let pos: Vec<u32> = (0..t.saturating_sub(1))
-            .filter(|&i| lm[i + 1] == 1 && r.attention_mask[i + 1] == 1)
-            .map(|i| i as u32)
-            .collect();
+        let pos = reply_positions(r);
         if pos.is_empty() {
             continue;
         }
@@ -106,11 +113,7 @@ pub fn cross_model_agreement(
     let (mut agree, mut n) = (0usize, 0usize);
     for (r, x) in rows.iter().zip(clean) {
         let t = r.len();
-        let lm = r.loss_mask.clone().unwrap_or_else(|| vec![0; t]);
-        let pos: Vec<u32> = (0..t.saturating_sub(1))
-            .filter(|&i| lm[i + 1] == 1 && r.attention_mask[i + 1] == 1)
-            .map(|i| i as u32)
-            .collect();
+        let pos = reply_positions(r);
         if pos.is_empty() {
             continue;
         }

@@ -87,11 +87,7 @@ pub fn embedding_sha256(table: &Tensor) -> Result<String> {
             feed(&t.flatten_all()?.to_vec1::<f32>()?)
         }
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(files::hex(&hasher.finalize()))
 }
 
 /// [`embedding_sha256`] of a model's input-embedding table, read one row at a time (a model
@@ -110,11 +106,7 @@ pub fn model_embedding_sha256(model: &stainedglass_models::llm::Llama) -> Result
         }
         hasher.update(&buf);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(files::hex(&hasher.finalize()))
 }
 
 fn wrapper_options(policy: NoiseMaskPolicy) -> WrapperOptions {

@@ -403,6 +403,16 @@ unsafe fn par_sgemm_raw(
             )
         }
     };
+    for_column_blocks((m, n, k), call);
+}
+
+/// Calls `call(j0, cols)` for the column blocks an `m×k · k×n` product is split into, in
+/// parallel: one block per rayon thread ([`columns_per_task`]), or all `n` columns at once for
+/// a small product. `par_sgemm` and the stored-weight product share it, so they split alike.
+pub(super) fn for_column_blocks(
+    (m, n, k): (usize, usize, usize),
+    call: impl Fn(usize, usize) + Sync,
+) {
     let per = columns_per_task(n);
     if per >= n || m * n * k < MIN_SPLIT_WORK {
         call(0, n);

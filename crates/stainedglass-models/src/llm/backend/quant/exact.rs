@@ -9,11 +9,10 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::act::QK;
+use super::dot::Isa;
 use super::{OutPtr, Part, QMatrix};
-use crate::llm::backend::blas::{columns_per_task, sgemm_strided, MIN_SPLIT_WORK};
+use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
 
@@ -102,7 +101,8 @@ impl QMatrix {
     fn fused_pass(&self, mut g: usize) -> Option<Fused<'_>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            // Both SIMD kernel sets imply AVX2 and FMA.
+            if Isa::get() == Isa::Portable {
                 return None;
             }
             let nb = self.cols / QK;
@@ -168,14 +168,7 @@ impl QMatrix {
                 }
             })
         };
-        let per = columns_per_task(n);
-        if per >= n || m * n * k < MIN_SPLIT_WORK {
-            call(0, n);
-        } else {
-            (0..n.div_ceil(per))
-                .into_par_iter()
-                .for_each(|i| call(i * per, per.min(n - i * per)));
-        }
+        for_column_blocks((m, n, k), call);
     }
 }
 
