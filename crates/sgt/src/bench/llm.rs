@@ -43,6 +43,10 @@ pub struct LlmBenchArgs {
     /// model's numbers bit for bit).
     #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
     pub activations: String,
+    /// Also decode this many prompts together (one batch, one KV cache) and report the batch's
+    /// tokens/s (`decode_batch_tokens_per_s`); 0 or 1 = skip.
+    #[arg(long, default_value_t = 0)]
+    pub decode_batch: usize,
 }
 
 /// Starts a fresh peak-RSS window. Memory the program has already freed (the weight file read
@@ -63,6 +67,32 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Tokens/s of `rows` 16-token prompts decoded together for `tokens` steps (every row runs to
+/// the budget: no stop tokens), counted from the first sampled tokens on; `None` for `rows < 2`.
+fn batch_decode(
+    model: &Llama,
+    rows: usize,
+    tokens: usize,
+    rand_ids: &mut impl FnMut(usize) -> Vec<u32>,
+) -> Result<Option<f64>> {
+    if rows < 2 {
+        return Ok(None);
+    }
+    let prompts: Vec<Vec<u32>> = (0..rows).map(|_| rand_ids(16)).collect();
+    let params = |n| SamplingParams {
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    // The prefill alone (one token each), then the whole run: the difference is the decoding.
+    let t = Instant::now();
+    model.generate_batch(&prompts, &params(1))?;
+    let prefill = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    model.generate_batch(&prompts, &params(tokens + 1))?;
+    let decode = (t.elapsed().as_secs_f64() - prefill).max(f64::MIN_POSITIVE);
+    Ok(Some((rows * tokens) as f64 / decode))
 }
 
 pub fn llm(a: LlmBenchArgs) -> Result<()> {
@@ -129,6 +159,7 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
     })?;
     let decode = a.decode_tokens as f64 / t_first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
     let decode_peak = peak_rss_mb();
+    let batch = batch_decode(&model, a.decode_batch, a.decode_tokens, &mut rand_ids)?;
     if a.stored {
         println!(
             "{}",
@@ -140,6 +171,8 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
                 "prefill_tokens_per_s": prefill,
                 "decode_tokens_per_s": decode,
                 "decode_peak_rss_mb": decode_peak,
+                "decode_batch": a.decode_batch,
+                "decode_batch_tokens_per_s": batch,
                 "weights_f32_mb": weight_mb,
                 "weights_loaded_mb": model.weight_bytes() as f64 / (1024.0 * 1024.0),
             })
@@ -179,6 +212,8 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
             "prefill_tokens_per_s": prefill,
             "decode_tokens_per_s": decode,
             "train_step_tokens_per_s": train,
+            "decode_batch": a.decode_batch,
+            "decode_batch_tokens_per_s": batch,
             "decode_peak_rss_mb": decode_peak,
             "weights_f32_mb": weight_mb,
         })

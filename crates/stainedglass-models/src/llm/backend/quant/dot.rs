@@ -1,14 +1,17 @@
 //! Dot products of quantized weight rows with quantized activation rows, written here rather
 //! than taken from candle: candle 0.11's CPU Q4_1 dot product is scalar, and its Q4_0/Q8_0 ones
-//! run one row at a time. These read `R` weight rows per activation block (the activation is
-//! loaded once for all of them) and multiply bytes with AVX-512 VNNI (`vpdpbusd`, 256-bit) when
-//! the CPU has it, AVX2 (`vpmaddubsw` + `vpmaddwd`) otherwise, and a portable loop — the
-//! reference the tests compare against — elsewhere.
+//! run one row at a time. These multiply a tile of `R` weight rows by `M` activation rows (each
+//! weight block unpacked once for all `M`, each activation block loaded once for all `R`: a
+//! batch of decoding requests shares the unpacking) with AVX-512 VNNI (`vpdpbusd`, 256-bit)
+//! when the CPU has it, AVX2 (`vpmaddubsw` + `vpmaddwd`) otherwise, and a portable loop — the
+//! reference the tests compare against — elsewhere. Q8 weights with VNNI take the activations
+//! as unsigned bytes (`x + 128`) and start each accumulator at `−128·Σw`, one instruction per
+//! pair instead of two sign fix-ups.
 //!
 //! Layouts (llama.cpp's, with f32 scales): a Q4 block is 16 bytes, byte `j` holding value `j`
 //! in its low nibble and value `j + 16` in its high one; a Q8 block is 32 signed bytes. Each
 //! returns `Σ_b d_w[b] · d_x[b] · Σ_i w_i · x_i` over the row's blocks, with Q4 values taken as
-//! unsigned nibbles (the caller adds the Q4_0 offset or the Q4_1 minimum).
+//! unsigned nibbles plus the Q4_0 offset or the Q4_1 minimum times the activation block sums.
 
 use std::sync::OnceLock;
 
@@ -53,56 +56,75 @@ impl Isa {
     }
 }
 
-/// The per-block term a Q4 row adds to its nibble products: `scale · Σ_b off[b] · s_x[b]`,
-/// with `off` the Q4_1 minimums (`scale` 1) or the Q4_0 scales (`scale` −8, the offset of 8).
+/// One activation row's quantized blocks (`q`: `nb·32` values, `d`: `nb` scales, `s`: `nb`
+/// block sums `d·Σq`).
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// The per-block term Q4 rows add to their nibble products: `scale · Σ_b off[b] · s_x[b]`,
+/// with `off` the Q4_1 minimums (`scale` 1) or the Q4_0 scales (`scale` −8, the offset of 8);
+/// `off` holds `R·nb` values like the scales.
 #[derive(Clone, Copy)]
 pub struct Q4Offset<'a> {
     pub off: &'a [f32],
     pub scale: f32,
-    /// The activation row's block sums `d_x · Σ q_x`.
-    pub xs: &'a [f32],
 }
 
-/// `R` Q4 rows (`qs`: `R·nb·16` bytes, `d`: `R·nb` scales) with one activation row, their
-/// offset terms added.
+/// A tile of `R` Q4 rows (`qs`: `R·nb·16` bytes, `d`: `R·nb` scales) times `M` activation rows:
+/// `[r][m] = Σ_b d_w[b] · d_x[b] · Σ_i nibble_i · x_i` plus the offset term `o`. Each weight
+/// block is unpacked once for all `M` rows.
 #[inline]
-pub fn q4_dots<const R: usize>(
+pub fn q4_tile<const R: usize, const M: usize>(
     isa: Isa,
     (qs, d): (&[u8], &[f32]),
-    xq: &[i8],
-    xd: &[f32],
     o: Q4Offset<'_>,
-) -> [f32; R] {
-    let nb = xd.len();
-    assert!(qs.len() >= R * nb * 16 && d.len() >= R * nb && xq.len() >= nb * QK);
-    assert!(o.off.len() >= R * nb && o.xs.len() >= nb);
+    x: &[ActRow<'_>; M],
+) -> [[f32; M]; R] {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= R * nb * 16 && d.len() >= R * nb && o.off.len() >= R * nb);
+    assert!(x
+        .iter()
+        .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q4_vnni::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, o) },
+        Isa::Vnni => unsafe { x86::q4_vnni::<R, M>(qs.as_ptr(), d.as_ptr(), o, x, nb) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q4_avx2::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, o) },
+        Isa::Avx2 => unsafe { x86::q4_avx2::<R, M>(qs.as_ptr(), d.as_ptr(), o, x, nb) },
         _ => std::array::from_fn(|r| {
-            let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * o.xs[b]).sum();
-            q4_portable(&qs[r * nb * 16..], &d[r * nb..], xq, xd) + o.scale * off
+            std::array::from_fn(|m| {
+                let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * x[m].s[b]).sum();
+                q4_portable(&qs[r * nb * 16..], &d[r * nb..], x[m].q, x[m].d) + o.scale * off
+            })
         }),
     }
 }
 
-/// `R` Q8 rows (`qs`: `R·nb·32` bytes, `d`: `R·nb` scales) with one activation row.
+/// A tile of `R` Q8 rows (`qs`: `R·nb·32` bytes, `d`: `R·nb` scales) times `M` activation rows.
 #[inline]
-pub fn q8_dots<const R: usize>(isa: Isa, qs: &[i8], d: &[f32], xq: &[i8], xd: &[f32]) -> [f32; R] {
-    let nb = xd.len();
-    assert!(qs.len() >= R * nb * QK && d.len() >= R * nb && xq.len() >= nb * QK);
+pub fn q8_tile<const R: usize, const M: usize>(
+    isa: Isa,
+    (qs, d): (&[i8], &[f32]),
+    x: &[ActRow<'_>; M],
+) -> [[f32; M]; R] {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= R * nb * QK && d.len() >= R * nb);
+    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q8_vnni::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, nb) },
+        Isa::Vnni => unsafe { x86::q8_vnni::<R, M>(qs.as_ptr(), d.as_ptr(), None, x, nb) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q8_avx2::<R>(qs.as_ptr(), d.as_ptr(), xq.as_ptr(), xd, nb) },
-        _ => std::array::from_fn(|r| q8_portable(&qs[r * nb * QK..], &d[r * nb..], xq, xd)),
+        Isa::Avx2 => unsafe { x86::q8_avx2::<R, M>(qs.as_ptr(), d.as_ptr(), None, x, nb) },
+        _ => std::array::from_fn(|r| {
+            std::array::from_fn(|m| q8_portable(&qs[r * nb * QK..], &d[r * nb..], x[m].q, x[m].d))
+        }),
     }
 }
 
@@ -135,8 +157,10 @@ pub fn q8_portable(qs: &[i8], d: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{ActRow, Q4Offset};
     use std::arch::x86_64::*;
 
+    /// Unsigned bytes (nibbles) times signed bytes, summed in fours.
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
     unsafe fn dp_vnni(w: __m256i, x: __m256i) -> __m256i {
@@ -150,6 +174,47 @@ mod x86 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 
+    /// Q8 with VNNI: the activations are made unsigned (`x + 128`, a flipped sign bit) once per
+    /// block, and each weight block's `−128 · Σ w` starts its accumulator: one `vpdpbusd` per
+    /// pair.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn q8w_vnni(w: __m256i) -> (__m256i, __m256i) {
+        let c = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), w);
+        (w, _mm256_sub_epi32(_mm256_setzero_si256(), c))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn q8x_vnni(x: __m256i) -> __m256i {
+        _mm256_xor_si256(x, _mm256_set1_epi8(-128))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn q8dp_vnni((w, c): (__m256i, __m256i), xu: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(c, xu, w)
+    }
+
+    /// Q8 with AVX2: |w| as unsigned bytes times x carrying w's sign.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8w_avx2(w: __m256i) -> (__m256i, __m256i) {
+        (_mm256_sign_epi8(w, w), w)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8x_avx2(x: __m256i) -> __m256i {
+        x
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8dp_avx2((aw, w): (__m256i, __m256i), x: __m256i) -> __m256i {
+        dp_avx2(aw, _mm256_sign_epi8(x, w))
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -159,63 +224,122 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// The block loop both tiles share: `$wblock(r, b)` gives weight row `r`'s block `b`
+    /// prepared, `$xprep` prepares an activation block, `$dot` multiplies a pair; `$off`, a Q4
+    /// offset or `None`, adds its per-block term (scalar: one product per pair and block).
+    macro_rules! tile {
+        ($r:ident, $m:ident, $d:ident, $off:ident, $x:ident, $nb:ident,
+         |$rr:ident, $bb:ident| $wblock:expr, $xprep:ident, $dot:ident) => {{
+            let mut acc = [[_mm256_setzero_ps(); $m]; $r];
+            let mut offs = [[0f32; $m]; $r];
+            let mut xp = [std::ptr::null::<i8>(); $m];
+            let mut xd = [std::ptr::null::<f32>(); $m];
+            let mut xs = [std::ptr::null::<f32>(); $m];
+            for m in 0..$m {
+                xp[m] = $x[m].q.as_ptr();
+                xd[m] = $x[m].d.as_ptr();
+                xs[m] = $x[m].s.as_ptr();
+            }
+            let off: Option<Q4Offset<'_>> = $off;
+            let mut xv = [_mm256_setzero_si256(); $m];
+            let mut dx = [_mm256_setzero_ps(); $m];
+            for $bb in 0..$nb {
+                for m in 0..$m {
+                    xv[m] = $xprep(_mm256_loadu_si256(xp[m].add($bb * 32).cast()));
+                    dx[m] = _mm256_set1_ps(*xd[m].add($bb));
+                }
+                for $rr in 0..$r {
+                    let w = $wblock;
+                    let dw = _mm256_set1_ps(*$d.add($rr * $nb + $bb));
+                    if let Some(o) = off {
+                        let ob = *o.off.get_unchecked($rr * $nb + $bb);
+                        for m in 0..$m {
+                            offs[$rr][m] += ob * *xs[m].add($bb);
+                        }
+                    }
+                    for m in 0..$m {
+                        let p = _mm256_cvtepi32_ps($dot(w, xv[m]));
+                        acc[$rr][m] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, dx[m]), acc[$rr][m]);
+                    }
+                }
+            }
+            let mut out = [[0f32; $m]; $r];
+            for r in 0..$r {
+                for m in 0..$m {
+                    out[r][m] = hsum(acc[r][m]) + off.map_or(0.0, |o| o.scale) * offs[r][m];
+                }
+            }
+            out
+        }};
+    }
+
     macro_rules! kernels {
-        ($q4:ident, $q8:ident, $feat:literal, $dp:ident) => {
+        ($q4:ident, $q8:ident, $feat:literal, $dp:ident, $q8w:ident, $q8x:ident, $q8dp:ident) => {
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $q4<const R: usize>(
+            pub(super) unsafe fn $q4<const R: usize, const M: usize>(
                 qs: *const u8,
                 d: *const f32,
-                xq: *const i8,
-                xd: &[f32],
-                o: super::Q4Offset<'_>,
-            ) -> [f32; R] {
-                let nb = xd.len();
+                off: Q4Offset<'_>,
+                x: &[ActRow<'_>; M],
+                nb: usize,
+            ) -> [[f32; M]; R] {
                 let mask = _mm_set1_epi8(0x0f);
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut offs = [0f32; R];
-                let off = o.off.as_ptr();
-                for (b, &dx) in xd.iter().enumerate() {
-                    let xv = _mm256_loadu_si256(xq.add(b * 32).cast());
-                    let sb = *o.xs.get_unchecked(b);
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        offs[r] += *off.add(r * nb + b) * sb;
+                #[inline(always)]
+                fn same(x: __m256i) -> __m256i {
+                    x
+                }
+                let off = Some(off);
+                tile!(
+                    R,
+                    M,
+                    d,
+                    off,
+                    x,
+                    nb,
+                    |r, b| {
                         let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
                         let lo = _mm_and_si128(raw, mask);
                         let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                        let p = $dp(_mm256_set_m128i(hi, lo), xv);
-                        let scale = _mm256_set1_ps(*d.add(r * nb + b) * dx);
-                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *a);
-                    }
-                }
-                std::array::from_fn(|r| hsum(acc[r]) + o.scale * offs[r])
+                        _mm256_set_m128i(hi, lo)
+                    },
+                    same,
+                    $dp
+                )
             }
 
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $q8<const R: usize>(
+            pub(super) unsafe fn $q8<const R: usize, const M: usize>(
                 qs: *const i8,
                 d: *const f32,
-                xq: *const i8,
-                xd: &[f32],
+                off: Option<Q4Offset<'_>>,
+                x: &[ActRow<'_>; M],
                 nb: usize,
-            ) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                for (b, &dx) in xd.iter().enumerate().take(nb) {
-                    let xv = _mm256_loadu_si256(xq.add(b * 32).cast());
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let w = _mm256_loadu_si256(qs.add((r * nb + b) * 32).cast());
-                        // |w| as unsigned bytes times x carrying w's sign.
-                        let p = $dp(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-                        let scale = _mm256_set1_ps(*d.add(r * nb + b) * dx);
-                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *a);
-                    }
-                }
-                std::array::from_fn(|r| hsum(acc[r]))
+            ) -> [[f32; M]; R] {
+                tile!(
+                    R,
+                    M,
+                    d,
+                    off,
+                    x,
+                    nb,
+                    |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
+                    $q8x,
+                    $q8dp
+                )
             }
         };
     }
 
-    kernels!(q4_vnni, q8_vnni, "avx2,fma,avx512vnni,avx512vl", dp_vnni);
-    kernels!(q4_avx2, q8_avx2, "avx2,fma", dp_avx2);
+    kernels!(
+        q4_vnni,
+        q8_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        dp_vnni,
+        q8w_vnni,
+        q8x_vnni,
+        q8dp_vnni
+    );
+    kernels!(q4_avx2, q8_avx2, "avx2,fma", dp_avx2, q8w_avx2, q8x_avx2, q8dp_avx2);
 }
 
 #[cfg(test)]
@@ -223,7 +347,7 @@ mod tests {
     use super::*;
     use crate::llm::backend::quant::act::ActQ8;
 
-    fn data(nb: usize, rows: usize) -> (Vec<u8>, Vec<i8>, Vec<f32>, ActQ8) {
+    fn data(nb: usize, rows: usize, m: usize) -> (Vec<u8>, Vec<i8>, Vec<f32>, ActQ8) {
         let q4: Vec<u8> = (0..rows * nb * 16)
             .map(|i| ((i * 97 + 13) % 256) as u8)
             .collect();
@@ -233,19 +357,24 @@ mod tests {
         let d: Vec<f32> = (0..rows * nb)
             .map(|i| 0.01 + (i % 7) as f32 * 0.003)
             .collect();
-        let x: Vec<f32> = (0..nb * 32)
+        let x: Vec<f32> = (0..m * nb * 32)
             .map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.7)
             .collect();
         (q4, q8, d, ActQ8::new(&x, nb * 32))
     }
 
-    /// Every instruction set this CPU has gives the reference's value (the integer sums are
-    /// exact; only the f32 accumulation order differs).
+    /// Every instruction set this CPU has gives the reference's value for every (weight row,
+    /// activation row) of a tile (the integer sums are exact; only the f32 accumulation order
+    /// differs). Q8 weights include −128, the value the VNNI path's unsigned shift must handle.
     #[test]
-    fn kernels_match_the_portable_reference() {
-        let (nb, rows) = (5, 4);
-        let (q4, q8, d, x) = data(nb, rows);
-        let (xq, xd, _) = x.row(0);
+    fn tiles_match_the_portable_reference() {
+        let (nb, rows, m) = (5, 4, 3);
+        let (q4, q8, d, x) = data(nb, rows, m);
+        assert!(q8.contains(&-128) && q8.contains(&127));
+        let acts: [ActRow<'_>; 3] = std::array::from_fn(|i| {
+            let (q, d, s) = x.row(i);
+            ActRow { q, d, s }
+        });
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
@@ -256,28 +385,32 @@ mod tests {
                 isas.push(Isa::Vnni);
             }
         }
-        let (_, _, xs) = x.row(0);
-        let off = Q4Offset {
-            off: &d,
-            scale: -8.0,
-            xs,
-        };
         for isa in isas {
-            let a = q4_dots::<4>(isa, (&q4, &d), xq, xd, off);
-            let b = q8_dots::<4>(isa, &q8, &d, xq, xd);
+            let o = Q4Offset {
+                off: &d,
+                scale: -8.0,
+            };
+            let a = q4_tile::<4, 3>(isa, (&q4, &d), o, &acts);
+            let b = q8_tile::<4, 3>(isa, (&q8, &d), &acts);
+            let o1 = Q4Offset {
+                off: &d[nb..],
+                scale: 1.0,
+            };
+            let one = q4_tile::<1, 1>(isa, (&q4[16 * nb..], &d[nb..]), o1, &[acts[2]]);
             for r in 0..rows {
-                let o: f32 = (0..nb).map(|b| d[r * nb + b] * xs[b]).sum();
-                let want4 = q4_portable(&q4[r * nb * 16..], &d[r * nb..], xq, xd) - 8.0 * o;
-                let want8 = q8_portable(&q8[r * nb * 32..], &d[r * nb..], xq, xd);
-                assert!(
-                    (a[r] - want4).abs() <= 1e-4 * want4.abs().max(1.0),
-                    "{isa:?} q4"
-                );
-                assert!(
-                    (b[r] - want8).abs() <= 1e-4 * want8.abs().max(1.0),
-                    "{isa:?} q8"
-                );
+                for (i, act) in acts.iter().enumerate() {
+                    let o: f32 = (0..nb).map(|b| d[r * nb + b] * act.s[b]).sum();
+                    let want4 =
+                        q4_portable(&q4[r * nb * 16..], &d[r * nb..], act.q, act.d) - 8.0 * o;
+                    let want8 = q8_portable(&q8[r * nb * 32..], &d[r * nb..], act.q, act.d);
+                    let close = |g: f32, w: f32| (g - w).abs() <= 1e-4 * w.abs().max(1.0);
+                    assert!(close(a[r][i], want4), "{isa:?} q4 [{r}][{i}]");
+                    assert!(close(b[r][i], want8), "{isa:?} q8 [{r}][{i}]");
+                }
             }
+            let o: f32 = (0..nb).map(|b| d[nb + b] * acts[2].s[b]).sum();
+            let want = q4_portable(&q4[16 * nb..], &d[nb..], acts[2].q, acts[2].d) + o;
+            assert!((one[0][0] - want).abs() <= 1e-4 * want.abs().max(1.0));
         }
     }
 }

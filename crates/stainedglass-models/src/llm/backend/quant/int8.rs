@@ -3,7 +3,7 @@
 //! accumulation — llama.cpp's numerics, the fastest path, not the f32 model's numbers.
 
 use super::act::{ActQ8, QK};
-use super::dot::{self, Isa, Q4Offset};
+use super::dot::{self, ActRow, Isa, Q4Offset};
 use super::{ggml, OutPtr, Part, QMatrix};
 
 impl QMatrix {
@@ -25,7 +25,7 @@ impl QMatrix {
             })
             .collect();
         // Tasks of whole groups of `G` rows, several per thread.
-        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256) / G * G;
+        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256) / R * R;
         let mut tasks = Vec::new();
         let mut offset = 0;
         for (pi, p) in self.parts.iter().enumerate() {
@@ -65,10 +65,12 @@ impl QMatrix {
     }
 }
 
-/// Weight rows per kernel call (each activation block is loaded once for all of them).
-const G: usize = 2;
+/// Weight rows and activation rows per tile: each weight block is unpacked once for `M`
+/// activation rows, each activation block loaded once for `R` weight rows (16 accumulators).
+const R: usize = 4;
+const M: usize = 4;
 
-/// Rows `r0..r1` of one of our parts with every activation row, `G` rows at a time.
+/// Rows `r0..r1` of one of our parts with every activation row, in tiles of `R × M`.
 fn own_rows(
     isa: Isa,
     part: &Part,
@@ -80,45 +82,74 @@ fn own_rows(
 ) {
     let mut j = r0;
     while j < r1 {
-        let full = j + G <= r1;
-        for ar in 0..m {
-            let (xq, xd, xs) = act.row(ar);
-            let mut v = [0f32; G];
-            match part {
-                Part::Q4 { d, m: mins, qs, .. } => {
-                    let w = (&qs[j * nb * 16..], &d[j * nb..]);
-                    let o = match mins {
-                        Some(mn) => Q4Offset {
-                            off: &mn[j * nb..],
-                            scale: 1.0,
-                            xs,
-                        },
-                        None => Q4Offset {
-                            off: &d[j * nb..],
-                            scale: -8.0,
-                            xs,
-                        },
-                    };
-                    if full {
-                        v = dot::q4_dots::<G>(isa, w, xq, xd, o);
-                    } else {
-                        v[0] = dot::q4_dots::<1>(isa, w, xq, xd, o)[0];
-                    }
-                }
-                Part::Q8 { d, qs, .. } => {
-                    let (q, dd) = (&qs[j * nb * QK..], &d[j * nb..]);
-                    if full {
-                        v = dot::q8_dots::<G>(isa, q, dd, xq, xd);
-                    } else {
-                        v[0] = dot::q8_dots::<1>(isa, q, dd, xq, xd)[0];
-                    }
-                }
-                Part::Ggml(_) => return,
-            }
-            for (r, val) in v.iter().enumerate().take(if full { G } else { 1 }) {
-                write(ar, j + r, *val);
-            }
+        if j + R <= r1 {
+            tile_rows::<R>(isa, part, act, nb, (j, m), &write);
+            j += R;
+        } else {
+            tile_rows::<1>(isa, part, act, nb, (j, m), &write);
+            j += 1;
         }
-        j += if full { G } else { 1 };
+    }
+}
+
+/// Weight rows `j..j + RR` with activation rows `0..m`.
+fn tile_rows<const RR: usize>(
+    isa: Isa,
+    part: &Part,
+    act: &ActQ8,
+    nb: usize,
+    (j, m): (usize, usize),
+    write: &impl Fn(usize, usize, f32),
+) {
+    let mut i = 0;
+    while i + M <= m {
+        tile::<RR, M>(isa, part, act, nb, (j, i), write);
+        i += M;
+    }
+    match m - i {
+        3 => tile::<RR, 3>(isa, part, act, nb, (j, i), write),
+        2 => tile::<RR, 2>(isa, part, act, nb, (j, i), write),
+        1 => tile::<RR, 1>(isa, part, act, nb, (j, i), write),
+        _ => {}
+    }
+}
+
+/// Weight rows `j..j + RR` times activation rows `i..i + MM`.
+fn tile<const RR: usize, const MM: usize>(
+    isa: Isa,
+    part: &Part,
+    act: &ActQ8,
+    nb: usize,
+    (j, i): (usize, usize),
+    write: &impl Fn(usize, usize, f32),
+) {
+    let x: [ActRow<'_>; MM] = std::array::from_fn(|t| {
+        let (q, d, s) = act.row(i + t);
+        ActRow { q, d, s }
+    });
+    let v = match part {
+        Part::Q4 { d, m: mins, qs, .. } => {
+            // The Q4_1 minimum, or the Q4_0 offset of 8, times the activation block sums.
+            let o = match mins {
+                Some(mn) => Q4Offset {
+                    off: &mn[j * nb..],
+                    scale: 1.0,
+                },
+                None => Q4Offset {
+                    off: &d[j * nb..],
+                    scale: -8.0,
+                },
+            };
+            dot::q4_tile::<RR, MM>(isa, (&qs[j * nb * 16..], &d[j * nb..]), o, &x)
+        }
+        Part::Q8 { d, qs, .. } => {
+            dot::q8_tile::<RR, MM>(isa, (&qs[j * nb * QK..], &d[j * nb..]), &x)
+        }
+        Part::Ggml(_) => return,
+    };
+    for (r, vr) in v.iter().enumerate() {
+        for (t, val) in vr.iter().enumerate() {
+            write(i + t, j + r, *val);
+        }
     }
 }
