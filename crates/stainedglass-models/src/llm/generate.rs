@@ -2,6 +2,7 @@
 //! greedy decoding or sampling (temperature, top-k, top-p, repetition penalty), stop tokens,
 //! a token budget and an optional seed (otherwise the sampler draws from OS entropy).
 
+use super::continuous::RunningBatch;
 use super::kv_cache::KvCache;
 use super::model::Llama;
 use crate::error::{Error, Result};
@@ -326,116 +327,50 @@ impl Llama {
 }
 
 /// One request of a batched generation: prompt embeddings `(t, hidden)` and its own sampling.
+#[derive(Clone, Copy)]
 pub struct RowRequest<'a> {
     pub embeds: &'a Tensor,
     pub params: &'a SamplingParams,
 }
 
 impl Llama {
-    /// Generates for independent requests at once: the prompts are left-padded into one batch
-    /// with one KV cache (each decoding step reads the weights once for every row), and every
-    /// row keeps its own sampling parameters, stop tokens and budget. `on_token(row, token)`
-    /// returning `false` cancels that row. A batch of one computes exactly what [`Self::generate`]
-    /// computes from embeddings.
+    /// Generates for independent requests at once: the prompts are prefilled together and
+    /// decoded as one running batch (each decoding step reads the weights once for every row;
+    /// `continuous.rs`), every row with its own sampling parameters, stop tokens and budget,
+    /// leaving the batch when it finishes. `on_token(row, token)` returning `false` cancels
+    /// that row. A batch of one computes exactly what [`Self::generate`] computes from
+    /// embeddings.
     pub fn generate_rows(
         &self,
         rows: &[RowRequest<'_>],
         mut on_token: impl FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Generation>> {
-        let b = rows.len();
-        if b == 0 {
-            return Ok(Vec::new());
-        }
-        let h = self.config().hidden_size;
-        let mut lens = Vec::with_capacity(b);
-        for r in rows {
-            let (t, d) = r.embeds.dims2()?;
-            if t == 0 || d != h {
-                return Err(Error::Shape {
-                    what: "prompt embeddings".into(),
-                    expected: format!("(t ≥ 1, {h})"),
-                    got: r.embeds.dims().to_vec(),
-                });
-            }
-            lens.push(t);
-        }
-        let t = lens.iter().copied().max().unwrap_or(0);
-        let dev = self.device();
-        let mut padded = Vec::with_capacity(b);
-        let mut mask = Vec::with_capacity(b * t);
-        for (r, &len) in rows.iter().zip(&lens) {
-            let e = r.embeds.to_dtype(DType::F32)?;
-            padded.push(if len < t {
-                Tensor::cat(&[Tensor::zeros((t - len, h), DType::F32, dev)?, e], 0)?
-            } else {
-                e
-            });
-            mask.extend(std::iter::repeat_n(0u8, t - len));
-            mask.extend(std::iter::repeat_n(1u8, len));
-        }
-        let x = Tensor::stack(&padded, 0)?;
-        let mut samplers = rows
+        let requests: Vec<(u64, RowRequest<'_>)> = rows
             .iter()
-            .map(|r| Sampler::new(r.params.clone()))
-            .collect::<Result<Vec<_>>>()?;
-        let mut cache = KvCache::new(self.config().num_layers, b);
-        let full = lens.iter().all(|&l| l == t);
-        let m = Tensor::from_vec(mask, (b, t), dev)?;
-        let mut logits = self.forward_cached(&x, (!full).then_some(&m), &mut cache)?;
-        let mut seen: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut finish: Vec<Option<FinishReason>> = vec![None; b];
+            .enumerate()
+            .map(|(i, r)| (i as u64, *r))
+            .collect();
+        let mut out: Vec<Option<Generation>> = vec![None; rows.len()];
+        let mut report = |id: u64, t: u32| on_token(id as usize, t);
+        let mut batch = RunningBatch::new(self.config().num_layers);
+        let mut done = self.join_batch(&mut batch, &requests, &mut report)?;
         loop {
-            let rows_l = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let mut next = vec![0u32; b];
-            for i in 0..b {
-                if finish[i].is_some() {
-                    continue;
-                }
-                if seen[i].len() >= rows[i].params.max_new_tokens {
-                    finish[i] = Some(FinishReason::Length);
-                    continue;
-                }
-                if rows_l[i].iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
-                    finish[i] = Some(FinishReason::NonFinite);
-                    continue;
-                }
-                let tok = samplers[i].sample(&rows_l[i], &seen[i]);
-                seen[i].push(tok);
-                next[i] = tok;
-                if !on_token(i, tok) {
-                    finish[i] = Some(FinishReason::Cancelled);
-                } else if rows[i].params.stop_tokens.contains(&tok) {
-                    finish[i] = Some(FinishReason::Stop);
-                } else if seen[i].len() >= rows[i].params.max_new_tokens {
-                    finish[i] = Some(FinishReason::Length);
-                }
+            for f in done {
+                out[f.id as usize] = Some(f.generation);
             }
-            if finish.iter().all(Option::is_some) {
+            if batch.is_empty() {
                 break;
             }
-            if cache.len() + 1 > self.max_positions() {
-                for f in finish.iter_mut().filter(|f| f.is_none()) {
-                    *f = Some(FinishReason::Length);
-                }
-                break;
-            }
-            // Finished rows still occupy a slot; their new positions are masked out.
-            let still: Vec<u8> = (0..b).map(|i| u8::from(finish[i].is_none())).collect();
-            let e = self.embed(&Tensor::from_vec(next, (b, 1), dev)?)?;
-            let all = still.iter().all(|&a| a == 1);
-            let m = Tensor::from_vec(still, (b, 1), dev)?;
-            logits = self.forward_cached(&e, (!(all && full)).then_some(&m), &mut cache)?;
+            done = self.step_batch(&mut batch, &mut report)?;
         }
-        Ok(seen
-            .into_iter()
-            .zip(finish)
-            .zip(lens)
-            .map(|((tokens, f), p)| Generation {
-                tokens,
-                finish: f.unwrap_or(FinishReason::Length),
-                prompt_tokens: p,
+        out.into_iter()
+            .map(|g| {
+                g.ok_or_else(|| Error::Invalid {
+                    what: "a request that never finished".into(),
+                    expected: "every row of the batch to finish".into(),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

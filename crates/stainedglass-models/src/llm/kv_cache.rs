@@ -1,7 +1,16 @@
-//! The KV cache of cached inference (prefill, decoding, beam search): keys and values of past
-//! positions per layer, grown by doubling, plus which positions are real tokens.
+//! The KV cache of cached inference (prefill, decoding, beam search, continuous batching): keys
+//! and values of past positions per layer, grown by doubling, plus which positions are real
+//! tokens.
+//!
+//! Each layer holds buffers `(slots, capacity, kv_heads, head_dim)`; the batch's `b` rows are
+//! slots `0..b` (a row is contiguous, so the kernels read it in place). Continuous batching
+//! adds rows ([`KvCache::join`]: the newcomers' columns are copied, nobody else moves) and
+//! removes them ([`KvCache::swap_remove_row`]: the last row's columns move into the hole).
+//! Rows share the column index (every step appends one column to every row), but a row's
+//! positions (RoPE) are its own: columns a row never wrote are masked out as padding, wherever
+//! they are, and [`KvCache::compact`] drops the columns no row uses any more.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -15,6 +24,26 @@ pub struct KvCache {
     pub(crate) next_pos: Vec<u32>,
 }
 
+/// The shape of one cached row's entries: `(kv_heads, head_dim)`, dtype and device.
+struct Entry {
+    h: usize,
+    d: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Entry {
+    fn of(t: &Tensor) -> Result<Self> {
+        let (_, _, h, d) = t.dims4()?;
+        Ok(Self {
+            h,
+            d,
+            dtype: t.dtype(),
+            device: t.device().clone(),
+        })
+    }
+}
+
 impl KvCache {
     pub fn new(num_layers: usize, batch: usize) -> Self {
         Self {
@@ -24,8 +53,6 @@ impl KvCache {
         }
     }
 
-    /// Layer `li`'s key and value buffers `(b, capacity, kv_heads, head_dim)` holding `used`
-    /// positions, grown (doubling, old entries copied) so that `need` positions fit.
     /// Writes layer `li`'s new keys and values `(b, t, heads, d)` after its `used` positions
     /// (growing the buffers as needed) and returns views of all `used + t` of them.
     pub(crate) fn append(
@@ -42,6 +69,9 @@ impl KvCache {
         Ok((ck.narrow(1, 0, used + t)?, cv.narrow(1, 0, used + t)?))
     }
 
+    /// Layer `li`'s key and value buffers for the batch's rows, `(b, capacity, kv_heads,
+    /// head_dim)` views holding `used` positions, grown (doubling, old entries copied) so that
+    /// `need` positions fit; `like` is `(b, _, kv_heads, head_dim)`.
     pub(crate) fn reserve(
         &mut self,
         li: usize,
@@ -49,25 +79,45 @@ impl KvCache {
         used: usize,
         need: usize,
     ) -> Result<(Tensor, Tensor)> {
-        let (b, _, h, d) = like.dims4()?;
-        let cap = self.kv[li]
-            .as_ref()
-            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
-        if cap < need {
-            let new_cap = need.max(2 * cap).max(MIN_CACHE);
-            let nk = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
-            let nv = Tensor::zeros((b, new_cap, h, d), like.dtype(), like.device())?;
+        let b = like.dim(0)?;
+        self.reserve_rows(li, &Entry::of(like)?, (b, b), used, need)
+    }
+
+    /// As [`Self::reserve`], for `b` rows of which the first `live` hold data worth keeping.
+    fn reserve_rows(
+        &mut self,
+        li: usize,
+        e: &Entry,
+        (b, live): (usize, usize),
+        used: usize,
+        need: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (slots, cap) = self.kv[li].as_ref().map_or((0, 0), |(k, _)| {
+            (k.dim(0).unwrap_or(0), k.dim(1).unwrap_or(0))
+        });
+        if cap < need || slots < b {
+            let new_cap = if cap < need {
+                need.max(2 * cap).max(MIN_CACHE)
+            } else {
+                cap
+            };
+            let new_slots = slots.max(b);
+            let shape = (new_slots, new_cap, e.h, e.d);
+            let nk = Tensor::zeros(shape, e.dtype, &e.device)?;
+            let nv = Tensor::zeros(shape, e.dtype, &e.device)?;
             if let Some((ok, ov)) = self.kv[li].take() {
-                let used = used.min(cap);
-                if used > 0 {
-                    nk.slice_set(&ok.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
-                    nv.slice_set(&ov.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
+                let (rows, used) = (live.min(slots), used.min(cap));
+                if rows > 0 && used > 0 {
+                    for (new, old) in [(&nk, &ok), (&nv, &ov)] {
+                        let part = old.narrow(0, 0, rows)?.narrow(1, 0, used)?.contiguous()?;
+                        new.narrow(0, 0, rows)?.slice_set(&part, 1, 0)?;
+                    }
                 }
             }
             self.kv[li] = Some((nk, nv));
         }
         match &self.kv[li] {
-            Some((k, v)) => Ok((k.clone(), v.clone())),
+            Some((k, v)) => Ok((k.narrow(0, 0, b)?, v.narrow(0, 0, b)?)),
             None => Err(Error::Shape {
                 what: "KV cache".into(),
                 expected: "allocated buffers".into(),
@@ -100,12 +150,127 @@ impl KvCache {
         Ok(())
     }
 
-    /// Number of cached positions.
+    /// Removes row `i`; the last row takes its place (its columns are copied into the slot),
+    /// as `Vec::swap_remove` does, so a caller's list of rows must be swap-removed too.
+    pub fn swap_remove_row(&mut self, i: usize) -> Result<()> {
+        let b = self.rows();
+        if i >= b {
+            return Err(Error::Shape {
+                what: "KV cache row".into(),
+                expected: format!("a row < {b}"),
+                got: vec![i],
+            });
+        }
+        let len = self.len();
+        if i + 1 < b && len > 0 {
+            for (k, v) in self.kv.iter().flatten() {
+                for buf in [k, v] {
+                    // Always a copy: a view of a full row shares the buffer's storage.
+                    let last = buf
+                        .narrow(0, b - 1, 1)?
+                        .narrow(1, 0, len)?
+                        .force_contiguous()?;
+                    buf.narrow(0, i, 1)?.slice_set(&last, 1, 0)?;
+                }
+            }
+        }
+        self.key_valid.swap_remove(i);
+        self.next_pos.swap_remove(i);
+        Ok(())
+    }
+
+    /// Appends `other`'s rows (a prefill of newcomers) after this cache's: their keys and
+    /// values go to columns `0..other.len()` of new slots; every row's mask is padded to the
+    /// longer of the two caches (the columns a row never wrote are zeroed and masked).
+    pub fn join(&mut self, other: KvCache) -> Result<()> {
+        if self.kv.len() != other.kv.len() {
+            return Err(Error::Shape {
+                what: "KV caches to join".into(),
+                expected: format!("{} layers", self.kv.len()),
+                got: vec![other.kv.len()],
+            });
+        }
+        let (b1, b2) = (self.rows(), other.rows());
+        let (l1, l2) = (self.len(), other.len());
+        let l = l1.max(l2);
+        for (li, theirs) in other.kv.iter().enumerate() {
+            let Some((ok, ov)) = theirs else { continue };
+            let e = Entry::of(ok)?;
+            let (k, v) = self.reserve_rows(li, &e, (b1 + b2, b1), l1, l)?;
+            for (mine, new) in [(&k, ok), (&v, ov)] {
+                if l2 > 0 {
+                    let part = new.narrow(0, 0, b2)?.narrow(1, 0, l2)?.contiguous()?;
+                    mine.narrow(0, b1, b2)?.slice_set(&part, 1, 0)?;
+                }
+                // Columns a row never wrote: zeros, so no stale value meets a zero weight.
+                let zero = |rows, cols| Tensor::zeros((rows, cols, e.h, e.d), e.dtype, &e.device);
+                if l > l1 && b1 > 0 {
+                    mine.narrow(0, 0, b1)?
+                        .slice_set(&zero(b1, l - l1)?, 1, l1)?;
+                }
+                if l > l2 {
+                    mine.narrow(0, b1, b2)?
+                        .slice_set(&zero(b2, l - l2)?, 1, l2)?;
+                }
+            }
+        }
+        for kv in &mut self.key_valid {
+            kv.resize(l, 0);
+        }
+        for mut kv in other.key_valid {
+            kv.resize(l, 0);
+            self.key_valid.push(kv);
+        }
+        self.next_pos.extend(other.next_pos);
+        Ok(())
+    }
+
+    /// Drops the columns no row uses (every row's mask 0 there) when they are at least
+    /// `min_free` and half of all: rows that left behind a long tail of history, or a long
+    /// row that ended while short ones go on. Returns whether it compacted.
+    pub fn compact(&mut self, min_free: usize) -> Result<bool> {
+        let (b, len) = (self.rows(), self.len());
+        let keep: Vec<u32> = (0..len)
+            .filter(|&c| self.key_valid.iter().any(|kv| kv[c] != 0))
+            .map(|c| c as u32)
+            .collect();
+        let free = len - keep.len();
+        if b == 0 || free < min_free.max(1) || 2 * free < len {
+            return Ok(false);
+        }
+        for (k, v) in self.kv.iter().flatten() {
+            let idx = Tensor::new(keep.as_slice(), k.device())?;
+            for buf in [k, v] {
+                let kept = buf
+                    .narrow(0, 0, b)?
+                    .narrow(1, 0, len)?
+                    .contiguous()?
+                    .index_select(&idx, 1)?;
+                buf.narrow(0, 0, b)?.slice_set(&kept, 1, 0)?;
+            }
+        }
+        for kv in &mut self.key_valid {
+            *kv = keep.iter().map(|&c| kv[c as usize]).collect();
+        }
+        Ok(true)
+    }
+
+    /// Number of cached positions (columns).
     pub fn len(&self) -> usize {
         self.key_valid.first().map_or(0, Vec::len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of rows (sequences) in the batch.
+    pub fn rows(&self) -> usize {
+        self.next_pos.len()
+    }
+
+    /// The position (RoPE) the next token of each row takes: its real tokens so far.
+    pub fn next_positions(&self) -> &[u32] {
+        &self.next_pos
     }
 }

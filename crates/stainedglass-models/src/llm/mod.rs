@@ -6,12 +6,14 @@
 //! - the model: [`config`], [`weights`] and [`hf`] (loading and saving), `model.rs` ([`Llama`]),
 //!   `block.rs` (one layer's weights), `stored.rs` (a model with its matrices as stored),
 //!   `kv_cache.rs`, `stack/` (the decoder layers as one op);
-//! - generation: [`generate`] (sampling, batched requests);
+//! - generation: [`generate`] (sampling, batched requests), [`continuous`] (requests joining
+//!   and leaving a running batch between decoding steps);
 //! - `backend/`: the CPU kernels and the run-time BLAS, private to the crate.
 
 pub(crate) mod backend;
 pub(crate) mod block;
 pub mod config;
+pub mod continuous;
 pub(crate) mod embed_head;
 pub mod generate;
 pub mod hf;
@@ -29,6 +31,7 @@ pub use backend::ops::Linear;
 pub use backend::packed::set_prepack_budget_mb;
 pub use backend::quant::{Activations, Isa as QuantIsa, QMatrix};
 pub use config::LlamaConfig;
+pub use continuous::{Finished, RunningBatch};
 pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
 pub use kv_cache::KvCache;
 pub use model::{positions_from_mask, Llama, Stop};

@@ -313,26 +313,31 @@ impl Llama {
             Stop::Logits => self.cfg.num_layers,
         };
         // Positions count real tokens only, so a left-padded row sees the same positions as
-        // the unpadded sequence.
+        // the unpadded sequence. Positions, not columns, are bounded: rows of a continuous
+        // batch share columns with padding between their tokens (a pad's position is clamped
+        // into the table; its key is masked).
+        let max_pos = self.rope.max_positions;
         let mut positions = Vec::with_capacity(b * t);
-        for bi in 0..b {
-            let mut p = cache.next_pos[bi];
+        let mut next = cache.next_pos.clone();
+        for (bi, p) in next.iter_mut().enumerate() {
             for i in 0..t {
-                positions.push(p);
                 if mask[bi * t + i] != 0 {
-                    p += 1;
+                    positions.push(*p);
+                    *p += 1;
+                } else {
+                    positions.push((*p).min(max_pos.saturating_sub(1) as u32));
                 }
             }
-            cache.next_pos[bi] = p;
         }
-        let past = cache.len();
-        if past + t > self.rope.max_positions {
+        if let Some(&last) = next.iter().find(|&&p| p as usize > max_pos) {
             return Err(Error::Shape {
                 what: "sequence length".into(),
-                expected: format!("at most {} positions in all", self.rope.max_positions),
-                got: vec![past + t],
+                expected: format!("at most {max_pos} positions in all"),
+                got: vec![last as usize],
             });
         }
+        cache.next_pos = next;
+        let past = cache.len();
         for (bi, kv) in cache.key_valid.iter_mut().enumerate() {
             kv.extend_from_slice(&mask[bi * t..(bi + 1) * t]);
         }

@@ -194,43 +194,10 @@ impl CustomOp1 for DecoderStack {
 
 #[cfg(test)]
 mod tests {
-    use crate::llm::weights::TensorMap;
-    use crate::llm::{Llama, LlamaConfig, Stop};
-    use crate::test_util::rand;
+    use crate::llm::Stop;
+    use crate::test_util::{rand, tiny_model as tiny};
     use candle_core::{DType, Device, Tensor, Var};
     use rand::SeedableRng;
-
-    /// A 3-layer model with GQA and a qkv bias (Qwen2-style), random weights.
-    fn tiny() -> Llama {
-        let cfg = LlamaConfig::tiny_for_tests();
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let mut map = TensorMap::new();
-        let (h, f, q, kv) = (32, 40, 32, 16);
-        map.insert(
-            "model.embed_tokens.weight".into(),
-            rand(&[50, h], &mut r, 1.0),
-        );
-        map.insert("model.norm.weight".into(), rand(&[h], &mut r, 1.0));
-        for i in 0..3 {
-            let p = format!("model.layers.{i}");
-            let mut put = |n: &str, s: &[usize], sc: f32| {
-                map.insert(format!("{p}.{n}"), rand(s, &mut r, sc));
-            };
-            put("input_layernorm.weight", &[h], 1.0);
-            put("post_attention_layernorm.weight", &[h], 1.0);
-            put("self_attn.q_proj.weight", &[q, h], 0.3);
-            put("self_attn.k_proj.weight", &[kv, h], 0.3);
-            put("self_attn.v_proj.weight", &[kv, h], 0.3);
-            put("self_attn.q_proj.bias", &[q], 0.3);
-            put("self_attn.k_proj.bias", &[kv], 0.3);
-            put("self_attn.v_proj.bias", &[kv], 0.3);
-            put("self_attn.o_proj.weight", &[h, q], 0.3);
-            put("mlp.gate_proj.weight", &[f, h], 0.3);
-            put("mlp.up_proj.weight", &[f, h], 0.3);
-            put("mlp.down_proj.weight", &[h, f], 0.3);
-        }
-        Llama::from_tensors(cfg, map, &Device::Cpu).expect("tiny model")
-    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
