@@ -52,12 +52,20 @@ pub struct ServeArgs {
     /// Most tokens one request may generate.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
-    /// Requests decoded together in one batch (one KV cache, each row with its own sampling).
-    #[arg(long, default_value_t = 8)]
+    /// Requests decoded together (continuous batching: requests join and leave the running
+    /// batch between decoding steps; one KV cache, each row with its own sampling).
+    #[arg(long, default_value_t = 16)]
     pub max_concurrency: usize,
-    /// Requests allowed to wait while a batch runs; more get 429 with Retry-After.
+    /// Requests allowed to wait for a row; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
+    /// Reuse the keys and values of a prompt prefix requests share, bit for bit (behind the
+    /// proxy: the chat template and system prompt, which the SGT leaves untransformed). The
+    /// server then holds the last such prefix in memory, and a caller who times replies can
+    /// tell whether a recent request began with the same template and system prompt
+    /// (transformed content never matches). `off` prefills every prompt in full.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub prefix_cache: String,
     /// File holding the server's identity key (sealed output is bound to it; created, mode
     /// 0600, when missing). Without it a fresh identity is made at every start.
     #[arg(long)]
@@ -119,6 +127,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|| "model".into())
         }),
         max_concurrency: a.max_concurrency,
+        prefix_cache: a.prefix_cache == "on",
         identity: Some(Arc::new(identity(a.key_file.as_deref())?)),
     };
     let state = Arc::new(ServerState::new(model, tok.stop_tokens(), config)?);

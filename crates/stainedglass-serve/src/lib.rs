@@ -18,5 +18,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod torch_save;
+mod worker;
 
 pub use error::{ApiError, Error, Result};

@@ -4,16 +4,18 @@
 //! parameters) and answers with token ids, as one JSON object or as server-sent events; with
 //! the `x-sgt-client-key` header every token is sealed for that key. `GET /v1/model` describes
 //! the model (hidden size, embedding hash) so a proxy can check it serves the right one;
-//! `GET /health` needs no key. One worker thread owns the model and decodes waiting requests
-//! together — up to `max_concurrency` rows in one batch with one KV cache, each row with its own
-//! sampling — while further requests wait in a bounded queue. Nothing a client sends or
-//! receives is logged, only sizes and timings.
+//! `GET /health` needs no key. One worker thread owns the model and decodes up to
+//! `max_concurrency` requests together with continuous batching (`worker.rs`: requests join
+//! and leave the running batch between decoding steps, each with its own sampling), while
+//! further requests wait in a bounded queue. Nothing a client sends or receives is logged,
+//! only sizes and timings.
 
 use crate::crypto::{Sealer, ServerIdentity};
 use crate::embeddings::{self, EmbeddingLimits};
 use crate::error::{ApiError, Error, Result};
 pub use crate::http::{bind, run, run_with, shutdown_signal, Timeouts};
 use crate::protocol::*;
+use crate::worker::{Job, Worker, WorkerStats};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -22,12 +24,10 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use candle_core::Tensor;
-use stainedglass_models::llm::{FinishReason, Llama, RowRequest, SamplingParams};
+use stainedglass_models::llm::{Llama, SamplingParams};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Limits and credentials of a server.
@@ -38,10 +38,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_sequence_length: usize,
     pub max_new_tokens: usize,
-    /// Requests decoded together in one batch.
+    /// Requests decoded together (rows of the running batch).
     pub max_concurrency: usize,
-    /// Requests allowed to wait while a batch runs; more get 429 with `Retry-After`.
+    /// Requests allowed to wait for a row; more get 429 with `Retry-After`.
     pub max_queue: usize,
+    /// Reuse the keys and values of a prompt prefix requests share (the chat template and
+    /// system prompt behind the proxy); see `stainedglass_models::llm::prefix` for what it
+    /// holds and what a caller can time.
+    pub prefix_cache: bool,
     pub model_name: String,
     /// The identity sealed output is bound to; `None` generates one at start.
     pub identity: Option<Arc<ServerIdentity>>,
@@ -54,20 +58,13 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             max_sequence_length: 2048,
             max_new_tokens: 512,
-            max_concurrency: 8,
+            max_concurrency: 16,
             max_queue: 64,
+            prefix_cache: true,
             model_name: "model".into(),
             identity: None,
         }
     }
-}
-
-/// A request handed to the batch worker; its events go back through `events`.
-struct Job {
-    embeds: Tensor,
-    params: SamplingParams,
-    sealer: Option<Sealer>,
-    events: mpsc::Sender<StreamEvent>,
 }
 
 /// Everything a request handler needs.
@@ -77,12 +74,7 @@ pub struct ServerState {
     config: ServerConfig,
     info: ModelInfo,
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
-    /// Requests submitted and not yet taken into a batch.
-    waiting: Arc<AtomicUsize>,
-    /// Whether the worker is running a batch.
-    busy: Arc<AtomicBool>,
-    /// Batches that panicked (their requests got an error; the worker went on).
-    panics: Arc<AtomicUsize>,
+    stats: WorkerStats,
     /// Cleared if the worker thread ever ends.
     alive: Arc<AtomicBool>,
 }
@@ -110,16 +102,13 @@ impl ServerState {
             server_key: identity.public_b64(),
         };
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let busy = Arc::new(AtomicBool::new(false));
-        let panics = Arc::new(AtomicUsize::new(0));
+        let stats = WorkerStats::default();
         let alive = Arc::new(AtomicBool::new(true));
         let w = Worker {
             model,
-            waiting: waiting.clone(),
-            busy: busy.clone(),
-            panics: panics.clone(),
+            stats: stats.clone(),
             max_batch: config.max_concurrency,
+            prefix_cache: config.prefix_cache,
         };
         let a = alive.clone();
         std::thread::Builder::new()
@@ -134,9 +123,7 @@ impl ServerState {
             config,
             info,
             jobs: std::sync::Mutex::new(tx),
-            waiting,
-            busy,
-            panics,
+            stats,
             alive,
         })
     }
@@ -166,11 +153,13 @@ impl ServerState {
         }
     }
 
-    /// Queues a job for the worker, or refuses when a batch is running and the queue is full.
+    /// Queues a job for the worker, or refuses when every row is taken and the queue is full.
     fn submit(&self, job: Job) -> std::result::Result<(), ApiError> {
-        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if self.busy.load(Ordering::SeqCst) && queued >= self.config.max_queue {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let waiting = &self.stats.waiting;
+        let queued = waiting.fetch_add(1, Ordering::SeqCst);
+        let running = self.stats.running.load(Ordering::SeqCst);
+        if running + queued >= self.config.max_concurrency + self.config.max_queue {
+            waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::Overloaded(queued));
         }
         let sent = self
@@ -179,141 +168,10 @@ impl ServerState {
             .map_err(|_| ApiError::Internal("the batch worker is gone".into()))?
             .send(job);
         if sent.is_err() {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::Internal("the batch worker is gone".into()));
         }
         Ok(())
-    }
-}
-
-/// The batch worker: owns the model, takes every waiting job (up to `max_batch`), decodes them
-/// together, repeats. A batch that panics answers its requests with an error and the worker
-/// goes on with the next one.
-struct Worker {
-    model: Arc<Llama>,
-    waiting: Arc<AtomicUsize>,
-    busy: Arc<AtomicBool>,
-    panics: Arc<AtomicUsize>,
-    max_batch: usize,
-}
-
-impl Worker {
-    fn run(&self, rx: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            self.busy.store(true, Ordering::SeqCst);
-            let mut jobs = vec![first];
-            while jobs.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            self.waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
-            let senders: Vec<_> = jobs.iter().map(|j| j.events.clone()).collect();
-            let model = &self.model;
-            let finals =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(model, jobs)))
-                    .unwrap_or_else(|_| {
-                        self.panics.fetch_add(1, Ordering::SeqCst);
-                        tracing::error!(
-                            rows = senders.len(),
-                            "a batch panicked; its requests failed"
-                        );
-                        let ev = StreamEvent::Error {
-                            message:
-                                "internal error while generating; the request was not completed"
-                                    .into(),
-                            status: None,
-                        };
-                        senders.into_iter().map(|tx| (tx, ev.clone())).collect()
-                    });
-            // Free before the clients hear they are done: a client that sends its next request
-            // right after finds the worker idle, not a full queue.
-            self.busy.store(false, Ordering::SeqCst);
-            for (tx, ev) in finals {
-                let _ = tx.blocking_send(ev);
-            }
-        }
-    }
-}
-
-/// The final event of a row that ended on non-finite logits: its input is at fault.
-fn non_finite() -> StreamEvent {
-    StreamEvent::Error {
-        message: "the model's output for these embeddings is not finite (NaN or Inf): they \
-                  cannot be meaningful input embeddings"
-            .into(),
-        status: Some(422),
-    }
-}
-
-/// Decodes one batch, streaming tokens; returns each row's final event for the caller to send.
-fn run_batch(model: &Llama, mut jobs: Vec<Job>) -> Vec<(mpsc::Sender<StreamEvent>, StreamEvent)> {
-    let started = Instant::now();
-    for j in &jobs {
-        if let Some(s) = &j.sealer {
-            let _ = j.events.blocking_send(StreamEvent::Key {
-                server_key: s.server_key().to_string(),
-            });
-        }
-    }
-    let mut sealers: Vec<Option<Sealer>> = jobs.iter_mut().map(|j| j.sealer.take()).collect();
-    let rows: Vec<RowRequest<'_>> = jobs
-        .iter()
-        .map(|j| RowRequest {
-            embeds: &j.embeds,
-            params: &j.params,
-        })
-        .collect();
-    let senders: Vec<mpsc::Sender<StreamEvent>> = jobs.iter().map(|j| j.events.clone()).collect();
-    let result = model.generate_rows(&rows, |i, t| {
-        let ev = match sealers[i].as_mut() {
-            Some(s) => StreamEvent::Sealed {
-                sealed: s.seal_token(t),
-            },
-            None => StreamEvent::Token { token: t },
-        };
-        senders[i].blocking_send(ev).is_ok()
-    });
-    match result {
-        Ok(gens) => {
-            let total: usize = gens.iter().map(|g| g.tokens.len()).sum();
-            tracing::info!(
-                rows = gens.len(),
-                tokens = total,
-                ms = started.elapsed().as_millis() as u64,
-                "batch"
-            );
-            gens.iter()
-                .zip(senders)
-                .zip(sealers.iter_mut())
-                .map(|((g, tx), sealer)| {
-                    if g.finish == FinishReason::NonFinite {
-                        return (tx, non_finite());
-                    }
-                    let f = finish(g.finish);
-                    let ev = StreamEvent::Done {
-                        finish_reason: f,
-                        usage: Usage {
-                            prompt_tokens: g.prompt_tokens,
-                            completion_tokens: g.tokens.len(),
-                        },
-                        sealed_end: sealer.as_mut().map(|s| s.seal_end(f, g.prompt_tokens)),
-                    };
-                    (tx, ev)
-                })
-                .collect()
-        }
-        Err(e) => senders
-            .into_iter()
-            .map(|tx| {
-                let ev = StreamEvent::Error {
-                    message: e.to_string(),
-                    status: None,
-                };
-                (tx, ev)
-            })
-            .collect(),
     }
 }
 
@@ -335,10 +193,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-/// Liveness: 200 while the batch worker runs (with the number of batches that panicked and
-/// were answered with errors), 503 once it has stopped.
+/// Liveness: 200 while the batch worker runs (with the number of joins and decoding steps
+/// that panicked and were answered with errors), 503 once it has stopped.
 async fn health(State(st): State<Arc<ServerState>>) -> Response {
-    let panics = st.panics.load(Ordering::SeqCst);
+    let panics = st.stats.panics.load(Ordering::SeqCst);
     if st.alive.load(Ordering::SeqCst) {
         Json(serde_json::json!({"status": "ok", "failed_batches": panics})).into_response()
     } else {
@@ -401,13 +259,6 @@ fn sampling(
     p.validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(p)
-}
-
-fn finish(f: FinishReason) -> Finish {
-    match f {
-        FinishReason::Stop => Finish::Stop,
-        FinishReason::Length | FinishReason::Cancelled | FinishReason::NonFinite => Finish::Length,
-    }
 }
 
 async fn generate(

@@ -14,10 +14,13 @@ use stainedglass_serve::server::{ServerConfig, ServerState};
 const KEY: &str = "secret-key";
 
 fn prompt_embeddings() -> Tensor {
+    embeddings_of("What is the capital of France?")
+}
+
+fn embeddings_of(question: &str) -> Tensor {
     let tok = common::tokenizer();
-    let text =
-        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-    let ids = tok.encode(text).expect("ids");
+    let text = format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
+    let ids = tok.encode(&text).expect("ids");
     let ids = Tensor::new(ids.as_slice(), &Device::Cpu).expect("t");
     common::model()
         .embed(&ids.unsqueeze(0).expect("u"))
@@ -46,6 +49,7 @@ fn config() -> ServerConfig {
         max_new_tokens: 16,
         max_concurrency: 1,
         max_queue: 0,
+        prefix_cache: true,
         model_name: "smollm2".into(),
         identity: None,
     }
@@ -350,6 +354,56 @@ async fn concurrent_requests_are_decoded_together_and_all_answered() {
         let text = tok.decode(&ids, true).expect("decode");
         assert!(text.contains("Paris"), "{text}");
     }
+}
+
+/// Continuous batching: a request that arrives while another is being decoded joins the running
+/// batch at the next step and is answered long before the first one ends (with a batch that
+/// only takes requests between whole batches it would wait for all of the first reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joins_the_running_batch_instead_of_waiting_for_it() {
+    let url = common::start_server(ServerConfig {
+        max_concurrency: 2,
+        max_new_tokens: 48,
+        ..config()
+    })
+    .await;
+    let long = embeddings_of("Write a long story about a dragon who learns to bake bread.");
+    let mut first = reqwest::Client::new()
+        .post(format!("{url}/v1/generate"))
+        .bearer_auth(KEY)
+        .body(req(&long, json!({"stream": true, "max_tokens": 48})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(first.status(), 200);
+    let mut parser = SseParser::default();
+    let mut events = parser.feed(&first.chunk().await.expect("chunk").expect("a first event"));
+    // Read the first reply to its end in the background, noting when it ends.
+    let reader = tokio::spawn(async move {
+        while !events.iter().any(|e| e.contains("\"done\"")) {
+            match first.chunk().await.expect("chunk") {
+                Some(c) => events.extend(parser.feed(&c)),
+                None => break,
+            }
+        }
+        (std::time::Instant::now(), events)
+    });
+    let (s, v) = post(
+        &url,
+        req(&prompt_embeddings(), json!({"max_tokens": 2})),
+        Some(KEY),
+    )
+    .await;
+    let second_done = std::time::Instant::now();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    let (first_done, events) = reader.await.expect("reader");
+    let tokens = events.iter().filter(|e| e.contains("\"token\"")).count();
+    assert_eq!(tokens, 48, "the story runs to its budget");
+    assert!(
+        second_done < first_done,
+        "the second request waited for the first one's whole reply"
+    );
 }
 
 /// A server over the model's weights as stored (what `sgt serve` runs by default) publishes the

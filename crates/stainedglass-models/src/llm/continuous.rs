@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor};
 use super::generate::{FinishReason, Generation, RowRequest, Sampler, SamplingParams};
 use super::kv_cache::KvCache;
 use super::model::Llama;
+use super::prefix::{PrefixCache, MAX_PREFIX};
 use crate::error::{Error, Result};
 
 /// Columns no row uses any more are dropped once there are at least this many (and half of
@@ -32,19 +33,58 @@ pub struct Finished {
     pub generation: Generation,
 }
 
-/// The rows being decoded together and their KV cache (row `i` of the cache is `rows[i]`).
+/// The rows being decoded together and their KV cache (row `i` of the cache is `rows[i]`),
+/// and, with prefix caching, the prompt prefix newcomers may reuse (`prefix.rs`).
 pub struct RunningBatch {
     cache: KvCache,
     rows: Vec<Row>,
+    prefix_caching: bool,
+    prefix: Option<PrefixCache>,
+    prefix_stats: PrefixStats,
+}
+
+/// How often the prefix cache served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Requests prefilled from the cached prefix.
+    pub hits: u64,
+    /// Positions they did not compute.
+    pub positions: u64,
 }
 
 impl RunningBatch {
-    /// An empty batch for a model with `num_layers` layers.
+    /// An empty batch for a model with `num_layers` layers, without prefix caching.
     pub fn new(num_layers: usize) -> Self {
+        Self::group(KvCache::new(num_layers, 0), Vec::new())
+    }
+
+    /// An empty batch that reuses the keys and values of a prompt prefix newcomers share
+    /// (`prefix.rs`: what that holds and what a caller can time).
+    pub fn with_prefix_cache(num_layers: usize) -> Self {
         Self {
-            cache: KvCache::new(num_layers, 0),
-            rows: Vec::new(),
+            prefix_caching: true,
+            ..Self::new(num_layers)
         }
+    }
+
+    fn group(cache: KvCache, rows: Vec<Row>) -> Self {
+        Self {
+            cache,
+            rows,
+            prefix_caching: false,
+            prefix: None,
+            prefix_stats: PrefixStats::default(),
+        }
+    }
+
+    /// Positions of the cached prompt prefix (0 when none is held).
+    pub fn cached_prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, PrefixCache::len)
+    }
+
+    /// The prefix cache's counters so far.
+    pub fn prefix_stats(&self) -> PrefixStats {
+        self.prefix_stats
     }
 
     /// Requests in the batch.
@@ -119,7 +159,9 @@ impl Llama {
     /// Prefills `requests` (id, prompt embeddings `(t, hidden)` and sampling) together,
     /// samples each one's first token (reported to `on_token(id, token)`, which returns `false`
     /// to cancel) and adds those that go on to `batch`; returns those that finished at once.
-    /// On an error nothing joins and `batch` is unchanged.
+    /// With prefix caching, the requests that begin with the cached prefix are prefilled from
+    /// where they differ, the others in full (the first of them becomes the cached prompt
+    /// when none matched). On an error nothing joins and `batch` is unchanged.
     pub fn join_batch(
         &self,
         batch: &mut RunningBatch,
@@ -146,33 +188,121 @@ impl Llama {
             .iter()
             .zip(&lens)
             .map(|((id, r), &t)| {
-                Ok(Row {
+                Ok(Some(Row {
                     id: *id,
                     sampler: Sampler::new(r.params.clone())?,
                     params: r.params.clone(),
                     tokens: Vec::new(),
                     prompt_tokens: t,
-                })
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
-        let prompts: Vec<&Tensor> = requests.iter().map(|(_, r)| r.embeds).collect();
-        let (x, mask) = self.left_pad(&prompts, &lens)?;
-        let mut cache = KvCache::new(self.config().num_layers, rows.len());
-        let logits = self.forward_cached(&x, mask.as_ref(), &mut cache)?;
-        let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut finished = Vec::new();
-        for (i, row) in rows.iter_mut().enumerate() {
-            let next = cache.next_pos[i] as usize;
-            let limits = (next, self.max_positions());
-            if let Some(reason) = advance(row, &logits[i], limits, &mut on_token) {
-                finished.push((i, reason));
-            }
+        let hosts: Vec<Vec<f32>> = if batch.prefix_caching {
+            requests
+                .iter()
+                .map(|(_, r)| Ok(r.embeds.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let matched: Vec<usize> = match &batch.prefix {
+            Some(pc) => hosts.iter().map(|x| pc.matched(x)).collect(),
+            None => vec![0; requests.len()],
+        };
+        let p = matched
+            .iter()
+            .copied()
+            .filter(|&m| m > 0)
+            .min()
+            .unwrap_or(0);
+        let (reuse, full): (Vec<usize>, Vec<usize>) =
+            (0..requests.len()).partition(|&i| matched[i] > 0);
+        let prompts =
+            |idx: &[usize]| -> Vec<&Tensor> { idx.iter().map(|&i| requests[i].1.embeds).collect() };
+        let mut groups = Vec::new();
+        if let (Some(pc), false) = (&batch.prefix, reuse.is_empty()) {
+            let ls: Vec<usize> = reuse.iter().map(|&i| lens[i]).collect();
+            groups.push((
+                reuse.clone(),
+                self.prefill(&prompts(&reuse), &ls, Some((pc, p)))?,
+            ));
         }
-        let mut newcomers = RunningBatch { cache, rows };
-        let done = newcomers.remove(finished)?;
-        batch.cache.join(newcomers.cache)?;
-        batch.rows.extend(newcomers.rows);
+        let mut stored = None;
+        if !full.is_empty() {
+            let ls: Vec<usize> = full.iter().map(|&i| lens[i]).collect();
+            let (cache, logits) = self.prefill(&prompts(&full), &ls, None)?;
+            if batch.prefix_caching && reuse.is_empty() {
+                let (first, t) = (ls[0], ls.iter().copied().max().unwrap_or(0));
+                let keep = first.min(MAX_PREFIX);
+                let kv = cache.row_columns(0, t - first, keep)?;
+                stored = Some(PrefixCache::new(h, hosts[full[0]][..keep * h].to_vec(), kv));
+            }
+            groups.push((full, (cache, logits)));
+        }
+        let mut done = Vec::new();
+        let mut joined = Vec::new();
+        for (idx, (cache, logits)) in groups {
+            let mut group = RunningBatch::group(cache, Vec::with_capacity(idx.len()));
+            let mut finished = Vec::new();
+            for (gi, &i) in idx.iter().enumerate() {
+                let Some(mut row) = rows[i].take() else {
+                    continue;
+                };
+                let limits = (group.cache.next_pos[gi] as usize, self.max_positions());
+                if let Some(reason) = advance(&mut row, &logits[gi], limits, &mut on_token) {
+                    finished.push((gi, reason));
+                }
+                group.rows.push(row);
+            }
+            done.extend(group.remove(finished)?);
+            joined.push(group);
+        }
+        for g in joined {
+            batch.cache.join(g.cache)?;
+            batch.rows.extend(g.rows);
+        }
+        if p > 0 {
+            if let Some(pc) = &mut batch.prefix {
+                pc.truncate(p)?;
+            }
+            batch.prefix_stats.hits += reuse.len() as u64;
+            batch.prefix_stats.positions += (p * reuse.len()) as u64;
+        }
+        if stored.is_some() {
+            batch.prefix = stored;
+        }
         Ok(done)
+    }
+
+    /// Prefills `prompts` together (left-padded), from position `p` on top of the cached
+    /// prefix when one is given; returns the cache and each row's last logits.
+    fn prefill(
+        &self,
+        prompts: &[&Tensor],
+        lens: &[usize],
+        prefix: Option<(&PrefixCache, usize)>,
+    ) -> Result<(KvCache, Vec<Vec<f32>>)> {
+        let n = prompts.len();
+        let (suffixes, lens, mut cache) = match prefix {
+            Some((pc, p)) => (
+                prompts
+                    .iter()
+                    .zip(lens)
+                    .map(|(e, &t)| e.narrow(0, p, t - p))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                lens.iter().map(|&t| t - p).collect::<Vec<_>>(),
+                KvCache::from_prefix(&pc.kv, p, n)?,
+            ),
+            None => (
+                prompts.iter().map(|&e| e.clone()).collect(),
+                lens.to_vec(),
+                KvCache::new(self.config().num_layers, n),
+            ),
+        };
+        let refs: Vec<&Tensor> = suffixes.iter().collect();
+        let (x, mask) = self.left_pad(&refs, &lens)?;
+        let logits = self.forward_cached(&x, mask.as_ref(), &mut cache)?;
+        Ok((cache, logits.to_dtype(DType::F32)?.to_vec2::<f32>()?))
     }
 
     /// One decoding step for every row of `batch`: each row's last token goes in, its next is
@@ -291,7 +421,7 @@ mod tests {
         let mut rows: Vec<(usize, usize)> = vec![(0, 0)];
         let (mut cache, l) = prefill(0);
         assert!(max_diff(&l, &alone[0][0]) < 1e-5);
-        let mut step = |cache: &mut KvCache, rows: &mut Vec<(usize, usize)>| {
+        let step = |cache: &mut KvCache, rows: &mut Vec<(usize, usize)>| {
             let xs: Vec<Tensor> = rows.iter().map(|&(i, n)| steps[i][n].clone()).collect();
             let logits = m
                 .forward_cached(&Tensor::cat(&xs, 0).expect("cat"), None, cache)

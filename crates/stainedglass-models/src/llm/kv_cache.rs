@@ -255,6 +255,52 @@ impl KvCache {
         Ok(true)
     }
 
+    /// A cache of `rows` rows that each hold the same first `p` positions: `kv` is one row's
+    /// keys and values per layer, `(1, ≥ p, kv_heads, head_dim)` (a cached prompt prefix).
+    pub(crate) fn from_prefix(kv: &[(Tensor, Tensor)], p: usize, rows: usize) -> Result<Self> {
+        let mut cache = Self::new(kv.len(), rows);
+        for (li, (k, v)) in kv.iter().enumerate() {
+            let e = Entry::of(k)?;
+            let (ck, cv) = cache.reserve_rows(li, &e, (rows, 0), 0, p)?;
+            for (dst, src) in [(&ck, k), (&cv, v)] {
+                let part = src
+                    .narrow(1, 0, p)?
+                    .broadcast_as((rows, p, e.h, e.d))?
+                    .contiguous()?;
+                dst.slice_set(&part, 1, 0)?;
+            }
+        }
+        cache.key_valid = vec![vec![1; p]; rows];
+        cache.next_pos = vec![p as u32; rows];
+        Ok(cache)
+    }
+
+    /// Row `row`'s keys and values at columns `start..start + len`, copied: `(1, len,
+    /// kv_heads, head_dim)` per layer.
+    pub(crate) fn row_columns(
+        &self,
+        row: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        self.kv
+            .iter()
+            .map(|slot| {
+                let (k, v) = slot.as_ref().ok_or_else(|| Error::Shape {
+                    what: "KV cache".into(),
+                    expected: "every layer run".into(),
+                    got: vec![],
+                })?;
+                let take = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, row, 1)?
+                        .narrow(1, start, len)?
+                        .force_contiguous()?)
+                };
+                Ok((take(k)?, take(v)?))
+            })
+            .collect()
+    }
+
     /// Number of cached positions (columns).
     pub fn len(&self) -> usize {
         self.key_valid.first().map_or(0, Vec::len)

@@ -7,7 +7,8 @@
 //!   `block.rs` (one layer's weights), `stored.rs` (a model with its matrices as stored),
 //!   `kv_cache.rs`, `stack/` (the decoder layers as one op);
 //! - generation: [`generate`] (sampling, batched requests), [`continuous`] (requests joining
-//!   and leaving a running batch between decoding steps);
+//!   and leaving a running batch between decoding steps), [`prefix`] (reusing a shared prompt
+//!   prefix's keys and values);
 //! - `backend/`: the CPU kernels and the run-time BLAS, private to the crate.
 
 pub(crate) mod backend;
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod hf;
 pub(crate) mod kv_cache;
 pub(crate) mod model;
+pub mod prefix;
 pub(crate) mod stack;
 pub(crate) mod stored;
 pub mod weights;
@@ -31,7 +33,7 @@ pub use backend::ops::Linear;
 pub use backend::packed::set_prepack_budget_mb;
 pub use backend::quant::{Activations, Isa as QuantIsa, QMatrix};
 pub use config::LlamaConfig;
-pub use continuous::{Finished, RunningBatch};
+pub use continuous::{Finished, PrefixStats, RunningBatch};
 pub use generate::{FinishReason, Generation, Prompt, RowRequest, Sampler, SamplingParams};
 pub use kv_cache::KvCache;
 pub use model::{positions_from_mask, Llama, Stop};
