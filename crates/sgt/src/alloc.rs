@@ -5,8 +5,8 @@
 //! faulted in and zeroed again: 72 633 page faults in 8 text-SGT steps, against 2 170 when freed
 //! pages are kept, and 11% less CPU time (`perf stat`, `sgt bench text-sgt --steps 8`). Keeping
 //! them for good everywhere would also keep whatever a command freed earlier (the weight file read
-//! at load: 500 MB), so training commands switch to it only once the model is loaded, after
-//! handing that back.
+//! at load: 500 MB), so training commands and `sgt serve` (whose joins and decoding steps do the
+//! same) switch to it only once the model is loaded, after handing that back.
 
 /// mimalloc's `purge_delay` option (same index in mimalloc 2 and 3; the Rust bindings do not
 /// name it).

@@ -105,6 +105,9 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     let path = a.model.model_path()?;
     let tok = a.model.load_tokenizer()?;
     let model = Arc::new(load_served(&a, &path)?);
+    // Every join and step allocates and frees the same buffers; kept, they are not faulted in
+    // and zeroed again each time (the load's freed memory is handed back first).
+    crate::alloc::keep_freed_pages();
     eprintln!(
         "sgt serve: weights {} ({:.0} MB)",
         model.storage_summary(),

@@ -225,11 +225,18 @@ impl Worker {
     /// One decoding step; the requests that finished are answered. On an error every running
     /// request is answered with it and the batch starts afresh.
     fn step(&self, batch: &mut RunningBatch, live: &mut HashMap<u64, Live>) {
+        let (started, rows) = (Instant::now(), batch.len());
         match self
             .model
             .step_batch(batch, |id, t| send_token(live, id, t))
         {
             Ok(done) => {
+                tracing::trace!(
+                    rows,
+                    left = done.len(),
+                    us = started.elapsed().as_micros() as u64,
+                    "step"
+                );
                 // Free rows before the clients hear they are done: a client that sends its
                 // next request right after finds a row, not a full queue.
                 self.stats.running.store(batch.len(), Ordering::SeqCst);

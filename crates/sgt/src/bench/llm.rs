@@ -144,14 +144,15 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
         prefill_once()?;
     }
     let prefill = 3.0 * a.prefill_tokens as f64 / t.elapsed().as_secs_f64();
-    // decode: greedy after a 16-token prompt; time from the first generated token on.
+    // decode: greedy after a 16-token prompt (or the whole prefill prompt when shorter);
+    // time from the first generated token on.
     peak_rss_reset();
     let params = SamplingParams {
         max_new_tokens: a.decode_tokens + 1,
         ..Default::default()
     };
     let mut t_first = None;
-    model.generate(Prompt::Ids(&ids[..16]), &params, |_| {
+    model.generate(Prompt::Ids(&ids[..ids.len().min(16)]), &params, |_| {
         if t_first.is_none() {
             t_first = Some(Instant::now());
         }

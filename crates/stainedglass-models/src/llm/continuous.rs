@@ -109,7 +109,7 @@ impl RunningBatch {
     /// Removes the rows `finished` marks (by index), last first, keeping the cache in step.
     fn remove(&mut self, finished: Vec<(usize, FinishReason)>) -> Result<Vec<Finished>> {
         let mut finished = finished;
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         let mut out = Vec::with_capacity(finished.len());
         for (i, reason) in finished {
             self.cache.swap_remove_row(i)?;

@@ -4,6 +4,7 @@
 //! many layers) both run these, so the two paths compute the same numbers.
 
 use super::gemv::dot;
+use super::pool::{spin_pool, SERIAL_MAX};
 use super::vexp;
 use rayon::prelude::*;
 
@@ -12,14 +13,17 @@ use rayon::prelude::*;
 /// `y = x / sqrt(mean(x²) + eps) · w` on every row of `x` (row length `w.len()`).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let n = w.len();
-    y.par_chunks_mut(n)
-        .zip(x.par_chunks(n))
-        .for_each(|(yr, xr)| {
-            let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
-            for k in 0..n {
-                yr[k] = xr[k] * r * w[k];
-            }
-        });
+    let row = |(yr, xr): (&mut [f32], &[f32])| {
+        let r = 1.0 / (dot(xr, xr) / n as f32 + eps).sqrt();
+        for k in 0..n {
+            yr[k] = xr[k] * r * w[k];
+        }
+    };
+    if y.len() <= SERIAL_MAX {
+        y.chunks_mut(n).zip(x.chunks(n)).for_each(row);
+    } else {
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(row);
+    }
 }
 
 /// The input gradient of [`rms_norm`] for output gradient `g`, **added** to `dx` when
@@ -88,12 +92,15 @@ pub fn column_sums(g: &[f32], out: &mut [f32]) {
 
 /// `y = silu(gate) · up` on rows `x = [gate | up]` of length `2f` (`y` rows of length `f`).
 pub fn swiglu(x: &[f32], f: usize, y: &mut [f32]) {
-    y.par_chunks_mut(f)
-        .zip(x.par_chunks(2 * f))
-        .for_each(|(yr, xr)| {
-            let (g, u) = xr.split_at(f);
-            vexp::swiglu_row(g, u, yr);
-        });
+    let row = |(yr, xr): (&mut [f32], &[f32])| {
+        let (g, u) = xr.split_at(f);
+        vexp::swiglu_row(g, u, yr);
+    };
+    if y.len() <= SERIAL_MAX {
+        y.chunks_mut(f).zip(x.chunks(2 * f)).for_each(row);
+    } else {
+        y.par_chunks_mut(f).zip(x.par_chunks(2 * f)).for_each(row);
+    }
 }
 
 /// The input gradient of [`swiglu`] for output gradient `g` (rows of length `f`).
@@ -193,6 +200,10 @@ unsafe fn mm(
     super::blas::sgemm_strided(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+/// Attention up to this many multiply-adds per product (`b·hq·t·s·d`; a decoding step's)
+/// runs on candle's spinning pool ([`spin_pool`]).
+const SPIN_ATTENTION_MAX: usize = 1 << 24;
+
 /// Causal grouped-query attention `out = softmax(q·kᵀ/√d + mask)·v`, keys masked by
 /// `key_valid[b·s]`. With `probs` (`b·hq·t·s` values) the probabilities are kept for
 /// [`attention_bwd`].
@@ -220,46 +231,55 @@ pub unsafe fn attention(
     let group = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
     let kept = probs.map(|p| SendPtr(p.as_mut_ptr()));
-    (0..b * hq).into_par_iter().for_each_init(
-        || {
-            if kept.is_some() {
-                Vec::new()
-            } else {
-                vec![0f32; t * s]
-            }
-        },
-        |scratch, task| {
-            let (bi, h) = (task / hq, task % hq);
-            let kh = h / group;
-            let valid = &key_valid[bi * s..(bi + 1) * s];
-            let p: &mut [f32] = match kept {
-                // SAFETY: task `(bi, h)` owns probabilities `task·t·s ..` of the buffer.
-                Some(pp) => unsafe { std::slice::from_raw_parts_mut(pp.at(task * t * s), t * s) },
-                None => scratch,
-            };
-            // SAFETY: the caller's views cover these heads; each task writes only head `h` of
-            // batch `bi` of `out`.
-            unsafe {
-                mm(
-                    (false, true),
-                    (t, s, d),
-                    (scale, 0.0),
-                    (q.head(bi, h, d), q.row),
-                    (k.head(bi, kh, d), k.row),
-                    (p.as_mut_ptr(), s),
-                );
-                masked_softmax(p, t, s, valid);
-                mm(
-                    (false, false),
-                    (t, d, s),
-                    (1.0, 0.0),
-                    (p.as_ptr(), s),
-                    (v.head(bi, kh, d), v.row),
-                    (out.head(bi, h, d), out.row),
-                );
-            }
-        },
-    );
+    let run = |scratch: &mut Vec<f32>, task: usize| {
+        let (bi, h) = (task / hq, task % hq);
+        let kh = h / group;
+        let valid = &key_valid[bi * s..(bi + 1) * s];
+        let p: &mut [f32] = match kept {
+            // SAFETY: task `(bi, h)` owns probabilities `task·t·s ..` of the buffer.
+            Some(pp) => unsafe { std::slice::from_raw_parts_mut(pp.at(task * t * s), t * s) },
+            None => scratch,
+        };
+        // SAFETY: the caller's views cover these heads; each task writes only head `h` of
+        // batch `bi` of `out`.
+        unsafe {
+            mm(
+                (false, true),
+                (t, s, d),
+                (scale, 0.0),
+                (q.head(bi, h, d), q.row),
+                (k.head(bi, kh, d), k.row),
+                (p.as_mut_ptr(), s),
+            );
+            masked_softmax(p, t, s, valid);
+            mm(
+                (false, false),
+                (t, d, s),
+                (1.0, 0.0),
+                (p.as_ptr(), s),
+                (v.head(bi, kh, d), v.row),
+                (out.head(bi, h, d), out.row),
+            );
+        }
+    };
+    let scratch = || {
+        if kept.is_some() {
+            Vec::new()
+        } else {
+            vec![0f32; t * s]
+        }
+    };
+    // A decoding step's attention is small: candle's spinning pool, not a rayon wake-up.
+    if kept.is_none() && b * hq * t * s * d <= SPIN_ATTENTION_MAX {
+        spin_pool(b * hq, |tasks| {
+            let mut sc = scratch();
+            tasks.for_each(|task| run(&mut sc, task));
+        });
+    } else {
+        (0..b * hq)
+            .into_par_iter()
+            .for_each_init(scratch, |sc, task| run(sc, task));
+    }
 }
 
 /// Input gradients of [`attention`] for the output gradient `g`: writes `dq`, `dk`, `dv`

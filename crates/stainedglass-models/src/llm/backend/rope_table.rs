@@ -59,19 +59,24 @@ pub fn rope_in_place(
 ) {
     let half = table.half;
     let sign = if inverse { -1.0f32 } else { 1.0 };
-    x.par_chunks_mut(row)
-        .zip(positions.par_iter())
-        .for_each(|(xr, &p)| {
-            let c = &table.cos[p as usize * half..(p as usize + 1) * half];
-            let sn = &table.sin[p as usize * half..(p as usize + 1) * half];
-            for hv in xr[..heads * d].chunks_exact_mut(d) {
-                let (lo, hi) = hv.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (lo[i], hi[i]);
-                    let s = sign * sn[i];
-                    lo[i] = a * c[i] - b * s;
-                    hi[i] = b * c[i] + a * s;
-                }
+    let one = |(xr, &p): (&mut [f32], &u32)| {
+        let c = &table.cos[p as usize * half..(p as usize + 1) * half];
+        let sn = &table.sin[p as usize * half..(p as usize + 1) * half];
+        for hv in xr[..heads * d].chunks_exact_mut(d) {
+            let (lo, hi) = hv.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                let s = sign * sn[i];
+                lo[i] = a * c[i] - b * s;
+                hi[i] = b * c[i] + a * s;
             }
-        });
+        }
+    };
+    if x.len() <= super::pool::SERIAL_MAX {
+        x.chunks_mut(row).zip(positions.iter()).for_each(one);
+    } else {
+        x.par_chunks_mut(row)
+            .zip(positions.par_iter())
+            .for_each(one);
+    }
 }

@@ -17,6 +17,7 @@ mod parse;
 
 use candle_core::quantized::GgmlDType;
 
+pub(super) use super::pool::spin_pool;
 pub use dot::Isa;
 use ggml::GgmlRows;
 pub use parse::GgufPiece;
@@ -194,14 +195,6 @@ impl QMatrix {
         assert!(row < self.rows, "row {row} of a {}-row matrix", self.rows);
         self.rows_f32(row, &mut out[..self.cols]);
     }
-}
-
-/// Runs `f` over `0..n` split across candle's persistent thread pool, whose workers spin
-/// briefly between calls: a decode step makes about four products per layer, each a few tens
-/// of microseconds, and waking rayon's sleeping workers for each cost 15–25% of decode speed
-/// (measured on 2 cores). Prefill-sized products stay on rayon.
-pub(super) fn spin_pool(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, f);
 }
 
 #[derive(Clone, Copy)]
