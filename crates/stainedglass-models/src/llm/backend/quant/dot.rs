@@ -74,57 +74,79 @@ pub struct Q4Offset<'a> {
     pub scale: f32,
 }
 
-/// A tile of `R` Q4 rows (`qs`: `R·nb·16` bytes, `d`: `R·nb` scales) times `M` activation rows:
-/// `[r][m] = Σ_b d_w[b] · d_x[b] · Σ_i nibble_i · x_i` plus the offset term `o`. Each weight
-/// block is unpacked once for all `M` rows.
+/// `rows` Q4 rows (`qs`: `rows·nb·16` bytes, `d`: `rows·nb` scales, `o.off` as many offsets)
+/// times `M` activation rows, in tiles of 4 weight rows × `M`: `write(t, r, value)` gets
+/// `Σ_b d_w[b] · d_x[b] · Σ_i nibble_i · x_i` plus the offset term for activation row `t` and
+/// weight row `r`. Each weight block is unpacked once for all `M` rows, each activation block
+/// loaded once for 4 weight rows.
 #[inline]
-pub fn q4_tile<const R: usize, const M: usize>(
+pub fn q4_rows<const M: usize>(
     isa: Isa,
     (qs, d): (&[u8], &[f32]),
     o: Q4Offset<'_>,
     x: &[ActRow<'_>; M],
-) -> [[f32; M]; R] {
+    rows: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) {
     let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= R * nb * 16 && d.len() >= R * nb && o.off.len() >= R * nb);
+    assert!(qs.len() >= rows * nb * 16 && d.len() >= rows * nb && o.off.len() >= rows * nb);
     assert!(x
         .iter()
         .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q4_vnni::<R, M>(qs.as_ptr(), d.as_ptr(), o, x, nb) },
+        Isa::Vnni => unsafe {
+            x86::q4_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), o, x, (nb, rows), write)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q4_avx2::<R, M>(qs.as_ptr(), d.as_ptr(), o, x, nb) },
-        _ => std::array::from_fn(|r| {
-            std::array::from_fn(|m| {
-                let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * x[m].s[b]).sum();
-                q4_portable(&qs[r * nb * 16..], &d[r * nb..], x[m].q, x[m].d) + o.scale * off
-            })
-        }),
+        Isa::Avx2 => unsafe {
+            x86::q4_avx2::<M, _>(qs.as_ptr(), d.as_ptr(), o, x, (nb, rows), write)
+        },
+        _ => {
+            for r in 0..rows {
+                for (t, a) in x.iter().enumerate() {
+                    let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * a.s[b]).sum();
+                    let v = q4_portable(&qs[r * nb * 16..], &d[r * nb..], a.q, a.d);
+                    write(t, r, v + o.scale * off);
+                }
+            }
+        }
     }
 }
 
-/// A tile of `R` Q8 rows (`qs`: `R·nb·32` bytes, `d`: `R·nb` scales) times `M` activation rows.
+/// `rows` Q8 rows (`qs`: `rows·nb·32` bytes, `d`: `rows·nb` scales) times `M` activation rows,
+/// as [`q4_rows`].
 #[inline]
-pub fn q8_tile<const R: usize, const M: usize>(
+pub fn q8_rows<const M: usize>(
     isa: Isa,
     (qs, d): (&[i8], &[f32]),
     x: &[ActRow<'_>; M],
-) -> [[f32; M]; R] {
+    rows: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) {
     let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= R * nb * QK && d.len() >= R * nb);
+    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
     assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q8_vnni::<R, M>(qs.as_ptr(), d.as_ptr(), None, x, nb) },
+        Isa::Vnni => unsafe { x86::q8_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q8_avx2::<R, M>(qs.as_ptr(), d.as_ptr(), None, x, nb) },
-        _ => std::array::from_fn(|r| {
-            std::array::from_fn(|m| q8_portable(&qs[r * nb * QK..], &d[r * nb..], x[m].q, x[m].d))
-        }),
+        Isa::Avx2 => unsafe { x86::q8_avx2::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write) },
+        _ => {
+            for r in 0..rows {
+                for (t, a) in x.iter().enumerate() {
+                    write(
+                        t,
+                        r,
+                        q8_portable(&qs[r * nb * QK..], &d[r * nb..], a.q, a.d),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -228,7 +250,7 @@ mod x86 {
     /// prepared, `$xprep` prepares an activation block, `$dot` multiplies a pair; `$off`, a Q4
     /// offset or `None`, adds its per-block term (scalar: one product per pair and block).
     macro_rules! tile {
-        ($r:ident, $m:ident, $d:ident, $off:ident, $x:ident, $nb:ident,
+        ($r:expr, $m:ident, $d:ident, $off:ident, $x:ident, $nb:ident,
          |$rr:ident, $bb:ident| $wblock:expr, $xprep:ident, $dot:ident) => {{
             let mut acc = [[_mm256_setzero_ps(); $m]; $r];
             let mut offs = [[0f32; $m]; $r];
@@ -244,22 +266,27 @@ mod x86 {
             let mut xv = [_mm256_setzero_si256(); $m];
             let mut dx = [_mm256_setzero_ps(); $m];
             for $bb in 0..$nb {
+                let mut xsb = [0f32; $m];
                 for m in 0..$m {
                     xv[m] = $xprep(_mm256_loadu_si256(xp[m].add($bb * 32).cast()));
                     dx[m] = _mm256_set1_ps(*xd[m].add($bb));
+                    xsb[m] = *xs[m].add($bb);
                 }
                 for $rr in 0..$r {
                     let w = $wblock;
                     let dw = _mm256_set1_ps(*$d.add($rr * $nb + $bb));
                     if let Some(o) = off {
+                        // One 4-wide product per weight row (the activation sums side by side).
                         let ob = *o.off.get_unchecked($rr * $nb + $bb);
                         for m in 0..$m {
-                            offs[$rr][m] += ob * *xs[m].add($bb);
+                            offs[$rr][m] += ob * xsb[m];
                         }
                     }
                     for m in 0..$m {
-                        let p = _mm256_cvtepi32_ps($dot(w, xv[m]));
-                        acc[$rr][m] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, dx[m]), acc[$rr][m]);
+                        // (p · d_x) · d_w: two vector ops; written as p · (d_w · d_x) the
+                        // compiler multiplies the scales as scalars and broadcasts each pair's.
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps($dot(w, xv[m])), dx[m]);
+                        acc[$rr][m] = _mm256_fmadd_ps(p, dw, acc[$rr][m]);
                     }
                 }
             }
@@ -273,59 +300,128 @@ mod x86 {
         }};
     }
 
+    /// Rows `0..rows` in tiles of 4 (then 1): `$tile` computes the tile of `$n` rows at row
+    /// `$j` (as `[[f32; M]; 4]`, rows past `$n` unused) and its values go to `$write`.
+    macro_rules! row_loop {
+        ($rows:ident, $m:ident, $write:ident, |$j:ident, $n:ident| $tile:expr) => {{
+            let mut $j = 0;
+            while $j < $rows {
+                let $n = if $j + 4 <= $rows { 4usize } else { 1 };
+                let v: [[f32; $m]; 4] = $tile;
+                for (r, vr) in v.iter().enumerate().take($n) {
+                    for (t, val) in vr.iter().enumerate() {
+                        $write(t, $j + r, *val);
+                    }
+                }
+                $j += $n;
+            }
+        }};
+    }
+
     macro_rules! kernels {
         ($q4:ident, $q8:ident, $feat:literal, $dp:ident, $q8w:ident, $q8x:ident, $q8dp:ident) => {
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $q4<const R: usize, const M: usize>(
+            pub(super) unsafe fn $q4<const M: usize, W: FnMut(usize, usize, f32)>(
                 qs: *const u8,
                 d: *const f32,
                 off: Q4Offset<'_>,
                 x: &[ActRow<'_>; M],
-                nb: usize,
-            ) -> [[f32; M]; R] {
+                (nb, rows): (usize, usize),
+                write: &mut W,
+            ) {
                 let mask = _mm_set1_epi8(0x0f);
                 #[inline(always)]
                 fn same(x: __m256i) -> __m256i {
                     x
                 }
-                let off = Some(off);
-                tile!(
-                    R,
-                    M,
-                    d,
-                    off,
-                    x,
-                    nb,
-                    |r, b| {
-                        let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
-                        let lo = _mm_and_si128(raw, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                        _mm256_set_m128i(hi, lo)
-                    },
-                    same,
-                    $dp
-                )
+                row_loop!(rows, M, write, |j, n| {
+                    let (qs, d) = (qs.add(j * nb * 16), d.add(j * nb));
+                    let o = Some(Q4Offset {
+                        off: off.off.get_unchecked(j * nb..),
+                        scale: off.scale,
+                    });
+                    if n == 4 {
+                        let t = tile!(
+                            4,
+                            M,
+                            d,
+                            o,
+                            x,
+                            nb,
+                            |r, b| {
+                                let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
+                                let lo = _mm_and_si128(raw, mask);
+                                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                                _mm256_set_m128i(hi, lo)
+                            },
+                            same,
+                            $dp
+                        );
+                        t
+                    } else {
+                        let t = tile!(
+                            1,
+                            M,
+                            d,
+                            o,
+                            x,
+                            nb,
+                            |r, b| {
+                                let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
+                                let lo = _mm_and_si128(raw, mask);
+                                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                                _mm256_set_m128i(hi, lo)
+                            },
+                            same,
+                            $dp
+                        );
+                        let mut four = [[0f32; M]; 4];
+                        four[0] = t[0];
+                        four
+                    }
+                })
             }
 
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $q8<const R: usize, const M: usize>(
+            pub(super) unsafe fn $q8<const M: usize, W: FnMut(usize, usize, f32)>(
                 qs: *const i8,
                 d: *const f32,
-                off: Option<Q4Offset<'_>>,
                 x: &[ActRow<'_>; M],
-                nb: usize,
-            ) -> [[f32; M]; R] {
-                tile!(
-                    R,
-                    M,
-                    d,
-                    off,
-                    x,
-                    nb,
-                    |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
-                    $q8x,
-                    $q8dp
-                )
+                (nb, rows): (usize, usize),
+                write: &mut W,
+            ) {
+                let none: Option<Q4Offset<'_>> = None;
+                row_loop!(rows, M, write, |j, n| {
+                    let (qs, d) = (qs.add(j * nb * 32), d.add(j * nb));
+                    if n == 4 {
+                        tile!(
+                            4,
+                            M,
+                            d,
+                            none,
+                            x,
+                            nb,
+                            |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
+                            $q8x,
+                            $q8dp
+                        )
+                    } else {
+                        let t = tile!(
+                            1,
+                            M,
+                            d,
+                            none,
+                            x,
+                            nb,
+                            |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
+                            $q8x,
+                            $q8dp
+                        );
+                        let mut four = [[0f32; M]; 4];
+                        four[0] = t[0];
+                        four
+                    }
+                })
             }
         };
     }
@@ -368,7 +464,7 @@ mod tests {
     /// differs). Q8 weights include −128, the value the VNNI path's unsigned shift must handle.
     #[test]
     fn tiles_match_the_portable_reference() {
-        let (nb, rows, m) = (5, 4, 3);
+        let (nb, rows, m) = (5, 5, 3);
         let (q4, q8, d, x) = data(nb, rows, m);
         assert!(q8.contains(&-128) && q8.contains(&127));
         let acts: [ActRow<'_>; 3] = std::array::from_fn(|i| {
@@ -390,13 +486,11 @@ mod tests {
                 off: &d,
                 scale: -8.0,
             };
-            let a = q4_tile::<4, 3>(isa, (&q4, &d), o, &acts);
-            let b = q8_tile::<4, 3>(isa, (&q8, &d), &acts);
-            let o1 = Q4Offset {
-                off: &d[nb..],
-                scale: 1.0,
-            };
-            let one = q4_tile::<1, 1>(isa, (&q4[16 * nb..], &d[nb..]), o1, &[acts[2]]);
+            // 4 weight rows and 1 more (a tile of 4, then one of 1), 3 activation rows.
+            let mut a = vec![[0f32; 3]; rows];
+            q4_rows::<3>(isa, (&q4, &d), o, &acts, rows, &mut |t, r, v| a[r][t] = v);
+            let mut b = vec![[0f32; 3]; rows];
+            q8_rows::<3>(isa, (&q8, &d), &acts, rows, &mut |t, r, v| b[r][t] = v);
             for r in 0..rows {
                 for (i, act) in acts.iter().enumerate() {
                     let o: f32 = (0..nb).map(|b| d[r * nb + b] * act.s[b]).sum();
@@ -408,9 +502,6 @@ mod tests {
                     assert!(close(b[r][i], want8), "{isa:?} q8 [{r}][{i}]");
                 }
             }
-            let o: f32 = (0..nb).map(|b| d[nb + b] * acts[2].s[b]).sum();
-            let want = q4_portable(&q4[16 * nb..], &d[nb..], acts[2].q, acts[2].d) + o;
-            assert!((one[0][0] - want).abs() <= 1e-4 * want.abs().max(1.0));
         }
     }
 }

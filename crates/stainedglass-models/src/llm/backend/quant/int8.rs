@@ -65,91 +65,70 @@ impl QMatrix {
     }
 }
 
-/// Weight rows and activation rows per tile: each weight block is unpacked once for `M`
-/// activation rows, each activation block loaded once for `R` weight rows (16 accumulators).
-const R: usize = 4;
+/// Activation rows per tile (the tiles are 4 weight rows × `M`: each weight block is unpacked
+/// once for `M` activation rows, each activation block loaded once for 4 weight rows).
 const M: usize = 4;
+/// Weight rows per task are a multiple of this.
+const R: usize = 4;
 
-/// Rows `r0..r1` of one of our parts with every activation row, in tiles of `R × M`.
+/// Rows `r0..r1` of one of our parts with every activation row, `M` activation rows at a time.
 fn own_rows(
     isa: Isa,
     part: &Part,
     act: &ActQ8,
     nb: usize,
-    (r0, r1): (usize, usize),
+    rows: (usize, usize),
     m: usize,
     write: impl Fn(usize, usize, f32),
 ) {
-    let mut j = r0;
-    while j < r1 {
-        if j + R <= r1 {
-            tile_rows::<R>(isa, part, act, nb, (j, m), &write);
-            j += R;
-        } else {
-            tile_rows::<1>(isa, part, act, nb, (j, m), &write);
-            j += 1;
-        }
-    }
-}
-
-/// Weight rows `j..j + RR` with activation rows `0..m`.
-fn tile_rows<const RR: usize>(
-    isa: Isa,
-    part: &Part,
-    act: &ActQ8,
-    nb: usize,
-    (j, m): (usize, usize),
-    write: &impl Fn(usize, usize, f32),
-) {
     let mut i = 0;
     while i + M <= m {
-        tile::<RR, M>(isa, part, act, nb, (j, i), write);
+        group::<M>(isa, part, act, nb, rows, i, &write);
         i += M;
     }
     match m - i {
-        3 => tile::<RR, 3>(isa, part, act, nb, (j, i), write),
-        2 => tile::<RR, 2>(isa, part, act, nb, (j, i), write),
-        1 => tile::<RR, 1>(isa, part, act, nb, (j, i), write),
+        3 => group::<3>(isa, part, act, nb, rows, i, &write),
+        2 => group::<2>(isa, part, act, nb, rows, i, &write),
+        1 => group::<1>(isa, part, act, nb, rows, i, &write),
         _ => {}
     }
 }
 
-/// Weight rows `j..j + RR` times activation rows `i..i + MM`.
-fn tile<const RR: usize, const MM: usize>(
+/// Weight rows `r0..r1` times activation rows `i..i + MM`.
+fn group<const MM: usize>(
     isa: Isa,
     part: &Part,
     act: &ActQ8,
     nb: usize,
-    (j, i): (usize, usize),
+    (r0, r1): (usize, usize),
+    i: usize,
     write: &impl Fn(usize, usize, f32),
 ) {
     let x: [ActRow<'_>; MM] = std::array::from_fn(|t| {
         let (q, d, s) = act.row(i + t);
         ActRow { q, d, s }
     });
-    let v = match part {
+    let mut put = |t: usize, r: usize, v: f32| write(i + t, r0 + r, v);
+    match part {
         Part::Q4 { d, m: mins, qs, .. } => {
             // The Q4_1 minimum, or the Q4_0 offset of 8, times the activation block sums.
             let o = match mins {
                 Some(mn) => Q4Offset {
-                    off: &mn[j * nb..],
+                    off: &mn[r0 * nb..],
                     scale: 1.0,
                 },
                 None => Q4Offset {
-                    off: &d[j * nb..],
+                    off: &d[r0 * nb..],
                     scale: -8.0,
                 },
             };
-            dot::q4_tile::<RR, MM>(isa, (&qs[j * nb * 16..], &d[j * nb..]), o, &x)
+            let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
+            dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0, &mut put);
         }
         Part::Q8 { d, qs, .. } => {
-            dot::q8_tile::<RR, MM>(isa, (&qs[j * nb * QK..], &d[j * nb..]), &x)
+            let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
+            dot::q8_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
         }
-        Part::Ggml(_) => return,
-    };
-    for (r, vr) in v.iter().enumerate() {
-        for (t, val) in vr.iter().enumerate() {
-            write(i + t, j + r, *val);
-        }
+        Part::Ggml(_) => {}
     }
 }
