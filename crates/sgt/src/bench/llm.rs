@@ -95,6 +95,22 @@ fn batch_decode(
     Ok(Some((rows * tokens) as f64 / decode))
 }
 
+/// MiB the model's weights take in f32.
+fn f32_weight_mb(cfg: &stainedglass_models::llm::LlamaConfig) -> f64 {
+    let per_layer = cfg.hidden_size * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+        + cfg.num_heads * cfg.head_dim * cfg.hidden_size
+        + 3 * cfg.hidden_size * cfg.intermediate_size
+        + 2 * cfg.hidden_size;
+    let head = if cfg.tie_word_embeddings {
+        0
+    } else {
+        cfg.vocab_size * cfg.hidden_size
+    };
+    (cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head) as f64
+        * 4.0
+        / (1024.0 * 1024.0)
+}
+
 pub fn llm(a: LlmBenchArgs) -> Result<()> {
     let dev = Device::Cpu;
     let model = if a.stored {
@@ -109,21 +125,7 @@ pub fn llm(a: LlmBenchArgs) -> Result<()> {
         a.model.load_model()?
     };
     let cfg = model.config().clone();
-    let weight_mb = {
-        let per_layer = cfg.hidden_size * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-            + cfg.num_heads * cfg.head_dim * cfg.hidden_size
-            + 3 * cfg.hidden_size * cfg.intermediate_size
-            + 2 * cfg.hidden_size;
-        let head = if cfg.tie_word_embeddings {
-            0
-        } else {
-            cfg.vocab_size * cfg.hidden_size
-        };
-        (cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head)
-            as f64
-            * 4.0
-            / (1024.0 * 1024.0)
-    };
+    let weight_mb = f32_weight_mb(&cfg);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut rand_ids = |n: usize| -> Vec<u32> {
         (0..n)

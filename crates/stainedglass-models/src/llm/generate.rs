@@ -2,7 +2,6 @@
 //! greedy decoding or sampling (temperature, top-k, top-p, repetition penalty), stop tokens,
 //! a token budget and an optional seed (otherwise the sampler draws from OS entropy).
 
-use super::continuous::RunningBatch;
 use super::kv_cache::KvCache;
 use super::model::Llama;
 use crate::error::{Error, Result};
@@ -323,54 +322,6 @@ impl Llama {
                 prompt_tokens: p.len(),
             })
             .collect())
-    }
-}
-
-/// One request of a batched generation: prompt embeddings `(t, hidden)` and its own sampling.
-#[derive(Clone, Copy)]
-pub struct RowRequest<'a> {
-    pub embeds: &'a Tensor,
-    pub params: &'a SamplingParams,
-}
-
-impl Llama {
-    /// Generates for independent requests at once: the prompts are prefilled together and
-    /// decoded as one running batch (each decoding step reads the weights once for every row;
-    /// `continuous.rs`), every row with its own sampling parameters, stop tokens and budget,
-    /// leaving the batch when it finishes. `on_token(row, token)` returning `false` cancels
-    /// that row. A batch of one computes exactly what [`Self::generate`] computes from
-    /// embeddings.
-    pub fn generate_rows(
-        &self,
-        rows: &[RowRequest<'_>],
-        mut on_token: impl FnMut(usize, u32) -> bool,
-    ) -> Result<Vec<Generation>> {
-        let requests: Vec<(u64, RowRequest<'_>)> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i as u64, *r))
-            .collect();
-        let mut out: Vec<Option<Generation>> = vec![None; rows.len()];
-        let mut report = |id: u64, t: u32| on_token(id as usize, t);
-        let mut batch = RunningBatch::new(self.config().num_layers);
-        let mut done = self.join_batch(&mut batch, &requests, &mut report)?;
-        loop {
-            for f in done {
-                out[f.id as usize] = Some(f.generation);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            done = self.step_batch(&mut batch, &mut report)?;
-        }
-        out.into_iter()
-            .map(|g| {
-                g.ok_or_else(|| Error::Invalid {
-                    what: "a request that never finished".into(),
-                    expected: "every row of the batch to finish".into(),
-                })
-            })
-            .collect()
     }
 }
 

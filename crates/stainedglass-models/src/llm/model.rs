@@ -312,31 +312,7 @@ impl Llama {
             Stop::AtLayer(k) => k,
             Stop::Logits => self.cfg.num_layers,
         };
-        // Positions count real tokens only, so a left-padded row sees the same positions as
-        // the unpadded sequence. Positions, not columns, are bounded: rows of a continuous
-        // batch share columns with padding between their tokens (a pad's position is clamped
-        // into the table; its key is masked).
-        let max_pos = self.rope.max_positions;
-        let mut positions = Vec::with_capacity(b * t);
-        let mut next = cache.next_pos.clone();
-        for (bi, p) in next.iter_mut().enumerate() {
-            for i in 0..t {
-                if mask[bi * t + i] != 0 {
-                    positions.push(*p);
-                    *p += 1;
-                } else {
-                    positions.push((*p).min(max_pos.saturating_sub(1) as u32));
-                }
-            }
-        }
-        if let Some(&last) = next.iter().find(|&&p| p as usize > max_pos) {
-            return Err(Error::Shape {
-                what: "sequence length".into(),
-                expected: format!("at most {max_pos} positions in all"),
-                got: vec![last as usize],
-            });
-        }
-        cache.next_pos = next;
+        let positions = self.positions(mask, (b, t), cache)?;
         let past = cache.len();
         for (bi, kv) in cache.key_valid.iter_mut().enumerate() {
             kv.extend_from_slice(&mask[bi * t..(bi + 1) * t]);
@@ -410,6 +386,41 @@ impl Llama {
             s.push(x.clone());
         }
         self.finish(x, stop, t, last_only)
+    }
+
+    /// The RoPE position of every new row of a cached pass (advancing the cache's). Positions
+    /// count real tokens only, so a left-padded row sees the same positions as the unpadded
+    /// sequence. Positions, not columns, are bounded: rows of a continuous batch share columns
+    /// with padding between their tokens (a pad's position is clamped into the table; its key
+    /// is masked).
+    fn positions(
+        &self,
+        mask: &[u8],
+        (b, t): (usize, usize),
+        cache: &mut KvCache,
+    ) -> Result<Vec<u32>> {
+        let max_pos = self.rope.max_positions;
+        let mut positions = Vec::with_capacity(b * t);
+        let mut next = cache.next_pos.clone();
+        for (bi, p) in next.iter_mut().enumerate() {
+            for i in 0..t {
+                if mask[bi * t + i] != 0 {
+                    positions.push(*p);
+                    *p += 1;
+                } else {
+                    positions.push((*p).min(max_pos.saturating_sub(1) as u32));
+                }
+            }
+        }
+        if let Some(&last) = next.iter().find(|&&p| p as usize > max_pos) {
+            return Err(Error::Shape {
+                what: "sequence length".into(),
+                expected: format!("at most {max_pos} positions in all"),
+                got: vec![last as usize],
+            });
+        }
+        cache.next_pos = next;
+        Ok(positions)
     }
 
     /// The residual stream after the last layer run → the pass's result for `stop`.

@@ -82,7 +82,8 @@ impl PrefixCache {
 
 #[cfg(test)]
 mod tests {
-    use crate::llm::generate::{Prompt, RowRequest, SamplingParams};
+    use crate::llm::continuous::RowRequest;
+    use crate::llm::generate::{Prompt, SamplingParams};
     use crate::llm::{KvCache, RunningBatch};
     use crate::test_util::{rand, tiny_model};
     use candle_core::Tensor;
