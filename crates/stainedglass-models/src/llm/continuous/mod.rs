@@ -380,7 +380,7 @@ pub struct RowRequest<'a> {
 impl Llama {
     /// Generates for independent requests at once: the prompts are prefilled together and
     /// decoded as one running batch (each decoding step reads the weights once for every row;
-    /// `continuous.rs`), every row with its own sampling parameters, stop tokens and budget,
+    /// this module), every row with its own sampling parameters, stop tokens and budget,
     /// leaving the batch when it finishes. `on_token(row, token)` returning `false` cancels
     /// that row. A batch of one computes exactly what [`Self::generate`] computes from
     /// embeddings.
