@@ -14,7 +14,13 @@ pub fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Ten
 
 /// A 3-layer model with GQA and a qkv bias (Qwen2-style), random weights.
 pub fn tiny_model() -> Llama {
-    let cfg = LlamaConfig::tiny_for_tests();
+    tiny_model_with(|_| {})
+}
+
+/// [`tiny_model`] with its configuration changed by `edit` first.
+pub fn tiny_model_with(edit: impl FnOnce(&mut LlamaConfig)) -> Llama {
+    let mut cfg = LlamaConfig::tiny_for_tests();
+    edit(&mut cfg);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut map = TensorMap::new();
     let (h, f, q, kv) = (32, 40, 32, 16);

@@ -28,6 +28,10 @@ pub struct LlamaConfig {
     /// Llama 3's RoPE frequency scaling (`rope_scaling` of type `llama3`); `None` = plain RoPE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// RoPE frequency factors, as a GGUF stores Llama 3 scaling (`rope_freqs.weight`,
+    /// llama.cpp's form): inverse frequency `i` is divided by factor `i`. `None` = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f64>>,
 }
 
 /// The attention window of a Hugging Face config, when one is in force (Mistral's
@@ -127,6 +131,9 @@ impl RopeScaling {
     }
 }
 
+/// The GGUF tensor holding RoPE frequency factors.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// Architectures this module implements.
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "qwen2"];
 
@@ -150,6 +157,7 @@ impl LlamaConfig {
             tie_word_embeddings: true,
             attention_bias: true,
             rope_scaling: None,
+            rope_freq_factors: None,
         }
     }
 
@@ -161,6 +169,9 @@ impl LlamaConfig {
             .collect();
         if let Some(s) = &self.rope_scaling {
             s.apply(&mut inv);
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            inv.iter_mut().zip(f).for_each(|(x, f)| *x /= f);
         }
         inv
     }
@@ -205,10 +216,42 @@ impl LlamaConfig {
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || !f.iter().all(|x| x.is_finite() && *x > 0.0) {
+                return bad(format!(
+                    "rope_freqs has {} factors; head_dim {} needs {} finite positive ones",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                ));
+            }
+            if self.rope_scaling.is_some() {
+                return bad("both rope_scaling and rope_freqs are set; a model has one".into());
+            }
+        }
         Ok(())
     }
 
-    /// Reads the configuration from GGUF metadata (`general.architecture` and `<arch>.*` keys).
+    /// Reads the configuration of a GGUF file: its metadata ([`Self::from_gguf`]) and, when the
+    /// file carries them (Llama 3.1-style files), the RoPE frequency factors
+    /// `rope_freqs.weight`; read without them, positions would be rotated wrongly.
+    pub fn read_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let mut cfg = Self::from_gguf(content, path)?;
+        if content.tensor_infos.contains_key(ROPE_FREQS) {
+            let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let factors = content
+                .tensor(&mut f, ROPE_FREQS, &candle_core::Device::Cpu)
+                .and_then(|t| t.dequantize(&candle_core::Device::Cpu))
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| Error::model(path, format!("{ROPE_FREQS}: {e}")))?;
+            cfg.rope_freq_factors = Some(factors.into_iter().map(f64::from).collect());
+            cfg.validate(path)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Reads the configuration from GGUF metadata (`general.architecture` and `<arch>.*` keys);
+    /// [`Self::read_gguf`] also reads the RoPE factors a file may carry.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let md = &content.metadata;
         let arch = md
@@ -275,17 +318,8 @@ impl LlamaConfig {
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             rope_scaling: None,
+            rope_freq_factors: None,
         };
-        if content.tensor_infos.contains_key("rope_freqs.weight") {
-            // Llama 3.1-style files carry their RoPE scaling as per-frequency factors; read
-            // without them, positions would be rotated wrongly.
-            return Err(Error::model(
-                path,
-                "this GGUF carries RoPE frequency factors (rope_freqs.weight, Llama 3.1 style), \
-                 which are not read yet; load the model's Hugging Face folder, whose \
-                 rope_scaling is supported",
-            ));
-        }
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -358,6 +392,7 @@ impl LlamaConfig {
                 .unwrap_or(arch == "qwen2"),
             architecture: arch,
             rope_scaling,
+            rope_freq_factors: None,
         };
         cfg.validate(path)?;
         Ok(cfg)

@@ -14,6 +14,15 @@ fn atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves `model` under `dir` in `shards` safetensors files (1 = `model.safetensors`).
 pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize) -> Result<()> {
+    if model.config().rope_freq_factors.is_some() {
+        // transformers' config has no field for per-frequency factors; written without them
+        // the folder would hold a different model.
+        return Err(Error::Unsupported(
+            "this model's RoPE scaling came as a GGUF's rope_freqs factors, which a Hugging \
+             Face config.json cannot hold; use the model's original Hugging Face folder"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_string_pretty(&model.config().to_hf_json())
         .map_err(|e| Error::model(dir, e.to_string()))?;
@@ -42,4 +51,21 @@ pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize) -> Result<()> {
         &dir.join("model.safetensors.index.json"),
         index.to_string().as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::save_hf_folder;
+    use crate::test_util::tiny_model_with;
+
+    /// A model whose RoPE scaling came as GGUF factors is not written as a Hugging Face folder
+    /// that would describe a different model.
+    #[test]
+    fn rope_factors_are_not_saved_as_a_folder_without_them() {
+        let m = tiny_model_with(|c| c.rope_freq_factors = Some(vec![2.0; c.head_dim / 2]));
+        let dir = tempfile::tempdir().expect("dir");
+        let e = save_hf_folder(&m, dir.path(), 1).expect_err("refused");
+        assert!(e.to_string().contains("rope_freqs"), "{e}");
+        assert!(!dir.path().join("config.json").exists());
+    }
 }

@@ -310,6 +310,11 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Number of layers the cache holds.
+    pub fn layers(&self) -> usize {
+        self.kv.len()
+    }
+
     /// Number of rows (sequences) in the batch.
     pub fn rows(&self) -> usize {
         self.next_pos.len()

@@ -74,7 +74,7 @@ impl Llama {
     }
 
     pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<Self> {
-        let cfg = LlamaConfig::from_gguf(&file.content, &file.path)?;
+        let cfg = LlamaConfig::read_gguf(&file.content, &file.path)?;
         let map = weights::load_gguf(file, &cfg, device)?;
         Self::assemble(cfg, map, device)
     }

@@ -46,7 +46,7 @@ impl Llama {
             ));
         }
         let file = GgufFile::open(path)?;
-        let cfg = LlamaConfig::from_gguf(&file.content, &file.path)?;
+        let cfg = LlamaConfig::read_gguf(&file.content, &file.path)?;
         let (vectors, mut mats) = weights::load_gguf_stored(&file, &cfg, device)?;
         mats.values_mut()
             .for_each(|m| m.set_activations(activations));

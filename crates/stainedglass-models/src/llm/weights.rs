@@ -97,7 +97,7 @@ pub fn load_gguf(file: &GgufFile, cfg: &LlamaConfig, device: &Device) -> Result<
     let mut out = TensorMap::new();
     for name in names {
         let Some(hf) = gguf_to_hf(name) else {
-            continue; // e.g. rope_freqs: not used by these architectures
+            continue; // e.g. rope_freqs, read into the configuration (LlamaConfig::read_gguf)
         };
         let q = file
             .content

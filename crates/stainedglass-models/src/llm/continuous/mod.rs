@@ -124,6 +124,10 @@ impl RunningBatch {
             });
         }
         out.reverse();
+        if self.rows.is_empty() {
+            // An idle server holds no KV memory: the buffers are sized by the busiest moment.
+            self.cache = KvCache::new(self.cache.layers(), 0);
+        }
         Ok(out)
     }
 }
