@@ -300,6 +300,25 @@ mod x86 {
         }};
     }
 
+    /// A Q4 block's 32 nibbles as bytes: values `0..16` (low nibbles) then `16..32`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_block(p: *const u8) -> __m256i {
+        let mask = _mm_set1_epi8(0x0f);
+        let raw = _mm_loadu_si128(p.cast());
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// A one-row tile as the four-row tile `row_loop!` takes (rows past the first unused).
+    #[inline(always)]
+    fn pad4<const M: usize>(t: [[f32; M]; 1]) -> [[f32; M]; 4] {
+        let mut four = [[0f32; M]; 4];
+        four[0] = t[0];
+        four
+    }
+
     /// Rows `0..rows` in tiles of 4 (then 1): `$tile` computes the tile of `$n` rows at row
     /// `$j` (as `[[f32; M]; 4]`, rows past `$n` unused) and its values go to `$write`.
     macro_rules! row_loop {
@@ -329,7 +348,6 @@ mod x86 {
                 (nb, rows): (usize, usize),
                 write: &mut W,
             ) {
-                let mask = _mm_set1_epi8(0x0f);
                 #[inline(always)]
                 fn same(x: __m256i) -> __m256i {
                     x
@@ -348,12 +366,7 @@ mod x86 {
                             o,
                             x,
                             nb,
-                            |r, b| {
-                                let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
-                                let lo = _mm_and_si128(raw, mask);
-                                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                                _mm256_set_m128i(hi, lo)
-                            },
+                            |r, b| q4_block(qs.add((r * nb + b) * 16)),
                             same,
                             $dp
                         );
@@ -366,18 +379,11 @@ mod x86 {
                             o,
                             x,
                             nb,
-                            |r, b| {
-                                let raw = _mm_loadu_si128(qs.add((r * nb + b) * 16).cast());
-                                let lo = _mm_and_si128(raw, mask);
-                                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                                _mm256_set_m128i(hi, lo)
-                            },
+                            |r, b| q4_block(qs.add((r * nb + b) * 16)),
                             same,
                             $dp
                         );
-                        let mut four = [[0f32; M]; 4];
-                        four[0] = t[0];
-                        four
+                        pad4(t)
                     }
                 })
             }
@@ -417,9 +423,7 @@ mod x86 {
                             $q8x,
                             $q8dp
                         );
-                        let mut four = [[0f32; M]; 4];
-                        four[0] = t[0];
-                        four
+                        pad4(t)
                     }
                 })
             }
