@@ -1,25 +1,10 @@
 #!/usr/bin/env bash
 # Alternating load test: previous binary vs this one (f32 and int8 activations), each through its own proxy.
 set -uo pipefail
-cd /work/main
+cd "$(dirname "$0")/../.."
 export SGT_ASSETS=$PWD/assets
 ART=runs/quickstart/artefact
-one() { # label bin serve-args...
-  local label=$1 bin=$2; shift 2
-  local log; log=$(mktemp -d)
-  $bin serve --port 0 --api-key lt-key "$@" > "$log/serve.out" 2> "$log/serve.err" &
-  local SERVE=$!
-  until grep -qs listening "$log/serve.out"; do sleep 0.2; done
-  $bin proxy --sgt "$ART" --upstream "http://$(sed -n 's/.*http:\/\///p' "$log/serve.out")" --upstream-api-key lt-key --protect-output --port 0 > "$log/proxy.out" 2> "$log/proxy.err" &
-  local PROXY=$!
-  until grep -qs listening "$log/proxy.out"; do sleep 0.2; done
-  local URL=http://$(sed -n 's/.*http:\/\///p' "$log/proxy.out")
-  $bin loadtest --url "$URL" --requests 200 --concurrency 16 --max-tokens 16 \
-    --prompt "What is the capital of France?" --prompt "Name three primary colors." \
-    --prompt "Write a haiku about the sea." > "$log/lt.json"
-  python3 -c "import json,sys; d=json.load(open('$log/lt.json')); d={k:v for k,v in d.items() if not isinstance(v,(list,dict))}; d['label']='$label'; print(json.dumps(d))"
-  kill $PROXY $SERVE; wait $PROXY $SERVE 2>/dev/null
-}
+. docs/bench-runs/loadtest-one.sh
 for r in 1 2; do
   one previous runs/bin/sgt
   one stored-f32 target/release/sgt
