@@ -340,7 +340,10 @@ impl Llama {
             }
         }
         let done = batch.remove(finished)?;
-        batch.cache.compact(COMPACT_MIN_FREE)?;
+        // Columns fall out of use only when rows leave.
+        if !done.is_empty() {
+            batch.cache.compact(COMPACT_MIN_FREE)?;
+        }
         Ok(done)
     }
 
