@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What the SGT is distilled against (issue: privacy variants, item 2a): the quickstart preset
+# trained for 400 steps on the same 64 answered chat prompts as ../fill/, with the distillation
+# term counted on response positions only (`ignore_prompt_loss = true`, as the original's
+# quickstart) and compared at the logits by the KL divergence of the next-token distributions
+# (`distillation_layer_index = "logits"`, `distillation_logit_kl_loss_weight`), or at a deeper
+# layer. Judged only by attacks trained afresh on the frozen layer: `sgt text train` ends with
+# them, `sgt text eval` adds the provider's probes, `sgt eval text` the learned transformer and
+# answers on 20 questions, over the noise factors ×1, ×1.5, ×2 and ×4.
+#   docs/eval/distill/run.sh          # logits: ~25 min of training per variant on 2 cores
+# Then: python3 docs/eval/frontier/render.py runs/variants   (needs matplotlib)
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+if [ -z "${S:-}" ]; then cargo build --release -q -p sgt; S=target/release/sgt; fi
+R=${R:-runs/variants}
+mkdir -p "$R"
+[ -f "$R/conversations.jsonl" ] || $S text prepare-data --limit 64 --max-new-tokens 96 --out "$R/conversations.jsonl"
+KL='distillation_layer_index = "logits"\ndistillation_logit_kl_loss_weight = 1.0'
+for v in ${VARIANTS:-kl-noise kl-mean}; do
+  case $v in
+    kl-noise) fill=noise; at=$KL ;;
+    kl-mean)  fill=mean;  at=$KL ;;
+    l15-noise) fill=noise; at='distillation_layer_index = 15' ;;
+    *) echo "unknown variant $v" >&2; exit 2 ;;
+  esac
+  sed -e "s|^\[data\]|[data]\nconversations = \"$R/conversations.jsonl\"|" \
+      -e "s|^ignore_prompt_loss = false|ignore_prompt_loss = true|" \
+      -e "s|^steps = .*|steps = 400|" -e "s|^eval_every = .*|eval_every = 200|" \
+      -e "s|^percent_to_mask = 0.5|percent_to_mask = 0.5\nmasked_fill = \"$fill\"|" \
+      -e "s|^distillation_layer_index = 6|$at|" configs/text-sgt-quickstart.toml > "$R/$v.toml"
+  case $v in kl-*) sed -i 's|^distillation_layer_cosine_distance_loss_weight = .*|distillation_layer_cosine_distance_loss_weight = 0.0|' "$R/$v.toml" ;; esac
+  [ -f "$R/$v/fresh_attacks.json" ] || $S text train --config "$R/$v.toml" --output "$R/$v" > "$R/$v.train.json"
+  [ -s "$R/$v/fresh_attacks_v2.json" ] || $S text eval --config "$R/$v.toml" --sgt "$R/$v/sgt" > "$R/$v/fresh_attacks_v2.json"
+  [ -f "$R/frontier-$v/report.json" ] || $S eval text --config "$R/$v.toml" --sgt "$R/$v/sgt" \
+      --report "$R/frontier-$v" --question-limit 20 --beamclean-rows 0 --gaussian 16 --metric-dp 32 \
+      --sgt-noise-factors 1.5,2,4 --no-baseline-attacks > /dev/null
+done
