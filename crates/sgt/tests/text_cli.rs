@@ -255,3 +255,88 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
 fn summary_has_privacy(v: &serde_json::Value) -> bool {
     v["final_privacy"]["strongest_top1"].as_f64().is_some()
 }
+
+/// `sgt text apply --preview` reads the prompt with attacks trained on the frozen artefact and
+/// leads with the strongest on held-out prompts; a second preview reuses the trained attackers.
+#[test]
+fn apply_preview_reads_the_prompt_with_the_strongest_fresh_attack() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let art = dir.path().join("artefact");
+    let art_s = art.to_string_lossy().to_string();
+    ok(&["text", "export", "--init-only", "--output", &art_s]);
+    let prompt = "Which rivers flow through Vienna and Budapest?";
+    let args = [
+        "text",
+        "apply",
+        "--sgt",
+        &art_s,
+        "--prompt",
+        prompt,
+        "--preview",
+        "--pii",
+        "off",
+        "--attack-epochs",
+        "1",
+        "--attack-prompts",
+        "40",
+        "--probe-layers",
+        "2",
+    ];
+    let run = || {
+        let o = common::sgt().args(args).output().expect("spawn sgt");
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        (v, common::stderr(&o))
+    };
+    let (v, _) = run();
+    let p = &v["preview"];
+    let attacks = p["attacks"].as_object().expect("attacks");
+    for k in [
+        "nearest_neighbour_l2",
+        "learned_mlp",
+        "layer2_probe",
+        "layer2_probe_on_sgt",
+    ] {
+        assert!(attacks[k]["recovered"].as_f64().is_some(), "{k}: {p}");
+    }
+    let top = p["strongest_held_out_recovered"].as_f64().expect("top");
+    for (k, a) in attacks {
+        assert!(
+            a["held_out_recovered"].as_f64().expect("held") <= top,
+            "{k}: {p}"
+        );
+    }
+    assert_eq!(
+        attacks[p["strongest_attack"].as_str().expect("name")]["held_out_recovered"].as_f64(),
+        Some(top)
+    );
+    assert_eq!(p["attackers"]["trained_on_prompts"], 16);
+    assert_eq!(p["attackers"]["held_out_prompts"], 24);
+    // The untrained layer barely moves the embeddings: the strongest attack reads the prompt.
+    assert!(top > 0.9, "{p}");
+    assert!(
+        p["strongest_reads"]
+            .as_str()
+            .expect("reads")
+            .contains(prompt),
+        "{p}"
+    );
+    // The second preview takes the attackers trained on this artefact from the cache.
+    let (again, err) = run();
+    assert!(err.contains("MLP inverter: trained before"), "{err}");
+    assert!(err.contains("on the SGT's states: trained before"), "{err}");
+    assert_eq!(
+        again["preview"]["strongest_held_out_recovered"],
+        p["strongest_held_out_recovered"]
+    );
+    // Too little attacker text is refused with the minimum.
+    let mut few = args.to_vec();
+    let n = few.len();
+    few[n - 3] = "10";
+    let e = fails(&few);
+    assert!(
+        common::stderr(&e).contains("at least 32 prompts"),
+        "{}",
+        common::stderr(&e)
+    );
+}

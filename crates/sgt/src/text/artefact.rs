@@ -2,16 +2,13 @@
 //! transformed embeddings file, with an optional "what the server could read" preview).
 
 use crate::lm::model_args::ModelArgs;
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use anyhow::{Context, Result};
+use candle_core::Device;
 use clap::{Args, ValueEnum};
 use stainedglass_core::NoiseRng;
-use stainedglass_metrics::EmbeddingIndex;
 use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::artefact::{ArtefactOptions, EmbeddingDtype};
-use stainedglass_text::{
-    Message, PromptInput, Role, StainedGlassTransformForText, TransformedPrompt,
-};
+use stainedglass_text::{Message, PromptInput, Role, StainedGlassTransformForText};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,10 +117,13 @@ pub struct ApplyArgs {
     #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
     /// Also show the prompt that was transformed (after personal data was replaced) and what a
-    /// server reads back by nearest-neighbour decoding — the weakest attack: a learned inverter
-    /// reads far more (docs/eval/).
+    /// server could read of it: attacks trained on this frozen artefact (the learned inverter,
+    /// the provider's probes on its model's states) each read it, led by the strongest; nearest
+    /// neighbour is one of them. Needs the base model (--model, default the bundled one).
     #[arg(long)]
     pub preview: bool,
+    #[command(flatten)]
+    pub attack: super::preview::PreviewArgs,
     #[command(flatten)]
     pub pii: crate::pii::GuardArgs,
     /// Noise seed (reproducible, for tests); default: fresh OS entropy.
@@ -180,40 +180,10 @@ pub fn apply(a: ApplyArgs) -> Result<()> {
         "pii": {"mode": a.pii.pii.to_string(), "replaced": pii_found},
     });
     if a.preview {
-        report["preview"] = preview(&sgt, &out)?;
+        report["preview"] = super::preview::preview(&a.attack, &sgt, &out)?;
         // What the SGT was given: personal data already replaced by stand-ins (not kept).
         report["preview"]["transformed_messages"] = serde_json::json!(sent);
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-/// Nearest-neighbour (L2) decoding of the transformed embeddings against the artefact's
-/// table: the text a server could read back, beside the clean templated prompt.
-fn preview(
-    sgt: &StainedGlassTransformForText,
-    out: &TransformedPrompt,
-) -> Result<serde_json::Value> {
-    let index = EmbeddingIndex::new(sgt.embeddings())?;
-    let (_, read, _) = index.nearest(&out.embeddings.to_dtype(DType::F32)?)?;
-    let ids = &out.input_ids;
-    if read.len() != ids.len() {
-        bail!(
-            "internal: decoded {} of {} positions",
-            read.len(),
-            ids.len()
-        );
-    }
-    let transformed = out.noise_mask.iter().filter(|&&m| m != 0).count();
-    let hits = (0..ids.len())
-        .filter(|&i| out.noise_mask[i] != 0 && read[i] == ids[i])
-        .count();
-    let tok = sgt.tokenizer();
-    Ok(serde_json::json!({
-        "clean_prompt": tok.decode(ids, false)?,
-        "nearest_neighbour_reads": tok.decode(&read, false)?,
-        "transformed_tokens_recovered_by_nearest_neighbour": hits as f64 / transformed.max(1) as f64,
-        "stronger_attacks": "a learned inverter or the provider's own probe reads most \
-                             transformed tokens; see docs/eval/ for the strongest measured attack",
-    }))
 }

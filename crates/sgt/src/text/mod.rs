@@ -4,6 +4,7 @@
 pub mod artefact;
 pub mod attacks;
 pub mod curve;
+pub mod preview;
 
 use crate::lm::model_args::ModelArgs;
 use anyhow::{Context, Result};

@@ -109,14 +109,7 @@ impl<'a> FreshAttacks<'a> {
         log: &mut dyn FnMut(String),
     ) -> Result<Self> {
         let t0 = std::time::Instant::now();
-        let mlp = MlpInverter::train(
-            index,
-            model.embedding_table(),
-            &Sgt(sgt),
-            rows,
-            &cfg.inverter,
-            |e, l| log(format!("MLP inverter epoch {e}: loss {l:.3}")),
-        )?;
+        let mlp = mlp_cached(index, model, sgt, rows, &cfg.inverter, cache, log)?;
         let mut probes = Vec::new();
         for &layer in &cfg.probe_layers {
             let (p, kept) = ActivationProbe::train_cached(
@@ -136,19 +129,25 @@ impl<'a> FreshAttacks<'a> {
             probes.push((probe_name(layer), p));
         }
         if let (true, Some(&layer)) = (cfg.probe_on_sgt, cfg.probe_layers.first()) {
-            let p = ActivationProbe::train_on(
+            let (p, kept) = ActivationProbe::train_on_cached(
                 index,
                 model,
                 layer,
-                &Sgt(sgt),
+                sgt,
                 rows,
                 &cfg.inverter,
+                cache,
                 |e, l| {
                     log(format!(
                         "layer-{layer} probe on the SGT's states epoch {e}: loss {l:.3}"
                     ))
                 },
             )?;
+            if kept {
+                log(format!(
+                    "layer-{layer} probe on the SGT's states: trained before on this SGT (cache)"
+                ));
+            }
             probes.push((sgt_probe_name(layer), p));
         }
         Ok(Self {
@@ -222,6 +221,39 @@ impl<'a> FreshAttacks<'a> {
         }
         Ok(out)
     }
+}
+
+/// The learned MLP inverter trained on `rows` transformed by the frozen `sgt`, or the one
+/// `cache` keeps for the same table, SGT, text and settings (a new one is kept there).
+fn mlp_cached<'a>(
+    index: &'a EmbeddingIndex,
+    model: &Llama,
+    sgt: &TransformerCloak,
+    rows: &[EncodedPrompt],
+    cfg: &InverterConfig,
+    cache: Option<&ProbeCache>,
+    log: &mut dyn FnMut(String),
+) -> Result<MlpInverter<'a>> {
+    let table = model.embedding_table();
+    let key = match cache {
+        Some(_) => Some(ProbeCache::inverter_key(table, sgt, rows, cfg)?),
+        None => None,
+    };
+    if let (Some(c), Some(k)) = (cache, &key) {
+        if let Some(named) = c.load(k, table.device()) {
+            if let Some(mlp) = MlpInverter::from_named(index, table, cfg, &named)? {
+                log("MLP inverter: trained before on this SGT and text (cache)".into());
+                return Ok(mlp);
+            }
+        }
+    }
+    let mlp = MlpInverter::train(index, table, &Sgt(sgt), rows, cfg, |e, l| {
+        log(format!("MLP inverter epoch {e}: loss {l:.3}"))
+    })?;
+    if let (Some(c), Some(k)) = (cache, &key) {
+        c.store(k, &mlp.named())?;
+    }
+    Ok(mlp)
 }
 
 /// L2 nearest-neighbour guesses (top 5) per observation.

@@ -7,7 +7,7 @@
 //! states the model computes on the attacker's text *transformed by the SGT*.
 
 use super::inverter::{InverterConfig, MlpInverter};
-use super::mechanism::{table_rms, Mechanism};
+use super::mechanism::{table_rms, Mechanism, Sgt};
 use super::observed::{apply_rows, embed_rows, Observed};
 use super::probe_cache::ProbeCache;
 use crate::{Error, Result};
@@ -15,6 +15,7 @@ use candle_core::{Tensor, D};
 use stainedglass_core::NoiseRng;
 use stainedglass_metrics::index::{EmbeddingIndex, Ranked};
 use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::EncodedPrompt;
 
 /// A per-token MLP from the layer-`k` hidden state to the token at the same position.
@@ -120,6 +121,43 @@ impl<'a> ActivationProbe<'a> {
             states(model, layer, table_rms, rows, received)
         };
         Self::fit(index, model, layer, table_rms, cfg, epoch_data, progress)
+    }
+
+    /// [`ActivationProbe::train_on`] the frozen `sgt`, or the probe `cache` keeps for the same
+    /// model, layer, SGT, text and settings; a newly trained probe is kept there. The second
+    /// value says whether it came from the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_on_cached(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        sgt: &TransformerCloak,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+        cache: Option<&ProbeCache>,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<(Self, bool)> {
+        let train = |progress| Self::train_on(index, model, layer, &Sgt(sgt), rows, cfg, progress);
+        let Some(cache) = cache else {
+            return Ok((train(progress)?, false));
+        };
+        let table_rms = check_layer(model, layer)?;
+        let key = ProbeCache::key_on_sgt(model, layer, sgt, rows, cfg)?;
+        let table = model.embedding_table();
+        if let Some(named) = cache.load(&key, table.device()) {
+            if let Some(mlp) = MlpInverter::from_named(index, table, cfg, &named)? {
+                let probe = Self {
+                    model,
+                    layer,
+                    table_rms,
+                    mlp,
+                };
+                return Ok((probe, true));
+            }
+        }
+        let probe = train(progress)?;
+        cache.store(&key, &probe.mlp.named())?;
+        Ok((probe, false))
     }
 
     /// The layer the probe reads.

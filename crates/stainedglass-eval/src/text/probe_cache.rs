@@ -2,8 +2,11 @@
 //! attacker's text and the training settings — never on the SGT — so it is trained once and
 //! kept: `<dir>/<key>.safetensors`. The key hashes the model (its embedding table, and its
 //! layer-`k` states on a fixed input, which every weight up to layer `k` shapes), the layer, the
-//! attacker's token ids and masks, and the settings. A file that does not load or does not fit
-//! is ignored (the probe is retrained and the file replaced); writes are atomic
+//! attacker's token ids and masks, and the settings. The attackers trained on a frozen SGT (the
+//! learned MLP inverter, the probe on the SGT's own states) are kept the same way, their keys
+//! also hashing the SGT's config and every one of its parameters: training is seeded, so a kept
+//! attacker is the one a new training would give. A file that does not load or does not fit
+//! is ignored (the attacker is retrained and the file replaced); writes are atomic
 //! (`stainedglass_core::io::save_tensors`).
 
 use super::inverter::InverterConfig;
@@ -11,6 +14,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use stainedglass_models::llm::{Llama, Stop};
+use stainedglass_models::text_sgt::TransformerCloak;
 use stainedglass_text::EncodedPrompt;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,20 +51,39 @@ impl ProbeCache {
         for v in s.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
             h.update(v.to_le_bytes());
         }
-        for r in rows {
-            h.update((r.input_ids.len() as u64).to_le_bytes());
-            for (&t, (&a, &n)) in r
-                .input_ids
-                .iter()
-                .zip(r.attention_mask.iter().zip(&r.noise_mask))
-            {
-                h.update(t.to_le_bytes());
-                h.update([a, n]);
-            }
-        }
-        h.update(
-            serde_json::to_vec(cfg).map_err(|e| Error::Input(format!("probe settings: {e}")))?,
-        );
+        hash_text(&mut h, rows, cfg)?;
+        Ok(format!("{:x}", h.finalize()))
+    }
+
+    /// The key of the probe of `model`'s layer `layer` trained on the states of `rows`
+    /// transformed by the frozen `sgt` (the provider holding the artefact).
+    pub fn key_on_sgt(
+        model: &Llama,
+        layer: usize,
+        sgt: &TransformerCloak,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+    ) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(b"stainedglass probe on the SGT's states v1\n");
+        h.update(Self::key(model, layer, rows, cfg)?);
+        hash_sgt(&mut h, sgt)?;
+        Ok(format!("{:x}", h.finalize()))
+    }
+
+    /// The key of the learned MLP inverter over the vocabulary `table` trained on `rows`
+    /// transformed by the frozen `sgt`.
+    pub fn inverter_key(
+        table: &Tensor,
+        sgt: &TransformerCloak,
+        rows: &[EncodedPrompt],
+        cfg: &InverterConfig,
+    ) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(b"stainedglass learned MLP inverter v1\n");
+        h.update(stainedglass_text::artefact::embedding_sha256(table)?);
+        hash_sgt(&mut h, sgt)?;
+        hash_text(&mut h, rows, cfg)?;
         Ok(format!("{:x}", h.finalize()))
     }
 
@@ -80,4 +103,39 @@ impl ProbeCache {
             tensors,
         )?)
     }
+}
+
+/// The attacker's token ids and masks, and the training settings.
+fn hash_text(h: &mut Sha256, rows: &[EncodedPrompt], cfg: &InverterConfig) -> Result<()> {
+    for r in rows {
+        h.update((r.input_ids.len() as u64).to_le_bytes());
+        for (&t, (&a, &n)) in r
+            .input_ids
+            .iter()
+            .zip(r.attention_mask.iter().zip(&r.noise_mask))
+        {
+            h.update(t.to_le_bytes());
+            h.update([a, n]);
+        }
+    }
+    h.update(serde_json::to_vec(cfg).map_err(|e| Error::Input(format!("probe settings: {e}")))?);
+    Ok(())
+}
+
+/// A frozen SGT: its config and every parameter, by name, in name order.
+fn hash_sgt(h: &mut Sha256, sgt: &TransformerCloak) -> Result<()> {
+    h.update(
+        serde_json::to_vec(sgt.config()).map_err(|e| Error::Input(format!("SGT config: {e}")))?,
+    );
+    let mut named = sgt.named_tensors();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in named {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{:?}", t.dims()).as_bytes());
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Ok(())
 }
