@@ -5,11 +5,21 @@ d = pathlib.Path(__file__).parent
 load = lambda n: json.loads((d / n).read_text())
 prev, chat, lt, bench, exp = load("apply_preview.json"), load("chat.json"), load("loadtest.json"), \
     load("bench_apply.json"), load("export.json")
+pv = prev["preview"]
+pct = lambda x: f"{100 * x:.1f}%"
 vals = dict(
     answer=chat["choices"][0]["message"]["content"].strip(),
     clean_prompt=prev["preview"]["clean_prompt"].strip(),
-    server_reads=prev["preview"].get("nearest_neighbour_reads", prev["preview"].get("server_reads", "")).strip(),
-    recovered=f'{100 * prev["preview"].get("transformed_tokens_recovered_by_nearest_neighbour", prev["preview"].get("transformed_tokens_recovered", 0)):.0f}%',
+    strongest=pv["strongest_attack"].replace("_", " "),
+    strongest_held=pct(pv["strongest_held_out_recovered"]),
+    strongest_reads=pv["strongest_reads"].strip(),
+    attack_rows="\n".join(
+        f'| {k.replace("_", " ")} | {pct(a["recovered"])} | {pct(a["held_out_recovered"])} |'
+        for k, a in sorted(pv["attacks"].items(), key=lambda kv: -kv[1]["held_out_recovered"])),
+    a_prompts=pv["attackers"]["trained_on_prompts"], a_epochs=pv["attackers"]["epochs"],
+    a_layers=", ".join(map(str, pv["attackers"]["probe_layers"])),
+    a_held=pv["attackers"]["held_out_prompts"], a_seconds=f'{pv["attackers"]["train_seconds"]:.0f}',
+    p_artefact=prev["artefact"],
     p_tokens=prev["tokens"], p_transformed=prev["transformed_tokens"],
     lt_req=lt["requests"], lt_conc=lt["concurrency"], lt_err=lt["errors"],
     lt_p50=f'{lt["latency_p50_ms"] / 1e3:.2f}', lt_p99=f'{lt["latency_p99_ms"] / 1e3:.2f}',

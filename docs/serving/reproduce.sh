@@ -13,7 +13,8 @@ ART=${ART:-/tmp/sgt-docs-artefact}
 cargo build --release -q -p sgt
 S=target/release/sgt
 $S text export --sgt "$SGT_CKPT" --output "$ART" --f16 > $D/export.json
-$S text apply --sgt "$ART" --prompt "What is the capital of France?" --preview \
+# The preview trains its attackers on the artefact (minutes the first time, then cached).
+$S text apply --sgt "${PREVIEW_ART:-$ART}" --prompt "What is the capital of France?" --preview \
   --output /tmp/sgt-docs-embeddings.pt > $D/apply_preview.json
 log=$(mktemp -d)
 $S serve --port 0 --api-key docs-key > "$log/serve.out" 2> "$log/serve.err" &

@@ -171,6 +171,7 @@ pub fn apply(a: ApplyArgs) -> Result<()> {
         stainedglass_core::io::atomic_write(path, &bytes)?;
     }
     let mut report = serde_json::json!({
+        "artefact": a.sgt,
         "tokens": out.input_ids.len(),
         "transformed_tokens": out.noise_mask.iter().filter(|&&m| m != 0).count(),
         "hidden_size": sgt.hidden_size(),
