@@ -1,11 +1,11 @@
 //! The LLM distillation loss (`docs/spec.md` §5.2). With `h`, `h̃` the clean and transformed activations
 //! at the distillation layer (or the logits), `x`, `x̃` the clean and transformed input
 //! embeddings, `σ` the noise scale, `ℓ` the loss mask and `n` the noise mask:
-//! - `L_dist = w_cos·⟨1 − cos(h_t, h̃_t)⟩_ℓ + w_l2·⟨‖h_t − h̃_t‖ / ‖h_t‖⟩_ℓ
-//!   + w_kl·⟨KL(softmax h_t ‖ softmax h̃_t)⟩_ℓ⁺` (the KL term only at the logits, where `h` are
-//!   next-token logits; `ℓ⁺_t = ℓ_{t+1}`: the positions whose *next* token the mask counts, so
-//!   that with `ignore_prompt_loss` the last prompt position, which predicts the first response
-//!   token, is included)
+//! - `L_dist = w_cos·⟨1 − cos(h_t, h̃_t)⟩_ℓ + w_l2·⟨‖h_t − h̃_t‖ / ‖h_t‖⟩_ℓ +
+//!   w_kl·⟨KL(softmax h_t ‖ softmax h̃_t)⟩_ℓ⁺` — the KL term only at the logits, where `h` are
+//!   next-token logits; `ℓ⁺_t = ℓ_{t+1}` are the positions whose *next* token the mask counts,
+//!   so that with `ignore_prompt_loss` the last prompt position, which predicts the first
+//!   response token, is included
 //! - `L_std = −⟨log(σ_tj / rms(x_t))⟩` over transformed tokens and all features
 //! - `L_sim = ⟨cos(x_t, x̃_t)⟩_n` (or its absolute value)
 //! - `L = (1 − α)·L_dist + α·(w_std·L_std + w_sim·L_sim)`.
