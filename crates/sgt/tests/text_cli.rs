@@ -67,12 +67,13 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         .as_f64()
         .expect("nn");
     // Probes at the distillation layer (2), halfway to the input (1) and to the output (16 of
-    // SmolLM2's 30), and
-    // one trained on the SGT's own layer-2 states (the provider holding the artefact).
+    // SmolLM2's 30), at a fifth of the depth (6), and one trained on the SGT's own layer-2
+    // states (the provider holding the artefact).
     for k in [
         "layer2_probe",
         "layer1_probe",
         "layer16_probe",
+        "layer6_probe",
         "layer2_probe_on_sgt",
     ] {
         assert!(attacks[k]["top1"].as_f64().is_some(), "{k}: {f}");
@@ -123,7 +124,12 @@ fn prepare_train_and_plot_a_tiny_text_sgt() {
         common::stderr(&e)
     );
     let again: serde_json::Value = serde_json::from_slice(&e.stdout).expect("text eval json");
-    for k in ["layer2_probe", "layer1_probe", "layer16_probe"] {
+    for k in [
+        "layer2_probe",
+        "layer1_probe",
+        "layer16_probe",
+        "layer6_probe",
+    ] {
         assert_eq!(
             again["fresh_attacks"]["attacks"][k]["top1"], attacks[k]["top1"],
             "{k}: {again}"

@@ -19,6 +19,9 @@ LABELS = {
     "noise": "SGT, masked features carry σ·ε",
     "zero": "SGT, masked features carry 0",
     "adv-ce-0.3": "SGT σ·ε + in-training adversary, CE, weight 0.3",
+    "kl-noise": "SGT σ·ε, distilled by logit KL on response positions",
+    "kl-mean": "SGT μ(x), distilled by logit KL on response positions",
+    "l15-noise": "SGT σ·ε, distilled at layer 15 on response positions",
 }
 
 
@@ -132,7 +135,7 @@ for kind, (label, colour, marker) in style.items():
 for v in curves:
     ps = sorted((p for p in sgt_points if p["variant"] == v), key=lambda p: p["strength"] or 1.0)
     ax.plot([100 * p["answers"] for p in ps], [100 * p["strongest_top1"] for p in ps],
-            marker="o", label=LABELS[v] + " ×1…×8")
+            marker="o", label=LABELS[v] + f" ×1…×{max(p['strength'] or 1 for p in ps):g}")
 for v in singles:
     p = next(p for p in sgt_points if p["variant"] == v)
     ax.plot([100 * p["answers"]], [100 * p["strongest_top1"]], marker="^", ls="", label=LABELS[v])
@@ -155,12 +158,13 @@ order = ["clean"] + curves + singles + ["gaussian", "metric-dp"]
 for p in sorted([clean] + points, key=lambda p: (order.index(p["variant"]), p["strength"] or 0)):
     a = p["attacks"]
     probe = max((v for k, v in a.items() if "probe" in k and "on_sgt" not in k), default=None)
+    on_sgt = max((v for k, v in a.items() if k.endswith("_probe_on_sgt")), default=None)
     label = LABELS.get(p["variant"], p["variant"])
     level = "" if p["variant"] == "clean" else (
         f"×{p['strength'] or 1:g}" if p["variant"] in LABELS else f"{p['strength']:g}")
     rows.append(
         f"| {label} | {level} | **{pct(p['strongest_top1'])}** ({p['strongest'].replace('_', ' ')}) "
-        f"| {pct(a.get('learned_mlp'))} | {pct(a.get('fresh:layer6_probe_on_sgt'))} | {pct(probe)} "
+        f"| {pct(a.get('learned_mlp'))} | {pct(on_sgt)} | {pct(probe)} "
         f"| {pct(a.get('nearest_neighbour_l2'))} | {pct(p['agreement'])} | {pct(p['answers'])} |")
 table = "\n".join(rows)
 (out / "report.json").write_text(json.dumps(

@@ -52,10 +52,12 @@ pub fn probe_cache(assets: &std::path::Path) -> ProbeCache {
 }
 
 /// The provider's probe depths: the distillation layer `k` (the last layer when the SGT
-/// distils logits), halfway to the input and halfway to the output.
+/// distils logits), halfway to the input, halfway to the output, and a fifth of the depth
+/// (where a token is still easy to read; the first three already hold it for k = L/5).
 pub fn probe_depths(k: Option<usize>, layers: usize) -> Vec<usize> {
     let k = k.unwrap_or(layers).clamp(1, layers.max(1));
-    let mut depths = vec![k, (k / 2).max(1), k + (layers - k) / 2];
+    let shallow = (layers / 5).max(1);
+    let mut depths = vec![k, (k / 2).max(1), k + (layers - k) / 2, shallow];
     let mut seen = std::collections::HashSet::new();
     depths.retain(|d| seen.insert(*d));
     depths
@@ -160,8 +162,9 @@ mod tests {
     #[test]
     fn probes_read_the_distillation_layer_first_then_two_other_depths() {
         assert_eq!(probe_depths(Some(6), 30), vec![6, 3, 18]);
-        assert_eq!(probe_depths(None, 30), vec![30, 15]);
+        assert_eq!(probe_depths(None, 30), vec![30, 15, 6]);
+        assert_eq!(probe_depths(Some(15), 30), vec![15, 7, 22, 6]);
         assert_eq!(probe_depths(Some(1), 2), vec![1]);
-        assert_eq!(probe_depths(Some(40), 4), vec![4, 2]);
+        assert_eq!(probe_depths(Some(40), 4), vec![4, 2, 1]);
     }
 }
