@@ -76,29 +76,9 @@ impl<'a> ActivationProbe<'a> {
         cache: Option<&ProbeCache>,
         progress: impl FnMut(usize, f32),
     ) -> Result<(Self, bool)> {
-        let Some(cache) = cache else {
-            return Ok((
-                Self::train(index, model, layer, rows, cfg, progress)?,
-                false,
-            ));
-        };
-        let table_rms = check_layer(model, layer)?;
-        let key = ProbeCache::key(model, layer, rows, cfg)?;
-        let table = model.embedding_table();
-        if let Some(named) = cache.load(&key, table.device()) {
-            if let Some(mlp) = MlpInverter::from_named(index, table, cfg, &named)? {
-                let probe = Self {
-                    model,
-                    layer,
-                    table_rms,
-                    mlp,
-                };
-                return Ok((probe, true));
-            }
-        }
-        let probe = Self::train(index, model, layer, rows, cfg, progress)?;
-        cache.store(&key, &probe.mlp.named())?;
-        Ok((probe, false))
+        let key = || ProbeCache::key(model, layer, rows, cfg);
+        let train = || Self::train(index, model, layer, rows, cfg, progress);
+        Self::cached(index, model, layer, cfg, cache, key, train)
     }
 
     /// The provider holding the artefact: trains on the layer-`layer` states the model computes
@@ -137,12 +117,27 @@ impl<'a> ActivationProbe<'a> {
         cache: Option<&ProbeCache>,
         progress: impl FnMut(usize, f32),
     ) -> Result<(Self, bool)> {
-        let train = |progress| Self::train_on(index, model, layer, &Sgt(sgt), rows, cfg, progress);
+        let key = || ProbeCache::key_on_sgt(model, layer, sgt, rows, cfg);
+        let train = || Self::train_on(index, model, layer, &Sgt(sgt), rows, cfg, progress);
+        Self::cached(index, model, layer, cfg, cache, key, train)
+    }
+
+    /// The probe `cache` keeps under `key()`, else `train()`'s, then kept there; the second
+    /// value says whether it came from the cache.
+    fn cached(
+        index: &'a EmbeddingIndex,
+        model: &'a Llama,
+        layer: usize,
+        cfg: &InverterConfig,
+        cache: Option<&ProbeCache>,
+        key: impl FnOnce() -> Result<String>,
+        train: impl FnOnce() -> Result<Self>,
+    ) -> Result<(Self, bool)> {
         let Some(cache) = cache else {
-            return Ok((train(progress)?, false));
+            return Ok((train()?, false));
         };
         let table_rms = check_layer(model, layer)?;
-        let key = ProbeCache::key_on_sgt(model, layer, sgt, rows, cfg)?;
+        let key = key()?;
         let table = model.embedding_table();
         if let Some(named) = cache.load(&key, table.device()) {
             if let Some(mlp) = MlpInverter::from_named(index, table, cfg, &named)? {
@@ -155,7 +150,7 @@ impl<'a> ActivationProbe<'a> {
                 return Ok((probe, true));
             }
         }
-        let probe = train(progress)?;
+        let probe = train()?;
         cache.store(&key, &probe.mlp.named())?;
         Ok((probe, false))
     }
