@@ -73,10 +73,11 @@ pub struct ServeArgs {
     /// Model name reported by /v1/model (default: the model file's name).
     #[arg(long)]
     pub name: Option<String>,
-    /// How the model's weights are held: `stored` (a GGUF's quantized matrices as the file
-    /// stores them: a fraction of the memory, several times the decoding speed), or `f32`
-    /// (dequantized, the numbers an SGT is trained against). A Hugging Face folder loads in
-    /// f32 either way.
+    /// How the model's weights are held: `stored` (as the file stores them: a GGUF's quantized
+    /// matrices, a fraction of the memory and several times the decoding speed; a Hugging Face
+    /// folder's bf16/f16 safetensors, half the memory, the same numbers as f32), or `f32`
+    /// (dequantized, the numbers an SGT is trained against). A folder of f32 safetensors loads
+    /// in f32 either way.
     #[arg(long, default_value = "stored", value_parser = ["stored", "f32"])]
     pub weights: String,
     /// With `--weights stored`: `f32` (the f32 model's numbers bit for bit: the replies an SGT

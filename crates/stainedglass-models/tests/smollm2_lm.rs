@@ -291,7 +291,8 @@ fn gradients_reach_the_input_embeddings() {
 fn hf_folder_round_trip_sharded_gives_identical_logits() {
     let m = model();
     let dir = tempfile::tempdir().expect("tmp");
-    stainedglass_models::llm::hf::save_hf_folder(m, dir.path(), 3).expect("save");
+    stainedglass_models::llm::hf::save_hf_folder(m, dir.path(), 3, candle_core::DType::F32)
+        .expect("save");
     assert!(dir.path().join("model.safetensors.index.json").exists());
     let h = Llama::load(dir.path(), &Device::Cpu).expect("load HF folder");
     assert_eq!(h.config(), m.config());

@@ -35,8 +35,8 @@ pub struct LlmBenchArgs {
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
-    /// Load the GGUF's matrices as stored (quantized) and measure prefill and decode only (no
-    /// training step: stored weights run inference only).
+    /// Load the matrices as stored (a GGUF's quantized, a folder's bf16/f16) and measure
+    /// prefill and decode only (no training step: stored weights run inference only).
     #[arg(long)]
     pub stored: bool,
     /// With --stored: `int8` (8-bit activations, llama.cpp's numerics) or `f32` (the f32

@@ -1,5 +1,6 @@
 //! `sgt convert-hf`: write a model (e.g. the bundled GGUF, dequantized) as a Hugging Face folder
-//! with f32 safetensors, its config and tokenizer files, loadable by `transformers` and by us.
+//! with f32, bf16 or f16 safetensors, its config and tokenizer files, loadable by
+//! `transformers` and by us.
 
 use super::model_args::ModelArgs;
 use anyhow::{Context, Result};
@@ -16,12 +17,21 @@ pub struct ConvertHfArgs {
     /// Number of safetensors shards.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// Storage type of the tensors: `f32` (the model's numbers as loaded), or `bf16` / `f16`
+    /// (half the size, rounded to nearest; `sgt serve` keeps them as stored).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
 }
 
 pub fn run_convert_hf(a: ConvertHfArgs) -> Result<()> {
     let model = a.model.load_model()?;
     let tok = a.model.load_tokenizer()?;
-    stainedglass_models::llm::hf::save_hf_folder(&model, &a.out, a.shards)
+    let dtype = match a.dtype.as_str() {
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        _ => candle_core::DType::F32,
+    };
+    stainedglass_models::llm::hf::save_hf_folder(&model, &a.out, a.shards, dtype)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
     let mut cfg = serde_json::json!({

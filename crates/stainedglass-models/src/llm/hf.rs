@@ -1,9 +1,10 @@
-//! Writing a model as a Hugging Face folder (`config.json` + safetensors, optionally sharded),
-//! e.g. to compare against `transformers` on the same f32 weights. Files are written atomically.
+//! Writing a model as a Hugging Face folder (`config.json` + safetensors, optionally sharded,
+//! in f32 or as bf16/f16 halves), e.g. to compare against `transformers` on the same weights.
+//! Files are written atomically.
 
 use super::model::Llama;
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -12,8 +13,14 @@ fn atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Saves `model` under `dir` in `shards` safetensors files (1 = `model.safetensors`).
-pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize) -> Result<()> {
+/// Saves `model` under `dir` in `shards` safetensors files (1 = `model.safetensors`), its
+/// tensors as `dtype` (f32, or bf16/f16, rounded to nearest).
+pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize, dtype: DType) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::Unsupported(format!(
+            "a Hugging Face folder is written in f32, bf16 or f16, not {dtype:?}"
+        )));
+    }
     if model.config().rope_freq_factors.is_some() {
         // transformers' config has no field for per-frequency factors; written without them
         // the folder would hold a different model.
@@ -30,7 +37,7 @@ pub fn save_hf_folder(model: &Llama, dir: &Path, shards: usize) -> Result<()> {
     let tensors: Vec<(String, Tensor)> = model
         .hf_tensors()?
         .into_iter()
-        .map(|(n, t)| t.contiguous().map(|t| (n, t)))
+        .map(|(n, t)| t.to_dtype(dtype)?.contiguous().map(|t| (n, t)))
         .collect::<candle_core::Result<_>>()?;
     let shards = shards.clamp(1, tensors.len().max(1));
     if shards == 1 {
@@ -64,7 +71,7 @@ mod tests {
     fn rope_factors_are_not_saved_as_a_folder_without_them() {
         let m = tiny_model_with(|c| c.rope_freq_factors = Some(vec![2.0; c.head_dim / 2]));
         let dir = tempfile::tempdir().expect("dir");
-        let e = save_hf_folder(&m, dir.path(), 1).expect_err("refused");
+        let e = save_hf_folder(&m, dir.path(), 1, candle_core::DType::F32).expect_err("refused");
         assert!(e.to_string().contains("rope_freqs"), "{e}");
         assert!(!dir.path().join("config.json").exists());
     }

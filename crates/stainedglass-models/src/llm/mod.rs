@@ -3,7 +3,7 @@
 //! through frozen weights. Loads GGUF (dequantized to f32, or kept as stored for inference) and
 //! Hugging Face folders.
 //!
-//! - the model: [`config`], [`weights`] and [`hf`] (loading and saving), `model.rs` ([`Llama`]),
+//! - the model: [`config`], [`weights`], [`weights_hf_stored`] and [`hf`] (loading and saving), `model.rs` ([`Llama`]),
 //!   `block.rs` (one layer's weights), `stored.rs` (a model with its matrices as stored),
 //!   `kv_cache.rs`, `stack/` (the decoder layers as one op);
 //! - generation: [`generate`] (sampling, batched requests), [`continuous`] (requests joining
@@ -24,6 +24,7 @@ pub mod prefix;
 pub(crate) mod stack;
 pub(crate) mod stored;
 pub mod weights;
+pub mod weights_hf_stored;
 
 pub use backend::blas::{
     configure as configure_blas, kind as blas_kind, openblas_coretype, BlasChoice, BlasOptions,

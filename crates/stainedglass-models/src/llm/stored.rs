@@ -1,6 +1,7 @@
 //! A model whose matrices stay as the file stores them (`Llama::load_stored`): GGUF quantized
-//! rows multiplied in quantized form (`backend::quant`), the embedding rows dequantized on
-//! lookup, the LM head a quantized product. Inference only — prefill, decoding, activations at a
+//! rows multiplied in quantized form, or a Hugging Face folder's bf16/f16 rows widened to f32
+//! on use (`backend::quant`); the embedding rows dequantized on lookup, the LM head a product
+//! on the stored rows. Inference only — prefill, decoding, activations at a
 //! layer; gradients and per-layer states need the f32 model an SGT trains against.
 
 use std::path::Path;
@@ -16,13 +17,15 @@ use super::embed_head::EmbedHead;
 use super::model::Llama;
 use super::stack::StoredMats;
 use super::weights::{self, take, GgufFile, StoredMap, TensorMap};
+use super::weights_hf_stored;
 use crate::error::{Error, Result};
 
 impl Llama {
-    /// Loads a GGUF file keeping its matrices as stored (quantized), for inference: a quarter
-    /// to an eighth of the f32 model's memory, computing the f32 model's numbers bit for bit
-    /// ([`Activations::F32`]; [`Llama::load_stored_with`] and [`Activations::Int8`] for
-    /// llama.cpp's faster 8-bit numerics). A Hugging Face folder loads in f32, as
+    /// Loads a model keeping its matrices as stored, for inference, computing the f32 model's
+    /// numbers bit for bit ([`Activations::F32`]; [`Llama::load_stored_with`] and
+    /// [`Activations::Int8`] for llama.cpp's faster 8-bit numerics): a GGUF file's quantized
+    /// matrices (a quarter to an eighth of the f32 model's memory), or a Hugging Face folder's
+    /// bf16/f16 safetensors (half of it). A folder of f32 safetensors loads in f32, as
     /// [`Llama::load`] does.
     pub fn load_stored(path: &Path, device: &Device) -> Result<Self> {
         Self::load_stored_with(path, device, Activations::F32)
@@ -35,7 +38,7 @@ impl Llama {
         device: &Device,
         activations: Activations,
     ) -> Result<Self> {
-        if path.is_dir() || !path.exists() {
+        if !path.exists() || (path.is_dir() && weights_hf_stored::hf_folder_is_f32(path)?) {
             return Self::load(path, device);
         }
         if !device.is_cpu() {
@@ -45,9 +48,14 @@ impl Llama {
                     .into(),
             ));
         }
-        let file = GgufFile::open(path)?;
-        let cfg = LlamaConfig::read_gguf(&file.content, &file.path)?;
-        let (vectors, mut mats) = weights::load_gguf_stored(&file, &cfg, device)?;
+        let (cfg, vectors, mut mats) = if path.is_dir() {
+            weights_hf_stored::load_hf_stored(path, device)?
+        } else {
+            let file = GgufFile::open(path)?;
+            let cfg = LlamaConfig::read_gguf(&file.content, &file.path)?;
+            let (vectors, mats) = weights::load_gguf_stored(&file, &cfg, device)?;
+            (cfg, vectors, mats)
+        };
         mats.values_mut()
             .for_each(|m| m.set_activations(activations));
         Self::assemble_stored(cfg, vectors, mats, device)

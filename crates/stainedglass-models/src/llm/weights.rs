@@ -228,6 +228,15 @@ pub fn load_gguf_stored(
         QMatrix::from_gguf_pieces(&pieces, cols)
             .map_err(|e| Error::model(path, format!("tensor `{}`: {e}", names[0])))
     };
+    Ok((vectors, fused_stored(cfg, build)?))
+}
+
+/// The matrices of a stored model, fused as the model runs them (see [`load_gguf_stored`]):
+/// `build` makes one matrix from the Hugging Face names of its parts, stacked by rows.
+pub(crate) fn fused_stored(
+    cfg: &LlamaConfig,
+    build: impl Fn(&[String]) -> Result<QMatrix>,
+) -> Result<StoredMap> {
     let mut mats = StoredMap::new();
     for i in 0..cfg.num_layers {
         let p = |n: &str| format!("model.layers.{i}.{n}");
@@ -259,7 +268,7 @@ pub fn load_gguf_stored(
     for n in heads {
         mats.insert(n.to_string(), build(&[n.to_string()])?);
     }
-    Ok((vectors, mats))
+    Ok(mats)
 }
 
 /// The one-dimensional tensors (norms, biases) of a GGUF model, dequantized to f32 and checked.
@@ -291,7 +300,7 @@ fn load_vectors(
 
 /// The one-dimensional tensors of [`expected_shapes`] (norms, biases) are present, shaped and
 /// finite.
-fn check_vectors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> {
+pub(crate) fn check_vectors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> {
     for (name, shape) in expected_shapes(cfg)
         .into_iter()
         .filter(|(_, s)| s.len() == 1)
@@ -303,6 +312,23 @@ fn check_vectors(map: &TensorMap, cfg: &LlamaConfig, path: &Path) -> Result<()> 
 
 /// Reads a Hugging Face folder: `config.json` and single-file or sharded safetensors.
 pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<(LlamaConfig, TensorMap)> {
+    let (cfg, files) = hf_folder_files(dir)?;
+    let mut out = TensorMap::new();
+    for f in files {
+        let ts = candle_core::safetensors::load(&f, device)
+            .map_err(|e| Error::model(&f, format!("cannot read safetensors: {e}")))?;
+        for (name, t) in ts {
+            let t = t.to_dtype(DType::F32)?;
+            out.insert(name, t);
+        }
+    }
+    check_tensors(&out, &cfg, dir)?;
+    Ok((cfg, out))
+}
+
+/// A Hugging Face folder's configuration and safetensors files (one, or the shards its index
+/// names).
+pub(crate) fn hf_folder_files(dir: &Path) -> Result<(LlamaConfig, Vec<PathBuf>)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let cfg = LlamaConfig::from_hf_json(&text, &cfg_path)?;
@@ -331,17 +357,7 @@ pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<(LlamaConfig, Tenso
             "no model.safetensors or model.safetensors.index.json in this folder",
         ));
     };
-    let mut out = TensorMap::new();
-    for f in files {
-        let ts = candle_core::safetensors::load(&f, device)
-            .map_err(|e| Error::model(&f, format!("cannot read safetensors: {e}")))?;
-        for (name, t) in ts {
-            let t = t.to_dtype(DType::F32)?;
-            out.insert(name, t);
-        }
-    }
-    check_tensors(&out, &cfg, dir)?;
-    Ok((cfg, out))
+    Ok((cfg, files))
 }
 
 /// The tensors a model of `cfg` needs, with their shapes.

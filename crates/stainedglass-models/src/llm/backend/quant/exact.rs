@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use super::act::QK;
 use super::dot::Isa;
-use super::{OutPtr, Part, QMatrix};
+use super::{HalfKind, OutPtr, Part, QMatrix};
 use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
@@ -96,8 +96,8 @@ impl QMatrix {
         super::spin_pool(n.div_ceil(BLOCK), |range| range.for_each(block));
     }
 
-    /// Rows `g..g + 8` when they lie in one of our parts and the CPU has AVX2: dequantized in
-    /// registers instead of through the buffer.
+    /// Rows `g..g + 8` when they lie in one of our parts and the CPU has AVX2 (and F16C for
+    /// f16): dequantized in registers instead of through the buffer.
     fn fused_pass(&self, mut g: usize) -> Option<Fused<'_>> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -115,6 +115,13 @@ impl QMatrix {
                     return None;
                 }
                 return match p {
+                    Part::Half { kind, vals, .. } => {
+                        let k = self.cols;
+                        (k.is_multiple_of(8) && kind.fused_ok()).then(|| Fused::Half {
+                            kind: *kind,
+                            vals: &vals[g * k..(g + ROWS_PER_PASS) * k],
+                        })
+                    }
                     Part::Q4 { d, m, qs, .. } => Some(Fused::Q4 {
                         qs: &qs[g * nb * 16..(g + ROWS_PER_PASS) * nb * 16],
                         d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
@@ -183,6 +190,10 @@ enum Fused<'a> {
         qs: &'a [i8],
         d: &'a [f32],
     },
+    Half {
+        kind: HalfKind,
+        vals: &'a [u16],
+    },
 }
 
 impl Fused<'_> {
@@ -204,6 +215,9 @@ impl Fused<'_> {
                 Fused::Q8 { qs, d } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK);
                     x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
+                }
+                Fused::Half { kind, vals } => {
+                    super::half_rows::dot_rows::<ROWS_PER_PASS>(kind, vals, x)
                 }
             }
         }

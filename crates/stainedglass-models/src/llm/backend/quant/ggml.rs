@@ -1,5 +1,5 @@
-//! Weight rows in any other GGUF storage type (the K-quants Q2_K…Q6_K, Q5_0, Q5_1, f16, bf16,
-//! f32), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
+//! Weight rows in any other GGUF storage type (the K-quants Q2_K…Q6_K, Q5_0, Q5_1, f32; f16
+//! and bf16 are ours, `half_rows.rs`), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
 //! K-quants) after the activations are quantized to the type's partner format (Q8_K for the
 //! K-quants). Only the row loop is ours, so these run in the same parallel pass as our own
 //! Q4/Q8 kernels (`dot.rs`).
@@ -10,7 +10,6 @@ use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, GgmlType,
 };
 use candle_core::quantized::GgmlDType;
-use half::{bf16, f16};
 
 /// Activations quantized for one storage type.
 pub(crate) type Prepared = Box<dyn Any + Send + Sync>;
@@ -140,8 +139,6 @@ pub(crate) fn rows_for(
         GgmlDType::Q4K => rows_of::<BlockQ4K>(data, rows, k),
         GgmlDType::Q5K => rows_of::<BlockQ5K>(data, rows, k),
         GgmlDType::Q6K => rows_of::<BlockQ6K>(data, rows, k),
-        GgmlDType::F16 => rows_of::<f16>(data, rows, k),
-        GgmlDType::BF16 => rows_of::<bf16>(data, rows, k),
         GgmlDType::F32 => rows_of::<f32>(data, rows, k),
         other => Err(format!("{other:?} is not a weight storage type")),
     }

@@ -5,6 +5,7 @@
 use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
 use super::{ggml, OutPtr, Part, QMatrix};
+use crate::llm::backend::gemv::dot;
 
 impl QMatrix {
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`, with the
@@ -14,7 +15,10 @@ impl QMatrix {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);
         let isa = Isa::get();
-        let own = self.parts.iter().any(|p| !matches!(p, Part::Ggml(_)));
+        let own = self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Q4 { .. } | Part::Q8 { .. }));
         let act = own.then(|| ActQ8::new(x, k));
         let preps: Vec<Option<ggml::Prepared>> = self
             .parts
@@ -52,6 +56,16 @@ impl QMatrix {
                     for j in r0..r1 {
                         for ar in 0..m {
                             write(ar, j, g.dot(j, prep, ar));
+                        }
+                    }
+                }
+                Part::Half { kind, vals, .. } => {
+                    // f32 activations: widened rows times the activation rows.
+                    let mut row = vec![0f32; k];
+                    for j in r0..r1 {
+                        super::half_rows::widen(*kind, &vals[j * k..(j + 1) * k], &mut row);
+                        for ar in 0..m {
+                            write(ar, j, dot(&x[ar * k..(ar + 1) * k], &row));
                         }
                     }
                 }
@@ -129,6 +143,6 @@ fn group<const MM: usize>(
             let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
             dot::q8_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
         }
-        Part::Ggml(_) => {}
+        Part::Half { .. } | Part::Ggml(_) => {}
     }
 }

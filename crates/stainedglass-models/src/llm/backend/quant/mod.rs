@@ -1,6 +1,7 @@
 //! Weights kept as stored: a matrix of GGUF-quantized rows ([`QMatrix`]) multiplied in
-//! quantized form. The activations are quantized per row to 8-bit blocks (`act.rs`); Q4_0, Q4_1
-//! and Q8_0 rows run our kernels (`dot.rs`), every other storage type candle's per-type dot
+//! quantized form, or of 16-bit floats (bf16/f16, e.g. from safetensors; `half.rs`) widened to
+//! f32 on use. The activations are quantized per row to 8-bit blocks (`act.rs`); Q4_0, Q4_1
+//! and Q8_0 rows run our kernels (`dot.rs`), every other quantized type candle's per-type dot
 //! products (`ggml.rs`). One parallel pass covers every part of a fused matrix (e.g. `[q | k |
 //! v]` with a Q6_K `v`), so a decode step pays one dispatch per product.
 //!
@@ -12,6 +13,7 @@ mod deq;
 mod dot;
 mod exact;
 mod ggml;
+mod half_rows;
 mod int8;
 mod parse;
 
@@ -20,6 +22,7 @@ use candle_core::quantized::GgmlDType;
 pub(super) use super::pool::spin_pool;
 pub use dot::Isa;
 use ggml::GgmlRows;
+pub(crate) use half_rows::HalfKind;
 pub use parse::GgufPiece;
 
 /// The most activation rows the 8-bit product takes (a decode step of up to this many
@@ -41,13 +44,19 @@ pub(super) enum Part {
         d: Vec<f32>,
         qs: Vec<i8>,
     },
+    /// bf16 or f16 values (as bits), widened to f32 exactly on use.
+    Half {
+        rows: usize,
+        kind: HalfKind,
+        vals: Vec<u16>,
+    },
     Ggml(Box<dyn GgmlRows>),
 }
 
 impl Part {
     pub(super) fn rows(&self) -> usize {
         match self {
-            Part::Q4 { rows, .. } | Part::Q8 { rows, .. } => *rows,
+            Part::Q4 { rows, .. } | Part::Q8 { rows, .. } | Part::Half { rows, .. } => *rows,
             Part::Ggml(g) => g.rows(),
         }
     }
@@ -57,6 +66,7 @@ impl Part {
             Part::Q4 { m: None, .. } => "Q4_0".into(),
             Part::Q4 { m: Some(_), .. } => "Q4_1".into(),
             Part::Q8 { .. } => "Q8_0".into(),
+            Part::Half { kind, .. } => kind.name().into(),
             Part::Ggml(g) => format!("{:?}", g.dtype()),
         }
     }
@@ -125,8 +135,12 @@ impl QMatrix {
             self.rows,
             self.cols
         );
+        // 16-bit float rows gain nothing from 8-bit activations: they always multiply in f32.
+        let quantized = self.parts.iter().any(|p| !matches!(p, Part::Half { .. }));
         match self.activations {
-            Activations::Int8 if m <= INT8_MAX_ROWS => self.product_int8(x, m, out, accumulate),
+            Activations::Int8 if m <= INT8_MAX_ROWS && quantized => {
+                self.product_int8(x, m, out, accumulate)
+            }
             _ => self.product_f32(x, m, out, accumulate),
         }
     }
@@ -145,6 +159,7 @@ impl QMatrix {
                     4 * d.len() + m.as_ref().map_or(0, |m| 4 * m.len()) + qs.len()
                 }
                 Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
+                Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
             })
             .sum()
@@ -176,6 +191,9 @@ impl QMatrix {
                 match p {
                     Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
                     Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
+                    Part::Half { kind, vals, .. } => {
+                        half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
+                    }
                     Part::Ggml(g) => g.dequantize_row(g0 + i, row),
                 }
             }

@@ -1,13 +1,13 @@
 //! Building a [`QMatrix`] from GGUF tensor bytes: one or several tensors stacked by rows (a
 //! fused `[q | k | v]`), each optionally read in another row order. Neighbouring tensors of
-//! one of our types (Q4_0, Q4_1, Q8_0) become one part whose buffers are allocated once at
+//! one of our types (Q4_0, Q4_1, Q8_0, F16, BF16) become one part whose buffers are allocated once at
 //! their final size; a load's memory is the model's own, without copies or growth.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use super::act::QK;
-use super::{ggml, Activations, Part, QMatrix};
+use super::{ggml, half_rows, Activations, HalfKind, Part, QMatrix};
 
 /// One GGUF tensor's rows, as [`QMatrix::from_gguf_pieces`] reads them.
 pub struct GgufPiece<'a> {
@@ -29,6 +29,20 @@ fn block_bytes(dtype: GgmlDType) -> Option<usize> {
     }
 }
 
+/// The 16-bit float kind of F16/BF16 tensors (kept as [`Part::Half`]).
+fn half_kind(dtype: GgmlDType) -> Option<HalfKind> {
+    match dtype {
+        GgmlDType::BF16 => Some(HalfKind::Bf16),
+        GgmlDType::F16 => Some(HalfKind::F16),
+        _ => None,
+    }
+}
+
+/// Whether neighbouring tensors of `dtype` become one part of ours.
+fn ours(dtype: GgmlDType) -> bool {
+    block_bytes(dtype).is_some() || half_kind(dtype).is_some()
+}
+
 fn half_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
@@ -42,6 +56,16 @@ impl GgufPiece<'_> {
         if let Some(o) = &self.order {
             if o.len() != self.rows || o.iter().any(|&r| r >= self.rows) {
                 return Err("row order of another length".into());
+            }
+        }
+        if half_kind(dtype).is_some() {
+            let want = self.rows.checked_mul(cols).and_then(|n| n.checked_mul(2));
+            if Some(self.data.len()) != want {
+                return Err(format!(
+                    "{dtype:?} data of {} bytes for {} × {cols} values",
+                    self.data.len(),
+                    self.rows
+                ));
             }
         }
         if let Some(size) = block_bytes(dtype) {
@@ -91,7 +115,7 @@ impl QMatrix {
         while i < pieces.len() {
             let dtype = pieces[i].dtype;
             let run = pieces[i..].iter().take_while(|p| p.dtype == dtype).count();
-            let run = if block_bytes(dtype).is_some() { run } else { 1 };
+            let run = if ours(dtype) { run } else { 1 };
             parts.push(parse_run(&pieces[i..i + run], cols)?);
             i += run;
         }
@@ -151,6 +175,16 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
             }
             Part::Q8 { rows, d, qs }
         }
+        GgmlDType::F16 | GgmlDType::BF16 => {
+            let mut vals = Vec::with_capacity(rows * cols);
+            for p in run {
+                for r in p.rows_in_order(2 * cols) {
+                    vals.extend(r.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+                }
+            }
+            let kind = half_kind(dtype).unwrap_or(HalfKind::F16);
+            Part::Half { rows, kind, vals }
+        }
         _ => {
             let mut g = ggml::rows_for(dtype, first.data, first.rows, cols)?;
             if let Some(o) = &first.order {
@@ -162,6 +196,7 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
     let bad = match &part {
         Part::Q4 { d, m, .. } => d.iter().chain(m.iter().flatten()).any(|v| !v.is_finite()),
         Part::Q8 { d, .. } => d.iter().any(|v| !v.is_finite()),
+        Part::Half { kind, vals, .. } => !half_rows::all_finite(*kind, vals),
         Part::Ggml(g) => {
             let mut row = vec![0f32; cols];
             (0..g.rows()).any(|r| {

@@ -242,4 +242,33 @@ proptest! {
             prop_assert!(out.iter().all(|v| v.is_finite()));
         }
     }
+
+    /// Untrusted bytes as f16/bf16 rows either load, with finite values whose product is the
+    /// f32 dot product of the widened rows, or are refused; nothing panics.
+    #[test]
+    fn any_half_bytes_load_or_are_refused(
+        bf in any::<bool>(),
+        rows in 1usize..10,
+        cols in 1usize..40,
+        data in proptest::collection::vec(any::<u8>(), 0..1200),
+    ) {
+        let dtype = if bf { GgmlDType::BF16 } else { GgmlDType::F16 };
+        if let Ok(m) = QMatrix::from_gguf(dtype, &data, rows, cols) {
+            prop_assert_eq!(data.len(), 2 * rows * cols);
+            let x: Vec<f32> = (0..cols).map(|i| (i % 3) as f32 - 1.0).collect();
+            let mut out = vec![0f32; rows];
+            m.product(&x, 1, &mut out, false);
+            let mut row = vec![0f32; cols];
+            for (r, &o) in out.iter().enumerate() {
+                m.dequantize_row(r, &mut row);
+                prop_assert!(row.iter().all(|v| v.is_finite()));
+                let want = crate::llm::backend::gemv::dot(&x, &row);
+                // (Sums of values near bf16's largest may overflow, in either order.)
+                let scale: f32 = x.iter().zip(&row).map(|(a, b)| (a * b).abs()).sum();
+                if scale.is_finite() {
+                    prop_assert!((o - want).abs() <= 1e-5 * scale, "{o} vs {want}");
+                }
+            }
+        }
+    }
 }
