@@ -16,6 +16,7 @@ mod ggml;
 mod half_rows;
 mod int8;
 mod parse;
+mod scales;
 
 use candle_core::quantized::GgmlDType;
 
@@ -31,17 +32,18 @@ pub const INT8_MAX_ROWS: usize = 32;
 
 /// Rows of one storage type inside a [`QMatrix`].
 pub(super) enum Part {
-    /// Q4_0 (`m` absent: value = (nibble − 8)·d) or Q4_1 (value = nibble·d + m).
+    /// Q4_0 (`m` absent: value = (nibble − 8)·d) or Q4_1 (value = nibble·d + m); the scales
+    /// `d` and minimums `m` as f16 bits, as stored (`scales.rs`).
     Q4 {
         rows: usize,
-        d: Vec<f32>,
-        m: Option<Vec<f32>>,
+        d: Vec<u16>,
+        m: Option<Vec<u16>>,
         qs: Vec<u8>,
     },
-    /// Q8_0: value = q·d.
+    /// Q8_0: value = q·d (`d` as f16 bits).
     Q8 {
         rows: usize,
-        d: Vec<f32>,
+        d: Vec<u16>,
         qs: Vec<i8>,
     },
     /// bf16 or f16 values (as bits), widened to f32 exactly on use.
@@ -156,9 +158,9 @@ impl QMatrix {
             .iter()
             .map(|p| match p {
                 Part::Q4 { d, m, qs, .. } => {
-                    4 * d.len() + m.as_ref().map_or(0, |m| 4 * m.len()) + qs.len()
+                    2 * d.len() + m.as_ref().map_or(0, |m| 2 * m.len()) + qs.len()
                 }
-                Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
+                Part::Q8 { d, qs, .. } => 2 * d.len() + qs.len(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
             })
