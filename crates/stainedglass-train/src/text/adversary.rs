@@ -16,7 +16,14 @@
 //! - `objective = "confusion"`: `mean(−(1/C)·Σ_c ln p_t(c)) − ln C`, the cross-entropy of the
 //!   inverter's prediction against the uniform one (domain confusion): unlike the two above
 //!   its gradient does not vanish when the inverter is confidently right, which is exactly
-//!   when the SGT most needs a push.
+//!   when the SGT most needs a push;
+//! - `objective = "club"`: the CLUB upper bound on the mutual information between the tokens
+//!   and the SGT's outputs (Cheng et al., 2020), with the inverter as the variational
+//!   `q(token | output)`: `mean_i log q(t_i | x_i) − mean_{i,j} log q(t_j | x_i)` over the
+//!   micro-batch's transformed rows (the other rows' tokens as draws from the marginal), on
+//!   the sampled candidates. The SGT minimises it: its own row's token must become no more
+//!   likely under the inverter than the batch's other tokens. Zero when the outputs carry
+//!   nothing the inverter can use.
 //!
 //! An in-training adversary is not a privacy measurement (in-training adversaries are known to
 //! fall to chance while a fresh one still succeeds): `sgt text train` ends with attacks trained
@@ -41,6 +48,8 @@ pub enum AdversaryObjective {
     Entropy,
     /// The cross-entropy of the inverter's prediction against the uniform distribution.
     Confusion,
+    /// Minus the CLUB mutual-information bound with the inverter as `q(token | output)`.
+    Club,
 }
 
 /// The `[adversary]` section of a text-training config.
@@ -380,8 +389,18 @@ impl Adversary {
         }))
     }
 
+    /// The CLUB bound of candidate `logits (n, C)`: the mean log-likelihood of each row's own
+    /// token less that of every row's token (see the module doc).
+    fn club(logits: &Tensor, c: &Candidates) -> Result<Tensor> {
+        let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let own = lsm.gather(&c.targets.unsqueeze(1)?, 1)?.mean_all()?;
+        let all = lsm.index_select(&c.targets, 1)?.mean_all()?;
+        Ok((own - all)?)
+    }
+
     /// The term added to the SGT's loss (already weighted): minimising it raises the
-    /// inverter's capped loss or its entropy on the SGT's live outputs `x`.
+    /// inverter's capped loss or its entropy, or lowers the CLUB bound, on the SGT's live
+    /// outputs `x`.
     pub fn sgt_term(&self, x: &Tensor, tokens: &[u32], rng: &mut NoiseRng) -> Result<Tensor> {
         let c = self
             .unigram
@@ -405,6 +424,7 @@ impl Adversary {
                 let ce_uniform = lsm.mean(D::Minus1)?.neg()?.mean_all()?;
                 ((ce_uniform - (c.len as f64).ln())? * -1.0)?
             }
+            AdversaryObjective::Club => Self::club(&self.logits(x, &c)?, &c)?.neg()?,
         };
         Ok((objective * -self.cfg.weight)?)
     }
@@ -487,6 +507,7 @@ mod tests {
             AdversaryObjective::Ce,
             AdversaryObjective::Entropy,
             AdversaryObjective::Confusion,
+            AdversaryObjective::Club,
         ] {
             adv.cfg.objective = objective;
             let dot = term_against_inverter(&adv, &noisy, &tokens);
@@ -495,6 +516,49 @@ mod tests {
                 "{objective:?} must raise the inverter's loss: {dot}"
             );
         }
+    }
+
+    /// The CLUB bound is positive when the inverter reads the rows and exactly zero when every
+    /// row is the same (the outputs carry nothing about the tokens).
+    #[test]
+    fn club_bound_is_positive_on_readable_rows_and_zero_on_blank_ones() {
+        let (v, d) = (32, 16);
+        let e = table(v, d);
+        let tokens: Vec<u32> = (0..v as u32).collect();
+        let cfg = AdversarySection {
+            weight: 1.0,
+            objective: AdversaryObjective::Club,
+            hidden: 32,
+            negatives: 8,
+            inner_steps: 30,
+            learning_rate: 1e-2,
+            ..Default::default()
+        };
+        let mut adv = Adversary::new(&cfg, &e, &rows(&tokens), 1).expect("adversary");
+        let ids = Tensor::new(tokens.as_slice(), &Device::Cpu).expect("ids");
+        let x = e.index_select(&ids, 0).expect("rows");
+        let mut rng = NoiseRng::seeded(2);
+        adv.update(&x, &tokens, &mut rng).expect("update");
+        let bound = |x: &Tensor| -> f32 {
+            let mut rng = NoiseRng::seeded(4);
+            let c = adv
+                .unigram
+                .candidates(&tokens, 8, &mut rng, &Device::Cpu)
+                .expect("candidates");
+            let l = adv.logits(x, &c).expect("logits");
+            Adversary::club(&l, &c)
+                .and_then(|t| Ok(t.to_scalar::<f32>()?))
+                .expect("club")
+        };
+        let readable = bound(&x);
+        assert!(readable > 1.0, "bound on readable rows: {readable}");
+        let blank = x.zeros_like().expect("zeros");
+        assert!(bound(&blank).abs() < 1e-5, "bound on blank rows");
+        // The SGT's term is the bound, weighted (the SGT minimises it).
+        let mut rng = NoiseRng::seeded(4);
+        let term = adv.sgt_term(&x, &tokens, &mut rng).expect("term");
+        let t = term.to_scalar::<f32>().expect("scalar");
+        assert!((t - readable).abs() < 1e-4, "{t} vs {readable}");
     }
 
     /// The dot product of the SGT term's input gradient with the inverter's own loss gradient.
