@@ -532,7 +532,6 @@ mod tests {
             negatives: 8,
             inner_steps: 30,
             learning_rate: 1e-2,
-            ..Default::default()
         };
         let mut adv = Adversary::new(&cfg, &e, &rows(&tokens), 1).expect("adversary");
         let ids = Tensor::new(tokens.as_slice(), &Device::Cpu).expect("ids");
