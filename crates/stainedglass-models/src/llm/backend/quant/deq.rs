@@ -5,7 +5,6 @@
 //! results), and the AVX2 copy runs when the CPU has it.
 
 use super::act::QK;
-use super::scales;
 
 #[inline(always)]
 fn q4_row(qs: &[u8], d: &[f32], m: Option<&[f32]>, row: usize, out: &mut [f32]) {
@@ -66,33 +65,22 @@ fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-/// Row `row` of a Q4 part (`m`: the Q4_1 minimums, absent for Q4_0; both as f16 bits) into
-/// `out` (`cols` long).
-pub(super) fn q4(qs: &[u8], d: &[u16], m: Option<&[u16]>, row: usize, out: &mut [f32]) {
-    let nb = out.len() / QK;
-    let qs = &qs[row * nb * 16..(row + 1) * nb * 16];
-    let span = row * nb..(row + 1) * nb;
-    let m = m.map(|m| &m[span.clone()]);
-    scales::with_f32(&d[span], m, |d, m| {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { q4_avx2(qs, d, m, 0, out) };
-        }
-        q4_row(qs, d, m, 0, out)
-    })
+/// Row `row` of a Q4 part (`m`: the Q4_1 minimums, absent for Q4_0) into `out` (`cols` long).
+pub(super) fn q4(qs: &[u8], d: &[f32], m: Option<&[f32]>, row: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { q4_avx2(qs, d, m, row, out) };
+    }
+    q4_row(qs, d, m, row, out)
 }
 
-/// Row `row` of a Q8_0 part (scales as f16 bits) into `out` (`cols` long).
-pub(super) fn q8(qs: &[i8], d: &[u16], row: usize, out: &mut [f32]) {
-    let k = out.len();
-    let qs = &qs[row * k..(row + 1) * k];
-    scales::with_f32(&d[row * (k / QK)..(row + 1) * (k / QK)], None, |d, _| {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { q8_avx2(qs, d, 0, out) };
-        }
-        q8_row(qs, d, 0, out)
-    })
+/// Row `row` of a Q8_0 part into `out` (`cols` long).
+pub(super) fn q8(qs: &[i8], d: &[f32], row: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { q8_avx2(qs, d, row, out) };
+    }
+    q8_row(qs, d, row, out)
 }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use super::act::QK;
 use super::dot::Isa;
-use super::{scales, HalfKind, OutPtr, Part, QMatrix};
+use super::{HalfKind, OutPtr, Part, QMatrix};
 use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
@@ -183,12 +183,12 @@ impl QMatrix {
 enum Fused<'a> {
     Q4 {
         qs: &'a [u8],
-        d: &'a [u16],
-        m: Option<&'a [u16]>,
+        d: &'a [f32],
+        m: Option<&'a [f32]>,
     },
     Q8 {
         qs: &'a [i8],
-        d: &'a [u16],
+        d: &'a [f32],
     },
     Half {
         kind: HalfKind,
@@ -204,20 +204,18 @@ impl Fused<'_> {
         // SAFETY: `fused_pass` checked AVX2 and FMA, and sliced eight rows of `nb` blocks.
         unsafe {
             match *self {
-                Fused::Q4 { qs, d, m } => scales::with_f32(d, m, |d, m| match m {
-                    Some(m) => {
-                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
-                        x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
-                    }
-                    None => {
-                        assert!(qs.len() == ROWS_PER_PASS * nb * 16);
-                        x86::q4::<ROWS_PER_PASS, false>(qs, d, d.as_ptr(), x, nb)
-                    }
-                }),
-                Fused::Q8 { qs, d } => scales::with_f32(d, None, |d, _| {
+                Fused::Q4 { qs, d, m: Some(m) } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
+                    x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
+                }
+                Fused::Q4 { qs, d, m: None } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * 16);
+                    x86::q4::<ROWS_PER_PASS, false>(qs, d, d.as_ptr(), x, nb)
+                }
+                Fused::Q8 { qs, d } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK);
                     x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
-                }),
+                }
                 Fused::Half { kind, vals } => {
                     super::half_rows::dot_rows::<ROWS_PER_PASS>(kind, vals, x)
                 }

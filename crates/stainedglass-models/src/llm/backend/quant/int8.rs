@@ -4,7 +4,7 @@
 
 use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
-use super::{ggml, scales, OutPtr, Part, QMatrix};
+use super::{ggml, OutPtr, Part, QMatrix};
 use crate::llm::backend::gemv::dot;
 
 impl QMatrix {
@@ -125,28 +125,24 @@ fn group<const MM: usize>(
     let mut put = |t: usize, r: usize, v: f32| write(i + t, r0 + r, v);
     match part {
         Part::Q4 { d, m: mins, qs, .. } => {
-            let span = r0 * nb..r1 * nb;
-            let mins = mins.as_ref().map(|m| &m[span.clone()]);
-            scales::with_f32(&d[span], mins, |d, mins| {
-                // The Q4_1 minimum, or the Q4_0 offset of 8, times the activation block sums.
-                let o = match mins {
-                    Some(mn) => Q4Offset {
-                        off: mn,
-                        scale: 1.0,
-                    },
-                    None => Q4Offset {
-                        off: d,
-                        scale: -8.0,
-                    },
-                };
-                let w = (&qs[r0 * nb * 16..], d);
-                dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0, &mut put);
-            })
+            // The Q4_1 minimum, or the Q4_0 offset of 8, times the activation block sums.
+            let o = match mins {
+                Some(mn) => Q4Offset {
+                    off: &mn[r0 * nb..],
+                    scale: 1.0,
+                },
+                None => Q4Offset {
+                    off: &d[r0 * nb..],
+                    scale: -8.0,
+                },
+            };
+            let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
+            dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0, &mut put);
         }
-        Part::Q8 { d, qs, .. } => scales::with_f32(&d[r0 * nb..r1 * nb], None, |d, _| {
-            let w = (&qs[r0 * nb * QK..], d);
+        Part::Q8 { d, qs, .. } => {
+            let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
             dot::q8_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
-        }),
+        }
         Part::Half { .. } | Part::Ggml(_) => {}
     }
 }

@@ -16,7 +16,6 @@ mod ggml;
 mod half_rows;
 mod int8;
 mod parse;
-mod scales;
 
 use candle_core::quantized::GgmlDType;
 
@@ -32,18 +31,17 @@ pub const INT8_MAX_ROWS: usize = 32;
 
 /// Rows of one storage type inside a [`QMatrix`].
 pub(super) enum Part {
-    /// Q4_0 (`m` absent: value = (nibble − 8)·d) or Q4_1 (value = nibble·d + m); the scales
-    /// `d` and minimums `m` as f16 bits, as stored (`scales.rs`).
+    /// Q4_0 (`m` absent: value = (nibble − 8)·d) or Q4_1 (value = nibble·d + m).
     Q4 {
         rows: usize,
-        d: Vec<u16>,
-        m: Option<Vec<u16>>,
+        d: Vec<f32>,
+        m: Option<Vec<f32>>,
         qs: Vec<u8>,
     },
-    /// Q8_0: value = q·d (`d` as f16 bits).
+    /// Q8_0: value = q·d.
     Q8 {
         rows: usize,
-        d: Vec<u16>,
+        d: Vec<f32>,
         qs: Vec<i8>,
     },
     /// bf16 or f16 values (as bits), widened to f32 exactly on use.
@@ -158,9 +156,9 @@ impl QMatrix {
             .iter()
             .map(|p| match p {
                 Part::Q4 { d, m, qs, .. } => {
-                    2 * d.len() + m.as_ref().map_or(0, |m| 2 * m.len()) + qs.len()
+                    4 * d.len() + m.as_ref().map_or(0, |m| 4 * m.len()) + qs.len()
                 }
-                Part::Q8 { d, qs, .. } => 2 * d.len() + qs.len(),
+                Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
             })

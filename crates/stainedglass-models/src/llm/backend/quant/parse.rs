@@ -4,9 +4,10 @@
 //! their final size; a load's memory is the model's own, without copies or growth.
 
 use candle_core::quantized::GgmlDType;
+use half::f16;
 
 use super::act::QK;
-use super::{ggml, half_rows, scales, Activations, HalfKind, Part, QMatrix};
+use super::{ggml, half_rows, Activations, HalfKind, Part, QMatrix};
 
 /// One GGUF tensor's rows, as [`QMatrix::from_gguf_pieces`] reads them.
 pub struct GgufPiece<'a> {
@@ -40,6 +41,10 @@ fn half_kind(dtype: GgmlDType) -> Option<HalfKind> {
 /// Whether neighbouring tensors of `dtype` become one part of ours.
 fn ours(dtype: GgmlDType) -> bool {
     block_bytes(dtype).is_some() || half_kind(dtype).is_some()
+}
+
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 impl GgufPiece<'_> {
@@ -142,9 +147,9 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
                     .rows_in_order(size * cols / QK)
                     .flat_map(|r| r.chunks_exact(size))
                 {
-                    d.push(scales::bits_at(b, 0));
+                    d.push(half_at(b, 0));
                     if q41 {
-                        m.push(scales::bits_at(b, 2));
+                        m.push(half_at(b, 2));
                     }
                     qs.extend_from_slice(&b[size - 16..]);
                 }
@@ -164,7 +169,7 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
                     .rows_in_order(34 * cols / QK)
                     .flat_map(|r| r.chunks_exact(34))
                 {
-                    d.push(scales::bits_at(b, 0));
+                    d.push(half_at(b, 0));
                     qs.extend(b[2..].iter().map(|&v| v as i8));
                 }
             }
@@ -189,11 +194,8 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
         }
     };
     let bad = match &part {
-        Part::Q4 { d, m, .. } => {
-            let f = |v: &[u16]| half_rows::all_finite(HalfKind::F16, v);
-            !f(d) || !m.as_deref().is_none_or(f)
-        }
-        Part::Q8 { d, .. } => !half_rows::all_finite(HalfKind::F16, d),
+        Part::Q4 { d, m, .. } => d.iter().chain(m.iter().flatten()).any(|v| !v.is_finite()),
+        Part::Q8 { d, .. } => d.iter().any(|v| !v.is_finite()),
         Part::Half { kind, vals, .. } => !half_rows::all_finite(*kind, vals),
         Part::Ggml(g) => {
             let mut row = vec![0f32; cols];
