@@ -1,7 +1,9 @@
 //! The bundled SmolLM2 GGUF loaded with its matrices as stored (Q4_1, a Q8_0 embedding table):
 //! with f32 activations it is the f32 model bit for bit (prefill and cached decoding), with
 //! 8-bit activations it predicts the same next tokens on real text, it holds under a quarter of
-//! the f32 model's bytes, and it refuses what it does not run (gradients, saving).
+//! the f32 model's bytes, and it refuses what it does not run (gradients, saving). Written as a
+//! bf16 Hugging Face folder, it is kept at two bytes a weight with the numbers of that folder's
+//! f32 model.
 
 use candle_core::{Device, Tensor, Var};
 use stainedglass_models::llm::{Activations, KvCache, Llama, Stop};
@@ -151,4 +153,33 @@ fn what_stored_weights_do_not_run_is_refused_by_name() {
         .expect("truncated")
         .to_string();
     assert!(e.contains("truncated"), "{e}");
+}
+
+/// The bundled model written as a bf16 Hugging Face folder and loaded as stored: two bytes a
+/// weight, and the logits of the f32 model loaded from that folder bit for bit.
+#[test]
+fn bf16_folder_of_the_bundled_model_is_its_f32_model_at_half_the_bytes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    stainedglass_models::llm::hf::save_hf_folder(
+        f32_model(),
+        dir.path(),
+        1,
+        candle_core::DType::BF16,
+    )
+    .expect("save bf16");
+    let wide = Llama::load(dir.path(), &Device::Cpu).expect("f32 load");
+    let q = Llama::load_stored(dir.path(), &Device::Cpu).expect("stored load");
+    assert_eq!(q.storage_summary(), "BF16 ×121");
+    assert_eq!(2 * q.weight_bytes(), wide.weight_bytes());
+    for (i, (x, y)) in cached_logits(&q)
+        .iter()
+        .zip(cached_logits(&wide))
+        .enumerate()
+    {
+        let d = x
+            .iter()
+            .zip(&y)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(d == 0.0, "position {i}: logits differ by {d}");
+    }
 }

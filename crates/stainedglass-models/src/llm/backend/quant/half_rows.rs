@@ -118,7 +118,10 @@ mod x86 {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let mut i = 0;
         while i + 8 <= n {
-            _mm256_storeu_ps(dp.add(i), _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast())));
+            _mm256_storeu_ps(
+                dp.add(i),
+                _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast())),
+            );
             i += 8;
         }
         for j in i..n {
