@@ -1,7 +1,8 @@
 """Writes docs/eval/adversary/README.md's table from the runs of docs/eval/adversary/run.sh and
 docs/eval/frontier/run.sh (which re-scores every layer with the full set of attacks trained after
 freezing: fresh_attacks_v2.json), and copies the measurements it reads into docs/eval/adversary/.
-No number is typed by hand.
+No number is typed by hand: a row whose run folder is gone keeps its line from the README
+already written, so a new variant joins without re-running the others.
     python3 docs/eval/adversary/render.py runs/variants"""
 import json, pathlib, shutil, statistics, sys
 
@@ -12,11 +13,17 @@ pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
 VARIANTS = {
     "noise": "none (masked_fill noise alone, from ../fill/)",
     "adv-ce-0.3": "capped CE, weight 0.3",
+    "adv-club-0.3": "CLUB bound, weight 0.3",
+    "adv-club-0.03": "CLUB bound, weight 0.03",
 }
-rows, clean = [], None
+old_rows = {l.split(" | ")[0][2:]: l for l in (d / "README.md").read_text().splitlines()
+            if l.startswith("| ") and not l.startswith("| adversary") and not l.startswith("|---")}
+rows, clean_answers = [], None
 for v, label in VARIANTS.items():
     rep_p = run / f"{v}-eval" / "report.json"
     if not rep_p.exists():
+        if label in old_rows:
+            rows.append(old_rows[label])
         continue
     rep = json.loads(rep_p.read_text())
     fresh_p = run / v / "fresh_attacks_v2.json"
@@ -28,7 +35,7 @@ for v, label in VARIANTS.items():
         if src.exists():
             shutil.copy(src, d / v / dst)
     m = {x["kind"]: x for x in rep["mechanisms"]}
-    clean, sgt = m["clean"], m["sgt"]
+    clean_answers, sgt = m["clean"]["answers"]["accuracy"], m["sgt"]
     a = {k: x["top1"] for k, x in sgt["attacks"].items() if x["tokens"] > 0}
     a.pop("nearest_neighbour_cosine", None)
     for k, x in fresh.get("attacks", {}).items():
@@ -53,6 +60,8 @@ STOPPED = {"adv-ce-1": "capped CE, weight 1 (stopped at step 200)",
 for v, label in STOPPED.items():
     p = run / v / "metrics.jsonl"
     if not p.exists():
+        if label in old_rows:
+            rows.append(old_rows[label])
         continue
     recs = [json.loads(l) for l in p.read_text().splitlines()]
     ev = [r for r in recs if r["kind"] == "eval" and r["step"] == 200]
@@ -72,6 +81,9 @@ for v, label in STOPPED.items():
         f"| {pct(ev[0]['next_token_agreement'])} | — | mean σ {sigma:.2f} |")
 table = "\n".join(rows)
 readme = (d / "README.tmpl.md").read_text()
-readme = readme.replace("@TABLE@", table).replace("@CLEAN_ANSWERS@", pct(clean["answers"]["accuracy"]))
+if clean_answers is None:  # no run folder at all: the clean model's answers from a kept report
+    rep = json.loads((d / "noise" / "eval-report.json").read_text())
+    clean_answers = {x["kind"]: x for x in rep["mechanisms"]}["clean"]["answers"]["accuracy"]
+readme = readme.replace("@TABLE@", table).replace("@CLEAN_ANSWERS@", pct(clean_answers))
 (d / "README.md").write_text(readme)
 print(table)

@@ -26,6 +26,7 @@ for v in $VARIANTS; do
     adv-conf-0.1) adv=$'weight = 0.1\nobjective = "confusion"' ;;   # stopped at step 200: agreement 1.2%
     adv-conf-3) adv=$'weight = 3.0\nobjective = "confusion"' ;;
     adv-club-0.3) adv=$'weight = 0.3\nobjective = "club"' ;;   # the CLUB mutual-information bound
+    adv-club-0.03) adv=$'weight = 0.03\nobjective = "club"' ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
   sed -e "s|^\[data\]|[data]\nconversations = \"$R/conversations.jsonl\"|" \

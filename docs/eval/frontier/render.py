@@ -25,6 +25,7 @@ LABELS = {
     "kl-mean": "SGT μ(x), distilled by logit KL on response positions",
     "l15-noise": "SGT σ·ε, distilled at layer 15 on response positions",
     "adv-club-0.3": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.3",
+    "adv-club-0.03": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.03",
 }
 
 
