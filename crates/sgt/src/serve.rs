@@ -253,11 +253,14 @@ pub struct ProxyArgs {
     pub allow_origins: Vec<String>,
     #[command(flatten)]
     pub pii: crate::pii::GuardArgs,
+    #[command(flatten)]
+    pub precision: crate::text::PrecisionArgs,
 }
 
 pub fn run_proxy(a: ProxyArgs) -> Result<()> {
-    let sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
+    let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
         .with_context(|| format!("loading the artefact {}", a.sgt.display()))?;
+    sgt.set_precision(a.precision.precision)?;
     let kind = match a.upstream_kind {
         Kind::Sgt => UpstreamKind::Sgt,
         Kind::Vllm => UpstreamKind::Vllm,

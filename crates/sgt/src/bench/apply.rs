@@ -2,7 +2,9 @@
 //! of about `--tokens` tokens (template, tokenizer, embedding lookup, estimator, noise), and the
 //! proxy's overhead per request (a full HTTP round trip through an in-process proxy to an
 //! upstream that answers instantly). `bench/apply_torch.py` is the PyTorch eager reference;
-//! `bench/run_apply.sh` runs both and the cold start of `sgt text apply`.
+//! `bench/run_apply.sh` runs both and the cold start of `sgt text apply`. With `--precision
+//! bf16` it also reports how far μ and σ of the bf16 products are from the f32 ones on the
+//! same prompt (`bf16_vs_f32`).
 
 use super::common::blas_name;
 use anyhow::{bail, Context, Result};
@@ -32,6 +34,8 @@ pub struct ApplyBenchArgs {
     /// Write the generated user message here (the PyTorch reference reads it).
     #[arg(long)]
     pub prompt_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub precision: crate::text::PrecisionArgs,
 }
 
 /// A user message whose templated prompt is `target` tokens long (± a few).
@@ -75,21 +79,74 @@ pub fn prompt_of(sgt: &StainedGlassTransformForText, target: usize) -> Result<St
     }
 }
 
+/// `‖a − b‖ / ‖b‖` over the rows with `sel = 1` (`d` values a row).
+fn rel_l2(a: &[f32], b: &[f32], sel: &[u8], d: usize) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for ((ra, rb), &s) in a.chunks_exact(d).zip(b.chunks_exact(d)).zip(sel) {
+        if s != 0 {
+            for (&x, &y) in ra.iter().zip(rb) {
+                num += f64::from(x - y).powi(2);
+                den += f64::from(y).powi(2);
+            }
+        }
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// How far the bf16 products move μ, σ and the keep mask from the f32 ones on `prompt`.
+fn bf16_drift(a: &ApplyBenchArgs, prompt: &PromptInput) -> Result<serde_json::Value> {
+    let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)?;
+    let enc = sgt.encode(prompt)?;
+    let idx = candle_core::Tensor::new(enc.input_ids.as_slice(), &Device::Cpu)?;
+    let x = sgt.embeddings().index_select(&idx, 0)?.unsqueeze(0)?;
+    let am = vec![1u8; enc.input_ids.len()];
+    let mut run = |p| -> Result<[Vec<f32>; 3]> {
+        sgt.set_precision(p)?;
+        let out = sgt.cloak().transform(
+            &x,
+            Some(&am),
+            Some(&enc.noise_mask),
+            &mut NoiseRng::seeded(1),
+        )?;
+        let host = |t: &candle_core::Tensor| -> Result<Vec<f32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let mask = match &out.mask {
+            Some(m) => host(m)?,
+            None => Vec::new(),
+        };
+        Ok([host(&out.mean)?, host(&out.std)?, mask])
+    };
+    let [m32, s32, k32] = run(stainedglass_models::text_sgt::Precision::F32)?;
+    let [m16, s16, k16] = run(a.precision.precision)?;
+    let d = x.dim(2)?;
+    let flips = k32.iter().zip(&k16).filter(|(a, b)| a != b).count();
+    Ok(json!({
+        "mean_rel_l2": rel_l2(&m16, &m32, &enc.noise_mask, d),
+        "std_rel_l2": rel_l2(&s16, &s32, &enc.noise_mask, d),
+        "keep_mask_flipped": flips as f64 / k32.len().max(1) as f64,
+    }))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 pub fn apply(a: ApplyBenchArgs) -> Result<()> {
-    let sgt = Arc::new(
-        StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
-            .with_context(|| format!("loading {}", a.sgt.display()))?,
-    );
+    let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
+        .with_context(|| format!("loading {}", a.sgt.display()))?;
+    sgt.set_precision(a.precision.precision)?;
+    let sgt = Arc::new(sgt);
     let text = prompt_of(&sgt, a.tokens)?;
     if let Some(p) = &a.prompt_out {
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
     let prompt = PromptInput::Chat(vec![Message::new(Role::User, text.clone())]);
+    let drift = match a.precision.precision {
+        stainedglass_models::text_sgt::Precision::F32 => serde_json::Value::Null,
+        _ => bf16_drift(&a, &prompt)?,
+    };
     let mut rng = NoiseRng::from_entropy();
     let first = sgt.apply(&prompt, &mut rng)?;
     let tokens = first.input_ids.len();
@@ -177,6 +234,8 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "apply_without_payload_ms": median(transform_ms),
             "proxy_overhead_ms": overhead,
             "percent_to_mask": sgt.cloak().config().sgt.percent_to_mask,
+            "precision": a.precision.precision.to_string(),
+            "bf16_vs_f32": drift,
             "threads": rayon::current_num_threads(),
             "blas": blas_name(),
         })

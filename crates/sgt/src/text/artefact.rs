@@ -129,12 +129,15 @@ pub struct ApplyArgs {
     /// Noise seed (reproducible, for tests); default: fresh OS entropy.
     #[arg(long)]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 pub fn apply(a: ApplyArgs) -> Result<()> {
     let t0 = Instant::now();
-    let sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
+    let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
         .with_context(|| format!("loading the artefact {}", a.sgt.display()))?;
+    sgt.set_precision(a.precision.precision)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {

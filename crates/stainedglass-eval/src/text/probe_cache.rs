@@ -14,7 +14,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use stainedglass_models::llm::{Llama, Stop};
-use stainedglass_models::text_sgt::TransformerCloak;
+use stainedglass_models::text_sgt::{Precision, TransformerCloak};
 use stainedglass_text::EncodedPrompt;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -122,11 +122,16 @@ fn hash_text(h: &mut Sha256, rows: &[EncodedPrompt], cfg: &InverterConfig) -> Re
     Ok(())
 }
 
-/// A frozen SGT: its config and every parameter, by name, in name order.
+/// A frozen SGT: its config, the precision it is applied in (bf16 outputs differ slightly,
+/// so their attackers are trained apart) and every parameter, by name, in name order.
 fn hash_sgt(h: &mut Sha256, sgt: &TransformerCloak) -> Result<()> {
     h.update(
         serde_json::to_vec(sgt.config()).map_err(|e| Error::Input(format!("SGT config: {e}")))?,
     );
+    if sgt.precision() != Precision::F32 {
+        // f32 adds nothing, so the keys of earlier caches still hold.
+        h.update(format!("precision {}", sgt.precision()).as_bytes());
+    }
     let mut named = sgt.named_tensors();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, t) in named {

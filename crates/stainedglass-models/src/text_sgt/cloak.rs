@@ -14,6 +14,7 @@ use stainedglass_core::NoiseRng;
 
 use super::config::TransformerCloakConfig;
 use super::estimator::{block_from_hf, Estimator, Grad};
+use super::precision::Bf16Heads;
 use crate::error::{Error, Result};
 use crate::llm::Llama;
 
@@ -27,6 +28,8 @@ pub struct TransformerCloak {
     pub(super) rho_b: Var,
     pub(super) param: StdParameterization,
     pub(super) mean: BoundedMean,
+    /// The heads as one bf16 product when applied with `Precision::Bf16`.
+    pub(super) bf16_heads: Option<Bf16Heads>,
 }
 
 impl TransformerCloak {
@@ -96,6 +99,7 @@ impl TransformerCloak {
             param: config.sgt.std,
             mean,
             config,
+            bf16_heads: None,
         })
     }
 

@@ -14,10 +14,11 @@ use stainedglass_core::host::is_cpu_f32;
 use super::estimator_layer::{EstimatorLayer, PackedLayout};
 use crate::error::{Error, Result};
 use crate::llm::backend::ops::{reference, Attention, Linear, RmsNorm, Rope, SwiGlu};
+use crate::llm::backend::quant::QMatrix;
 use crate::llm::backend::rope_table::RopeTable;
 use crate::llm::backend::train_linear;
 use crate::llm::block::{Block, Mats};
-use crate::llm::stack::{DecoderStack, LayerPass, StackDims};
+use crate::llm::stack::{DecoderStack, LayerPass, StackDims, StoredMats};
 use crate::llm::{positions_from_mask, LlamaConfig};
 
 /// Whether a pass records the autograd graph (training) or not (applying a trained layer).
@@ -106,6 +107,32 @@ impl EstimatorBlock {
             packed: OnceLock::new(),
         })
     }
+
+    /// The layer's current weights rounded to bf16 as a frozen decoder layer whose products
+    /// run in bf16 with f32 accumulation (`Precision::Bf16`; norms and bias stay f32).
+    fn bf16(&self, eps: f64) -> Result<Block> {
+        let mat = |v: &Var| -> Result<QMatrix> {
+            let (rows, cols) = v.as_tensor().dims2()?;
+            let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            Ok(QMatrix::bf16_from_f32(&w, rows, cols))
+        };
+        let qkv_bias = match &self.qkv_bias {
+            Some(b) => Some(b.as_tensor().flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(Block {
+            attn_norm: RmsNorm::new(self.attn_norm.as_tensor().detach(), eps)?,
+            mlp_norm: RmsNorm::new(self.mlp_norm.as_tensor().detach(), eps)?,
+            mats: Mats::Stored(StoredMats {
+                qkv: mat(&self.qkv)?,
+                qkv_bias,
+                o: mat(&self.o)?,
+                gate_up: mat(&self.gate_up)?,
+                down: mat(&self.down)?,
+            }),
+            packed: OnceLock::new(),
+        })
+    }
 }
 
 /// The estimator's decoder layers.
@@ -115,6 +142,8 @@ pub(super) struct Estimator {
     rope: Arc<RopeTable>,
     /// Train through the per-part ops instead of one op per layer (the reference in tests).
     pub composed_layers: bool,
+    /// The layers as bf16 products, used by passes without a graph (`Precision::Bf16`).
+    bf16: Option<Arc<[Block]>>,
 }
 
 /// Name of the estimator tensor `part` of layer `i`.
@@ -152,7 +181,21 @@ impl Estimator {
             blocks,
             rope,
             composed_layers: false,
+            bf16: None,
         })
+    }
+
+    /// Passes without a graph run the layers' current weights rounded to bf16 (`on`), or the
+    /// f32 weights as they are (a copy taken now: set it on a trained, frozen layer).
+    pub fn set_bf16(&mut self, on: bool) -> Result<()> {
+        self.bf16 = if on {
+            let eps = self.base.rms_norm_eps;
+            let blocks = self.blocks.iter().map(|b| b.bf16(eps));
+            Some(blocks.collect::<Result<Vec<_>>>()?.into())
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Names and shapes of the tensors of `layers` estimator layers of architecture `c`.
@@ -260,12 +303,16 @@ impl Estimator {
         if grad == Grad::Off && is_cpu_f32(&h) {
             // Applying a trained layer: the estimator's layers as one host pass, like the
             // base model's (`llm::stack`).
-            let layers = self
-                .blocks
-                .iter()
-                .map(|b| b.frozen(c.rms_norm_eps))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let op = DecoderStack::new(layers.into(), self.blocks.len(), pass);
+            let layers: Arc<[Block]> = match &self.bf16 {
+                Some(layers) => layers.clone(),
+                None => self
+                    .blocks
+                    .iter()
+                    .map(|b| b.frozen(c.rms_norm_eps))
+                    .collect::<candle_core::Result<Vec<_>>>()?
+                    .into(),
+            };
+            let op = DecoderStack::new(layers, self.blocks.len(), pass);
             return Ok(h.contiguous()?.apply_op1_no_bwd(&op)?);
         }
         if self.host_training(grad, &h) {

@@ -93,8 +93,13 @@ impl TransformerCloak {
         let (b, t, d) = x.dims3()?;
         let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let h = self.estimator.hidden(x, am, Grad::Off)?;
-        let mut mean = host(linear(&h, &self.mean_w, Some(&self.mean_b), Grad::Off)?)?;
-        let mut std = host(linear(&h, &self.rho_w, Some(&self.rho_b), Grad::Off)?)?;
+        let (mut mean, mut std) = match &self.bf16_heads {
+            Some(heads) => heads.raw(&host(h)?, b * t),
+            None => (
+                host(linear(&h, &self.mean_w, Some(&self.mean_b), Grad::Off)?)?,
+                host(linear(&h, &self.rho_w, Some(&self.rho_b), Grad::Off)?)?,
+            ),
+        };
         self.mean.forward_in_place(&mut mean);
         self.param.forward_in_place(&mut std);
         let keep = match self.config.sgt.percent_to_mask {

@@ -9,6 +9,7 @@
 //! - `estimator.rs`: the estimator's decoder layers (trainable copies of the base model's);
 //! - `forward.rs`: μ, σ, the noise and the masked combination (training and client paths);
 //! - `estimator_layer.rs`, `noise_head.rs`: the fused CPU training ops;
+//! - `precision.rs`: [`Precision`], f32 or bf16 products when a trained layer is applied;
 //! - `noisy.rs`: the noisy model wrapper.
 
 mod cloak;
@@ -18,10 +19,12 @@ mod estimator_layer;
 mod forward;
 mod noise_head;
 mod noisy;
+mod precision;
 
 pub use cloak::{mean_sigma, TransformerCloak};
 pub use config::{CloakSettings, MaskedFill, TransformerCloakConfig};
 pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};
+pub use precision::Precision;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! The fused training ops of a TransformerCloak against the composed ops they replace.
+//! The fused training ops of a TransformerCloak against the composed ops they replace, and
+//! the bf16 client path against the f32 one.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,7 @@ use rand::SeedableRng;
 use stainedglass_core::noise_layer::NoiseLayer;
 use stainedglass_core::NoiseRng;
 
-use super::{MaskedFill, TransformerCloak, TransformerCloakConfig};
+use super::{MaskedFill, Precision, TransformerCloak, TransformerCloakConfig};
 use crate::llm::LlamaConfig;
 use crate::test_util::rand;
 
@@ -192,4 +193,46 @@ fn fused_matches_composed(fill: MaskedFill) {
     let row = |t: &Tensor| t.get(0).and_then(|r| r.get(2)).expect("row");
     assert_eq!(max_abs(&(row(&o_op[0]) - row(&x)).expect("diff")), 0.0);
     assert_grads_close(&g_op, &g_ref);
+}
+
+/// Applying with bf16 products: μ and σ within 1% (relative L2) of the f32 ones but not equal
+/// (the bf16 products ran), untransformed tokens still pass bit-exactly, and setting f32 again
+/// gives the f32 numbers bit for bit.
+#[test]
+fn bf16_apply_stays_within_one_percent_of_f32() {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let (b, t) = (2, 20);
+    let x = rand(&[b, t, 32], &mut r, 1.0);
+    let am = vec![1u8; b * t];
+    let mut nm = vec![1u8; b * t];
+    nm[3] = 0;
+    let mut c = tiny_with(false, Some(0.25));
+    let run = |c: &TransformerCloak| {
+        c.transform(&x, Some(&am), Some(&nm), &mut NoiseRng::seeded(5))
+            .expect("transform")
+    };
+    let f = run(&c);
+    c.set_precision(Precision::Bf16).expect("bf16");
+    assert_eq!(c.precision(), Precision::Bf16);
+    let h = run(&c);
+    let norm = |t: &Tensor| -> f32 {
+        t.sqr()
+            .and_then(|s| s.sum_all()?.sqrt()?.to_scalar::<f32>())
+            .expect("norm")
+    };
+    for (name, a, e) in [("mean", &h.mean, &f.mean), ("std", &h.std, &f.std)] {
+        let rel = norm(&(a - e).expect("diff")) / norm(e);
+        assert!(rel > 0.0 && rel < 0.01, "{name}: relative L2 {rel}");
+    }
+    let row = |t: &Tensor| t.get(0).and_then(|r| r.get(3)).expect("row");
+    assert_eq!(
+        max_abs(&(row(&h.transformed) - row(&x)).expect("diff")),
+        0.0
+    );
+    c.set_precision(Precision::F32).expect("f32");
+    let g = run(&c);
+    assert_eq!(
+        max_abs(&(&g.transformed - &f.transformed).expect("diff")),
+        0.0
+    );
 }

@@ -19,7 +19,7 @@ use crate::wrapper::{EncodedPrompt, Padding, TokenizerWrapper, WrapperOptions};
 use candle_core::{DType, Device, Tensor};
 use config::*;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::text_sgt::{TransformerCloak, TransformerCloakConfig};
+use stainedglass_models::text_sgt::{Precision, TransformerCloak, TransformerCloakConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -193,6 +193,13 @@ impl StainedGlassTransformForText {
 
     pub fn cloak(&self) -> &TransformerCloak {
         &self.cloak
+    }
+
+    /// Sets how [`Self::apply`] multiplies on the CPU: f32 (default, the trained numbers) or
+    /// bf16 with f32 accumulation (about twice as fast on a CPU with AVX-512 BF16; see
+    /// [`Precision`]).
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        Ok(self.cloak.set_precision(p)?)
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {

@@ -131,7 +131,7 @@ impl QMatrix {
                         qs: &qs[g * nb * QK..(g + ROWS_PER_PASS) * nb * QK],
                         d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
                     }),
-                    Part::Ggml(_) => None,
+                    Part::Ggml(_) | Part::Bf16Panels(_) => None,
                 };
             }
         }

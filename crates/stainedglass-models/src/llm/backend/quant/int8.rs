@@ -143,6 +143,6 @@ fn group<const MM: usize>(
             let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
             dot::q8_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
         }
-        Part::Half { .. } | Part::Ggml(_) => {}
+        Part::Half { .. } | Part::Ggml(_) | Part::Bf16Panels(_) => {}
     }
 }

@@ -7,8 +7,11 @@
 //!
 //! Numerics ([`Activations`]): by default the f32 model's, bit for bit (`exact.rs`); or, for
 //! decoding, llama.cpp's (8-bit activations, integer block sums, f32 accumulation; `int8.rs`).
+//! A matrix made with [`QMatrix::bf16_from_f32`] always multiplies in bf16 with f32
+//! accumulation (`bf16_gemm.rs`): the client transform's products with `Precision::Bf16`.
 
 mod act;
+mod bf16_gemm;
 mod deq;
 mod dot;
 mod exact;
@@ -51,6 +54,8 @@ pub(super) enum Part {
         vals: Vec<u16>,
     },
     Ggml(Box<dyn GgmlRows>),
+    /// f32 weights rounded to bf16 and packed for the bf16 product (the whole matrix).
+    Bf16Panels(bf16_gemm::Bf16Panels),
 }
 
 impl Part {
@@ -58,6 +63,7 @@ impl Part {
         match self {
             Part::Q4 { rows, .. } | Part::Q8 { rows, .. } | Part::Half { rows, .. } => *rows,
             Part::Ggml(g) => g.rows(),
+            Part::Bf16Panels(p) => p.rows(),
         }
     }
 
@@ -68,6 +74,7 @@ impl Part {
             Part::Q8 { .. } => "Q8_0".into(),
             Part::Half { kind, .. } => kind.name().into(),
             Part::Ggml(g) => format!("{:?}", g.dtype()),
+            Part::Bf16Panels(_) => "BF16 (panels)".into(),
         }
     }
 }
@@ -114,6 +121,24 @@ impl QMatrix {
         )
     }
 
+    /// `w` (`rows × cols`, row-major f32) rounded to bf16, multiplied in bf16 with f32
+    /// accumulation by [`QMatrix::product`] whatever the [`Activations`] (the inputs rounded
+    /// to bf16 too): about twice the f32 product's speed on a CPU with AVX-512 BF16, within
+    /// bf16's precision (relative error about 2⁻⁸ per term).
+    ///
+    /// # Panics
+    /// If `w` is not `rows × cols` long.
+    pub fn bf16_from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            parts: vec![Part::Bf16Panels(bf16_gemm::Bf16Panels::from_f32(
+                w, rows, cols,
+            ))],
+            activations: Activations::default(),
+        }
+    }
+
     /// Sets how [`QMatrix::product`] multiplies.
     pub fn set_activations(&mut self, a: Activations) {
         self.activations = a;
@@ -135,6 +160,9 @@ impl QMatrix {
             self.rows,
             self.cols
         );
+        if let [Part::Bf16Panels(p)] = self.parts.as_slice() {
+            return p.product(x, m, out, accumulate);
+        }
         // 16-bit float rows gain nothing from 8-bit activations: they always multiply in f32.
         let quantized = self.parts.iter().any(|p| !matches!(p, Part::Half { .. }));
         match self.activations {
@@ -161,6 +189,7 @@ impl QMatrix {
                 Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
+                Part::Bf16Panels(p) => p.bytes(),
             })
             .sum()
     }
@@ -195,6 +224,7 @@ impl QMatrix {
                         half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
                     }
                     Part::Ggml(g) => g.dequantize_row(g0 + i, row),
+                    Part::Bf16Panels(p) => p.row_f32(g0 + i, row),
                 }
             }
             done += take;

@@ -1,0 +1,439 @@
+//! Products in bf16 with f32 accumulation: `out = x · Wᵀ` with the weights and the inputs
+//! both rounded to bf16 (to nearest, ties to even) and pairs of products summed into f32 by
+//! AVX-512 BF16's `vdpbf16ps`. Not the f32 model's numbers: each input keeps 8 significant
+//! bits, so a product carries a relative error of about 2⁻⁸ per term (the dot products about
+//! 0.1–0.5% of their scale); the callers that use it say when that is acceptable (the client
+//! transform with `Precision::Bf16`, checked against its f32 path).
+//!
+//! Our own kernel, not the BLAS: oneMKL's `cblas_gemm_bf16bf16f32` runs at its f32 speed on an
+//! AVX-512 BF16 CPU without AMX (`bench/blas_bf16.c`: 90–92 vs 94–97 GFLOP/s on one Zen 4
+//! core), while the instruction does twice the work of an f32 FMA per cycle (220 vs 110
+//! GFLOP/s in a register loop on the same core). Where the CPU lacks AVX-512 BF16 the same
+//! products run in portable code (same rounding of the inputs, exact bf16 products, f32 sums
+//! in another order).
+//!
+//! Layout: the weights in panels of [`NR`] rows; within a panel, for each pair of columns
+//! `(2p, 2p+1)`, the `NR` rows' two bf16 values side by side (one 32-bit lane per row), so one
+//! 64-byte load feeds 16 rows' pair and one broadcast of the input's pair multiplies them all.
+//! The inputs are packed the same way, [`MR`] rows at a time (`[block][pair][row in block]`),
+//! so a register block's broadcasts read consecutive words. A task computes `MR` input rows
+//! against one panel with 24 accumulators in registers.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::OutPtr;
+
+/// Weight rows per panel (two 16-lane registers).
+const NR: usize = 32;
+/// Input rows per register block.
+const MR: usize = 12;
+/// Input rows per task (register blocks a task runs against one panel).
+const ROWS_PER_TASK: usize = 4 * MR;
+
+/// A `rows × cols` matrix rounded to bf16, packed for [`Bf16Panels::product`].
+pub(crate) struct Bf16Panels {
+    rows: usize,
+    cols: usize,
+    /// Column pairs (`cols` rounded up to even, halved).
+    pairs: usize,
+    /// `[panel][pair][row in panel]`: `lo = W[r, 2p]`, `hi = W[r, 2p + 1]` (zero past the end).
+    data: Vec<u32>,
+}
+
+fn to_bf16_bits(v: f32) -> u32 {
+    u32::from(bf16::from_f32(v).to_bits())
+}
+
+impl Bf16Panels {
+    /// `w` (`rows × cols`, row-major f32) rounded to bf16 and packed.
+    ///
+    /// # Panics
+    /// If `w` is not `rows × cols` long (callers pass their own matrices).
+    pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), rows * cols, "bf16 panels: {rows} × {cols} matrix");
+        let pairs = cols.div_ceil(2);
+        let panels = rows.div_ceil(NR);
+        let mut data = vec![0u32; panels * pairs * NR];
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(j, panel)| {
+                for r in 0..NR.min(rows - j * NR) {
+                    let row = &w[(j * NR + r) * cols..(j * NR + r + 1) * cols];
+                    for p in 0..pairs {
+                        let lo = to_bf16_bits(row[2 * p]);
+                        let hi = row.get(2 * p + 1).map_or(0, |&v| to_bf16_bits(v));
+                        panel[p * NR + r] = lo | (hi << 16);
+                    }
+                }
+            });
+        Self {
+            rows,
+            cols,
+            pairs,
+            data,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
+    /// Row `r` widened to f32 (`out`: `cols` long): the bf16 values the products use.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let (j, i) = (r / NR, r % NR);
+        let panel = &self.data[j * self.pairs * NR..(j + 1) * self.pairs * NR];
+        for (c, o) in out[..self.cols].iter_mut().enumerate() {
+            let v = panel[(c / 2) * NR + i];
+            let bits = if c % 2 == 0 { v & 0xffff } else { v >> 16 };
+            *o = f32::from_bits(bits << 16);
+        }
+    }
+
+    /// `out (m × rows) = bf16(x) (m × cols) · bf16(W)ᵀ`, added to `out` when `accumulate`.
+    ///
+    /// # Panics
+    /// If `x` is not `m × cols` or `out` not `m × rows`.
+    pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        self.product_with(x, m, out, accumulate, avx512_bf16());
+    }
+
+    /// [`Self::product`] through the AVX-512 BF16 kernel when `fast` (the caller checked the
+    /// CPU), else the portable one.
+    fn product_with(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool, fast: bool) {
+        assert!(
+            x.len() == m * self.cols && out.len() == m * self.rows,
+            "bf16 product: {} inputs and {} outputs for {m} rows of a {} × {} matrix",
+            x.len(),
+            out.len(),
+            self.rows,
+            self.cols
+        );
+        let xb = self.pack_inputs(x, m);
+        let panels = self.rows.div_ceil(NR);
+        let chunks = m.div_ceil(ROWS_PER_TASK);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        (0..panels * chunks).into_par_iter().for_each(|task| {
+            let (j, c) = (task % panels, task / panels);
+            let panel = &self.data[j * self.pairs * NR..(j + 1) * self.pairs * NR];
+            let cols = NR.min(self.rows - j * NR);
+            let mut r0 = c * ROWS_PER_TASK;
+            let end = m.min(r0 + ROWS_PER_TASK);
+            while r0 < end {
+                let rows = MR.min(end - r0);
+                let mut acc = [[0f32; NR]; MR];
+                let xs = &xb[r0 * self.pairs..(r0 + MR) * self.pairs];
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (the caller checked);
+                    // `xs` holds a block of MR rows and `panel` `pairs × NR` lanes.
+                    unsafe { x86::block(xs, panel, self.pairs, &mut acc) };
+                } else {
+                    block_portable(xs, rows, panel, self.pairs, &mut acc);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = fast;
+                    block_portable(xs, rows, panel, self.pairs, &mut acc);
+                }
+                for (i, a) in acc.iter().enumerate().take(rows) {
+                    // SAFETY: columns j·NR.. j·NR + cols of row r0 + i of `out` belong to this
+                    // task alone; `out` is `m × rows` (checked above).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.at((r0 + i) * self.rows + j * NR),
+                            cols,
+                        )
+                    };
+                    if accumulate {
+                        dst.iter_mut().zip(a).for_each(|(o, v)| *o += v);
+                    } else {
+                        dst.copy_from_slice(&a[..cols]);
+                    }
+                }
+                r0 += rows;
+            }
+        });
+    }
+
+    /// `x` rounded to bf16, as pairs in blocks of [`MR`] rows (`[block][pair][row]`; zero
+    /// past the end of a row and in the last block's missing rows).
+    fn pack_inputs(&self, x: &[f32], m: usize) -> Vec<u32> {
+        let (k, pairs) = (self.cols, self.pairs);
+        let mut xb = vec![0u32; m.div_ceil(MR) * MR * pairs];
+        xb.par_chunks_mut(MR * pairs)
+            .zip(x.par_chunks((MR * k).max(1)))
+            .for_each(|(dst, rows)| {
+                let mut tmp = vec![0u32; pairs];
+                for (i, row) in rows.chunks_exact(k.max(1)).enumerate() {
+                    let mut done = 0;
+                    #[cfg(target_arch = "x86_64")]
+                    if avx512_bf16() {
+                        // SAFETY: the CPU has AVX-512F and AVX-512 BF16.
+                        done = unsafe { x86::round_pairs(row, &mut tmp) };
+                    }
+                    for p in done..pairs {
+                        let lo = to_bf16_bits(row[2 * p]);
+                        let hi = row.get(2 * p + 1).map_or(0, |&v| to_bf16_bits(v));
+                        tmp[p] = lo | (hi << 16);
+                    }
+                    for (p, &v) in tmp.iter().enumerate() {
+                        dst[p * MR + i] = v;
+                    }
+                }
+            });
+        xb
+    }
+}
+
+/// Whether this CPU runs the AVX-512 BF16 kernel (checked once).
+fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The register block in portable code: exact bf16 products summed in f32.
+fn block_portable(xs: &[u32], rows: usize, panel: &[u32], pairs: usize, acc: &mut [[f32; NR]; MR]) {
+    let wide = |bits: u32| f32::from_bits(bits << 16);
+    for (i, a) in acc.iter_mut().enumerate().take(rows) {
+        for p in 0..pairs {
+            let xv = xs[p * MR + i];
+            let (x0, x1) = (wide(xv & 0xffff), wide(xv >> 16));
+            for (q, o) in a.iter_mut().enumerate() {
+                let w = panel[p * NR + q];
+                *o += x0 * wide(w & 0xffff) + x1 * wide(w >> 16);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// `acc[i][q] = Σ_p x[i, p] · W[q, p]` (pairs) for one block of `MR` input rows (`xs`:
+    /// `[pair][row]`).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block(xs: &[u32], panel: &[u32], pairs: usize, acc: &mut [[f32; NR]; MR]) {
+        const R: usize = MR;
+        assert!(xs.len() >= R * pairs && panel.len() >= pairs * NR);
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        let (x, w) = (xs.as_ptr(), panel.as_ptr());
+        for p in 0..pairs {
+            // SAFETY: `p < pairs`, so the loads stay inside `panel` and `xs` (asserted above).
+            unsafe {
+                let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(p * NR).cast()));
+                let w1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(w.add(p * NR + 16).cast()));
+                for i in 0..R {
+                    let b: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*x.add(p * R + i) as i32));
+                    lo[i] = _mm512_dpbf16_ps(lo[i], b, w0);
+                    hi[i] = _mm512_dpbf16_ps(hi[i], b, w1);
+                }
+            }
+        }
+        for i in 0..R {
+            // SAFETY: each row of `acc` holds NR = 32 floats.
+            unsafe {
+                _mm512_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
+                _mm512_storeu_ps(acc[i].as_mut_ptr().add(16), hi[i]);
+            }
+        }
+    }
+
+    /// Rounds the leading multiple of 32 values of `row` to bf16 pairs in `dst`; returns the
+    /// pairs written.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn round_pairs(row: &[f32], dst: &mut [u32]) -> usize {
+        let blocks = row.len() / 32;
+        for b in 0..blocks {
+            // SAFETY: 32 values from `32·b` are inside `row`, 16 pairs inside `dst`.
+            unsafe {
+                let lo = _mm512_loadu_ps(row.as_ptr().add(32 * b));
+                let hi = _mm512_loadu_ps(row.as_ptr().add(32 * b + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(16 * b).cast(), v);
+            }
+        }
+        16 * blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(n: usize, k: usize, seed: u32) -> Vec<f32> {
+        (0..n * k)
+            .map(|i| {
+                let v = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8;
+                (v as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// The product of the bf16-rounded values, summed in f64.
+    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+        let r = |v: f32| f64::from(bf16::from_f32(v).to_f32());
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|c| r(x[i * k + c]) * r(w[j * k + c])).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn product_is_the_bf16_rounded_product_for_every_tail() {
+        // Row counts around the register block and task, column counts odd and around a
+        // panel, input widths odd and around the 32-value rounding block.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 33, 7),
+            (13, 32, 64),
+            (49, 70, 97),
+            (12, 64, 576),
+        ] {
+            let (x, w) = (matrix(m, k, 1), matrix(n, k, 2));
+            let p = Bf16Panels::from_f32(&w, n, k);
+            let want = reference(&x, &w, m, n, k);
+            let mut portable = vec![1.0f32; m * n];
+            p.product_with(&x, m, &mut portable, false, false);
+            for (i, (&o, &r)) in portable.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(o) - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * r.abs(),
+                    "portable ({m}, {n}, {k}) element {i}: {o} vs {r}"
+                );
+            }
+            let mut out = vec![1.0f32; m * n];
+            p.product(&x, m, &mut out, false);
+            for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(o) - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * r.abs(),
+                    "({m}, {n}, {k}) element {i}: {o} vs {r}"
+                );
+            }
+            let mut acc = vec![1.0f32; m * n];
+            p.product(&x, m, &mut acc, true);
+            for (a, o) in acc.iter().zip(&out) {
+                assert!((a - (o + 1.0)).abs() <= 1e-5, "accumulate: {a} vs {o} + 1");
+            }
+        }
+    }
+
+    #[test]
+    fn product_is_within_bf16_precision_of_f32() {
+        let (m, n, k) = (40, 96, 576);
+        let (x, w) = (matrix(m, k, 3), matrix(n, k, 4));
+        let p = Bf16Panels::from_f32(&w, n, k);
+        let mut out = vec![0.0f32; m * n];
+        p.product(&x, m, &mut out, false);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c]))
+                    .sum();
+                num += (f64::from(out[i * n + j]) - exact).powi(2);
+                den += exact * exact;
+            }
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 5e-3, "relative error {rel}");
+        assert!(rel > 1e-5, "relative error {rel}: not rounded to bf16?");
+    }
+
+    /// Throughput against the f32 BLAS product (`cargo test --release -p stainedglass-models
+    /// bf16_speed -- --ignored --nocapture`): a measurement, not a check.
+    #[test]
+    #[ignore]
+    fn bf16_speed() {
+        use crate::llm::backend::blas::par_sgemm;
+        for (m, n, k) in [
+            (256, 576, 576),
+            (256, 3072, 576),
+            (256, 576, 1536),
+            (256, 960, 576),
+        ] {
+            let (x, w) = (matrix(m, k, 1), matrix(n, k, 2));
+            let p = Bf16Panels::from_f32(&w, n, k);
+            let mut out = vec![0.0f32; m * n];
+            let flops = 2.0 * (m * n * k) as f64;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                for _ in 0..20 {
+                    p.product(&x, m, &mut out, false);
+                }
+                let bf = flops * 20.0 / t.elapsed().as_secs_f64() / 1e9;
+                let t = std::time::Instant::now();
+                for _ in 0..20 {
+                    par_sgemm(&x, &w, &mut out, (m, n, k), true, 0.0);
+                }
+                let f = flops * 20.0 / t.elapsed().as_secs_f64() / 1e9;
+                println!("{{\"m\":{m},\"n\":{n},\"k\":{k},\"bf16_gflops\":{bf:.1},\"f32_blas_gflops\":{f:.1},\"ratio\":{:.2}}}", bf / f);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_widen_to_the_rounded_weights() {
+        let (n, k) = (35, 9);
+        let w = matrix(n, k, 5);
+        let p = Bf16Panels::from_f32(&w, n, k);
+        let mut row = vec![0.0; k];
+        for r in [0, 31, 32, 34] {
+            p.row_f32(r, &mut row);
+            for (c, &v) in row.iter().enumerate() {
+                assert_eq!(v, bf16::from_f32(w[r * k + c]).to_f32());
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_avx512_blocks_agree() {
+        if !avx512_bf16() {
+            eprintln!("no AVX-512 BF16 on this CPU: only the portable kernel is tested");
+            return;
+        }
+        let pairs = 37;
+        let xs: Vec<u32> = matrix(MR, pairs, 6)
+            .iter()
+            .zip(matrix(MR, pairs, 7))
+            .map(|(&a, b)| to_bf16_bits(a) | (to_bf16_bits(b) << 16))
+            .collect();
+        let panel: Vec<u32> = matrix(NR, pairs, 8)
+            .iter()
+            .zip(matrix(NR, pairs, 9))
+            .map(|(&a, b)| to_bf16_bits(a) | (to_bf16_bits(b) << 16))
+            .collect();
+        let (mut a, mut b) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+        block_portable(&xs, MR, &panel, pairs, &mut a);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: checked above.
+        unsafe {
+            x86::block(&xs, &panel, pairs, &mut b)
+        };
+        for i in 0..MR {
+            for q in 0..NR {
+                assert!((a[i][q] - b[i][q]).abs() < 1e-4, "{i},{q}");
+            }
+        }
+    }
+}
