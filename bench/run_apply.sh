@@ -32,7 +32,7 @@ done
 python3 - <<'PY'
 import json, statistics
 rows = [json.loads(l) for l in open("/tmp/sgt-bench-apply.jsonl")]
-med = lambda impl, k: statistics.median(r[k] for r in rows if impl(r["impl"]))
+med = lambda impl, k: statistics.median(k(r) if callable(k) else r[k] for r in rows if impl(r["impl"]))
 rust = lambda s: s == "rust-candle"
 torch = lambda s: s.startswith("torch")
 r_apply, t_apply = med(rust, "apply_ms"), med(torch, "apply_ms")
@@ -48,6 +48,8 @@ print(json.dumps({
                       "speedup_bf16_over_rust_f32": round(r_apply / b_apply, 2)},
     "proxy_overhead_ms": {"rust_median": round(r_proxy, 2),
                           "speedup_vs_torch_apply_without_http": round(t_apply / r_proxy, 2)},
+    "bf16_vs_f32": {k: med(lambda s: s == "rust-candle-bf16", lambda r, k=k: r["bf16_vs_f32"][k])
+                    for k in ("mean_rel_l2", "std_rel_l2", "keep_mask_flipped")},
     "cold_start_sgt_text_apply_ms": round(cold, 1),
     "pairs_torch_over_rust_f32_bf16": [
         [round(t["apply_ms"] / f["apply_ms"], 2), round(t["apply_ms"] / b["apply_ms"], 2)]

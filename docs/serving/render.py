@@ -29,6 +29,13 @@ vals = dict(
     b_proxy=bench["proxy_overhead_ms"]["rust_median"],
     b_proxy_speed=bench["proxy_overhead_ms"]["speedup_vs_torch_apply_without_http"],
     b_cold=bench["cold_start_sgt_text_apply_ms"], b_rep=bench["repeats"],
+    b_bf16=bench["apply_bf16_ms"]["rust_median"],
+    b_bf16_speed=bench["apply_bf16_ms"]["speedup_rust_bf16_over_torch"],
+    b_bf16_self=bench["apply_bf16_ms"]["speedup_bf16_over_rust_f32"],
+    b_pairs=", ".join(f"{f}× / {b}×" for f, b in bench["pairs_torch_over_rust_f32_bf16"]),
+    b_drift_mean=f'{100 * bench["bf16_vs_f32"]["mean_rel_l2"]:.2f}%',
+    b_drift_std=f'{100 * bench["bf16_vs_f32"]["std_rel_l2"]:.2f}%',
+    b_drift_mask=f'{100 * bench["bf16_vs_f32"]["keep_mask_flipped"]:.2f}%',
     n_files=len(exp["files"]),
 )
 (d / "README.md").write_text((d / "README.tmpl.md").read_text().format(**vals))

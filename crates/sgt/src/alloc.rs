@@ -6,7 +6,9 @@
 //! pages are kept, and 11% less CPU time (`perf stat`, `sgt bench text-sgt --steps 8`). Keeping
 //! them for good everywhere would also keep whatever a command freed earlier (the weight file read
 //! at load: 500 MB), so training commands and `sgt serve` (whose joins and decoding steps do the
-//! same) switch to it only once the model is loaded, after handing that back.
+//! same) switch to it only once the model is loaded, after handing that back; so does `sgt proxy`
+//! once the artefact is loaded (each request allocates the same transform buffers: a 256-token
+//! apply in bf16 took 13.0 instead of 16.8 ms, 3 alternating pairs, `sgt bench apply`).
 
 /// mimalloc's `purge_delay` option (same index in mimalloc 2 and 3; the Rust bindings do not
 /// name it).

@@ -261,6 +261,8 @@ pub fn run_proxy(a: ProxyArgs) -> Result<()> {
     let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
         .with_context(|| format!("loading the artefact {}", a.sgt.display()))?;
     sgt.set_precision(a.precision.precision)?;
+    // Every request allocates and frees the same transform buffers: keep their pages.
+    crate::alloc::keep_freed_pages();
     let kind = match a.upstream_kind {
         Kind::Sgt => UpstreamKind::Sgt,
         Kind::Vllm => UpstreamKind::Vllm,

@@ -346,3 +346,46 @@ fn apply_preview_reads_the_prompt_with_the_strongest_fresh_attack() {
         common::stderr(&e)
     );
 }
+
+/// `--precision bf16` applies the artefact with bf16 products (the same shape out); an unknown
+/// precision is refused with the choices.
+#[test]
+fn apply_takes_a_precision_and_names_the_choices() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let art = dir.path().join("artefact");
+    let art_s = art.to_string_lossy().to_string();
+    ok(&["text", "export", "--init-only", "--output", &art_s]);
+    let out = |p: &str| dir.path().join(format!("{p}.safetensors"));
+    for p in ["f32", "bf16"] {
+        let o = out(p).to_string_lossy().to_string();
+        let args = ["text", "apply", "--sgt", &art_s, "--prompt", "Hello there"];
+        ok(&[
+            &args[..],
+            &[
+                "--pii",
+                "off",
+                "--seed",
+                "3",
+                "--precision",
+                p,
+                "--output",
+                &o,
+            ],
+        ]
+        .concat());
+    }
+    let size = |p: &str| std::fs::metadata(out(p)).expect("written").len();
+    assert_eq!(size("f32"), size("bf16"));
+    let e = fails(&[
+        "text",
+        "apply",
+        "--sgt",
+        &art_s,
+        "--prompt",
+        "Hi",
+        "--precision",
+        "f64",
+    ]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(err.contains("f32 or bf16"), "{err}");
+}

@@ -137,6 +137,8 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
     let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
         .with_context(|| format!("loading {}", a.sgt.display()))?;
     sgt.set_precision(a.precision.precision)?;
+    // As the proxy does after loading (`sgt proxy`).
+    crate::alloc::keep_freed_pages();
     let sgt = Arc::new(sgt);
     let text = prompt_of(&sgt, a.tokens)?;
     if let Some(p) = &a.prompt_out {

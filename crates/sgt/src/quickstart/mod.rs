@@ -180,7 +180,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         &tok,
         &cloak,
         &index,
-        a.attack_epochs,
+        (a.attack_epochs, None),
         Some(&attacks::probe_cache(&a.model.assets())),
     )?;
     let fresh = attackers.score(

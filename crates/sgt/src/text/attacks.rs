@@ -19,25 +19,28 @@ use stainedglass_train::text::{PrivacyCheck, PrivacyReading, TextTrainConfig};
 
 /// Trains the attackers on the config's training conversations (probes at the config's
 /// distillation layer and two other depths, and one on the SGT's own states at that layer),
-/// `epochs` passes with fresh noise each.
+/// `epochs` passes with fresh noise each, from `seed` (default: the suite's fixed one).
 pub fn train<'a>(
     cfg: &TextTrainConfig,
     model: &'a Llama,
     tok: &Arc<TextTokenizer>,
     cloak: &TransformerCloak,
     index: &'a EmbeddingIndex,
-    epochs: usize,
+    (epochs, seed): (usize, Option<u64>),
     cache: Option<&ProbeCache>,
 ) -> Result<FreshAttacks<'a>> {
     let rows = stainedglass_train::text::training_rows(cfg, tok)?;
+    let defaults = FreshAttackConfig::default();
     let fresh_cfg = FreshAttackConfig {
+        seed: seed.unwrap_or(defaults.seed),
         inverter: InverterConfig {
             epochs: epochs.max(1),
+            seed: seed.unwrap_or(defaults.inverter.seed),
             ..InverterConfig::default()
         },
         probe_layers: probe_depths(cfg.loss.distillation_layer_index, model.config().num_layers),
         probe_on_sgt: true,
-        ..FreshAttackConfig::default()
+        ..defaults
     };
     let mut log = |line: String| eprintln!("  {line}");
     Ok(FreshAttacks::train(
@@ -70,12 +73,12 @@ pub fn measure(
     model: &Llama,
     tok: &Arc<TextTokenizer>,
     cloak: &TransformerCloak,
-    epochs: usize,
+    attack: (usize, Option<u64>),
     limit: Option<usize>,
     cache: Option<&ProbeCache>,
 ) -> Result<FreshAttackReport> {
     let index = EmbeddingIndex::new(model.embedding_table())?;
-    let attackers = train(cfg, model, tok, cloak, &index, epochs, cache)?;
+    let attackers = train(cfg, model, tok, cloak, &index, attack, cache)?;
     let mut held = stainedglass_train::text::held_out_rows(cfg, tok)?;
     held.truncate(limit.unwrap_or(usize::MAX));
     let report = attackers.score(model, cloak, &held)?;

@@ -70,6 +70,10 @@ pub struct AttackArgs {
     /// fresh noise each epoch). 0 skips them: the privacy of the result is then unmeasured.
     #[arg(long, default_value_t = 3)]
     pub attack_epochs: usize,
+    /// Seed of the attackers' initialisation and noise (default: the suite's fixed seed); a
+    /// second seed measures how much the attacks vary from run to run.
+    #[arg(long)]
+    pub attack_seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -234,7 +238,7 @@ fn fresh_attacks(
         model,
         tok,
         &cloak,
-        a.attack_epochs,
+        (a.attack_epochs, a.attack_seed),
         limit,
         Some(&cache),
     )
