@@ -36,11 +36,10 @@ pub fn train<'a>(
         inverter: InverterConfig {
             epochs: epochs.max(1),
             seed: seed.unwrap_or(defaults.inverter.seed),
-            ..InverterConfig::default()
+            ..defaults.inverter
         },
         probe_layers: probe_depths(cfg.loss.distillation_layer_index, model.config().num_layers),
         probe_on_sgt: true,
-        ..defaults
     };
     let mut log = |line: String| eprintln!("  {line}");
     Ok(FreshAttacks::train(
