@@ -26,6 +26,7 @@ LABELS = {
     "l15-noise": "SGT σ·ε, distilled at layer 15 on response positions",
     "adv-club-0.3": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.3",
     "adv-club-0.03": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.03",
+    "l15-noise-m75": "SGT σ·ε, layer 15 on response positions, 75% of features masked",
 }
 
 

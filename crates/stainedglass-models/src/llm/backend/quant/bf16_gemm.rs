@@ -55,7 +55,7 @@ impl Bf16Panels {
         let pairs = cols.div_ceil(2);
         let panels = rows.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
-        data.par_chunks_mut(pairs * NR)
+        data.par_chunks_mut((pairs * NR).max(1))
             .enumerate()
             .for_each(|(j, panel)| {
                 for r in 0..NR.min(rows - j * NR) {
@@ -166,7 +166,7 @@ impl Bf16Panels {
     fn pack_inputs(&self, x: &[f32], m: usize) -> Vec<u32> {
         let (k, pairs) = (self.cols, self.pairs);
         let mut xb = vec![0u32; m.div_ceil(MR) * MR * pairs];
-        xb.par_chunks_mut(MR * pairs)
+        xb.par_chunks_mut((MR * pairs).max(1))
             .zip(x.par_chunks((MR * k).max(1)))
             .for_each(|(dst, rows)| {
                 let mut tmp = vec![0u32; pairs];
