@@ -29,10 +29,21 @@ fn u32s_to_i64(v: &[u32]) -> Vec<i64> {
 #[pymethods]
 impl StainedGlassTransformForText {
     /// Loads an artefact folder; every file's sha256 is checked against its config.
+    /// `precision`: the SGT's products in `"f32"` (the trained numbers) or `"bf16"` (f32
+    /// accumulation; faster on CPUs with AVX-512 BF16).
     #[staticmethod]
-    fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, precision = "f32"))]
+    fn from_pretrained(py: Python<'_>, path: PathBuf, precision: &str) -> PyResult<Self> {
+        let precision: stainedglass_models::text_sgt::Precision = precision
+            .parse()
+            .map_err(|e: stainedglass_models::Error| PyValueError::new_err(e.to_string()))?;
         let inner = py
-            .detach(|| text::StainedGlassTransformForText::from_pretrained(&path, &Device::Cpu))
+            .detach(|| {
+                let mut t =
+                    text::StainedGlassTransformForText::from_pretrained(&path, &Device::Cpu)?;
+                t.set_precision(precision)?;
+                Ok::<_, stainedglass_text::Error>(t)
+            })
             .map_err(err)?;
         Ok(Self {
             inner: Arc::new(inner),

@@ -26,6 +26,17 @@ def test_apply_equals_the_cli_bit_for_bit(transform, artefact, tmp_path):
     assert np.array_equal(a["inputs_embeds"], b["inputs_embeds"])
 
 
+def test_bf16_apply_equals_the_cli_bit_for_bit(artefact, tmp_path):
+    out = tmp_path / "emb.safetensors"
+    sgt("text", "apply", "--sgt", str(artefact), "--prompt", QUESTION, "--seed", "7", "--pii", "off",
+        "--precision", "bf16", "--output", str(out))
+    t = sg.StainedGlassTransformForText.from_pretrained(artefact, precision="bf16")
+    e = t.apply(QUESTION, seed=7)["inputs_embeds"]
+    assert np.array_equal(e.view(np.uint32), read_safetensors(out)["embeddings"].view(np.uint32))
+    with pytest.raises(ValueError, match="f32 or bf16"):
+        sg.StainedGlassTransformForText.from_pretrained(artefact, precision="f64")
+
+
 def test_fresh_noise_without_a_seed(transform):
     a, b = transform.apply(QUESTION), transform.apply(QUESTION)
     assert np.array_equal(a["input_ids"], b["input_ids"])

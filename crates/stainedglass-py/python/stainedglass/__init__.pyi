@@ -23,8 +23,9 @@ class StainedGlassTransformForText:
     """The client-side text transform: tokenizer, chat template, embedding table and SGT."""
 
     @staticmethod
-    def from_pretrained(path: Path) -> "StainedGlassTransformForText":
-        """Loads an artefact folder written by `sgt text export` (every file's sha256 checked)."""
+    def from_pretrained(path: Path, *, precision: str = "f32") -> "StainedGlassTransformForText":
+        """Loads an artefact folder written by `sgt text export` (every file's sha256 checked);
+        `precision="bf16"` runs the SGT's products in bf16 with f32 accumulation."""
     def save_pretrained(self, path: Path) -> None:
         """Writes the artefact atomically."""
     def apply(
