@@ -44,8 +44,9 @@ pub fn quick_eval(
         let x = model.embed(&ids)?;
         let am = Tensor::from_vec(r.attention_mask.clone(), (1, t), dev)?;
         let xt = if transform {
+            // The client's path (no graph; the layer's precision), the same noise stream.
             cloak
-                .forward_masked(&x, Some(&r.attention_mask), Some(&r.noise_mask), rng)?
+                .transform(&x, Some(&r.attention_mask), Some(&r.noise_mask), rng)?
                 .transformed
         } else {
             x.clone()
