@@ -254,7 +254,7 @@ pub struct ProxyArgs {
     #[command(flatten)]
     pub pii: crate::pii::GuardArgs,
     #[command(flatten)]
-    pub precision: crate::text::PrecisionArgs,
+    pub precision: crate::text::precision::PrecisionArgs,
 }
 
 pub fn run_proxy(a: ProxyArgs) -> Result<()> {

@@ -35,7 +35,7 @@ pub struct ApplyBenchArgs {
     #[arg(long)]
     pub prompt_out: Option<PathBuf>,
     #[command(flatten)]
-    pub precision: crate::text::PrecisionArgs,
+    pub precision: crate::text::precision::PrecisionArgs,
 }
 
 /// A user message whose templated prompt is `target` tokens long (± a few).

@@ -130,7 +130,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
-    pub precision: super::PrecisionArgs,
+    pub precision: super::precision::PrecisionArgs,
 }
 
 pub fn apply(a: ApplyArgs) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod artefact;
 pub mod attacks;
 pub mod curve;
+pub mod precision;
 pub mod preview;
 
 use crate::lm::model_args::ModelArgs;
@@ -35,16 +36,6 @@ pub enum TextCommand {
     Apply(artefact::ApplyArgs),
 }
 
-/// How the client transform multiplies when a trained SGT is applied.
-#[derive(Args, Clone, Debug)]
-pub struct PrecisionArgs {
-    /// The SGT's products when applied: f32 (the numbers it was trained and measured with) or
-    /// bf16 (f32 accumulation: about twice as fast on a CPU with AVX-512 BF16; μ and σ move by
-    /// a fraction of a percent, see docs/serving/README.md).
-    #[arg(long, default_value = "f32")]
-    pub precision: stainedglass_models::text_sgt::Precision,
-}
-
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -61,7 +52,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub attacks: AttackArgs,
     #[command(flatten)]
-    pub precision: PrecisionArgs,
+    pub precision: precision::PrecisionArgs,
 }
 
 #[derive(Args, Clone)]

@@ -14,7 +14,7 @@ use stainedglass_core::NoiseRng;
 
 use super::config::TransformerCloakConfig;
 use super::estimator::{block_from_hf, Estimator, Grad};
-use super::precision::Bf16Heads;
+use super::precision::{Bf16Heads, Precision};
 use crate::error::{Error, Result};
 use crate::llm::Llama;
 
@@ -215,4 +215,30 @@ pub fn mean_sigma(std: &Tensor, noise_mask: &[u8]) -> Result<f64> {
         }
     }
     Ok(if n == 0 { 0.0 } else { s / n as f64 })
+}
+
+impl TransformerCloak {
+    /// Sets how [`TransformerCloak::transform`] multiplies on the CPU. [`Precision::Bf16`]
+    /// rounds the layer's *current* weights once: set it on a trained, frozen layer (training
+    /// passes are unaffected and always f32).
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        self.estimator.set_bf16(p == Precision::Bf16)?;
+        self.bf16_heads = match p {
+            Precision::Bf16 => Some(Bf16Heads::new(
+                (&self.mean_w, &self.mean_b),
+                (&self.rho_w, &self.rho_b),
+            )?),
+            Precision::F32 => None,
+        };
+        Ok(())
+    }
+
+    /// How [`TransformerCloak::transform`] multiplies.
+    pub fn precision(&self) -> Precision {
+        if self.bf16_heads.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
 }

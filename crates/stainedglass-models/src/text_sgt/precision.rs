@@ -11,7 +11,6 @@ use std::str::FromStr;
 
 use candle_core::Var;
 
-use super::cloak::TransformerCloak;
 use crate::error::{Error, Result};
 use crate::llm::backend::quant::QMatrix;
 
@@ -56,7 +55,7 @@ pub(super) struct Bf16Heads {
 }
 
 impl Bf16Heads {
-    fn new(mean: (&Var, &Var), rho: (&Var, &Var)) -> Result<Self> {
+    pub fn new(mean: (&Var, &Var), rho: (&Var, &Var)) -> Result<Self> {
         let host = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1()?) };
         let (d, k) = mean.0.as_tensor().dims2()?;
         let mut w = host(mean.0)?;
@@ -88,31 +87,5 @@ impl Bf16Heads {
             rho.extend_from_slice(&row[d..]);
         }
         (mean, rho)
-    }
-}
-
-impl TransformerCloak {
-    /// Sets how [`TransformerCloak::transform`] multiplies on the CPU. [`Precision::Bf16`]
-    /// rounds the layer's *current* weights once: set it on a trained, frozen layer (training
-    /// passes are unaffected and always f32).
-    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
-        self.estimator.set_bf16(p == Precision::Bf16)?;
-        self.bf16_heads = match p {
-            Precision::Bf16 => Some(Bf16Heads::new(
-                (&self.mean_w, &self.mean_b),
-                (&self.rho_w, &self.rho_b),
-            )?),
-            Precision::F32 => None,
-        };
-        Ok(())
-    }
-
-    /// How [`TransformerCloak::transform`] multiplies.
-    pub fn precision(&self) -> Precision {
-        if self.bf16_heads.is_some() {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        }
     }
 }

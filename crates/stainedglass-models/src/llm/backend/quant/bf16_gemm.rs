@@ -22,7 +22,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::out_ptr::OutPtr;
 
 /// Weight rows per panel (two 16-lane registers).
 const NR: usize = 32;

@@ -11,7 +11,8 @@ use std::cell::RefCell;
 
 use super::act::QK;
 use super::dot::Isa;
-use super::{HalfKind, OutPtr, Part, QMatrix};
+use super::out_ptr::OutPtr;
+use super::{HalfKind, Part, QMatrix};
 use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;

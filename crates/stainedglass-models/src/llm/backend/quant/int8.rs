@@ -4,7 +4,8 @@
 
 use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
-use super::{ggml, OutPtr, Part, QMatrix};
+use super::out_ptr::OutPtr;
+use super::{ggml, Part, QMatrix};
 use crate::llm::backend::gemv::dot;
 
 impl QMatrix {

@@ -18,6 +18,7 @@ mod exact;
 mod ggml;
 mod half_rows;
 mod int8;
+mod out_ptr;
 mod parse;
 
 use candle_core::quantized::GgmlDType;
@@ -242,19 +243,6 @@ impl QMatrix {
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.rows, "row {row} of a {}-row matrix", self.rows);
         self.rows_f32(row, &mut out[..self.cols]);
-    }
-}
-
-#[derive(Clone, Copy)]
-pub(super) struct OutPtr(*mut f32);
-// SAFETY: the product's tasks write disjoint elements and are joined before `out` is read.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    pub(super) fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers index inside `out`.
-        unsafe { self.0.add(i) }
     }
 }
 
