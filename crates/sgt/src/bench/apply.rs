@@ -13,6 +13,7 @@ use candle_core::{DType, Device};
 use clap::Args;
 use serde_json::json;
 use stainedglass_core::NoiseRng;
+use stainedglass_models::text_sgt::Precision;
 use stainedglass_serve::proxy::{self, ProxyConfig, ProxyState, Upstream, UpstreamKind};
 use stainedglass_serve::server;
 use stainedglass_text::{Message, PromptInput, Role, StainedGlassTransformForText};
@@ -93,9 +94,13 @@ fn rel_l2(a: &[f32], b: &[f32], sel: &[u8], d: usize) -> f64 {
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// How far the bf16 products move μ, σ and the keep mask from the f32 ones on `prompt`.
-fn bf16_drift(a: &ApplyBenchArgs, prompt: &PromptInput) -> Result<serde_json::Value> {
-    let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)?;
+/// How far `precision`'s products move μ, σ and the keep mask from the f32 ones on `prompt`;
+/// leaves `sgt` at `precision`.
+fn bf16_drift(
+    sgt: &mut StainedGlassTransformForText,
+    precision: Precision,
+    prompt: &PromptInput,
+) -> Result<serde_json::Value> {
     let enc = sgt.encode(prompt)?;
     let idx = candle_core::Tensor::new(enc.input_ids.as_slice(), &Device::Cpu)?;
     let x = sgt.embeddings().index_select(&idx, 0)?.unsqueeze(0)?;
@@ -117,8 +122,8 @@ fn bf16_drift(a: &ApplyBenchArgs, prompt: &PromptInput) -> Result<serde_json::Va
         };
         Ok([host(&out.mean)?, host(&out.std)?, mask])
     };
-    let [m32, s32, k32] = run(stainedglass_models::text_sgt::Precision::F32)?;
-    let [m16, s16, k16] = run(a.precision.precision)?;
+    let [m32, s32, k32] = run(Precision::F32)?;
+    let [m16, s16, k16] = run(precision)?;
     let d = x.dim(2)?;
     let flips = k32.iter().zip(&k16).filter(|(a, b)| a != b).count();
     Ok(json!({
@@ -136,19 +141,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn apply(a: ApplyBenchArgs) -> Result<()> {
     let mut sgt = StainedGlassTransformForText::from_pretrained(&a.sgt, &Device::Cpu)
         .with_context(|| format!("loading {}", a.sgt.display()))?;
-    sgt.set_precision(a.precision.precision)?;
-    // As the proxy does after loading (`sgt proxy`).
-    crate::alloc::keep_freed_pages();
-    let sgt = Arc::new(sgt);
     let text = prompt_of(&sgt, a.tokens)?;
     if let Some(p) = &a.prompt_out {
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
     let prompt = PromptInput::Chat(vec![Message::new(Role::User, text.clone())]);
-    let drift = match a.precision.precision {
-        stainedglass_models::text_sgt::Precision::F32 => serde_json::Value::Null,
-        _ => bf16_drift(&a, &prompt)?,
+    let precision = a.precision.precision;
+    let drift = match precision {
+        Precision::F32 => serde_json::Value::Null,
+        _ => bf16_drift(&mut sgt, precision, &prompt)?,
     };
+    sgt.set_precision(precision)?;
+    // As the proxy does after loading (`sgt proxy`).
+    crate::alloc::keep_freed_pages();
+    let sgt = Arc::new(sgt);
     let mut rng = NoiseRng::from_entropy();
     let first = sgt.apply(&prompt, &mut rng)?;
     let tokens = first.input_ids.len();
@@ -236,7 +242,7 @@ pub fn apply(a: ApplyBenchArgs) -> Result<()> {
             "apply_without_payload_ms": median(transform_ms),
             "proxy_overhead_ms": overhead,
             "percent_to_mask": sgt.cloak().config().sgt.percent_to_mask,
-            "precision": a.precision.precision.to_string(),
+            "precision": precision.to_string(),
             "bf16_vs_f32": drift,
             "threads": rayon::current_num_threads(),
             "blas": blas_name(),

@@ -325,26 +325,25 @@ mod tests {
             (13, 32, 64),
             (49, 70, 97),
             (12, 64, 576),
+            (0, 3, 4),
         ] {
             let (x, w) = (matrix(m, k, 1), matrix(n, k, 2));
             let p = Bf16Panels::from_f32(&w, n, k);
             let want = reference(&x, &w, m, n, k);
+            let check = |got: &[f32], path: &str| {
+                for (i, (&o, &r)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(o) - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * r.abs(),
+                        "{path} ({m}, {n}, {k}) element {i}: {o} vs {r}"
+                    );
+                }
+            };
             let mut portable = vec![1.0f32; m * n];
             p.product_with(&x, m, &mut portable, false, false);
-            for (i, (&o, &r)) in portable.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(o) - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * r.abs(),
-                    "portable ({m}, {n}, {k}) element {i}: {o} vs {r}"
-                );
-            }
+            check(&portable, "portable");
             let mut out = vec![1.0f32; m * n];
             p.product(&x, m, &mut out, false);
-            for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(o) - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * r.abs(),
-                    "({m}, {n}, {k}) element {i}: {o} vs {r}"
-                );
-            }
+            check(&out, "default");
             let mut acc = vec![1.0f32; m * n];
             p.product(&x, m, &mut acc, true);
             for (a, o) in acc.iter().zip(&out) {
