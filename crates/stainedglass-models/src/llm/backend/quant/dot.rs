@@ -20,6 +20,9 @@ use super::act::QK;
 /// The instruction set the kernels run with, chosen once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512 VNNI with 512-bit registers (F and BW too): Q4 rows take `dot512.rs`, Q8 rows
+    /// the 256-bit VNNI tiles.
+    Vnni512,
     Vnni,
     Avx2,
     Portable,
@@ -37,6 +40,11 @@ impl Isa {
                     && std::is_x86_feature_detected!("avx512vnni")
                     && std::is_x86_feature_detected!("avx512vl")
                 {
+                    if std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512bw")
+                    {
+                        return Isa::Vnni512;
+                    }
                     return Isa::Vnni;
                 }
                 if avx2 {
@@ -49,6 +57,7 @@ impl Isa {
 
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Vnni512 => "avx512-vnni-512",
             Isa::Vnni => "avx512-vnni",
             Isa::Avx2 => "avx2",
             Isa::Portable => "portable",
@@ -96,7 +105,7 @@ pub fn q4_rows<const M: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe {
+        Isa::Vnni | Isa::Vnni512 => unsafe {
             x86::q4_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), o, x, (nb, rows), write)
         },
         #[cfg(target_arch = "x86_64")]
@@ -132,7 +141,9 @@ pub fn q8_rows<const M: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni => unsafe { x86::q8_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write) },
+        Isa::Vnni | Isa::Vnni512 => unsafe {
+            x86::q8_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::q8_avx2::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write) },
@@ -481,7 +492,7 @@ mod tests {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 isas.push(Isa::Avx2);
             }
-            if Isa::get() == Isa::Vnni {
+            if matches!(Isa::get(), Isa::Vnni | Isa::Vnni512) {
                 isas.push(Isa::Vnni);
             }
         }

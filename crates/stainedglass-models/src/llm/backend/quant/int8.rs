@@ -4,6 +4,7 @@
 
 use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
+use super::dot512;
 use super::out_ptr::OutPtr;
 use super::{ggml, Part, QMatrix};
 use crate::llm::backend::gemv::dot;
@@ -96,6 +97,24 @@ fn own_rows(
     m: usize,
     write: impl Fn(usize, usize, f32),
 ) {
+    if isa == Isa::Vnni512 && matches!(part, Part::Q4 { .. }) {
+        let mut i = 0;
+        while i + dot512::M_MAX <= m {
+            group::<{ dot512::M_MAX }>(isa, part, act, nb, rows, i, &write);
+            i += dot512::M_MAX;
+        }
+        match m - i {
+            7 => group::<7>(isa, part, act, nb, rows, i, &write),
+            6 => group::<6>(isa, part, act, nb, rows, i, &write),
+            5 => group::<5>(isa, part, act, nb, rows, i, &write),
+            4 => group::<4>(isa, part, act, nb, rows, i, &write),
+            3 => group::<3>(isa, part, act, nb, rows, i, &write),
+            2 => group::<2>(isa, part, act, nb, rows, i, &write),
+            1 => group::<1>(isa, part, act, nb, rows, i, &write),
+            _ => {}
+        }
+        return;
+    }
     let mut i = 0;
     while i + M <= m {
         group::<M>(isa, part, act, nb, rows, i, &write);
@@ -138,7 +157,21 @@ fn group<const MM: usize>(
                 },
             };
             let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
-            dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0, &mut put);
+            let done = if isa == Isa::Vnni512 {
+                dot512::q4_tiles::<MM>(w, o, &x, r1 - r0, &mut put)
+            } else {
+                0
+            };
+            if done < r1 - r0 {
+                // The rows past the last tile of 4, or every row on other CPUs.
+                let w = (&w.0[done * nb * 16..], &w.1[done * nb..]);
+                let o = Q4Offset {
+                    off: &o.off[done * nb..],
+                    scale: o.scale,
+                };
+                let mut put = |t: usize, r: usize, v: f32| put(t, done + r, v);
+                dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0 - done, &mut put);
+            }
         }
         Part::Q8 { d, qs, .. } => {
             let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);

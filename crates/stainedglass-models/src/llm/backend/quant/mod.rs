@@ -14,6 +14,7 @@ mod act;
 mod bf16_gemm;
 mod deq;
 mod dot;
+mod dot512;
 mod exact;
 mod ggml;
 mod half_rows;

@@ -272,3 +272,28 @@ proptest! {
         }
     }
 }
+
+/// The 8-bit Q4_1 product's speed on the bundled model's decode shapes (`cargo test --release
+/// -p stainedglass-models q4_int8_speed -- --ignored --nocapture`): a measurement, not a check.
+#[test]
+#[ignore]
+fn q4_int8_speed() {
+    for (n, k) in [(3072, 576), (576, 1536), (960, 576)] {
+        let (mut qm, _) = quantized(GgmlDType::Q4_1, n, k, 21);
+        qm.set_activations(Activations::Int8);
+        for m in [1, 4, 16] {
+            let x = weights(m, k, 5);
+            let mut out = vec![0f32; m * n];
+            let iters = 4000 / m;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    qm.product(&x, m, &mut out, false);
+                }
+                let s = t.elapsed().as_secs_f64();
+                let gmacs = (m * n * k * iters) as f64 / s / 1e9;
+                println!("{{\"n\":{n},\"k\":{k},\"m\":{m},\"gmac_per_s\":{gmacs:.1}}}");
+            }
+        }
+    }
+}
