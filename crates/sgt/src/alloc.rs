@@ -9,6 +9,13 @@
 //! same) switch to it only once the model is loaded, after handing that back; so does `sgt proxy`
 //! once the artefact is loaded (each request allocates the same transform buffers: a 256-token
 //! apply in bf16 took 13.0 instead of 16.8 ms, 3 alternating pairs, `sgt bench apply`).
+//!
+//! Switching after loading is not the same as from the start: under `sgt serve`'s load test
+//! the server still took 1,450–2,000 page faults (2 MB huge pages zeroed: 9% of its `perf`
+//! samples), against 630–750 with `MIMALLOC_PURGE_DELAY` set from the start (−1 or 10⁹ ms
+//! alike). `sgt serve` with stored weights frees little while loading (the weights are memory
+//! maps, parsed into buffers of their final size), so it switches before loading
+//! ([`keep_freed_pages_from_start`]).
 
 /// mimalloc's `purge_delay` option (same index in mimalloc 2 and 3; the Rust bindings do not
 /// name it).
@@ -19,6 +26,16 @@ const PURGE_DELAY_DEFAULTS: [std::os::raw::c_long; 2] = [10, 1000];
 /// Returns memory freed so far to the OS, then keeps freed pages from now on. No-op when
 /// `MIMALLOC_PURGE_DELAY` is set explicitly or the option does not look like `purge_delay`.
 pub fn keep_freed_pages() {
+    switch(true)
+}
+
+/// Keeps freed pages from now on, without handing back what was freed before: for a command
+/// that has freed little so far (call it before loading).
+pub fn keep_freed_pages_from_start() {
+    switch(false)
+}
+
+fn switch(collect_first: bool) {
     if crate::env::get().mimalloc_purge_delay_set {
         return;
     }
@@ -28,7 +45,9 @@ pub fn keep_freed_pages() {
             tracing::debug!("allocator option layout not recognised; leaving it alone");
             return;
         }
-        libmimalloc_sys::mi_collect(true);
+        if collect_first {
+            libmimalloc_sys::mi_collect(true);
+        }
         libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
     }
 }

@@ -105,10 +105,18 @@ fn load_served(a: &ServeArgs, path: &std::path::Path) -> Result<Llama> {
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let path = a.model.model_path()?;
     let tok = a.model.load_tokenizer()?;
-    let model = Arc::new(load_served(&a, &path)?);
     // Every join and step allocates and frees the same buffers; kept, they are not faulted in
-    // and zeroed again each time (the load's freed memory is handed back first).
-    crate::alloc::keep_freed_pages();
+    // and zeroed again each time. Stored weights are memory maps: loading them frees little,
+    // so pages are kept from the start (fewer faults than switching after loading, see
+    // `alloc.rs`); an f32 model's load frees its file's bytes, handed back first.
+    let stored = a.weights != "f32";
+    if stored {
+        crate::alloc::keep_freed_pages_from_start();
+    }
+    let model = Arc::new(load_served(&a, &path)?);
+    if !stored {
+        crate::alloc::keep_freed_pages();
+    }
     eprintln!(
         "sgt serve: weights {} ({:.0} MB)",
         model.storage_summary(),

@@ -1,5 +1,6 @@
-//! Q4 rows times 8-bit activation rows with 512-bit AVX-512 VNNI: the kernel decoding and
-//! batched requests spend their time in. `dot.rs`'s 256-bit tiles spend four vector
+//! Q4 and Q8 rows times 8-bit activation rows with 512-bit AVX-512 VNNI: the kernels decoding
+//! and batched requests spend their time in (Q8: the bundled model's embedding table as LM
+//! head). `dot.rs`'s 256-bit tiles spend four vector
 //! instructions (product, conversion, two scalings) per pair of 32 values and a scalar product
 //! per pair for the Q4 offset; measured on the bundled model's shapes they reach 40–65 GMAC/s
 //! on two Zen 4 cores. Here one `vpdpbusd` on a 512-bit register covers one block of **four**
@@ -16,7 +17,9 @@
 //!   the same accumulator at a quarter in each of the lane's four floats (exact: a power of two);
 //! - at the tile's end each lane's four floats are summed.
 //!
-//! Up to [`M_MAX`] activation rows share each unpacked weight block. The integer sums are the
+//! Q8 rows go the same way (lane `r` of two registers: row `r`'s first and last 16 values), with
+//! `dot.rs`'s unsigned-activation trick. Up to [`M_MAX`] activation rows share each unpacked
+//! weight block. The integer sums are the
 //! same as the reference's (`dot::q4_portable`); only the order of the f32 accumulation
 //! differs.
 
@@ -55,7 +58,7 @@ pub fn q4_tiles<const M: usize>(
         // SAFETY: the features are checked above; rows `j..j + 4` of `nb` blocks are in
         // bounds (lengths checked above).
         let v = unsafe {
-            tile4::<M>(
+            q4_tile4::<M>(
                 qs.as_ptr().add(j * nb * 16),
                 d.as_ptr().add(j * nb),
                 (o.off.as_ptr().add(j * nb), o.scale),
@@ -72,9 +75,81 @@ pub fn q4_tiles<const M: usize>(
     full
 }
 
+/// Q8 rows `0..rows` in tiles of 4, as [`q4_tiles`]: `write(t, r, value)` gets the value
+/// `dot::q8_rows` gives; returns the first row not written.
+///
+/// # Panics
+/// As [`q4_tiles`].
+pub fn q8_tiles<const M: usize>(
+    (qs, d): (&[i8], &[f32]),
+    x: &[ActRow<'_>; M],
+    rows: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) -> usize {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
+    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    assert!(
+        Isa::get() == Isa::Vnni512,
+        "the 512-bit Q8 kernel needs AVX-512 F, BW and VNNI"
+    );
+    let full = rows / 4 * 4;
+    #[cfg(target_arch = "x86_64")]
+    for j in (0..full).step_by(4) {
+        // SAFETY: as in `q4_tiles`.
+        let v =
+            unsafe { q8_tile4::<M>(qs.as_ptr().add(j * nb * QK), d.as_ptr().add(j * nb), x, nb) };
+        for (r, vr) in v.iter().enumerate() {
+            for (t, &val) in vr.iter().enumerate() {
+                write(t, j + r, val);
+            }
+        }
+    }
+    full
+}
+
+/// Four Q8 rows: lane `r` of the two weight registers holds row `r`'s first and last 16
+/// values; the activations are made unsigned (`x + 128`, a flipped sign bit) and each
+/// accumulator starts at `−128 · Σ w`, so one `vpdpbusd` multiplies signed by signed.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile4<const M: usize>(
+unsafe fn q8_tile4<const M: usize>(
+    qs: *const i8,
+    d: *const f32,
+    x: &[ActRow<'_>; M],
+    nb: usize,
+) -> [[f32; M]; 4] {
+    use std::arch::x86_64::*;
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); M];
+    for b in 0..nb {
+        let p = qs.add(b * QK).cast::<u8>();
+        let (wa, wb) = (rows4(p, nb * QK), rows4(p.add(16), nb * QK));
+        let sum = _mm512_dpbusd_epi32(
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wa),
+            flip,
+            wb,
+        );
+        let start = _mm512_sub_epi32(_mm512_setzero_si512(), sum);
+        let dw = lanes(d.add(b), nb);
+        for (m, a) in x.iter().enumerate() {
+            let xq = a.q.as_ptr().add(b * QK);
+            let xlo = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128(xq.cast())), flip);
+            let xhi = _mm512_xor_si512(
+                _mm512_broadcast_i32x4(_mm_loadu_si128(xq.add(16).cast())),
+                flip,
+            );
+            let t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, xlo, wa), xhi, wb);
+            let s = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(b)));
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[m]);
+        }
+    }
+    lane_sums(&acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q4_tile4<const M: usize>(
     qs: *const u8,
     d: *const f32,
     (off, off_scale): (*const f32, f32),
@@ -86,10 +161,7 @@ unsafe fn tile4<const M: usize>(
     let quarter = _mm512_set1_ps(0.25 * off_scale);
     let mut acc = [_mm512_setzero_ps(); M];
     for b in 0..nb {
-        let raw = _mm512_castsi128_si512(_mm_loadu_si128(qs.add(b * 16).cast()));
-        let raw = _mm512_inserti32x4::<1>(raw, _mm_loadu_si128(qs.add((nb + b) * 16).cast()));
-        let raw = _mm512_inserti32x4::<2>(raw, _mm_loadu_si128(qs.add((2 * nb + b) * 16).cast()));
-        let raw = _mm512_inserti32x4::<3>(raw, _mm_loadu_si128(qs.add((3 * nb + b) * 16).cast()));
+        let raw = rows4(qs.add(b * 16), nb * 16);
         let lo = _mm512_and_si512(raw, mask);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
         let dw = lanes(d.add(b), nb);
@@ -105,15 +177,35 @@ unsafe fn tile4<const M: usize>(
             acc[m] = _mm512_fmadd_ps(ow, _mm512_set1_ps(*a.s.get_unchecked(b)), am);
         }
     }
+    lane_sums(&acc)
+}
+
+/// Each accumulator's four lanes summed: `out[r][m]` from lane `r` of `acc[m]`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn lane_sums<const M: usize>(acc: &[std::arch::x86_64::__m512; M]) -> [[f32; M]; 4] {
     let mut out = [[0f32; M]; 4];
     for (m, v) in acc.iter().enumerate() {
         let mut lanes = [0f32; 16];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
+        std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), *v);
         for (r, o) in out.iter_mut().enumerate() {
             o[m] = (lanes[4 * r] + lanes[4 * r + 1]) + (lanes[4 * r + 2] + lanes[4 * r + 3]);
         }
     }
     out
+}
+
+/// The 16 bytes at `p + r·stride` in lane `r`, for the 4 rows.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows4(p: *const u8, stride: usize) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let v = _mm512_castsi128_si512(_mm_loadu_si128(p.cast()));
+    let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p.add(stride).cast()));
+    let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p.add(2 * stride).cast()));
+    _mm512_inserti32x4::<3>(v, _mm_loadu_si128(p.add(3 * stride).cast()))
 }
 
 /// `p[r·stride]` for the 4 rows, each broadcast over its 128-bit lane.
@@ -132,7 +224,7 @@ unsafe fn lanes(p: *const f32, stride: usize) -> std::arch::x86_64::__m512 {
 mod tests {
     use super::*;
     use crate::llm::backend::quant::act::ActQ8;
-    use crate::llm::backend::quant::dot::q4_portable;
+    use crate::llm::backend::quant::dot::{q4_portable, q8_portable};
 
     /// Every tile and activation-row count against the reference, Q4_0 and Q4_1 offsets, with
     /// nibbles 0 and 15 and activations ±127 included.
@@ -203,5 +295,94 @@ mod tests {
             run::<8>(&act, w, o, 8);
             run::<5>(&act, w, o, 3);
         }
+        let q8: Vec<i8> = (0..rows * nb * 32)
+            .map(|i| ((i * 61 + 5) % 256) as u8 as i8)
+            .collect();
+        assert!(q8.contains(&-128) && q8.contains(&127));
+        fn run8<const M: usize>(act: &ActQ8, (qs, d): (&[i8], &[f32]), rows: usize) {
+            let x: [ActRow<'_>; M] = std::array::from_fn(|t| {
+                let (q, d, s) = act.row(t);
+                ActRow { q, d, s }
+            });
+            let nb = act.nb;
+            let mut got = vec![[f32::NAN; M]; rows];
+            let done = q8_tiles::<M>((qs, d), &x, rows, &mut |t, r, v| got[r][t] = v);
+            assert_eq!(done, rows / 4 * 4);
+            for (r, g) in got.iter().enumerate().take(done) {
+                for (t, a) in x.iter().enumerate() {
+                    let want = q8_portable(&qs[r * nb * 32..], &d[r * nb..], a.q, a.d);
+                    assert!(
+                        (g[t] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "Q8 M={M} [{r}][{t}]: {} vs {want}",
+                        g[t]
+                    );
+                }
+            }
+            assert!(got[done..].iter().all(|g| g.iter().all(|v| v.is_nan())));
+        }
+        run8::<1>(&act, (&q8, &d), rows);
+        run8::<4>(&act, (&q8, &d), rows);
+        run8::<7>(&act, (&q8, &d), rows);
+        run8::<8>(&act, (&q8, &d), 4);
+    }
+
+    /// One thread, 3072 Q4_1 rows of 576 (the bundled model's fused gate|up) times 16
+    /// activation rows: this kernel against `dot.rs`'s 256-bit tiles, alternating (`cargo test
+    /// --release -p stainedglass-models dot512_speed -- --ignored --nocapture`): a
+    /// measurement, not a check.
+    #[test]
+    #[ignore]
+    fn dot512_speed() {
+        use crate::llm::backend::quant::dot::q4_rows;
+        if Isa::get() != Isa::Vnni512 {
+            return;
+        }
+        let (rows, nb, m) = (3072, 18, 16);
+        let qs: Vec<u8> = (0..rows * nb * 16).map(|i| (i * 97 % 256) as u8).collect();
+        let d: Vec<f32> = (0..rows * nb)
+            .map(|i| 0.01 + (i % 7) as f32 * 1e-3)
+            .collect();
+        let xs: Vec<f32> = (0..m * nb * 32)
+            .map(|i| (i % 19) as f32 * 0.1 - 0.9)
+            .collect();
+        let act = ActQ8::new(&xs, nb * 32);
+        let o = Q4Offset {
+            off: &d,
+            scale: 1.0,
+        };
+        let mut sink = 0f32;
+        let mut put = |_: usize, _: usize, v: f32| sink += v;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                for g in (0..m).step_by(M_MAX) {
+                    let x: [ActRow<'_>; M_MAX] = std::array::from_fn(|t| {
+                        let (q, d, s) = act.row(g + t);
+                        ActRow { q, d, s }
+                    });
+                    q4_tiles::<M_MAX>((&qs, &d), o, &x, rows, &mut put);
+                }
+            }
+            let wide = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                for g in (0..m).step_by(4) {
+                    let x: [ActRow<'_>; 4] = std::array::from_fn(|t| {
+                        let (q, d, s) = act.row(g + t);
+                        ActRow { q, d, s }
+                    });
+                    q4_rows::<4>(Isa::Vnni, (&qs, &d), o, &x, rows, &mut put);
+                }
+            }
+            let narrow = t.elapsed().as_secs_f64();
+            let macs = (20 * rows * nb * 32 * m) as f64;
+            println!(
+                "{{\"dot512_gmac_per_s\":{:.1},\"dot256_gmac_per_s\":{:.1},\"ratio\":{:.2}}}",
+                macs / wide / 1e9,
+                macs / narrow / 1e9,
+                narrow / wide
+            );
+        }
+        assert!(sink.is_finite());
     }
 }

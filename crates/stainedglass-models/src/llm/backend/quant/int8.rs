@@ -97,7 +97,7 @@ fn own_rows(
     m: usize,
     write: impl Fn(usize, usize, f32),
 ) {
-    if isa == Isa::Vnni512 && matches!(part, Part::Q4 { .. }) {
+    if isa == Isa::Vnni512 && matches!(part, Part::Q4 { .. } | Part::Q8 { .. }) {
         let mut i = 0;
         while i + dot512::M_MAX <= m {
             group::<{ dot512::M_MAX }>(isa, part, act, nb, rows, i, &write);
@@ -175,7 +175,16 @@ fn group<const MM: usize>(
         }
         Part::Q8 { d, qs, .. } => {
             let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
-            dot::q8_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
+            let done = if isa == Isa::Vnni512 {
+                dot512::q8_tiles::<MM>(w, &x, r1 - r0, &mut put)
+            } else {
+                0
+            };
+            if done < r1 - r0 {
+                let w = (&w.0[done * nb * QK..], &w.1[done * nb..]);
+                let mut put = |t: usize, r: usize, v: f32| put(t, done + r, v);
+                dot::q8_rows::<MM>(isa, w, &x, r1 - r0 - done, &mut put);
+            }
         }
         Part::Half { .. } | Part::Ggml(_) | Part::Bf16Panels(_) => {}
     }

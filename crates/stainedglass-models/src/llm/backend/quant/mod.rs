@@ -32,7 +32,7 @@ pub use parse::GgufPiece;
 
 /// The most activation rows the 8-bit product takes (a decode step of up to this many
 /// requests); more rows are a prefill.
-pub const INT8_MAX_ROWS: usize = 32;
+pub const INT8_MAX_ROWS: usize = 128;
 
 /// Rows of one storage type inside a [`QMatrix`].
 pub(super) enum Part {

@@ -273,26 +273,42 @@ proptest! {
     }
 }
 
-/// The 8-bit Q4_1 product's speed on the bundled model's decode shapes (`cargo test --release
-/// -p stainedglass-models q4_int8_speed -- --ignored --nocapture`): a measurement, not a check.
+/// The 8-bit product's speed on the bundled model's shapes (Q4_1 layers, the Q8_0 LM head), alternating with the f32
+/// product on the same matrix (`cargo test --release -p stainedglass-models q4_int8_speed --
+/// --ignored --nocapture`): a measurement, not a check. Rows above [`INT8_MAX_ROWS`] are what
+/// a prefill would give the 8-bit path if it took them.
 #[test]
 #[ignore]
 fn q4_int8_speed() {
-    for (n, k) in [(3072, 576), (576, 1536), (960, 576)] {
-        let (mut qm, _) = quantized(GgmlDType::Q4_1, n, k, 21);
-        qm.set_activations(Activations::Int8);
-        for m in [1, 4, 16] {
+    for (dtype, n, k) in [
+        (GgmlDType::Q4_1, 3072, 576),
+        (GgmlDType::Q4_1, 576, 1536),
+        (GgmlDType::Q4_1, 960, 576),
+        (GgmlDType::Q8_0, 49152, 576),
+    ] {
+        let (qm, _) = quantized(dtype, n, k, 21);
+        for m in [1, 4, 16, 64, 256] {
             let x = weights(m, k, 5);
             let mut out = vec![0f32; m * n];
-            let iters = 4000 / m;
+            let iters = (4000 / m * 3072 / n).max(2);
             for _ in 0..3 {
-                let t = std::time::Instant::now();
-                for _ in 0..iters {
-                    qm.product(&x, m, &mut out, false);
-                }
-                let s = t.elapsed().as_secs_f64();
-                let gmacs = (m * n * k * iters) as f64 / s / 1e9;
-                println!("{{\"n\":{n},\"k\":{k},\"m\":{m},\"gmac_per_s\":{gmacs:.1}}}");
+                let mut rate = |int8: bool| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        if int8 {
+                            qm.product_int8(&x, m, &mut out, false);
+                        } else {
+                            qm.product_f32(&x, m, &mut out, false);
+                        }
+                    }
+                    (m * n * k * iters) as f64 / t.elapsed().as_secs_f64() / 1e9
+                };
+                let (a, b) = (rate(true), rate(false));
+                println!(
+                    "{{\"isa\":\"{}\",\"type\":\"{dtype:?}\",\"n\":{n},\"k\":{k},\"m\":{m},\"int8_gmac_per_s\":{a:.1},\"f32_gmac_per_s\":{b:.1},\"ratio\":{:.2}}}",
+                    Isa::get().name(),
+                    a / b
+                );
             }
         }
     }
