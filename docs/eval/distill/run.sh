@@ -22,6 +22,7 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
     kl-mean)  fill=mean;  at=$KL ;;
     l15-noise) fill=noise; at='distillation_layer_index = 15' ;;
     l15-noise-m75) fill=noise; at='distillation_layer_index = 15' ;;   # 75% of features masked
+    l15-noise-seed1) fill=noise; at='distillation_layer_index = 15' ;;  # l15-noise, training seed 1
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
   sed -e "s|^\[data\]|[data]\nconversations = \"$R/conversations.jsonl\"|" \
@@ -29,6 +30,7 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
       -e "s|^steps = .*|steps = 400|" -e "s|^eval_every = .*|eval_every = 200|" \
       -e "s|^percent_to_mask = 0.5|percent_to_mask = 0.5\nmasked_fill = \"$fill\"|" \
       -e "s|^distillation_layer_index = 6|$at|" configs/text-sgt-quickstart.toml > "$R/$v.toml"
+  case $v in *-seed1) sed -i 's|^seed = 0|seed = 1|' "$R/$v.toml" ;; esac
   case $v in *-m75) sed -i 's|^percent_to_mask = 0.5|percent_to_mask = 0.75|' "$R/$v.toml" ;; esac
   case $v in kl-*) sed -i 's|^distillation_layer_cosine_distance_loss_weight = .*|distillation_layer_cosine_distance_loss_weight = 0.0|' "$R/$v.toml" ;; esac
   [ -f "$R/$v/fresh_attacks.json" ] || $S text train --config "$R/$v.toml" --output "$R/$v" > "$R/$v.train.json"
