@@ -27,6 +27,7 @@ LABELS = {
     "adv-club-0.3": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.3",
     "adv-club-0.03": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.03",
     "l15-noise-m75": "SGT σ·ε, layer 15 on response positions, 75% of features masked",
+    "l15-noise-seed1": "SGT σ·ε, layer 15 on response positions, training seed 1",
 }
 
 
