@@ -56,6 +56,14 @@ fn config() -> ServerConfig {
 }
 
 async fn post(url: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> (u16, Value) {
+    try_post(url, body, key).await.expect("send")
+}
+
+async fn try_post(
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    key: Option<&str>,
+) -> Result<(u16, Value), reqwest::Error> {
     let mut r = reqwest::Client::new()
         .post(format!("{url}/v1/generate"))
         .header("content-type", "application/json")
@@ -63,13 +71,13 @@ async fn post(url: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> (
     if let Some(k) = key {
         r = r.bearer_auth(k);
     }
-    let resp = r.send().await.expect("send");
+    let resp = r.send().await?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.expect("text");
-    (
+    let text = resp.text().await?;
+    Ok((
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    ))
 }
 
 fn req(e: &Tensor, extra: Value) -> String {
@@ -250,18 +258,28 @@ async fn bad_requests_get_the_right_4xx_and_the_server_keeps_serving() {
             "limit",
         ),
     ];
+    let mut refused_unread = 0;
     for (name, body, key, status, needle) in cases {
-        let (s, v) = post(&url, body, key).await;
-        assert_eq!(s, status, "{name}: {v}");
-        let msg = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            msg.contains(needle),
-            "{name}: `{msg}` should mention `{needle}`"
-        );
+        match try_post(&url, body, key).await {
+            Ok((s, v)) => {
+                assert_eq!(s, status, "{name}: {v}");
+                let msg = v["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    msg.contains(needle),
+                    "{name}: `{msg}` should mention `{needle}`"
+                );
+            }
+            // Refused by its Content-Length, the 2 MB body is never read: the server answers
+            // 413 and closes while the client may still be writing, and the client then sees
+            // the broken pipe instead of the answer (a race, seen once in CI).
+            Err(e) if status == 413 && e.is_request() => refused_unread += 1,
+            Err(e) => panic!("{name}: {e}"),
+        }
         // Still serving.
         let (s, v) = post(&url, ok.clone(), Some(KEY)).await;
         assert_eq!(s, 200, "after {name}: {v}");
     }
+    assert!(refused_unread <= 1, "only the oversize body may go unread");
     // Health needs no key; the model route does.
     let h = reqwest::get(format!("{url}/health")).await.expect("health");
     assert_eq!(h.status(), 200);
