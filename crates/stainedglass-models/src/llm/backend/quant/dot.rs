@@ -20,8 +20,8 @@ use super::act::QK;
 /// The instruction set the kernels run with, chosen once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512 VNNI with 512-bit registers (F and BW too): Q4 rows take `dot512.rs`, Q8 rows
-    /// the 256-bit VNNI tiles.
+    /// AVX-512 VNNI with 512-bit registers (F and BW too): Q4 and Q8 rows take `dot512.rs`'s
+    /// tiles of 4, the rows past the last tile the 256-bit VNNI ones.
     Vnni512,
     Vnni,
     Avx2,

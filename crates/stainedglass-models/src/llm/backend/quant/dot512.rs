@@ -66,11 +66,7 @@ pub fn q4_tiles<const M: usize>(
                 nb,
             )
         };
-        for (r, vr) in v.iter().enumerate() {
-            for (t, &val) in vr.iter().enumerate() {
-                write(t, j + r, val);
-            }
-        }
+        put_tile(&v, j, write);
     }
     full
 }
@@ -99,13 +95,23 @@ pub fn q8_tiles<const M: usize>(
         // SAFETY: as in `q4_tiles`.
         let v =
             unsafe { q8_tile4::<M>(qs.as_ptr().add(j * nb * QK), d.as_ptr().add(j * nb), x, nb) };
-        for (r, vr) in v.iter().enumerate() {
-            for (t, &val) in vr.iter().enumerate() {
-                write(t, j + r, val);
-            }
-        }
+        put_tile(&v, j, write);
     }
     full
+}
+
+/// A tile's values (`v[r][t]`: weight row `j + r`, activation row `t`) to `write`.
+#[cfg(target_arch = "x86_64")]
+fn put_tile<const M: usize>(
+    v: &[[f32; M]; 4],
+    j: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) {
+    for (r, vr) in v.iter().enumerate() {
+        for (t, &val) in vr.iter().enumerate() {
+            write(t, j + r, val);
+        }
+    }
 }
 
 /// Four Q8 rows: lane `r` of the two weight registers holds row `r`'s first and last 16
