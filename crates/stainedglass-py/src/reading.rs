@@ -39,7 +39,8 @@ pub fn nearest_neighbour_reading<'py>(
         .detach(|| -> Result<Vec<u32>, String> {
             let x = Tensor::from_vec(data, (shape[0], shape[1]), &Device::Cpu)
                 .map_err(|e| e.to_string())?;
-            let index = EmbeddingIndex::new(inner.embeddings()).map_err(|e| e.to_string())?;
+            let index = EmbeddingIndex::new(inner.embeddings().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
             let (_, l2, _) = index.nearest(&x).map_err(|e| e.to_string())?;
             Ok(l2)
         })

@@ -101,6 +101,7 @@ fn round_trip_reproduces_seeded_outputs_in_f32_and_f16() {
         assert!(a.noise_mask.contains(&0) && a.noise_mask.contains(&1));
         let clean = back
             .embeddings()
+            .expect("table")
             .index_select(
                 &Tensor::new(a.input_ids.as_slice(), &Device::Cpu).expect("ids"),
                 0,
@@ -183,22 +184,43 @@ fn corrupt_truncated_and_mismatched_artefacts_are_refused() {
         "missing tensor",
     );
 
-    // Non-finite weights re-hashed so that only the finiteness check can catch them.
-    let (_d, p) = saved();
-    let sgt = load(&p).expect("load");
-    let mut tensors = sgt.cloak().named_tensors();
-    let bad = tensors[0]
-        .1
-        .ones_like()
-        .expect("ones")
-        .affine(f64::NAN, 0.0)
-        .expect("nan");
-    tensors[0].1 = bad;
-    tensors.push((
-        "embed_tokens.weight".into(),
-        sgt.embeddings().to_dtype(DType::F16).expect("f16"),
-    ));
-    let bytes = stainedglass_core::io::safetensors_bytes(&tensors).expect("bytes");
+    // Non-finite weights (in the cloak, then in the table read in place) re-hashed so that
+    // only the finiteness check can catch them.
+    for in_table in [false, true] {
+        let (_d, p) = saved();
+        let sgt = load(&p).expect("load");
+        let mut tensors = sgt.cloak().named_tensors();
+        let table = sgt.embeddings().expect("table");
+        let table = if in_table {
+            let mut v = table
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("v");
+            let n = v.len();
+            v[n - 1] = f32::INFINITY;
+            Tensor::from_vec(v, table.dims(), &Device::Cpu).expect("table")
+        } else {
+            tensors[0].1 = tensors[0]
+                .1
+                .ones_like()
+                .expect("ones")
+                .affine(f64::NAN, 0.0)
+                .expect("nan");
+            table.clone()
+        };
+        tensors.push((
+            "embed_tokens.weight".into(),
+            table.to_dtype(DType::F16).expect("f16"),
+        ));
+        rehash_weights(&p, &tensors);
+        expect_err(&p, "non-finite");
+    }
+}
+
+/// Writes `tensors` as the artefact's weights and lists their new hash in `config.json`.
+fn rehash_weights(p: &Path, tensors: &[(String, Tensor)]) {
+    let bytes = stainedglass_core::io::safetensors_bytes(tensors).expect("bytes");
     std::fs::write(p.join("model.safetensors"), &bytes).expect("write");
     let c = p.join("config.json");
     let mut v: serde_json::Value =
@@ -210,7 +232,6 @@ fn corrupt_truncated_and_mismatched_artefacts_are_refused() {
         .collect();
     v["files"]["model.safetensors"] = hex.into();
     std::fs::write(&c, serde_json::to_string(&v).expect("ser")).expect("write");
-    expect_err(&p, "non-finite");
 }
 
 #[test]

@@ -102,8 +102,7 @@ fn bf16_drift(
     prompt: &PromptInput,
 ) -> Result<serde_json::Value> {
     let enc = sgt.encode(prompt)?;
-    let idx = candle_core::Tensor::new(enc.input_ids.as_slice(), &Device::Cpu)?;
-    let x = sgt.embeddings().index_select(&idx, 0)?.unsqueeze(0)?;
+    let x = sgt.embed(&enc.input_ids)?.unsqueeze(0)?;
     let am = vec![1u8; enc.input_ids.len()];
     let mut run = |p| -> Result<[Vec<f32>; 3]> {
         sgt.set_precision(p)?;

@@ -183,7 +183,7 @@ pub async fn chat_once(
     let emb = embeddings::decode(req["embeddings"].as_str().unwrap_or_default(), live.limits)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Nearest-neighbour decoding of exactly what the server received, beside the prompt.
-    let index = EmbeddingIndex::new(sgt.embeddings())?;
+    let index = EmbeddingIndex::new(sgt.embeddings()?)?;
     let (_, read, _) = index.nearest(&emb)?;
     let mine = sgt.apply(
         &stainedglass_text::PromptInput::Chat(vec![stainedglass_text::Message::new(

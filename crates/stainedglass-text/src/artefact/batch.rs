@@ -39,18 +39,11 @@ impl StainedGlassTransformForText {
             )));
         }
         let ids: Vec<u32> = rows.iter().flat_map(|r| r.input_ids.clone()).collect();
-        let vocab = self.config.base_model.vocab_size;
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::Prompt(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
         let am: Vec<u8> = rows.iter().flat_map(|r| r.attention_mask.clone()).collect();
         let nm: Vec<u8> = rows.iter().flat_map(|r| r.noise_mask.clone()).collect();
-        let dev = self.embeddings.device();
         let x = self
             .embeddings
-            .index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?
+            .rows(&ids, &self.device)?
             .reshape((b, t, self.hidden_size()))?;
         let out = self.cloak.transform(&x, Some(&am), Some(&nm), rng)?;
         Ok(TransformedBatch {

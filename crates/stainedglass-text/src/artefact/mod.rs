@@ -4,10 +4,16 @@
 //! `chat_template.jinja`. Loading validates the version, every file's sha256, tensor names,
 //! shapes, dtypes and finiteness, and the embedding table's hash; applying it to a prompt
 //! returns the transformed embeddings and attention mask a server consumes.
+//!
+//! Loading maps the files and reads them in place: the tokenizer is parsed from the same
+//! (verified) bytes whose hash is checked, and the embedding table is never copied
+//! (`table.rs`). The files' hashes, the weights and the tokenizer are read on three threads.
 
 mod batch;
 pub mod config;
 mod files;
+mod load;
+mod table;
 
 pub use batch::TransformedBatch;
 pub use config::{ArtefactConfig, EmbeddingDtype, NoiseMaskPolicy};
@@ -19,10 +25,11 @@ use crate::wrapper::{EncodedPrompt, Padding, TokenizerWrapper, WrapperOptions};
 use candle_core::{DType, Device, Tensor};
 use config::*;
 use stainedglass_core::NoiseRng;
-use stainedglass_models::text_sgt::{Precision, TransformerCloak, TransformerCloakConfig};
-use std::collections::{BTreeMap, HashMap};
+use stainedglass_models::text_sgt::{Precision, TransformerCloak};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use table::EmbeddingTable;
 
 /// How [`StainedGlassTransformForText::new`] packages a trained layer.
 #[derive(Debug, Clone)]
@@ -48,8 +55,11 @@ pub struct TransformedPrompt {
 pub struct StainedGlassTransformForText {
     config: ArtefactConfig,
     cloak: TransformerCloak,
-    /// `(vocab, hidden)` f32 (values rounded through f16 when the artefact stores f16).
-    embeddings: Tensor,
+    /// `(vocab, hidden)`, read as f32 (values rounded through f16 when the artefact stores
+    /// f16); a loaded artefact's stays in the file's memory map.
+    embeddings: EmbeddingTable,
+    /// Where transformed prompts are made.
+    device: Device,
     wrapper: TokenizerWrapper,
 }
 
@@ -181,8 +191,9 @@ impl StainedGlassTransformForText {
         };
         Ok(Self {
             config,
+            device: base_embeddings.device().clone(),
             cloak,
-            embeddings,
+            embeddings: EmbeddingTable::owned(embeddings)?,
             wrapper: TokenizerWrapper::new(tokenizer, wrapper_options(policy)),
         })
     }
@@ -211,9 +222,16 @@ impl StainedGlassTransformForText {
         self.wrapper.tokenizer_arc()
     }
 
-    /// The `(vocab, hidden)` f32 input-embedding table.
-    pub fn embeddings(&self) -> &Tensor {
-        &self.embeddings
+    /// The `(vocab, hidden)` f32 input-embedding table. A loaded artefact makes it on the first
+    /// call (applying the SGT reads only a prompt's rows and never needs it).
+    pub fn embeddings(&self) -> Result<&Tensor> {
+        self.embeddings.full()
+    }
+
+    /// The table's rows `ids` as a `(ids.len(), hidden)` f32 tensor (what [`Self::apply_ids`]
+    /// transforms).
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        self.embeddings.rows(ids, &self.device)
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -225,8 +243,8 @@ impl StainedGlassTransformForText {
     pub fn save_pretrained(&self, dir: &Path) -> Result<ArtefactConfig> {
         let tok = self.tokenizer();
         let store = match self.config.embedding_dtype {
-            EmbeddingDtype::F32 => self.embeddings.clone(),
-            EmbeddingDtype::F16 => self.embeddings.to_dtype(DType::F16)?,
+            EmbeddingDtype::F32 => self.embeddings.full()?.clone(),
+            EmbeddingDtype::F16 => self.embeddings.full()?.to_dtype(DType::F16)?,
         };
         let mut tensors = self.cloak.named_tensors();
         tensors.push((EMBEDDING_TENSOR.to_string(), store));
@@ -262,194 +280,6 @@ impl StainedGlassTransformForText {
         all.push((CONFIG_FILE, cfg));
         files::write_dir_atomic(dir, &all)?;
         Ok(config)
-    }
-
-    /// Loads and validates an artefact written by [`Self::save_pretrained`].
-    pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
-            path: cfg_path.clone(),
-            source: e,
-        })?;
-        let probe: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| artefact_err(&cfg_path, format!("not valid JSON: {e}")))?;
-        match probe.get("format").and_then(|f| f.as_str()) {
-            Some(FORMAT) => {}
-            other => {
-                return Err(artefact_err(
-                    &cfg_path,
-                    format!(
-                        "format is {other:?}, expected \"{FORMAT}\" (is this a text SGT \
-                         artefact written by `sgt text export`?)"
-                    ),
-                ))
-            }
-        }
-        match probe.get("format_version").and_then(|f| f.as_u64()) {
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
-            other => {
-                return Err(artefact_err(
-                    &cfg_path,
-                    format!(
-                        "format_version {other:?} is not supported; this build reads version \
-                         {FORMAT_VERSION} (upgrade sgt or re-export the artefact)"
-                    ),
-                ))
-            }
-        }
-        let config: ArtefactConfig = serde_json::from_value(probe)
-            .map_err(|e| artefact_err(&cfg_path, format!("invalid config: {e}")))?;
-        if config.noise_layer.kind != "transformer_cloak" {
-            return Err(artefact_err(
-                &cfg_path,
-                format!(
-                    "noise layer kind `{}` is not supported (expected transformer_cloak)",
-                    config.noise_layer.kind
-                ),
-            ));
-        }
-        for required in [
-            WEIGHTS_FILE,
-            TOKENIZER_FILE,
-            TOKENIZER_CONFIG_FILE,
-            TEMPLATE_FILE,
-        ] {
-            if !config.files.contains_key(required) {
-                return Err(artefact_err(
-                    &cfg_path,
-                    format!("`files` does not list {required}"),
-                ));
-            }
-        }
-        let mut blobs = HashMap::new();
-        for (name, want) in &config.files {
-            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-                return Err(artefact_err(&cfg_path, format!("bad file name `{name}`")));
-            }
-            let p = dir.join(name);
-            let bytes = files::map(&p)?;
-            let got = files::sha256_hex(&bytes);
-            if &got != want {
-                return Err(artefact_err(
-                    &p,
-                    format!(
-                        "sha256 is {got}, config.json says {want}: the file is corrupt, \
-                         truncated or from another artefact; re-export or re-download it"
-                    ),
-                ));
-            }
-            blobs.insert(name.clone(), bytes);
-        }
-        let wpath = dir.join(WEIGHTS_FILE);
-        let tensors = candle_core::safetensors::load_buffer(&blobs[WEIGHTS_FILE], device)
-            .map_err(|e| artefact_err(&wpath, format!("not a readable safetensors file: {e}")))?;
-        let cloak = Self::check_cloak(&config, &tensors, &wpath, device)?;
-        let embeddings = Self::check_embeddings(&config, &tensors, &wpath)?;
-        let tokenizer = Arc::new(TextTokenizer::from_folder(dir)?);
-        if tokenizer.vocab_size() > config.base_model.vocab_size {
-            return Err(artefact_err(
-                &dir.join(TOKENIZER_FILE),
-                "the tokenizer has more tokens than the embedding table has rows",
-            ));
-        }
-        tokenizer.chat_template()?;
-        let policy = config.noise_mask;
-        Ok(Self {
-            config,
-            cloak,
-            embeddings,
-            wrapper: TokenizerWrapper::new(tokenizer, wrapper_options(policy)),
-        })
-    }
-
-    fn check_cloak(
-        config: &ArtefactConfig,
-        tensors: &HashMap<String, Tensor>,
-        path: &Path,
-        device: &Device,
-    ) -> Result<TransformerCloak> {
-        let cc: &TransformerCloakConfig = &config.noise_layer.config;
-        let base = &config.base_model;
-        if (cc.base.vocab_size, cc.base.hidden_size) != (base.vocab_size, base.hidden_size) {
-            return Err(artefact_err(
-                path,
-                "the noise layer's base architecture disagrees with base_model",
-            ));
-        }
-        let expected = TransformerCloak::expected_shapes(cc);
-        let mut named = HashMap::new();
-        for (name, shape) in &expected {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| artefact_err(path, format!("missing tensor `{name}`")))?;
-            if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
-                return Err(artefact_err(
-                    path,
-                    format!(
-                        "tensor `{name}` is {:?} {:?}, expected F32 {shape:?}",
-                        t.dtype(),
-                        t.dims()
-                    ),
-                ));
-            }
-            stainedglass_core::error::ensure_finite(t, name)
-                .map_err(|e| artefact_err(path, e.to_string()))?;
-            named.insert(name.clone(), t.clone());
-        }
-        for name in tensors.keys() {
-            if name != EMBEDDING_TENSOR && !named.contains_key(name) {
-                return Err(artefact_err(path, format!("unexpected tensor `{name}`")));
-            }
-        }
-        TransformerCloak::from_named(cc.clone(), &named, device)
-            .map_err(|e| artefact_err(path, e.to_string()))
-    }
-
-    fn check_embeddings(
-        config: &ArtefactConfig,
-        tensors: &HashMap<String, Tensor>,
-        path: &Path,
-    ) -> Result<Tensor> {
-        let base = &config.base_model;
-        let t = tensors
-            .get(EMBEDDING_TENSOR)
-            .ok_or_else(|| artefact_err(path, format!("missing tensor `{EMBEDDING_TENSOR}`")))?;
-        let want_dtype = match config.embedding_dtype {
-            EmbeddingDtype::F32 => DType::F32,
-            EmbeddingDtype::F16 => DType::F16,
-        };
-        if t.dims() != [base.vocab_size, base.hidden_size] || t.dtype() != want_dtype {
-            return Err(artefact_err(
-                path,
-                format!(
-                    "`{EMBEDDING_TENSOR}` is {:?} {:?}, expected {want_dtype:?} [{}, {}]",
-                    t.dtype(),
-                    t.dims(),
-                    base.vocab_size,
-                    base.hidden_size
-                ),
-            ));
-        }
-        let table = t.to_dtype(DType::F32)?;
-        stainedglass_core::error::ensure_finite(&table, EMBEDDING_TENSOR)
-            .map_err(|e| artefact_err(path, e.to_string()))?;
-        let want = match config.embedding_dtype {
-            EmbeddingDtype::F32 => Some((&base.embedding_sha256, "base_model.embedding_sha256")),
-            EmbeddingDtype::F16 => base
-                .stored_embedding_sha256
-                .as_ref()
-                .map(|h| (h, "base_model.stored_embedding_sha256")),
-        };
-        if let Some((want, field)) = want {
-            let got = embedding_sha256(&table)?;
-            if &got != want {
-                return Err(artefact_err(
-                    path,
-                    format!("the embedding table hashes to {got}, {field} is {want}"),
-                ));
-            }
-        }
-        Ok(table)
     }
 
     /// Tokenizes `prompt` with the chat template (generation prompt appended), embeds it and
@@ -491,15 +321,7 @@ impl StainedGlassTransformForText {
                 ids.len()
             )));
         }
-        let vocab = self.config.base_model.vocab_size;
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::Prompt(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        let dev = self.embeddings.device();
-        let idx = Tensor::new(ids, dev)?;
-        let x = self.embeddings.index_select(&idx, 0)?.unsqueeze(0)?;
+        let x = self.embeddings.rows(ids, &self.device)?.unsqueeze(0)?;
         let attention_mask = vec![1u8; ids.len()];
         let out = self
             .cloak

@@ -77,20 +77,33 @@ impl TextTokenizer {
             path: tj.clone(),
             source: e,
         })?;
+        let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok();
+        let template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        Self::from_texts(dir, json, config.as_deref(), template)
+    }
+
+    /// The tokenizer of a folder from its files' contents, already read (and, for an
+    /// artefact, verified): `tokenizer.json`, `tokenizer_config.json` if there is one and
+    /// `chat_template.jinja` if there is one (else the config's `chat_template`). `dir` names
+    /// them in errors.
+    pub fn from_texts(
+        dir: &Path,
+        json: String,
+        config: Option<&str>,
+        template: Option<String>,
+    ) -> Result<Self> {
+        let tj = dir.join("tokenizer.json");
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s)
+        let cfg: serde_json::Value = match config {
+            Some(s) => serde_json::from_str(s)
                 .map_err(|e| Error::tokenizer(&cfg_path, format!("not valid JSON: {e}")))?,
-            Err(_) => serde_json::Value::Null,
+            None => serde_json::Value::Null,
         };
-        let jinja = dir.join("chat_template.jinja");
-        let template = match std::fs::read_to_string(&jinja) {
-            Ok(s) => Some(s),
-            Err(_) => cfg
-                .get("chat_template")
+        let template = template.or_else(|| {
+            cfg.get("chat_template")
                 .and_then(|t| t.as_str())
-                .map(str::to_string),
-        };
+                .map(str::to_string)
+        });
         let inner = tokenizers::Tokenizer::from_str(&json)
             .map_err(|e| Error::tokenizer(&tj, format!("not a valid tokenizer.json: {e}")))?;
         let probe = &inner;

@@ -100,7 +100,7 @@ pub async fn start(
         hidden_size: sgt.hidden_size(),
         max_sequence_length: sgt.max_positions(),
     };
-    let index = Arc::new(EmbeddingIndex::new(sgt.embeddings())?);
+    let index = Arc::new(EmbeddingIndex::new(sgt.embeddings()?)?);
     let art = sgt.clone();
     let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let tap = seen.clone();

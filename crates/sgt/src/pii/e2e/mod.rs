@@ -202,7 +202,7 @@ async fn pass(
     mirrored: bool,
 ) -> Result<Pass> {
     let tok = sgt.tokenizer();
-    let index = EmbeddingIndex::new(sgt.embeddings())?;
+    let index = EmbeddingIndex::new(sgt.embeddings()?)?;
     let mut p = Pass {
         mode: mode.to_string(),
         upstream: if mirrored { "mirror" } else { "model" }.into(),
