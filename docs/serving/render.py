@@ -29,6 +29,7 @@ vals = dict(
     b_proxy=bench["proxy_overhead_ms"]["rust_median"],
     b_proxy_speed=bench["proxy_overhead_ms"]["speedup_vs_torch_apply_without_http"],
     b_cold=bench["cold_start_sgt_text_apply_ms"], b_rep=bench["repeats"],
+    b_cold_max=bench["cold_start_max_ms"], b_cold_cached=bench["cold_start_cached_ms"],
     b_bf16=bench["apply_bf16_ms"]["rust_median"],
     b_bf16_speed=bench["apply_bf16_ms"]["speedup_rust_bf16_over_torch"],
     b_bf16_self=bench["apply_bf16_ms"]["speedup_bf16_over_rust_f32"],
