@@ -222,6 +222,11 @@ fn corrupt_truncated_and_mismatched_artefacts_are_refused() {
 fn rehash_weights(p: &Path, tensors: &[(String, Tensor)]) {
     let bytes = stainedglass_core::io::safetensors_bytes(tensors).expect("bytes");
     std::fs::write(p.join("model.safetensors"), &bytes).expect("write");
+    rehash_weights_bytes(p, &bytes);
+}
+
+/// Lists `bytes` (already written as the weights) as their correct hash in `config.json`.
+fn rehash_weights_bytes(p: &Path, bytes: &[u8]) {
     let c = p.join("config.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&c).expect("read")).expect("json");
@@ -282,4 +287,51 @@ fn a_batch_pads_on_the_left_and_a_batch_of_one_is_the_single_prompt() {
     assert_eq!(b.input_ids[0][pad..], one.input_ids[..]);
     assert!(b.attention_mask[1].iter().all(|&m| m == 1));
     assert!(t.apply_batch(&[], &mut NoiseRng::seeded(0)).is_err());
+}
+
+/// Damaged weight files whose hash is then listed as correct, so that the parser and the
+/// checks, not the hash, must catch them: a changed safetensors header (its length, a byte of
+/// its JSON: offsets, shapes, dtypes), a truncation, a grown tail. Loading must give an
+/// artefact or an error, never a panic; a loaded one must still apply.
+#[test]
+fn rehashed_damaged_weight_files_load_or_fail_cleanly() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let (_d, p) = saved();
+    let w = p.join("model.safetensors");
+    let good = std::fs::read(&w).expect("read");
+    let cfg = std::fs::read(p.join("config.json")).expect("config");
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().expect("8 bytes")) as usize;
+    let damage = prop_oneof![
+        // A byte of the header (its length or its JSON) set to anything.
+        (0..header, any::<u8>()).prop_map(|(i, b)| (0usize, i, b)),
+        // Cut anywhere.
+        (0..good.len()).prop_map(|i| (1usize, i, 0u8)),
+        // Bytes appended.
+        (1..4096usize, any::<u8>()).prop_map(|(n, b)| (2usize, n, b)),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&damage, |(kind, i, b)| {
+            let mut bytes = good.clone();
+            match kind {
+                0 => bytes[i] = b,
+                1 => bytes.truncate(i),
+                _ => bytes.extend(std::iter::repeat_n(b, i)),
+            }
+            std::fs::write(&w, &bytes).expect("write");
+            std::fs::write(p.join("config.json"), &cfg).expect("config");
+            rehash_weights_bytes(&p, &bytes);
+            if let Ok(sgt) = load(&p) {
+                let mut rng = NoiseRng::seeded(3);
+                sgt.apply(&prompt(), &mut rng)
+                    .expect("a loaded artefact applies");
+            }
+            Ok(())
+        })
+        .expect("damaged weights");
 }
