@@ -231,7 +231,7 @@ fn rehash_weights_bytes(p: &Path, bytes: &[u8]) {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&c).expect("read")).expect("json");
     use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(&bytes)
+    let hex: String = sha2::Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
