@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving a bf16 Hugging Face folder as stored (two bytes a weight, widened to f32 exactly), side
 # by side in one run, alternating: Rust f32 (the same folder loaded in f32: the same numbers),
-# Rust bf16 as stored (`sgt bench llm --stored --activations f32`), and transformers (PyTorch
+# Rust bf16 as stored (`sgt bench llm --stored --activations f32`), the same with a bf16 prefill
+# (`--activations bf16`: activations rounded to bf16, AVX-512 BF16 products), and transformers (PyTorch
 # eager) on the same folder in bf16. The folder is the bundled SmolLM2 written by
 # `sgt convert-hf --dtype bf16`. Prints the JSON lines, then the medians and each round's ratios
 # (Rust bf16 / peer; > 1 means Rust is faster; memory as peak RSS over the f32 weight size).
@@ -16,13 +17,15 @@ REPEATS=${REPEATS:-3}
 for i in $(seq "$REPEATS"); do
   target/release/sgt bench llm --model "$HF" --train-steps 1 "$@"
   target/release/sgt bench llm --model "$HF" --stored --activations f32 "$@"
+  target/release/sgt bench llm --model "$HF" --stored --activations bf16 "$@"
   "$PY" bench/llm_torch.py --hf-dir "$HF" --dtype bfloat16 "$@" 2>/dev/null
 done | tee /tmp/sgt-bench-half.jsonl
 python3 - <<'PY'
 import json, statistics
 rows = [json.loads(l) for l in open("/tmp/sgt-bench-half.jsonl")]
 f32 = [r for r in rows if r["impl"] == "rust-candle"]
-half = [r for r in rows if r["impl"].startswith("rust-stored")]
+half = [r for r in rows if r["impl"] == "rust-stored-f32"]
+act = [r for r in rows if r["impl"] == "rust-stored-bf16"]
 torch = [r for r in rows if r["impl"].startswith("torch")]
 out = {"storage": half[0]["storage"], "torch": torch[0]["impl"] if torch else None, "repeats": len(half)}
 med = lambda a, k: round(statistics.median(x[k] for x in a), 1)
@@ -35,6 +38,16 @@ for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
                   "ratio_rust_over_torch": round(med(half, k) / med(torch, k), 3),
                   "pair_ratios_torch": [round(a[k] / b[k], 3) for a, b in zip(half, torch)]})
     out[k] = q
+if act:
+    # `--activations bf16`: prefill with the activations rounded to bf16 (decoding as f32).
+    k = "prefill_tokens_per_s"
+    out["prefill_bf16_activations"] = {
+        "rust_median": med(act, k), "ratio_over_rust_exact": round(med(act, k) / med(half, k), 3),
+        "pair_ratios_exact": [round(a[k] / b[k], 3) for a, b in zip(act, half)]}
+    if torch:
+        out["prefill_bf16_activations"].update({
+            "ratio_rust_over_torch": round(med(act, k) / med(torch, k), 3),
+            "pair_ratios_torch": [round(a[k] / b[k], 3) for a, b in zip(act, torch)]})
 w = half[0]["weights_f32_mb"]
 out["decode_peak_rss_over_f32_weights"] = {
     "rust_bf16": round(max(x["decode_peak_rss_mb"] for x in half) / w, 3),

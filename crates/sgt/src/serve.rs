@@ -83,8 +83,9 @@ pub struct ServeArgs {
     /// With `--weights stored`: `f32` (the f32 model's numbers bit for bit: the replies an SGT
     /// was trained and measured with) or `int8` (activations quantized to 8 bits for decoding,
     /// llama.cpp's numerics: about twice as fast; greedy replies may differ where the model's top
-    /// two tokens are close).
-    #[arg(long, default_value = "f32", value_parser = ["int8", "f32"])]
+    /// two tokens are close) or `bf16` (for a bf16 folder: prefill with activations rounded to
+    /// bf16 on the AVX-512 BF16 kernel, as PyTorch's bf16; decoding as `f32`).
+    #[arg(long, default_value = "f32", value_parser = ["int8", "f32", "bf16"])]
     pub activations: String,
 }
 
@@ -93,11 +94,7 @@ fn load_served(a: &ServeArgs, path: &std::path::Path) -> Result<Llama> {
     if a.weights == "f32" {
         return a.model.load_model();
     }
-    let act = if a.activations == "f32" {
-        Activations::F32
-    } else {
-        Activations::Int8
-    };
+    let act: Activations = a.activations.parse().map_err(anyhow::Error::msg)?;
     Llama::load_stored_with(path, &candle_core::Device::Cpu, act)
         .with_context(|| format!("loading the model from {}", path.display()))
 }

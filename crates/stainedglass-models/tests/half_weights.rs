@@ -84,6 +84,67 @@ fn f16_qwen2_folder_is_the_f32_model_of_its_weights_at_half_the_bytes() {
     check("qwen2", DType::F16, "F16 ×");
 }
 
+/// Logits of a `prefill`-token prefill, then of 3 tokens decoded one at a time.
+fn logits_after(m: &Llama, prefill: usize) -> Vec<Vec<f32>> {
+    let v = m.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..prefill as u32 + 3).map(|i| (i * 7 + 3) % v).collect();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("ids");
+    let x = m.embed(&ids).expect("embed");
+    let mut cache = KvCache::new(m.config().num_layers, 1);
+    let steps = [
+        (0, prefill),
+        (prefill, 1),
+        (prefill + 1, 1),
+        (prefill + 2, 1),
+    ];
+    let pass = |(start, len): (usize, usize), cache: &mut KvCache| {
+        m.forward_cached(&x.narrow(1, start, len).expect("part"), None, cache)
+            .and_then(|l| Ok(l.flatten_all()?.to_vec1::<f32>()?))
+            .expect("cached pass")
+    };
+    steps.into_iter().map(|s| pass(s, &mut cache)).collect()
+}
+
+/// `--activations bf16`: a prefill of at least `BF16_MIN_ROWS` tokens runs the bf16 kernel
+/// (logits within bf16's precision of the f32 model's, and not equal to them: the kernel ran);
+/// a shorter prefill and its decoding stay the f32 model's bit for bit.
+#[test]
+fn bf16_activations_prefill_in_bf16_and_decode_exactly() {
+    let min = stainedglass_models::llm::BF16_MIN_ROWS;
+    let dir = converted("llama3", DType::BF16);
+    let f32_model = Llama::load(dir.path(), &Device::Cpu).expect("f32 load");
+    let q = Llama::load_stored_with(dir.path(), &Device::Cpu, Activations::Bf16).expect("load");
+    let max_diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    for (a, b) in logits_after(&q, min - 1)
+        .iter()
+        .zip(logits_after(&f32_model, min - 1))
+    {
+        assert_eq!(
+            max_diff(a, &b),
+            0.0,
+            "below {min} rows the products stay exact"
+        );
+    }
+    for (i, (a, b)) in logits_after(&q, min + 8)
+        .iter()
+        .zip(logits_after(&f32_model, min + 8))
+        .enumerate()
+    {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max_diff(a, &b);
+        assert!(
+            d <= 0.05 * scale,
+            "pass {i}: logits differ by {d} (scale {scale})"
+        );
+        if i == 0 {
+            assert!(d > 0.0, "a {}-token prefill must run in bf16", min + 8);
+        }
+    }
+}
+
 /// An f32 folder loads as the f32 model (nothing smaller to keep).
 #[test]
 fn f32_folder_loads_as_the_f32_model() {

@@ -39,9 +39,9 @@ pub struct LlmBenchArgs {
     /// prefill and decode only (no training step: stored weights run inference only).
     #[arg(long)]
     pub stored: bool,
-    /// With --stored: `int8` (8-bit activations, llama.cpp's numerics) or `f32` (the f32
-    /// model's numbers bit for bit).
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    /// With --stored: `int8` (8-bit activations, llama.cpp's numerics), `f32` (the f32
+    /// model's numbers bit for bit) or `bf16` (a bf16 folder's prefill in bf16).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32", "bf16"])]
     pub activations: String,
     /// Also decode this many prompts together (one batch, one KV cache) and report the batch's
     /// tokens/s (`decode_batch_tokens_per_s`); 0 or 1 = skip.
@@ -114,10 +114,7 @@ fn f32_weight_mb(cfg: &stainedglass_models::llm::LlamaConfig) -> f64 {
 pub fn llm(a: LlmBenchArgs) -> Result<()> {
     let dev = Device::Cpu;
     let model = if a.stored {
-        let act = match a.activations.as_str() {
-            "f32" => Activations::F32,
-            _ => Activations::Int8,
-        };
+        let act: Activations = a.activations.parse().map_err(anyhow::Error::msg)?;
         let p = a.model.model_path()?;
         Llama::load_stored_with(&p, &dev, act)
             .with_context(|| format!("loading {} as stored", p.display()))?

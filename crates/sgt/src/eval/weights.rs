@@ -37,8 +37,9 @@ pub struct EvalWeightsArgs {
     #[arg(long, default_value_t = 24)]
     pub answer_tokens: usize,
     /// The stored model's activations: `int8` (8-bit decoding, what `sgt serve --activations
-    /// int8` runs) or `f32` (equal to the f32 model bit for bit, by construction).
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    /// int8` runs), `f32` (equal to the f32 model bit for bit, by construction) or `bf16`
+    /// (a bf16 folder's prefill in bf16).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32", "bf16"])]
     pub activations: String,
     /// Seed of the SGT's noise (the same on both models).
     #[arg(long, default_value_t = 20_261_203)]
@@ -55,11 +56,7 @@ pub fn run(a: EvalWeightsArgs) -> Result<()> {
     let path = margs.model_path()?;
     let tok = Arc::new(margs.load_tokenizer()?);
     let f32_model = margs.load_model()?;
-    let act = if a.activations == "f32" {
-        Activations::F32
-    } else {
-        Activations::Int8
-    };
+    let act: Activations = a.activations.parse().map_err(anyhow::Error::msg)?;
     let stored = Llama::load_stored_with(&path, &candle_core::Device::Cpu, act)
         .with_context(|| format!("loading {} with its weights as stored", path.display()))?;
     if !stored.is_stored() {

@@ -32,7 +32,7 @@ pub use backend::blas::{
 };
 pub use backend::ops::Linear;
 pub use backend::packed::set_prepack_budget_mb;
-pub use backend::quant::{Activations, Isa as QuantIsa, QMatrix};
+pub use backend::quant::{Activations, Isa as QuantIsa, QMatrix, BF16_MIN_ROWS};
 pub use config::LlamaConfig;
 pub use continuous::{Finished, PrefixStats, RowRequest, RunningBatch};
 pub use generate::{FinishReason, Generation, Prompt, Sampler, SamplingParams};

@@ -3,7 +3,9 @@
 //! AVX-512 BF16's `vdpbf16ps`. Not the f32 model's numbers: each input keeps 8 significant
 //! bits, so a product carries a relative error of about 2⁻⁸ per term (the dot products about
 //! 0.1–0.5% of their scale); the callers that use it say when that is acceptable (the client
-//! transform with `Precision::Bf16`, checked against its f32 path).
+//! transform with `Precision::Bf16`, checked against its f32 path; a bf16 folder's prefill with
+//! `Activations::Bf16`, [`product_bf16_rows`], which packs the stored rows panel by panel as it
+//! goes instead of keeping [`Bf16Panels`]).
 //!
 //! Our own kernel, not the BLAS: oneMKL's `cblas_gemm_bf16bf16f32` runs at its f32 speed on an
 //! AVX-512 BF16 CPU without AMX (`bench/blas_bf16.c`: 90–92 vs 94–97 GFLOP/s on one Zen 4
@@ -129,81 +131,214 @@ impl Bf16Panels {
             self.rows,
             self.cols
         );
-        let xb = self.pack_inputs(x, m);
+        let xb = pack_inputs(x, m, self.cols, self.pairs);
         let panels = self.rows.div_ceil(NR);
         let chunks = m.div_ceil(ROWS_PER_TASK);
         let out_ptr = OutPtr(out.as_mut_ptr());
         (0..panels * chunks).into_par_iter().for_each(|task| {
             let (j, c) = (task % panels, task / panels);
-            let panel = self.panel(j);
-            let cols = NR.min(self.rows - j * NR);
-            let mut r0 = c * ROWS_PER_TASK;
-            let end = m.min(r0 + ROWS_PER_TASK);
-            while r0 < end {
-                let rows = MR.min(end - r0);
-                let mut acc = [[0f32; NR]; MR];
-                let xs = &xb[r0 * self.pairs..(r0 + MR) * self.pairs];
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (the caller checked);
-                    // `xs` holds a block of MR rows and `panel` `pairs × NR` lanes.
-                    unsafe { x86::block(xs, panel, self.pairs, &mut acc) };
-                } else {
-                    block_portable(xs, rows, panel, self.pairs, &mut acc);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = fast;
-                    block_portable(xs, rows, panel, self.pairs, &mut acc);
-                }
-                for (i, a) in acc.iter().enumerate().take(rows) {
-                    // SAFETY: columns j·NR.. j·NR + cols of row r0 + i of `out` belong to this
-                    // task alone; `out` is `m × rows` (checked above).
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.at((r0 + i) * self.rows + j * NR),
-                            cols,
-                        )
-                    };
-                    if accumulate {
-                        dst.iter_mut().zip(a).for_each(|(o, v)| *o += v);
-                    } else {
-                        dst.copy_from_slice(&a[..cols]);
-                    }
-                }
-                r0 += rows;
-            }
+            let start = c * ROWS_PER_TASK;
+            let dst = Dst {
+                ptr: &out_ptr,
+                ld: self.rows,
+                col0: j * NR,
+                cols: NR.min(self.rows - j * NR),
+                accumulate,
+            };
+            let end = m.min(start + ROWS_PER_TASK);
+            run_panel(&xb, self.pairs, self.panel(j), start..end, &dst, fast);
         });
     }
+}
 
-    /// `x` rounded to bf16, as pairs in blocks of [`MR`] rows (`[block][pair][row]`; zero
-    /// past the end of a row and in the last block's missing rows).
-    fn pack_inputs(&self, x: &[f32], m: usize) -> Vec<u32> {
-        let (k, pairs) = (self.cols, self.pairs);
-        let mut xb = vec![0u32; m.div_ceil(MR) * MR * pairs];
-        xb.par_chunks_mut((MR * pairs).max(1))
-            .zip(x.par_chunks((MR * k).max(1)))
-            .for_each(|(dst, rows)| {
-                let mut tmp = vec![0u32; pairs];
-                for (i, row) in rows.chunks_exact(k.max(1)).enumerate() {
-                    let mut done = 0;
-                    #[cfg(target_arch = "x86_64")]
-                    if avx512_bf16() {
-                        // SAFETY: the CPU has AVX-512F and AVX-512 BF16.
-                        done = unsafe { x86::round_pairs(row, &mut tmp) };
-                    }
-                    for p in done..pairs {
-                        let lo = to_bf16_bits(row[2 * p]);
-                        let hi = row.get(2 * p + 1).map_or(0, |&v| to_bf16_bits(v));
-                        tmp[p] = lo | (hi << 16);
-                    }
-                    for (p, &v) in tmp.iter().enumerate() {
-                        dst[p * MR + i] = v;
-                    }
-                }
-            });
-        xb
+/// Where a panel's results go: columns `col0..col0 + cols` of rows `ld` apart.
+struct Dst<'a> {
+    ptr: &'a OutPtr,
+    ld: usize,
+    col0: usize,
+    cols: usize,
+    accumulate: bool,
+}
+
+/// Input rows `rows` (packed in `xb`) against one panel, written to `dst`.
+fn run_panel(
+    xb: &[u32],
+    pairs: usize,
+    panel: &[u32],
+    rows: std::ops::Range<usize>,
+    dst: &Dst<'_>,
+    fast: bool,
+) {
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let n = MR.min(rows.end - r0);
+        let mut acc = [[0f32; NR]; MR];
+        let xs = &xb[r0 * pairs..(r0 + MR) * pairs];
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (the caller checked); `xs`
+            // holds a block of MR rows and `panel` `pairs × NR` lanes.
+            unsafe { x86::block(xs, panel, pairs, &mut acc) };
+        } else {
+            block_portable(xs, n, panel, pairs, &mut acc);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = fast;
+            block_portable(xs, n, panel, pairs, &mut acc);
+        }
+        for (i, a) in acc.iter().enumerate().take(n) {
+            // SAFETY: columns col0.. col0 + cols of row r0 + i belong to this panel's task
+            // alone; the callers checked that `out` holds them.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(dst.ptr.at((r0 + i) * dst.ld + dst.col0), dst.cols)
+            };
+            if dst.accumulate {
+                out.iter_mut().zip(a).for_each(|(o, v)| *o += v);
+            } else {
+                out.copy_from_slice(&a[..dst.cols]);
+            }
+        }
+        r0 += n;
     }
+}
+
+thread_local! {
+    static PANEL: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[i, col0 + r] = bf16(x[i]) · W[r]` (added when `accumulate`) for a matrix stored as bf16
+/// bits, row-major (`vals`: `rows × cols`), as it lies: each task packs one panel of [`NR`]
+/// rows (a plain interleave: bf16 pairs are already 32-bit words) and runs every input row
+/// against it, so a panel is packed once per call. `out`'s rows are `ld` apart. For prefill:
+/// the packing is cheap against `m` input rows, not against one.
+///
+/// # Panics
+/// If the slices do not hold the shapes given.
+#[allow(clippy::too_many_arguments)] // one product's shapes; grouping them would only rename
+pub(crate) fn product_bf16_rows(
+    vals: &[u16],
+    (rows, cols): (usize, usize),
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    (ld, col0): (usize, usize),
+    accumulate: bool,
+) {
+    assert!(
+        vals.len() == rows * cols
+            && x.len() == m * cols
+            && col0 + rows <= ld
+            && out.len() >= m * ld,
+        "bf16 rows product: {} weights for {rows} × {cols}, {} inputs for {m} rows, \
+         columns {col0}..{} of {} outputs {ld} apart",
+        vals.len(),
+        x.len(),
+        col0 + rows,
+        out.len()
+    );
+    let pairs = cols.div_ceil(2);
+    let xb = pack_inputs(x, m, cols, pairs);
+    let fast = avx512_bf16();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(NR)).into_par_iter().for_each(|j| {
+        PANEL.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            buf.resize(pairs * NR + 15, 0);
+            let off = buf.as_ptr().align_offset(64).min(15);
+            let panel = &mut buf[off..off + pairs * NR];
+            let nr = NR.min(rows - j * NR);
+            pack_panel(&vals[j * NR * cols..(j * NR + nr) * cols], nr, cols, panel);
+            let dst = Dst {
+                ptr: &out_ptr,
+                ld,
+                col0: col0 + j * NR,
+                cols: nr,
+                accumulate,
+            };
+            run_panel(&xb, pairs, panel, 0..m, &dst, fast);
+        })
+    });
+}
+
+/// `nr` rows of bf16 bits (`rows`: `nr × cols`, row-major) as one panel (`[pair][row]`, rows
+/// past `nr` zero). A pair of bf16 values is one little-endian 32-bit word of the row, so with
+/// an even `cols` on a 4-byte boundary each row is read as words, one word of every row per
+/// pair (the panel written in order); else pair by pair from the 16-bit values.
+fn pack_panel(rows: &[u16], nr: usize, cols: usize, panel: &mut [u32]) {
+    let pairs = cols.div_ceil(2);
+    // SAFETY: any bit pattern is a valid u32; `align_to` only splits at alignment.
+    let (pre, words, _) = unsafe { rows.align_to::<u32>() };
+    if cfg!(target_endian = "little")
+        && cols.is_multiple_of(2)
+        && pre.is_empty()
+        && words.len() == nr * pairs
+    {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if nr == NR && avx512_bf16() {
+            // Blocks of 16 pairs of 16 rows, transposed in registers.
+            done = pairs / 16 * 16;
+            for p0 in (0..done).step_by(16) {
+                for h in [0, 16] {
+                    // SAFETY: the CPU has AVX-512F; rows h..h + 16 hold words p0..p0 + 16
+                    // (`p0 + 16 <= pairs`), and the panel pairs p0..p0 + 16 hold lanes
+                    // h..h + 16 (`panel` is `pairs × NR`).
+                    unsafe {
+                        x86::transpose16(
+                            words.as_ptr().add(h * pairs + p0),
+                            pairs,
+                            panel.as_mut_ptr().add(p0 * NR + h),
+                            NR,
+                        )
+                    };
+                }
+            }
+        }
+        for (p, dst) in panel.chunks_exact_mut(NR).enumerate().skip(done) {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = if r < nr { words[r * pairs + p] } else { 0 };
+            }
+        }
+        return;
+    }
+    panel.fill(0);
+    for r in 0..nr {
+        let row = &rows[r * cols..(r + 1) * cols];
+        for (p, two) in row.chunks(2).enumerate() {
+            let hi = two.get(1).map_or(0, |&v| u32::from(v));
+            panel[p * NR + r] = u32::from(two[0]) | (hi << 16);
+        }
+    }
+}
+
+/// `x` (`m × k`) rounded to bf16, as pairs in blocks of [`MR`] rows (`[block][pair][row]`;
+/// zero past the end of a row and in the last block's missing rows).
+fn pack_inputs(x: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u32> {
+    let mut xb = vec![0u32; m.div_ceil(MR) * MR * pairs];
+    xb.par_chunks_mut((MR * pairs).max(1))
+        .zip(x.par_chunks((MR * k).max(1)))
+        .for_each(|(dst, rows)| {
+            let mut tmp = vec![0u32; pairs];
+            for (i, row) in rows.chunks_exact(k.max(1)).enumerate() {
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if avx512_bf16() {
+                    // SAFETY: the CPU has AVX-512F and AVX-512 BF16.
+                    done = unsafe { x86::round_pairs(row, &mut tmp) };
+                }
+                for p in done..pairs {
+                    let lo = to_bf16_bits(row[2 * p]);
+                    let hi = row.get(2 * p + 1).map_or(0, |&v| to_bf16_bits(v));
+                    tmp[p] = lo | (hi << 16);
+                }
+                for (p, &v) in tmp.iter().enumerate() {
+                    dst[p * MR + i] = v;
+                }
+            }
+        });
+    xb
 }
 
 /// Whether this CPU runs the AVX-512 BF16 kernel (checked once).
@@ -237,6 +372,52 @@ fn block_portable(xs: &[u32], rows: usize, panel: &[u32], pairs: usize, acc: &mu
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// Transposes 16 × 16 words: row `i` of `src` (16 words from `src + i·ld_src`) becomes
+    /// lane `i` of the 16 words at `dst + j·ld_dst` for every `j`. Unpacks within 128-bit lanes
+    /// give each lane one column of 4 rows; two rounds of lane shuffles gather a column's four
+    /// lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the 16 source rows and 16 destination rows of 16 words exist.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16(src: *const u32, ld_src: usize, dst: *mut u32, ld_dst: usize) {
+        // SAFETY: the caller guarantees the 16 rows of 16 words on both sides.
+        unsafe {
+            let r: [__m512i; 16] =
+                std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * ld_src).cast()));
+            // u[g][c], lane k: column 4k + c of rows 4g..4g + 4.
+            let mut u = [[_mm512_setzero_si512(); 4]; 4];
+            for g in 0..4 {
+                let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+                let (t0, t1) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+                let (t2, t3) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+                u[g] = [
+                    _mm512_unpacklo_epi64(t0, t2),
+                    _mm512_unpackhi_epi64(t0, t2),
+                    _mm512_unpacklo_epi64(t1, t3),
+                    _mm512_unpackhi_epi64(t1, t3),
+                ];
+            }
+            #[allow(clippy::needless_range_loop)] // `c` picks the same column of four groups
+            for c in 0..4 {
+                // Lanes (0, 1) and (2, 3) of groups 0, 1 and of groups 2, 3.
+                let x01 = _mm512_shuffle_i32x4::<0x44>(u[0][c], u[1][c]);
+                let y01 = _mm512_shuffle_i32x4::<0xEE>(u[0][c], u[1][c]);
+                let x23 = _mm512_shuffle_i32x4::<0x44>(u[2][c], u[3][c]);
+                let y23 = _mm512_shuffle_i32x4::<0xEE>(u[2][c], u[3][c]);
+                let cols = [
+                    _mm512_shuffle_i32x4::<0x88>(x01, x23),
+                    _mm512_shuffle_i32x4::<0xDD>(x01, x23),
+                    _mm512_shuffle_i32x4::<0x88>(y01, y23),
+                    _mm512_shuffle_i32x4::<0xDD>(y01, y23),
+                ];
+                for (k, v) in cols.into_iter().enumerate() {
+                    _mm512_storeu_si512(dst.add((4 * k + c) * ld_dst).cast(), v);
+                }
+            }
+        }
+    }
 
     use super::{MR, NR};
 
@@ -348,6 +529,39 @@ mod tests {
             p.product(&x, m, &mut acc, true);
             for (a, o) in acc.iter().zip(&out) {
                 assert!((a - (o + 1.0)).abs() <= 1e-5, "accumulate: {a} vs {o} + 1");
+            }
+        }
+    }
+
+    /// bf16 rows multiplied as they lie are the packed product of the same weights, bit for
+    /// bit, written into their own columns of a wider output (the others untouched), with
+    /// tails of rows, odd columns and accumulation.
+    #[test]
+    fn rows_as_stored_are_the_packed_product_in_their_columns() {
+        for (m, n, k) in [(1, 1, 1), (13, 33, 7), (40, 70, 64), (25, 32, 129)] {
+            let w: Vec<f32> = matrix(n, k, 3)
+                .iter()
+                .map(|&v| bf16::from_f32(v).to_f32())
+                .collect();
+            let bits: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let x = matrix(m, k, 4);
+            let mut want = vec![0f32; m * n];
+            Bf16Panels::from_f32(&w, n, k).product(&x, m, &mut want, false);
+            for accumulate in [false, true] {
+                let (ld, col0) = (n + 5, 3);
+                let mut got = vec![1f32; m * ld];
+                product_bf16_rows(&bits, (n, k), &x, m, &mut got, (ld, col0), accumulate);
+                for i in 0..m {
+                    for c in 0..ld {
+                        let g = got[i * ld + c];
+                        if (col0..col0 + n).contains(&c) {
+                            let w = want[i * n + c - col0] + if accumulate { 1.0 } else { 0.0 };
+                            assert_eq!(g, w, "{m}×{n}×{k} row {i} col {c}");
+                        } else {
+                            assert_eq!(g, 1.0, "column {c} is not this matrix's");
+                        }
+                    }
+                }
             }
         }
     }

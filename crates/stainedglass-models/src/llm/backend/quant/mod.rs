@@ -34,6 +34,24 @@ pub use parse::GgufPiece;
 /// requests); more rows are a prefill.
 pub const INT8_MAX_ROWS: usize = 128;
 
+impl std::str::FromStr for Activations {
+    type Err = String;
+
+    /// `f32`, `int8` or `bf16`, as the command line names them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Activations::F32),
+            "int8" => Ok(Activations::Int8),
+            "bf16" => Ok(Activations::Bf16),
+            other => Err(format!("activations `{other}`: expected f32, int8 or bf16")),
+        }
+    }
+}
+
+/// The fewest activation rows [`Activations::Bf16`] multiplies in bf16 (a prefill: below it,
+/// decoding, the product is memory-bound and stays exact).
+pub const BF16_MIN_ROWS: usize = 32;
+
 /// Rows of one storage type inside a [`QMatrix`].
 pub(super) enum Part {
     /// Q4_0 (`m` absent: value = (nibble − 8)·d) or Q4_1 (value = nibble·d + m).
@@ -97,6 +115,11 @@ pub enum Activations {
     /// numerics): about twice as fast as [`Activations::F32`], and greedy replies may differ
     /// from the f32 model's where its top two tokens are close.
     Int8,
+    /// For bf16 rows (a bf16 safetensors folder): products of at least [`BF16_MIN_ROWS`]
+    /// rows (prefill) round the activations to bf16 and run the AVX-512 BF16 kernel with f32
+    /// accumulation, as PyTorch's bf16 does (about 0.1–0.5% of a dot product's scale off the
+    /// f32 model's); fewer rows (decoding) and other storage types as [`Activations::F32`].
+    Bf16,
     /// Kept in f32, weights dequantized on the fly and multiplied in the f32 model's order:
     /// the f32 model's numbers bit for bit (what an SGT was trained against), at a fraction of
     /// its memory.
@@ -165,6 +188,12 @@ impl QMatrix {
         if let [Part::Bf16Panels(p)] = self.parts.as_slice() {
             return p.product(x, m, out, accumulate);
         }
+        if self.activations == Activations::Bf16
+            && m >= BF16_MIN_ROWS
+            && self.product_bf16(x, m, out, accumulate)
+        {
+            return;
+        }
         // 16-bit float rows gain nothing from 8-bit activations: they always multiply in f32.
         let quantized = self.parts.iter().any(|p| !matches!(p, Part::Half { .. }));
         match self.activations {
@@ -173,6 +202,39 @@ impl QMatrix {
             }
             _ => self.product_f32(x, m, out, accumulate),
         }
+    }
+
+    /// The product in bf16 when every part is bf16 rows (each part its own columns of
+    /// `out`); false, with nothing written, otherwise.
+    fn product_bf16(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) -> bool {
+        let all_bf16 = self.parts.iter().all(|p| {
+            matches!(
+                p,
+                Part::Half {
+                    kind: HalfKind::Bf16,
+                    ..
+                }
+            )
+        });
+        if !all_bf16 {
+            return false;
+        }
+        let mut col0 = 0;
+        for p in &self.parts {
+            if let Part::Half { rows, vals, .. } = p {
+                bf16_gemm::product_bf16_rows(
+                    vals,
+                    (*rows, self.cols),
+                    x,
+                    m,
+                    out,
+                    (self.rows, col0),
+                    accumulate,
+                );
+                col0 += rows;
+            }
+        }
+        true
     }
 
     /// `(rows, cols)`.
