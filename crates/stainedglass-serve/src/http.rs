@@ -120,3 +120,47 @@ pub async fn run_with(
     graceful.shutdown().await;
     Ok(())
 }
+
+/// Most bytes of a refused body read and dropped before answering 413: four times the limit,
+/// at most 64 MiB.
+const DRAIN_MAX: u64 = 64 << 20;
+/// Longest a refused body is read for.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Answers a request whose `Content-Length` is over `limit` with 413 itself, after reading and
+/// dropping its body (streamed, never held) when it is at most four times the limit: a client
+/// that writes its whole body before reading, as most do, then reads the 413 instead of a reset
+/// connection (the server closing while it still writes). A larger or slower body is cut off
+/// as before. Other requests go on to the router, whose body limit still applies to bodies
+/// sent without a length.
+pub(crate) async fn refuse_oversize(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let Some(n) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(req).await;
+    };
+    let cap = (limit as u64).saturating_mul(4).min(DRAIN_MAX);
+    if n <= cap {
+        let mut body = req.into_body().into_data_stream();
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut seen = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                seen += chunk.len() as u64;
+                if seen > cap {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    crate::error::ApiError::BodyTooLarge { limit }.into_response()
+}

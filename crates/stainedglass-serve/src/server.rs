@@ -190,6 +190,9 @@ pub fn router(state: Arc<ServerState>) -> Router {
             ApiError::NotFound("no such route; see /health, /v1/model, /v1/generate".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::http::refuse_oversize(limit, req, next)
+        }))
         .with_state(state)
 }
 

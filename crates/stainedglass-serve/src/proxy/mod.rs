@@ -216,6 +216,9 @@ pub fn router(state: Arc<ProxyState>) -> Router {
             ApiError::NotFound("no such route; see /v1/chat/completions and /v1/models".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::http::refuse_oversize(limit, req, next)
+        }))
         .layer(axum::middleware::from_fn_with_state(
             rules,
             access::middleware,
