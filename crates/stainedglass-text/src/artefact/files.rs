@@ -9,6 +9,15 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// Feeds `vals` to `hasher` as f32 little-endian bytes, through `buf` (reused between calls).
+pub(crate) fn update_f32_le(hasher: &mut Sha256, vals: &[f32], buf: &mut Vec<u8>) {
+    buf.clear();
+    for x in vals {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    hasher.update(&buf);
+}
+
 /// Lower-case hexadecimal of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -82,11 +82,7 @@ pub fn embedding_sha256(table: &Tensor) -> Result<String> {
         // Little-endian bytes in 64 KiB blocks: no copy of the whole table.
         let mut buf = Vec::with_capacity(1 << 16);
         for chunk in v.chunks(1 << 14) {
-            buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            hasher.update(&buf);
+            files::update_f32_le(&mut hasher, chunk, &mut buf);
         }
     };
     let (storage, layout) = t.storage_and_layout();
@@ -110,11 +106,7 @@ pub fn model_embedding_sha256(model: &stainedglass_models::llm::Llama) -> Result
     let mut buf = Vec::with_capacity(hidden * 4);
     for id in 0..vocab {
         model.embedding_row(id, &mut row)?;
-        buf.clear();
-        for x in &row {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        hasher.update(&buf);
+        files::update_f32_le(&mut hasher, &row, &mut buf);
     }
     Ok(files::hex(&hasher.finalize()))
 }

@@ -20,12 +20,29 @@ use super::EmbeddingDtype;
 enum Source {
     /// Built in memory (a freshly packaged artefact): `(vocab, hidden)` f32.
     Owned(Tensor),
-    /// Little-endian f32 or f16 values, row-major, at `offset` in a file's memory map.
-    Mapped {
-        map: Arc<memmap2::Mmap>,
-        offset: usize,
-        dtype: EmbeddingDtype,
-    },
+    Mapped(Mapped),
+}
+
+/// Little-endian f32 or f16 values, row-major, at `offset` in a file's memory map.
+struct Mapped {
+    map: Arc<memmap2::Mmap>,
+    offset: usize,
+    dtype: EmbeddingDtype,
+    hidden: usize,
+}
+
+impl Mapped {
+    /// Row `id`'s stored bytes. `id < vocab` is the caller's to check.
+    fn row_bytes(&self, id: usize) -> &[u8] {
+        let len = self.hidden * width(self.dtype);
+        let start = self.offset + id * len;
+        &self.map[start..start + len]
+    }
+
+    /// Row `id` as f32, appended to `out`.
+    fn push_row(&self, id: usize, out: &mut Vec<f32>) {
+        widen(self.row_bytes(id), self.dtype, out);
+    }
 }
 
 /// The `(vocab, hidden)` input-embedding table, read as f32.
@@ -69,25 +86,16 @@ impl EmbeddingTable {
             )));
         }
         Ok(Self {
-            source: Source::Mapped { map, offset, dtype },
+            source: Source::Mapped(Mapped {
+                map,
+                offset,
+                dtype,
+                hidden,
+            }),
             vocab,
             hidden,
             full: OnceLock::new(),
         })
-    }
-
-    /// Row `id` as f32, appended to `out`. `id < vocab` is the caller's to check.
-    fn push_row(&self, id: usize, out: &mut Vec<f32>) -> Result<()> {
-        match &self.source {
-            Source::Owned(t) => out.extend(t.get(id)?.to_vec1::<f32>()?),
-            Source::Mapped { map, offset, dtype } => {
-                let w = width(*dtype);
-                let start = offset + id * self.hidden * w;
-                let bytes = &map[start..start + self.hidden * w];
-                widen(bytes, *dtype, out);
-            }
-        }
-        Ok(())
     }
 
     /// The rows `ids` as a `(ids.len(), hidden)` f32 tensor on `device`.
@@ -98,12 +106,13 @@ impl EmbeddingTable {
                 self.vocab
             )));
         }
-        if let Source::Owned(t) = &self.source {
-            return Ok(t.index_select(&Tensor::new(ids, t.device())?, 0)?);
-        }
+        let m = match &self.source {
+            Source::Owned(t) => return Ok(t.index_select(&Tensor::new(ids, t.device())?, 0)?),
+            Source::Mapped(m) => m,
+        };
         let mut out = Vec::with_capacity(ids.len() * self.hidden);
         for &id in ids {
-            self.push_row(id as usize, &mut out)?;
+            m.push_row(id as usize, &mut out);
         }
         Ok(Tensor::from_vec(out, (ids.len(), self.hidden), device)?)
     }
@@ -116,10 +125,10 @@ impl EmbeddingTable {
         }
         let t = match &self.source {
             Source::Owned(t) => t.clone(),
-            Source::Mapped { .. } => {
+            Source::Mapped(m) => {
                 let mut out = Vec::with_capacity(self.vocab * self.hidden);
                 for id in 0..self.vocab {
-                    self.push_row(id, &mut out)?;
+                    m.push_row(id, &mut out);
                 }
                 Tensor::from_vec(out, (self.vocab, self.hidden), &Device::Cpu)?
             }
@@ -130,36 +139,33 @@ impl EmbeddingTable {
     /// One pass over the table: the number of NaN or infinite values, and the sha256 (hex) of
     /// the table as f32 little-endian, row-major (`embedding_sha256`'s definition).
     pub(crate) fn check(&self) -> Result<(usize, String)> {
+        let m = match &self.source {
+            Source::Owned(t) => {
+                let vals = t.flatten_all()?.to_vec1::<f32>()?;
+                let bad = vals.iter().filter(|x| !x.is_finite()).count();
+                return Ok((bad, super::embedding_sha256(t)?));
+            }
+            Source::Mapped(m) => m,
+        };
         let mut hasher = Sha256::new();
         let mut bad = 0usize;
         let mut row = Vec::with_capacity(self.hidden);
         let mut buf = Vec::with_capacity(self.hidden * 4);
         for id in 0..self.vocab {
-            row.clear();
-            match &self.source {
+            if m.dtype == EmbeddingDtype::F32 {
                 // f32 rows are hashed as they lie; only the finiteness needs the values.
-                Source::Mapped {
-                    map,
-                    offset,
-                    dtype: EmbeddingDtype::F32,
-                } => {
-                    let start = offset + id * self.hidden * 4;
-                    let bytes = &map[start..start + self.hidden * 4];
-                    bad += bytes
-                        .chunks_exact(4)
-                        .filter(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXP32 == EXP32)
-                        .count();
-                    hasher.update(bytes);
-                    continue;
-                }
-                _ => self.push_row(id, &mut row)?,
+                let bytes = m.row_bytes(id);
+                bad += bytes
+                    .chunks_exact(4)
+                    .filter(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXP32 == EXP32)
+                    .count();
+                hasher.update(bytes);
+            } else {
+                row.clear();
+                m.push_row(id, &mut row);
+                bad += row.iter().filter(|x| !x.is_finite()).count();
+                files::update_f32_le(&mut hasher, &row, &mut buf);
             }
-            bad += row.iter().filter(|x| !x.is_finite()).count();
-            buf.clear();
-            for x in &row {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            hasher.update(&buf);
         }
         Ok((bad, files::hex(&hasher.finalize())))
     }
