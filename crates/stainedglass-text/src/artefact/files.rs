@@ -1,12 +1,50 @@
-//! Hashing and the atomic write of a whole artefact directory.
+//! Hashing (files, embedding tables) and the atomic write of a whole artefact directory.
 
 use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// sha256 (hex) of a `(vocab, hidden)` table as f32 little-endian, row-major.
+pub fn embedding_sha256(table: &Tensor) -> Result<String> {
+    use candle_core::{CpuStorage, Storage};
+    let t = table.to_dtype(DType::F32)?.contiguous()?;
+    let mut hasher = Sha256::new();
+    let mut feed = |v: &[f32]| {
+        // Little-endian bytes in 64 KiB blocks: no copy of the whole table.
+        let mut buf = Vec::with_capacity(1 << 16);
+        for chunk in v.chunks(1 << 14) {
+            update_f32_le(&mut hasher, chunk, &mut buf);
+        }
+    };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => feed(&v[a..b]),
+        _ => {
+            drop(storage);
+            feed(&t.flatten_all()?.to_vec1::<f32>()?)
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// [`embedding_sha256`] of a model's input-embedding table, read one row at a time (a model
+/// with stored weights never makes the whole f32 table for it).
+pub fn model_embedding_sha256(model: &stainedglass_models::llm::Llama) -> Result<String> {
+    let (vocab, hidden) = (model.config().vocab_size, model.config().hidden_size);
+    let mut hasher = Sha256::new();
+    let mut row = vec![0f32; hidden];
+    let mut buf = Vec::with_capacity(hidden * 4);
+    for id in 0..vocab {
+        model.embedding_row(id, &mut row)?;
+        update_f32_le(&mut hasher, &row, &mut buf);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Feeds `vals` to `hasher` as f32 little-endian bytes, through `buf` (reused between calls).

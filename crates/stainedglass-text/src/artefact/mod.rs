@@ -17,6 +17,7 @@ mod table;
 
 pub use batch::TransformedBatch;
 pub use config::{ArtefactConfig, EmbeddingDtype, NoiseMaskPolicy};
+pub use files::{embedding_sha256, model_embedding_sha256};
 
 use crate::error::{Error, Result};
 use crate::prompt::PromptInput;
@@ -70,45 +71,6 @@ impl std::fmt::Debug for StainedGlassTransformForText {
             .field("embedding_dtype", &self.config.embedding_dtype)
             .finish_non_exhaustive()
     }
-}
-
-/// sha256 (hex) of a `(vocab, hidden)` table as f32 little-endian, row-major.
-pub fn embedding_sha256(table: &Tensor) -> Result<String> {
-    use candle_core::{CpuStorage, Storage};
-    use sha2::{Digest, Sha256};
-    let t = table.to_dtype(DType::F32)?.contiguous()?;
-    let mut hasher = Sha256::new();
-    let mut feed = |v: &[f32]| {
-        // Little-endian bytes in 64 KiB blocks: no copy of the whole table.
-        let mut buf = Vec::with_capacity(1 << 16);
-        for chunk in v.chunks(1 << 14) {
-            files::update_f32_le(&mut hasher, chunk, &mut buf);
-        }
-    };
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => feed(&v[a..b]),
-        _ => {
-            drop(storage);
-            feed(&t.flatten_all()?.to_vec1::<f32>()?)
-        }
-    }
-    Ok(files::hex(&hasher.finalize()))
-}
-
-/// [`embedding_sha256`] of a model's input-embedding table, read one row at a time (a model
-/// with stored weights never makes the whole f32 table for it).
-pub fn model_embedding_sha256(model: &stainedglass_models::llm::Llama) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let (vocab, hidden) = (model.config().vocab_size, model.config().hidden_size);
-    let mut hasher = Sha256::new();
-    let mut row = vec![0f32; hidden];
-    let mut buf = Vec::with_capacity(hidden * 4);
-    for id in 0..vocab {
-        model.embedding_row(id, &mut row)?;
-        files::update_f32_le(&mut hasher, &row, &mut buf);
-    }
-    Ok(files::hex(&hasher.finalize()))
 }
 
 fn wrapper_options(policy: NoiseMaskPolicy) -> WrapperOptions {

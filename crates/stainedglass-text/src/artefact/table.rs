@@ -143,7 +143,7 @@ impl EmbeddingTable {
             Source::Owned(t) => {
                 let vals = t.flatten_all()?.to_vec1::<f32>()?;
                 let bad = vals.iter().filter(|x| !x.is_finite()).count();
-                return Ok((bad, super::embedding_sha256(t)?));
+                return Ok((bad, files::embedding_sha256(t)?));
             }
             Source::Mapped(m) => m,
         };
