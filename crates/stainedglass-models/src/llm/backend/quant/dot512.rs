@@ -25,6 +25,8 @@
 
 use super::act::QK;
 use super::dot::{ActRow, Isa, Q4Offset};
+#[cfg(target_arch = "x86_64")]
+use super::tile16::rows4;
 
 /// The most activation rows one pass over the weights takes.
 pub const M_MAX: usize = 8;
@@ -202,18 +204,6 @@ unsafe fn lane_sums<const M: usize>(acc: &[std::arch::x86_64::__m512; M]) -> [[f
     out
 }
 
-/// The 16 bytes at `p + r·stride` in lane `r`, for the 4 rows.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn rows4(p: *const u8, stride: usize) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    let v = _mm512_castsi128_si512(_mm_loadu_si128(p.cast()));
-    let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p.add(stride).cast()));
-    let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p.add(2 * stride).cast()));
-    _mm512_inserti32x4::<3>(v, _mm_loadu_si128(p.add(3 * stride).cast()))
-}
-
 /// `p[r·stride]` for the 4 rows, each broadcast over its 128-bit lane.
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -231,6 +221,7 @@ mod tests {
     use super::*;
     use crate::llm::backend::quant::act::ActQ8;
     use crate::llm::backend::quant::dot::{q4_portable, q8_portable};
+    use crate::llm::backend::quant::tile16;
 
     /// Every tile and activation-row count against the reference, Q4_0 and Q4_1 offsets, with
     /// nibbles 0 and 15 and activations ±127 included.
@@ -240,7 +231,7 @@ mod tests {
             eprintln!("no AVX-512 VNNI on this CPU: the 512-bit kernel is not tested here");
             return;
         }
-        let (nb, rows) = (7, 9);
+        let (nb, rows) = (7, 39);
         let qs: Vec<u8> = (0..rows * nb * 16)
             .map(|i| ((i * 97 + 13) % 256) as u8)
             .collect();
@@ -270,6 +261,28 @@ mod tests {
             let mut got = vec![[f32::NAN; M]; rows];
             let done = q4_tiles::<M>((qs, d), o, &x, rows, &mut |t, r, v| got[r][t] = v);
             assert_eq!(done, rows / 4 * 4);
+            // The tiles of 16 weight rows (`tile16.rs`) agree with these, to the f32 order.
+            let mut wide = vec![[f32::NAN; M]; rows];
+            let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
+                for (r, &val) in v.iter().enumerate() {
+                    wide[j + r][t] = val;
+                }
+            };
+            // SAFETY: the features are checked by the caller.
+            let done16 = unsafe { tile16::q4_tiles16((qs, d), o, &x, rows, &mut put) };
+            assert_eq!(done16, rows / 16 * 16);
+            for (r, (g, w)) in got.iter().zip(&wide).enumerate() {
+                for (a, b) in g.iter().zip(w) {
+                    if r < done16 {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                            "M={M}: {a} vs {b}"
+                        );
+                    } else {
+                        assert!(b.is_nan(), "tile16 wrote row {r} past its tiles");
+                    }
+                }
+            }
             for (r, g) in got.iter().enumerate().take(done) {
                 for (t, a) in x.iter().enumerate() {
                     let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * a.s[b]).sum();
@@ -298,7 +311,8 @@ mod tests {
             run::<1>(&act, w, o, rows);
             run::<3>(&act, w, o, rows);
             run::<4>(&act, w, o, rows);
-            run::<8>(&act, w, o, 8);
+            run::<8>(&act, w, o, 20);
+            run::<2>(&act, w, o, 16);
             run::<5>(&act, w, o, 3);
         }
         let q8: Vec<i8> = (0..rows * nb * 32)
@@ -332,23 +346,22 @@ mod tests {
         run8::<8>(&act, (&q8, &d), 4);
     }
 
-    /// One thread, 3072 Q4_1 rows of 576 (the bundled model's fused gate|up) times 16
-    /// activation rows: this kernel against `dot.rs`'s 256-bit tiles, alternating (`cargo test
-    /// --release -p stainedglass-models dot512_speed -- --ignored --nocapture`): a
-    /// measurement, not a check.
+    /// One thread, 3072 Q4_1 rows of 576 (the bundled model's fused gate|up) times 1 and 16
+    /// activation rows: tiles of 16 weight rows (`tile16.rs`) against tiles of 4, alternating
+    /// (`cargo test --release -p stainedglass-models dot512_speed -- --ignored --nocapture`):
+    /// a measurement, not a check.
     #[test]
     #[ignore]
     fn dot512_speed() {
-        use crate::llm::backend::quant::dot::q4_rows;
         if Isa::get() != Isa::Vnni512 {
             return;
         }
-        let (rows, nb, m) = (3072, 18, 16);
+        let (rows, nb) = (3072, 18);
         let qs: Vec<u8> = (0..rows * nb * 16).map(|i| (i * 97 % 256) as u8).collect();
         let d: Vec<f32> = (0..rows * nb)
             .map(|i| 0.01 + (i % 7) as f32 * 1e-3)
             .collect();
-        let xs: Vec<f32> = (0..m * nb * 32)
+        let xs: Vec<f32> = (0..16 * nb * 32)
             .map(|i| (i % 19) as f32 * 0.1 - 0.9)
             .collect();
         let act = ActQ8::new(&xs, nb * 32);
@@ -358,37 +371,56 @@ mod tests {
         };
         let mut sink = 0f32;
         let mut put = |_: usize, _: usize, v: f32| sink += v;
-        for _ in 0..5 {
+        fn pass<const M: usize>(
+            act: &ActQ8,
+            w: (&[u8], &[f32]),
+            o: Q4Offset<'_>,
+            (rows, m): (usize, usize),
+            put: &mut impl FnMut(usize, usize, f32),
+        ) -> f64 {
             let t = std::time::Instant::now();
             for _ in 0..20 {
-                for g in (0..m).step_by(M_MAX) {
-                    let x: [ActRow<'_>; M_MAX] = std::array::from_fn(|t| {
+                for g in (0..m).step_by(M) {
+                    let x: [ActRow<'_>; M] = std::array::from_fn(|t| {
                         let (q, d, s) = act.row(g + t);
                         ActRow { q, d, s }
                     });
-                    q4_tiles::<M_MAX>((&qs, &d), o, &x, rows, &mut put);
+                    q4_tiles::<M>(w, o, &x, rows, put);
                 }
             }
-            let wide = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            for _ in 0..20 {
-                for g in (0..m).step_by(4) {
-                    let x: [ActRow<'_>; 4] = std::array::from_fn(|t| {
-                        let (q, d, s) = act.row(g + t);
-                        ActRow { q, d, s }
-                    });
-                    q4_rows::<4>(Isa::Vnni, (&qs, &d), o, &x, rows, &mut put);
-                }
-            }
-            let narrow = t.elapsed().as_secs_f64();
-            let macs = (20 * rows * nb * 32 * m) as f64;
-            println!(
-                "{{\"dot512_gmac_per_s\":{:.1},\"dot256_gmac_per_s\":{:.1},\"ratio\":{:.2}}}",
-                macs / wide / 1e9,
-                macs / narrow / 1e9,
-                narrow / wide
-            );
+            t.elapsed().as_secs_f64()
         }
-        assert!(sink.is_finite());
+        let w = (&qs[..], &d[..]);
+        let all: Vec<ActRow<'_>> = (0..16)
+            .map(|t| {
+                let (q, d, s) = act.row(t);
+                ActRow { q, d, s }
+            })
+            .collect();
+        let mut sink16 = 0f32;
+        let mut put16 = |_: usize, _: usize, v: &[f32; tile16::ROWS]| sink16 += v[0];
+        for _ in 0..5 {
+            for m in [1, 4, 16] {
+                let t = std::time::Instant::now();
+                for _ in 0..20 {
+                    // SAFETY: the features are checked above.
+                    unsafe { tile16::q4_tiles16(w, o, &all[..m], rows, &mut put16) };
+                }
+                let wide = t.elapsed().as_secs_f64();
+                let narrow = match m {
+                    1 => pass::<1>(&act, w, o, (rows, m), &mut put),
+                    4 => pass::<4>(&act, w, o, (rows, m), &mut put),
+                    _ => pass::<M_MAX>(&act, w, o, (rows, m), &mut put),
+                };
+                let macs = (20 * rows * nb * 32 * m) as f64;
+                println!(
+                    "{{\"activation_rows\":{m},\"tile16_gmac_per_s\":{:.1},\"tile4_gmac_per_s\":{:.1},\"ratio\":{:.2}}}",
+                    macs / wide / 1e9,
+                    macs / narrow / 1e9,
+                    narrow / wide
+                );
+            }
+        }
+        assert!(sink.is_finite() && sink16.is_finite());
     }
 }

@@ -21,6 +21,7 @@ mod half_rows;
 mod int8;
 mod out_ptr;
 mod parse;
+mod tile16;
 
 use candle_core::quantized::GgmlDType;
 
