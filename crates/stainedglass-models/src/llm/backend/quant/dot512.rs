@@ -328,6 +328,27 @@ mod tests {
             let mut got = vec![[f32::NAN; M]; rows];
             let done = q8_tiles::<M>((qs, d), &x, rows, &mut |t, r, v| got[r][t] = v);
             assert_eq!(done, rows / 4 * 4);
+            let mut wide = vec![[f32::NAN; M]; rows];
+            let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
+                for (r, &val) in v.iter().enumerate() {
+                    wide[j + r][t] = val;
+                }
+            };
+            // SAFETY: the features are checked by the caller.
+            let done16 = unsafe { tile16::q8_tiles16((qs, d), &x, rows, &mut put) };
+            assert_eq!(done16, rows / 16 * 16);
+            for (r, (g, w)) in got.iter().zip(&wide).enumerate() {
+                for (a, b) in g.iter().zip(w) {
+                    if r < done16 {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                            "Q8 M={M}: {a} vs {b}"
+                        );
+                    } else {
+                        assert!(b.is_nan(), "Q8 tile16 wrote row {r} past its tiles");
+                    }
+                }
+            }
             for (r, g) in got.iter().enumerate().take(done) {
                 for (t, a) in x.iter().enumerate() {
                     let want = q8_portable(&qs[r * nb * 32..], &d[r * nb..], a.q, a.d);
@@ -343,7 +364,8 @@ mod tests {
         run8::<1>(&act, (&q8, &d), rows);
         run8::<4>(&act, (&q8, &d), rows);
         run8::<7>(&act, (&q8, &d), rows);
-        run8::<8>(&act, (&q8, &d), 4);
+        run8::<8>(&act, (&q8, &d), 20);
+        run8::<2>(&act, (&q8, &d), 16);
     }
 
     /// One thread, 3072 Q4_1 rows of 576 (the bundled model's fused gate|up) times 1 and 16

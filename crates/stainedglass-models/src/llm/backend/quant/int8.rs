@@ -101,7 +101,11 @@ fn own_rows(
 ) {
     let rows = match part {
         Part::Q4 { d, m: mins, qs, .. } if isa == Isa::Vnni512 && m >= TILE16_MIN_ROWS => {
-            let done = q4_wide(act, (qs, d, mins.as_deref()), nb, rows, m, &write);
+            let done = wide(act, Wide::Q4(qs, d, mins.as_deref()), nb, rows, m, &write);
+            (rows.0 + done, rows.1)
+        }
+        Part::Q8 { d, qs, .. } if isa == Isa::Vnni512 && m >= TILE16_MIN_ROWS => {
+            let done = wide(act, Wide::Q8(qs, d), nb, rows, m, &write);
             (rows.0 + done, rows.1)
         }
         _ => rows,
@@ -145,26 +149,23 @@ fn own_rows(
 /// 1.1–1.4× for 4, 1.8–2.1× for 16).
 const TILE16_MIN_ROWS: usize = 4;
 
-/// Q4 weight rows `r0..` in tiles of 16 times all `m` activation rows; returns how many
-/// weight rows were done (whole tiles).
-fn q4_wide(
+/// A part's rows, as the tiles of 16 take them.
+enum Wide<'a> {
+    /// Quants, scales, Q4_1 minimums (absent: Q4_0).
+    Q4(&'a [u8], &'a [f32], Option<&'a [f32]>),
+    Q8(&'a [i8], &'a [f32]),
+}
+
+/// Q4 or Q8_0 weight rows `r0..` in tiles of 16 times all `m` activation rows; returns how
+/// many weight rows were done (whole tiles).
+fn wide(
     act: &ActQ8,
-    (qs, d, mins): (&[u8], &[f32], Option<&[f32]>),
+    part: Wide<'_>,
     nb: usize,
     (r0, r1): (usize, usize),
     m: usize,
     write: &impl Fn(usize, usize, f32),
 ) -> usize {
-    let o = match mins {
-        Some(mn) => Q4Offset {
-            off: &mn[r0 * nb..],
-            scale: 1.0,
-        },
-        None => Q4Offset {
-            off: &d[r0 * nb..],
-            scale: -8.0,
-        },
-    };
     let x: Vec<ActRow<'_>> = (0..m)
         .map(|t| {
             let (q, d, s) = act.row(t);
@@ -178,17 +179,33 @@ fn q4_wide(
     };
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller checked `Isa::Vnni512`.
-    return unsafe {
-        tile16::q4_tiles16(
-            (&qs[r0 * nb * 16..], &d[r0 * nb..]),
-            o,
-            &x,
-            r1 - r0,
-            &mut put,
-        )
-    };
+    unsafe {
+        match part {
+            Wide::Q4(qs, d, mins) => {
+                let o = match mins {
+                    Some(mn) => Q4Offset {
+                        off: &mn[r0 * nb..],
+                        scale: 1.0,
+                    },
+                    None => Q4Offset {
+                        off: &d[r0 * nb..],
+                        scale: -8.0,
+                    },
+                };
+                let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
+                tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put)
+            }
+            Wide::Q8(qs, d) => {
+                let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
+                tile16::q8_tiles16(w, &x, r1 - r0, &mut put)
+            }
+        }
+    }
     #[cfg(not(target_arch = "x86_64"))]
-    0
+    {
+        let _ = (part, nb, r1, &x, &mut put);
+        0
+    }
 }
 
 /// Weight rows `r0..r1` times activation rows `i..i + MM`.
