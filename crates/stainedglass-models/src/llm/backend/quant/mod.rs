@@ -31,9 +31,19 @@ use ggml::GgmlRows;
 pub(crate) use half_rows::HalfKind;
 pub use parse::GgufPiece;
 
-/// The most activation rows the 8-bit product takes (a decode step of up to this many
-/// requests); more rows are a prefill.
+/// The most activation rows the 8-bit product takes on a CPU without 512-bit VNNI (a decode
+/// step of up to this many requests); more rows are a prefill, faster there in f32 through
+/// the BLAS. With 512-bit VNNI the tiles of 16 weight rows (`tile16.rs`) take any number.
 pub const INT8_MAX_ROWS: usize = 128;
+
+/// The most activation rows the 8-bit product takes on this CPU.
+fn int8_max_rows() -> usize {
+    if Isa::get() == Isa::Vnni512 {
+        usize::MAX
+    } else {
+        INT8_MAX_ROWS
+    }
+}
 
 impl std::str::FromStr for Activations {
     type Err = String;
@@ -198,7 +208,7 @@ impl QMatrix {
         // 16-bit float rows gain nothing from 8-bit activations: they always multiply in f32.
         let quantized = self.parts.iter().any(|p| !matches!(p, Part::Half { .. }));
         match self.activations {
-            Activations::Int8 if m <= INT8_MAX_ROWS && quantized => {
+            Activations::Int8 if m <= int8_max_rows() && quantized => {
                 self.product_int8(x, m, out, accumulate)
             }
             _ => self.product_f32(x, m, out, accumulate),

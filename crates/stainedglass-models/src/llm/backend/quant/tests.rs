@@ -49,18 +49,23 @@ const TYPES: [GgmlDType; 6] = [
 ];
 
 /// Rows read back exactly as candle dequantizes them, and products within the 8-bit
-/// activations' rounding of the f32 product of those rows, for 1, 3 and 9 activation rows.
+/// activations' rounding of the f32 product of those rows, for 1, 3, 9 and 200 activation rows
+/// (200: past `INT8_MAX_ROWS`, a long prefill, which the tiles of 16 take on a 512-bit VNNI CPU).
 #[test]
 fn products_match_the_dequantized_f32_product() {
     let (n, k) = (37, 512);
     for dtype in TYPES {
-        let (qm, deq) = quantized(dtype, n, k, 3);
+        let (mut qm, deq) = quantized(dtype, n, k, 3);
         let mut row = vec![0f32; k];
         for r in [0, 5, n - 1] {
             qm.dequantize_row(r, &mut row);
             assert_eq!(row, deq[r * k..(r + 1) * k], "{dtype:?} row {r}");
         }
-        for m in [1, 3, 9] {
+        for (m, act) in [1, 3, 9, 200]
+            .into_iter()
+            .flat_map(|m| [(m, Activations::Int8), (m, Activations::F32)])
+        {
+            qm.set_activations(act);
             let x = weights(m, k, 11);
             let want = reference(&deq, &x, m, n, k);
             let mut got = vec![1f32; m * n];
@@ -69,7 +74,7 @@ fn products_match_the_dequantized_f32_product() {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 0.01 * scale,
-                    "{dtype:?} m={m} [{i}]: {g} vs {w}"
+                    "{dtype:?} {act:?} m={m} [{i}]: {g} vs {w}"
                 );
             }
             let mut acc = vec![1f32; m * n];
