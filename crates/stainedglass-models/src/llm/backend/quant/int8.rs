@@ -99,6 +99,7 @@ fn own_rows(
     m: usize,
     write: impl Fn(usize, usize, f32),
 ) {
+    #[cfg(target_arch = "x86_64")]
     let rows = match part {
         Part::Q4 { d, m: mins, qs, .. } if isa == Isa::Vnni512 && m >= TILE16_MIN_ROWS => {
             let done = wide(act, Wide::Q4(qs, d, mins.as_deref()), nb, rows, m, &write);
@@ -144,20 +145,30 @@ fn own_rows(
     }
 }
 
-/// The fewest activation rows the Q4 tiles of 16 weight rows (`tile16.rs`) take: below it
-/// (one decoding request) the tiles of 4 are faster (`dot512_speed`: 0.7–0.9× for one row,
-/// 1.1–1.4× for 4, 1.8–2.1× for 16).
+/// The fewest activation rows the tiles of 16 weight rows (`tile16.rs`) take: below it (one
+/// decoding request) the tiles of 4 are faster. Measured on Q4_1 (`dot512_speed`: 0.7–0.9×
+/// for one row, 1.1–1.4× for 4, 1.8–2.1× for 16); Q8_0 rows share the threshold.
+#[cfg(target_arch = "x86_64")]
 const TILE16_MIN_ROWS: usize = 4;
 
+/// Activation rows per pass of the tiles of 16: each 16-row tile streams the pass's
+/// activations (128 rows of 1,536 values: 192 KiB), which should stay in the core's L2.
+#[cfg(target_arch = "x86_64")]
+const TILE16_PASS_ROWS: usize = 128;
+
 /// A part's rows, as the tiles of 16 take them.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 enum Wide<'a> {
     /// Quants, scales, Q4_1 minimums (absent: Q4_0).
     Q4(&'a [u8], &'a [f32], Option<&'a [f32]>),
     Q8(&'a [i8], &'a [f32]),
 }
 
-/// Q4 or Q8_0 weight rows `r0..` in tiles of 16 times all `m` activation rows; returns how
-/// many weight rows were done (whole tiles).
+/// Q4 or Q8_0 weight rows `r0..` in tiles of 16 times all `m` activation rows (in passes of
+/// [`TILE16_PASS_ROWS`]); returns how many weight rows were done (whole tiles). The caller
+/// has checked `Isa::Vnni512`.
+#[cfg(target_arch = "x86_64")]
 fn wide(
     act: &ActQ8,
     part: Wide<'_>,
@@ -166,46 +177,44 @@ fn wide(
     m: usize,
     write: &impl Fn(usize, usize, f32),
 ) -> usize {
-    let x: Vec<ActRow<'_>> = (0..m)
-        .map(|t| {
-            let (q, d, s) = act.row(t);
-            ActRow { q, d, s }
-        })
-        .collect();
-    let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
-        for (r, &val) in v.iter().enumerate() {
-            write(t, r0 + j + r, val);
-        }
-    };
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller checked `Isa::Vnni512`.
-    unsafe {
-        match part {
-            Wide::Q4(qs, d, mins) => {
-                let o = match mins {
-                    Some(mn) => Q4Offset {
-                        off: &mn[r0 * nb..],
-                        scale: 1.0,
-                    },
-                    None => Q4Offset {
-                        off: &d[r0 * nb..],
-                        scale: -8.0,
-                    },
-                };
-                let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
-                tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put)
+    let mut done = 0;
+    for t0 in (0..m).step_by(TILE16_PASS_ROWS) {
+        let x: Vec<ActRow<'_>> = (t0..(t0 + TILE16_PASS_ROWS).min(m))
+            .map(|t| {
+                let (q, d, s) = act.row(t);
+                ActRow { q, d, s }
+            })
+            .collect();
+        let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
+            for (r, &val) in v.iter().enumerate() {
+                write(t0 + t, r0 + j + r, val);
             }
-            Wide::Q8(qs, d) => {
-                let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
-                tile16::q8_tiles16(w, &x, r1 - r0, &mut put)
+        };
+        // SAFETY: the caller checked `Isa::Vnni512` (AVX-512 F, BW and VNNI).
+        done = unsafe {
+            match part {
+                Wide::Q4(qs, d, mins) => {
+                    let o = match mins {
+                        Some(mn) => Q4Offset {
+                            off: &mn[r0 * nb..],
+                            scale: 1.0,
+                        },
+                        None => Q4Offset {
+                            off: &d[r0 * nb..],
+                            scale: -8.0,
+                        },
+                    };
+                    let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
+                    tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put)
+                }
+                Wide::Q8(qs, d) => {
+                    let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
+                    tile16::q8_tiles16(w, &x, r1 - r0, &mut put)
+                }
             }
-        }
+        };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (part, nb, r1, &x, &mut put);
-        0
-    }
+    done
 }
 
 /// Weight rows `r0..r1` times activation rows `i..i + MM`.

@@ -21,6 +21,7 @@ mod half_rows;
 mod int8;
 mod out_ptr;
 mod parse;
+#[cfg(target_arch = "x86_64")]
 mod tile16;
 
 use candle_core::quantized::GgmlDType;
@@ -31,19 +32,11 @@ use ggml::GgmlRows;
 pub(crate) use half_rows::HalfKind;
 pub use parse::GgufPiece;
 
-/// The most activation rows the 8-bit product takes on a CPU without 512-bit VNNI (a decode
-/// step of up to this many requests); more rows are a prefill, faster there in f32 through
-/// the BLAS. With 512-bit VNNI the tiles of 16 weight rows (`tile16.rs`) take any number.
+/// The most activation rows the 8-bit product takes (a decode step of up to this many
+/// requests); more rows are a prefill, faster in f32 through the BLAS — except for a matrix
+/// of Q4_0/Q4_1/Q8_0 rows only on a CPU with 512-bit VNNI, whose tiles of 16 weight rows
+/// (`tile16.rs`) take any number (a 256-token prefill 1.3–2.1× the BLAS path).
 pub const INT8_MAX_ROWS: usize = 128;
-
-/// The most activation rows the 8-bit product takes on this CPU.
-fn int8_max_rows() -> usize {
-    if Isa::get() == Isa::Vnni512 {
-        usize::MAX
-    } else {
-        INT8_MAX_ROWS
-    }
-}
 
 impl std::str::FromStr for Activations {
     type Err = String;
@@ -122,9 +115,11 @@ pub struct QMatrix {
 /// How a stored matrix multiplies its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
-    /// Quantized to 8 bits per block of 32 in decoding, integer block sums (llama.cpp's
-    /// numerics): about twice as fast as [`Activations::F32`], and greedy replies may differ
-    /// from the f32 model's where its top two tokens are close.
+    /// Quantized to 8 bits per block of 32, integer block sums (llama.cpp's numerics), in
+    /// decoding and, for Q4_0/Q4_1/Q8_0 matrices on a 512-bit VNNI CPU, in prefill too
+    /// (elsewhere prefills beyond [`INT8_MAX_ROWS`] rows run in f32): about twice as fast as
+    /// [`Activations::F32`], and greedy replies may differ from the f32 model's where its top
+    /// two tokens are close.
     Int8,
     /// For bf16 rows (a bf16 safetensors folder): products of at least [`BF16_MIN_ROWS`]
     /// rows (prefill) round the activations to bf16 and run the AVX-512 BF16 kernel with f32
@@ -182,8 +177,9 @@ impl QMatrix {
 
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`: up to
     /// [`INT8_MAX_ROWS`] rows (decoding, a batch of decoding requests) with the matrix's
-    /// [`Activations`], more (prefill) always in f32 through the BLAS on dequantized tiles
-    /// (faster there than 8-bit row products, and exact).
+    /// [`Activations`], more (prefill) in f32 through the BLAS on dequantized tiles (faster
+    /// there than 8-bit row products, and exact) — unless every part is Q4_0/Q4_1/Q8_0 and the
+    /// CPU has 512-bit VNNI: then `Int8` takes any number of rows.
     ///
     /// # Panics
     /// If `x` is not `m × cols` or `out` not `m × rows` (checked before any work starts).
@@ -208,10 +204,23 @@ impl QMatrix {
         // 16-bit float rows gain nothing from 8-bit activations: they always multiply in f32.
         let quantized = self.parts.iter().any(|p| !matches!(p, Part::Half { .. }));
         match self.activations {
-            Activations::Int8 if m <= int8_max_rows() && quantized => {
+            Activations::Int8 if m <= self.int8_max_rows() && quantized => {
                 self.product_int8(x, m, out, accumulate)
             }
             _ => self.product_f32(x, m, out, accumulate),
+        }
+    }
+
+    /// The most activation rows the 8-bit product takes for this matrix on this CPU.
+    fn int8_max_rows(&self) -> usize {
+        let tiled = self
+            .parts
+            .iter()
+            .all(|p| matches!(p, Part::Q4 { .. } | Part::Q8 { .. }));
+        if tiled && Isa::get() == Isa::Vnni512 {
+            usize::MAX
+        } else {
+            INT8_MAX_ROWS
         }
     }
 

@@ -281,7 +281,8 @@ proptest! {
 /// The 8-bit product's speed on the bundled model's shapes (Q4_1 layers, the Q8_0 LM head),
 /// alternating with the f32 product on the same matrix (`cargo test --release -p
 /// stainedglass-models q4_int8_speed -- --ignored --nocapture`): a measurement, not a check.
-/// Rows above [`INT8_MAX_ROWS`] are what a prefill would give the 8-bit path if it took them.
+/// Rows above [`INT8_MAX_ROWS`]: what a prefill gives the 8-bit path (on a 512-bit VNNI CPU it
+/// takes them).
 #[test]
 #[ignore]
 fn q4_int8_speed() {

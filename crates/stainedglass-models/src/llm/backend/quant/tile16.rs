@@ -184,11 +184,14 @@ pub unsafe fn q8_tiles16(
         i32::try_from(ROWS * nb).is_ok(),
         "{nb} blocks per row: too many for the gather"
     );
+    let full = rows / ROWS * ROWS;
+    if full == 0 {
+        return 0;
+    }
     let flipped: Vec<Vec<u8>> = x
         .iter()
         .map(|a| a.q[..nb * QK].iter().map(|&v| (v as u8) ^ 0x80).collect())
         .collect();
-    let full = rows / ROWS * ROWS;
     let mut acc = vec![[0f32; ROWS]; x.len()];
     for j in (0..full).step_by(ROWS) {
         // SAFETY: the caller vouches for the features; rows `j..j + 16` of `nb` blocks are in
