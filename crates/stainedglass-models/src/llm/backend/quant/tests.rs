@@ -248,6 +248,39 @@ proptest! {
         }
     }
 
+    /// The 8-bit product of Q4_0, Q4_1 and Q8_0 matrices of any row count, for any number of
+    /// activation rows (the tiles of 16 and of 4, the portable rows, passes of 128 activation
+    /// rows), stays within the activations' rounding of the f32 product of the same rows, and
+    /// accumulating adds exactly that product.
+    #[test]
+    fn int8_products_of_any_shape_match_the_f32_product(
+        t in 0usize..3,
+        n in 1usize..70,
+        blocks in 1usize..4,
+        m in 1usize..300,
+        seed in 0u64..1000,
+    ) {
+        let dtype = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0][t];
+        let k = blocks * 32;
+        let (mut qm, deq) = quantized(dtype, n, k, seed);
+        qm.set_activations(Activations::Int8);
+        let x = weights(m, k, seed + 1);
+        let want = reference(&deq, &x, m, n, k);
+        let mut got = vec![f32::NAN; m * n];
+        qm.product(&x, m, &mut got, false);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Each output's own scale: the sum of its terms' magnitudes.
+            let (r, c) = (i / n, i % n);
+            let scale: f32 = (0..k).map(|j| (x[r * k + j] * deq[c * k + j]).abs()).sum();
+            prop_assert!((g - w).abs() <= 0.02 * scale + 1e-6, "{dtype:?} m={m} n={n} [{i}]: {g} vs {w}");
+        }
+        let mut acc = vec![2f32; m * n];
+        qm.product(&x, m, &mut acc, true);
+        for (a, g) in acc.iter().zip(&got) {
+            prop_assert!((a - 2.0 - g).abs() <= 1e-5 * g.abs().max(1.0));
+        }
+    }
+
     /// Untrusted bytes as f16/bf16 rows either load, with finite values whose product is the
     /// f32 dot product of the widened rows, or are refused; nothing panics.
     #[test]
