@@ -38,6 +38,14 @@ pub use parse::GgufPiece;
 /// (`tile16.rs`) take any number (a 256-token prefill 1.3–2.1× the BLAS path).
 pub const INT8_MAX_ROWS: usize = 128;
 
+/// The most activation rows the 8-bit product takes for a matrix with a K-quant (or other
+/// candle-multiplied) part: candle's per-row dot products reuse no weights across activation
+/// rows, so they stay at 20–45 GMAC/s on two cores whatever the row count, and the f32 BLAS
+/// overtakes them between 16 and 32 rows (`q4_int8_speed` on 3072 × 768, 3 alternating
+/// rounds, `docs/bench-runs/kquant-int8-speed.jsonl`: Q4_K 26–44 against 21–23 GMAC/s at 16
+/// rows, 20–30 against 29–34 at 32; Q6_K 36 against 25–28, then 35–38 against 40–42).
+pub const GGML_INT8_MAX_ROWS: usize = 16;
+
 impl std::str::FromStr for Activations {
     type Err = String;
 
@@ -213,6 +221,9 @@ impl QMatrix {
 
     /// The most activation rows the 8-bit product takes for this matrix on this CPU.
     fn int8_max_rows(&self) -> usize {
+        if self.parts.iter().any(|p| matches!(p, Part::Ggml(_))) {
+            return GGML_INT8_MAX_ROWS;
+        }
         let tiled = self
             .parts
             .iter()

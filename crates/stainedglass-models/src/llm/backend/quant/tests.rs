@@ -86,6 +86,25 @@ fn products_match_the_dequantized_f32_product() {
     }
 }
 
+/// A K-quant matrix with 8-bit activations multiplies up to [`GGML_INT8_MAX_ROWS`] rows in 8
+/// bits and more in f32 (faster there): past the limit its values are the f32 path's bit for
+/// bit, at the limit they are not.
+#[test]
+fn k_quant_products_past_the_limit_run_in_f32() {
+    let (n, k) = (8, 256);
+    let (mut qm, _) = quantized(GgmlDType::Q4K, n, k, 4);
+    for (m, same) in [(GGML_INT8_MAX_ROWS + 1, true), (GGML_INT8_MAX_ROWS, false)] {
+        let x = weights(m, k, 9);
+        let mut exact = vec![0f32; m * n];
+        qm.set_activations(Activations::F32);
+        qm.product(&x, m, &mut exact, false);
+        let mut int8 = vec![0f32; m * n];
+        qm.set_activations(Activations::Int8);
+        qm.product(&x, m, &mut int8, false);
+        assert_eq!(exact == int8, same, "{m} rows");
+    }
+}
+
 /// A fused matrix (Q4_1 + Q6_K + Q4_1 rows, the middle one read in another order) gives each
 /// piece's own products in its rows, with both activation kinds; neighbouring Q4_1 pieces merge
 /// into one part, pieces around another type stay separate.
@@ -311,7 +330,8 @@ proptest! {
     }
 }
 
-/// The 8-bit product's speed on the bundled model's shapes (Q4_1 layers, the Q8_0 LM head),
+/// The 8-bit product's speed on the bundled model's shapes (Q4_1 layers, the Q8_0 LM head; and
+/// K-quant matrices of a similar size, which run candle's per-row dot products),
 /// alternating with the f32 product on the same matrix (`cargo test --release -p
 /// stainedglass-models q4_int8_speed -- --ignored --nocapture`): a measurement, not a check.
 /// Rows above [`INT8_MAX_ROWS`]: what a prefill gives the 8-bit path (on a 512-bit VNNI CPU it
@@ -324,9 +344,11 @@ fn q4_int8_speed() {
         (GgmlDType::Q4_1, 576, 1536),
         (GgmlDType::Q4_1, 960, 576),
         (GgmlDType::Q8_0, 49152, 576),
+        (GgmlDType::Q4K, 3072, 768),
+        (GgmlDType::Q6K, 3072, 768),
     ] {
         let (qm, _) = quantized(dtype, n, k, 21);
-        for m in [1, 4, 16, 64, 256] {
+        for m in [1, 4, 16, 32, 64, 256] {
             let x = weights(m, k, 5);
             let mut out = vec![0f32; m * n];
             let iters = (4000 / m * 3072 / n).max(2);
