@@ -275,6 +275,7 @@ fn pack_panel(rows: &[u16], nr: usize, cols: usize, panel: &mut [u32]) {
         && pre.is_empty()
         && words.len() == nr * pairs
     {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if nr == NR && avx512_bf16() {
@@ -322,6 +323,7 @@ fn pack_inputs(x: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u32> {
         .for_each(|(dst, rows)| {
             let mut tmp = vec![0u32; pairs];
             for (i, row) in rows.chunks_exact(k.max(1)).enumerate() {
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut done = 0;
                 #[cfg(target_arch = "x86_64")]
                 if avx512_bf16() {
@@ -651,6 +653,7 @@ mod tests {
             .zip(matrix(NR, pairs, 9))
             .map(|(&a, b)| to_bf16_bits(a) | (to_bf16_bits(b) << 16))
             .collect();
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let (mut a, mut b) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
         block_portable(&xs, MR, &panel, pairs, &mut a);
         #[cfg(target_arch = "x86_64")]

@@ -486,6 +486,7 @@ mod tests {
             let (q, d, s) = x.row(i);
             ActRow { q, d, s }
         });
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {

@@ -55,6 +55,8 @@ pub fn q4_tiles<const M: usize>(
         "the 512-bit Q4 kernel needs AVX-512 F, BW and VNNI"
     );
     let full = rows / 4 * 4;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = write;
     #[cfg(target_arch = "x86_64")]
     for j in (0..full).step_by(4) {
         // SAFETY: the features are checked above; rows `j..j + 4` of `nb` blocks are in
@@ -92,6 +94,8 @@ pub fn q8_tiles<const M: usize>(
         "the 512-bit Q8 kernel needs AVX-512 F, BW and VNNI"
     );
     let full = rows / 4 * 4;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = write;
     #[cfg(target_arch = "x86_64")]
     for j in (0..full).step_by(4) {
         // SAFETY: as in `q4_tiles`.

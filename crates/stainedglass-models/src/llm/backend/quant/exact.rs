@@ -10,9 +10,12 @@
 use std::cell::RefCell;
 
 use super::act::QK;
+#[cfg(target_arch = "x86_64")]
 use super::dot::Isa;
 use super::out_ptr::OutPtr;
-use super::{HalfKind, Part, QMatrix};
+#[cfg(target_arch = "x86_64")]
+use super::Part;
+use super::{HalfKind, QMatrix};
 use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
@@ -180,7 +183,8 @@ impl QMatrix {
     }
 }
 
-/// Eight consecutive rows of one of our parts.
+/// Eight consecutive rows of one of our parts (made on x86-64 only).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Fused<'a> {
     Q4 {
         qs: &'a [u8],

@@ -172,6 +172,7 @@ mod tests {
         let w: Vec<f32> = (0..8 * k)
             .map(|i| ((i * 37) % 101) as f32 * 0.013 - 0.6)
             .collect();
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
         let x: Vec<f32> = (0..k).map(|i| ((i * 11) % 17) as f32 * 0.1 - 0.8).collect();
         for kind in [HalfKind::Bf16, HalfKind::F16] {
             let h = halves(kind, &w);
