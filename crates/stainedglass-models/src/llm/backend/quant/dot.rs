@@ -83,6 +83,37 @@ pub struct Q4Offset<'a> {
     pub scale: f32,
 }
 
+/// The blocks per row of the activation rows `x`, after checking that `rows` Q4 rows of that
+/// many blocks (16 bytes, a scale and an offset each) and every activation row are in bounds:
+/// the check each Q4 kernel makes before its unchecked reads.
+///
+/// # Panics
+/// If any slice is too short or the activation rows differ in length.
+pub fn q4_blocks(
+    (qs, d): (&[u8], &[f32]),
+    o: Q4Offset<'_>,
+    x: &[ActRow<'_>],
+    rows: usize,
+) -> usize {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= rows * nb * 16 && d.len() >= rows * nb && o.off.len() >= rows * nb);
+    assert!(x
+        .iter()
+        .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
+    nb
+}
+
+/// As [`q4_blocks`], for Q8_0 rows (32 bytes and a scale per block).
+///
+/// # Panics
+/// As [`q4_blocks`].
+pub fn q8_blocks((qs, d): (&[i8], &[f32]), x: &[ActRow<'_>], rows: usize) -> usize {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
+    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    nb
+}
+
 /// `rows` Q4 rows (`qs`: `rows·nb·16` bytes, `d`: `rows·nb` scales, `o.off` as many offsets)
 /// times `M` activation rows, in tiles of 4 weight rows × `M`: `write(t, r, value)` gets
 /// `Σ_b d_w[b] · d_x[b] · Σ_i nibble_i · x_i` plus the offset term for activation row `t` and
@@ -97,11 +128,7 @@ pub fn q4_rows<const M: usize>(
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * 16 && d.len() >= rows * nb && o.off.len() >= rows * nb);
-    assert!(x
-        .iter()
-        .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
+    let nb = q4_blocks((qs, d), o, x, rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
@@ -135,9 +162,7 @@ pub fn q8_rows<const M: usize>(
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
-    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    let nb = q8_blocks((qs, d), x, rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.

@@ -23,8 +23,9 @@
 //! same as the reference's (`dot::q4_portable`); only the order of the f32 accumulation
 //! differs.
 
+#[cfg(target_arch = "x86_64")]
 use super::act::QK;
-use super::dot::{ActRow, Isa, Q4Offset};
+use super::dot::{self, ActRow, Isa, Q4Offset};
 #[cfg(target_arch = "x86_64")]
 use super::tile16::rows4;
 
@@ -45,18 +46,14 @@ pub fn q4_tiles<const M: usize>(
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) -> usize {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * 16 && d.len() >= rows * nb && o.off.len() >= rows * nb);
-    assert!(x
-        .iter()
-        .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
+    let nb = dot::q4_blocks((qs, d), o, x, rows);
     assert!(
         Isa::get() == Isa::Vnni512,
         "the 512-bit Q4 kernel needs AVX-512 F, BW and VNNI"
     );
     let full = rows / 4 * 4;
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = write;
+    let _ = (write, nb);
     #[cfg(target_arch = "x86_64")]
     for j in (0..full).step_by(4) {
         // SAFETY: the features are checked above; rows `j..j + 4` of `nb` blocks are in
@@ -86,16 +83,14 @@ pub fn q8_tiles<const M: usize>(
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) -> usize {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
-    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    let nb = dot::q8_blocks((qs, d), x, rows);
     assert!(
         Isa::get() == Isa::Vnni512,
         "the 512-bit Q8 kernel needs AVX-512 F, BW and VNNI"
     );
     let full = rows / 4 * 4;
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = write;
+    let _ = (write, nb);
     #[cfg(target_arch = "x86_64")]
     for j in (0..full).step_by(4) {
         // SAFETY: as in `q4_tiles`.
@@ -227,6 +222,36 @@ mod tests {
     use crate::llm::backend::quant::dot::{q4_portable, q8_portable};
     use crate::llm::backend::quant::tile16;
 
+    /// Runs a kernel of tiles of 16 weight rows (`run`, given the writer; it returns the rows
+    /// done) and checks that its whole tiles agree with the tiles of 4's values `got` up to
+    /// the order of the f32 sums, and that it wrote no row past them.
+    fn wide_agrees<const M: usize>(
+        got: &[[f32; M]],
+        what: &str,
+        run: impl FnOnce(&mut dyn FnMut(usize, usize, &[f32; tile16::ROWS])) -> usize,
+    ) {
+        let rows = got.len();
+        let mut wide = vec![[f32::NAN; M]; rows];
+        let done16 = run(&mut |t, j, v| {
+            for (r, &val) in v.iter().enumerate() {
+                wide[j + r][t] = val;
+            }
+        });
+        assert_eq!(done16, rows / 16 * 16);
+        for (r, (g, w)) in got.iter().zip(&wide).enumerate() {
+            for (a, b) in g.iter().zip(w) {
+                if r < done16 {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                        "{what} M={M}: {a} vs {b}"
+                    );
+                } else {
+                    assert!(b.is_nan(), "{what} tile16 wrote row {r} past its tiles");
+                }
+            }
+        }
+    }
+
     /// Every tile and activation-row count against the reference, Q4_0 and Q4_1 offsets, with
     /// nibbles 0 and 15 and activations ±127 included.
     #[test]
@@ -266,28 +291,10 @@ mod tests {
             let mut got = vec![[f32::NAN; M]; rows];
             let done = q4_tiles::<M>((qs, d), o, &x, rows, &mut |t, r, v| got[r][t] = v);
             assert_eq!(done, rows / 4 * 4);
-            // The tiles of 16 weight rows (`tile16.rs`) agree with these, to the f32 order.
-            let mut wide = vec![[f32::NAN; M]; rows];
-            let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
-                for (r, &val) in v.iter().enumerate() {
-                    wide[j + r][t] = val;
-                }
-            };
             // SAFETY: the features are checked by the caller.
-            let done16 = unsafe { tile16::q4_tiles16((qs, d), o, &x, rows, &mut put) };
-            assert_eq!(done16, rows / 16 * 16);
-            for (r, (g, w)) in got.iter().zip(&wide).enumerate() {
-                for (a, b) in g.iter().zip(w) {
-                    if r < done16 {
-                        assert!(
-                            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-                            "M={M}: {a} vs {b}"
-                        );
-                    } else {
-                        assert!(b.is_nan(), "tile16 wrote row {r} past its tiles");
-                    }
-                }
-            }
+            wide_agrees(&got, "Q4", |put| unsafe {
+                tile16::q4_tiles16((qs, d), o, &x, rows, &mut &mut *put)
+            });
             for (r, g) in got.iter().enumerate().take(done) {
                 for (t, a) in x.iter().enumerate() {
                     let off: f32 = (0..nb).map(|b| o.off[r * nb + b] * a.s[b]).sum();
@@ -333,27 +340,10 @@ mod tests {
             let mut got = vec![[f32::NAN; M]; rows];
             let done = q8_tiles::<M>((qs, d), &x, rows, &mut |t, r, v| got[r][t] = v);
             assert_eq!(done, rows / 4 * 4);
-            let mut wide = vec![[f32::NAN; M]; rows];
-            let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
-                for (r, &val) in v.iter().enumerate() {
-                    wide[j + r][t] = val;
-                }
-            };
             // SAFETY: the features are checked by the caller.
-            let done16 = unsafe { tile16::q8_tiles16((qs, d), &x, rows, &mut put) };
-            assert_eq!(done16, rows / 16 * 16);
-            for (r, (g, w)) in got.iter().zip(&wide).enumerate() {
-                for (a, b) in g.iter().zip(w) {
-                    if r < done16 {
-                        assert!(
-                            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-                            "Q8 M={M}: {a} vs {b}"
-                        );
-                    } else {
-                        assert!(b.is_nan(), "Q8 tile16 wrote row {r} past its tiles");
-                    }
-                }
-            }
+            wide_agrees(&got, "Q8", |put| unsafe {
+                tile16::q8_tiles16((qs, d), &x, rows, &mut &mut *put)
+            });
             for (r, g) in got.iter().enumerate().take(done) {
                 for (t, a) in x.iter().enumerate() {
                     let want = q8_portable(&qs[r * nb * 32..], &d[r * nb..], a.q, a.d);

@@ -194,16 +194,7 @@ fn wide(
         done = unsafe {
             match part {
                 Wide::Q4(qs, d, mins) => {
-                    let o = match mins {
-                        Some(mn) => Q4Offset {
-                            off: &mn[r0 * nb..],
-                            scale: 1.0,
-                        },
-                        None => Q4Offset {
-                            off: &d[r0 * nb..],
-                            scale: -8.0,
-                        },
-                    };
+                    let o = q4_offset(d, mins, r0 * nb);
                     let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
                     tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put)
                 }
@@ -215,6 +206,21 @@ fn wide(
         };
     }
     done
+}
+
+/// The term Q4 rows from block `from` on add to their nibble products: the Q4_1 minimums, or
+/// the Q4_0 offset of 8 (−8 · the scales), times the activation block sums.
+fn q4_offset<'a>(d: &'a [f32], mins: Option<&'a [f32]>, from: usize) -> Q4Offset<'a> {
+    match mins {
+        Some(mn) => Q4Offset {
+            off: &mn[from..],
+            scale: 1.0,
+        },
+        None => Q4Offset {
+            off: &d[from..],
+            scale: -8.0,
+        },
+    }
 }
 
 /// Weight rows `r0..r1` times activation rows `i..i + MM`.
@@ -234,17 +240,7 @@ fn group<const MM: usize>(
     let mut put = |t: usize, r: usize, v: f32| write(i + t, r0 + r, v);
     match part {
         Part::Q4 { d, m: mins, qs, .. } => {
-            // The Q4_1 minimum, or the Q4_0 offset of 8, times the activation block sums.
-            let o = match mins {
-                Some(mn) => Q4Offset {
-                    off: &mn[r0 * nb..],
-                    scale: 1.0,
-                },
-                None => Q4Offset {
-                    off: &d[r0 * nb..],
-                    scale: -8.0,
-                },
-            };
+            let o = q4_offset(d, mins.as_deref(), r0 * nb);
             let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
             let done = if isa == Isa::Vnni512 {
                 dot512::q4_tiles::<MM>(w, o, &x, r1 - r0, &mut put)

@@ -25,7 +25,7 @@
 //! the f32 accumulation differs.
 
 use super::act::QK;
-use super::dot::{ActRow, Q4Offset};
+use super::dot::{self, ActRow, Q4Offset};
 
 /// Weight rows per tile.
 pub const ROWS: usize = 16;
@@ -50,11 +50,7 @@ pub unsafe fn q4_tiles16(
     rows: usize,
     write: &mut impl FnMut(usize, usize, &[f32; ROWS]),
 ) -> usize {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * 16 && d.len() >= rows * nb && o.off.len() >= rows * nb);
-    assert!(x
-        .iter()
-        .all(|a| a.d.len() == nb && a.s.len() == nb && a.q.len() >= nb * QK));
+    let nb = dot::q4_blocks((qs, d), o, x, rows);
     assert!(
         i32::try_from(ROWS * nb).is_ok(),
         "{nb} blocks per row: too many for the gather"
@@ -128,6 +124,15 @@ unsafe fn q4_tile16(
             _mm512_storeu_ps(at.as_mut_ptr(), am);
         }
     }
+    unpermute(acc, perm);
+}
+
+/// Each accumulator row from lane order back to row order (`perm`: [`LANE_ROW`]).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn unpermute(acc: &mut [[f32; ROWS]], perm: std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
     for at in acc.iter_mut() {
         let v = _mm512_permutexvar_ps(perm, _mm512_loadu_ps(at.as_ptr()));
         _mm512_storeu_ps(at.as_mut_ptr(), v);
@@ -177,9 +182,7 @@ pub unsafe fn q8_tiles16(
     rows: usize,
     write: &mut impl FnMut(usize, usize, &[f32; ROWS]),
 ) -> usize {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb);
-    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    let nb = dot::q8_blocks((qs, d), x, rows);
     assert!(
         i32::try_from(ROWS * nb).is_ok(),
         "{nb} blocks per row: too many for the gather"
@@ -253,10 +256,7 @@ unsafe fn q8_tile16(
             _mm512_storeu_ps(at.as_mut_ptr(), _mm512_fmadd_ps(v, s, prev));
         }
     }
-    for at in acc.iter_mut() {
-        let v = _mm512_permutexvar_ps(perm, _mm512_loadu_ps(at.as_ptr()));
-        _mm512_storeu_ps(at.as_mut_ptr(), v);
-    }
+    unpermute(acc, perm);
 }
 
 /// The 16 bytes at `p + r·stride` in lane `r`, for 4 rows.
