@@ -8,6 +8,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use crate::health::CONDITIONS;
 use crate::lexicon::Lexicon;
 use crate::names::NameDetector;
+use crate::restore::is_word;
 use crate::types::{resolve_overlaps, PiiKind, Span};
 
 /// What to look for.
@@ -38,13 +39,17 @@ fn phrases(words: &[impl AsRef<str>]) -> Option<AhoCorasick> {
         .ok()
 }
 
-/// Matches of `ac` in `text` that start and end at word boundaries.
+/// Matches of `ac` in `text` that start and end at word boundaries: no ASCII letter or digit,
+/// and no letter or mark of any script, on either side. (The restorer puts a stand-in back only
+/// where it is not glued to a letter; a phrase matched inside "IBSᴀ" would come back as its
+/// stand-in.)
 fn whole_words(ac: &AhoCorasick, text: &str, kind: PiiKind, out: &mut Vec<Span>) {
-    let b = text.as_bytes();
-    let word = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_alphanumeric());
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric()) || is_word(c);
     for m in ac.find_iter(text) {
-        let before = m.start() > 0 && word(m.start() - 1);
-        if !before && !word(m.end()) {
+        // Matches of UTF-8 patterns start and end on character boundaries.
+        let before = text.get(..m.start()).and_then(|t| t.chars().next_back());
+        let after = text.get(m.end()..).and_then(|t| t.chars().next());
+        if !word(before) && !word(after) {
             out.push(Span::new(m.start(), m.end(), kind));
         }
     }

@@ -26,7 +26,7 @@ impl Drop for Restorer {
 /// mark, by general category (not `char::is_alphabetic`, which also takes "🄰"). (A
 /// digit does not: the detector may end a name right before one, and the stand-in put there
 /// must come back.)
-fn is_word(c: Option<char>) -> bool {
+pub(crate) fn is_word(c: Option<char>) -> bool {
     static LETTER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"^[\p{L}\p{M}]$").unwrap_or_else(|e| panic!("letter pattern: {e}"))
     });
