@@ -167,11 +167,13 @@ pub fn q8_rows<const M: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
         Isa::Vnni | Isa::Vnni512 => unsafe {
-            x86::q8_vnni::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+            x86::q8_vnni::<M, false, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::q8_avx2::<M, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write) },
+        Isa::Avx2 => unsafe {
+            x86::q8_avx2::<M, false, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+        },
         _ => {
             for r in 0..rows {
                 for (t, a) in x.iter().enumerate() {
@@ -184,6 +186,62 @@ pub fn q8_rows<const M: usize>(
             }
         }
     }
+}
+
+/// `rows` Q6_K rows as `q6k.rs` re-packs them (`qs`: `rows·nb·32` signed bytes, `d`:
+/// `rows·nb·2` group scales) times `M` activation rows, as [`q8_rows`].
+///
+/// # Panics
+/// As [`q4_blocks`].
+#[inline]
+pub fn q6_rows<const M: usize>(
+    isa: Isa,
+    (qs, d): (&[i8], &[f32]),
+    x: &[ActRow<'_>; M],
+    rows: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) {
+    let nb = x.first().map_or(0, |a| a.d.len());
+    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb * 2);
+    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::get` saw the features; the lengths are checked above.
+        Isa::Vnni | Isa::Vnni512 => unsafe {
+            x86::q8_vnni::<M, true, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe {
+            x86::q8_avx2::<M, true, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+        },
+        _ => {
+            for r in 0..rows {
+                for (t, a) in x.iter().enumerate() {
+                    write(
+                        t,
+                        r,
+                        q6_portable(&qs[r * nb * QK..], &d[r * nb * 2..], a.q, a.d),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The reference: one Q6_K row (two group scales per block).
+pub fn q6_portable(qs: &[i8], d: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, &dx) in xd.iter().enumerate() {
+        let half = |h: usize| -> f32 {
+            let s: i32 = (h * 16..h * 16 + 16)
+                .map(|j| i32::from(qs[b * QK + j]) * i32::from(xq[b * QK + j]))
+                .sum();
+            d[2 * b + h] * s as f32
+        };
+        acc += dx * (half(0) + half(1));
+    }
+    acc
 }
 
 /// The reference: one Q4 row.
@@ -287,7 +345,22 @@ mod x86 {
     /// offset or `None`, adds its per-block term (scalar: one product per pair and block).
     macro_rules! tile {
         ($r:expr, $m:ident, $d:ident, $off:ident, $x:ident, $nb:ident,
-         |$rr:ident, $bb:ident| $wblock:expr, $xprep:ident, $dot:ident) => {{
+         |$rr:ident, $bb:ident| $wblock:expr, $xprep:ident, $dot:ident) => {
+            tile!(
+                $r,
+                $m,
+                $d,
+                $off,
+                $x,
+                $nb,
+                |$rr, $bb| $wblock,
+                $xprep,
+                $dot,
+                one_scale
+            )
+        };
+        ($r:expr, $m:ident, $d:ident, $off:ident, $x:ident, $nb:ident,
+         |$rr:ident, $bb:ident| $wblock:expr, $xprep:ident, $dot:ident, $dw:expr) => {{
             let mut acc = [[_mm256_setzero_ps(); $m]; $r];
             let mut offs = [[0f32; $m]; $r];
             let mut xp = [std::ptr::null::<i8>(); $m];
@@ -310,7 +383,7 @@ mod x86 {
                 }
                 for $rr in 0..$r {
                     let w = $wblock;
-                    let dw = _mm256_set1_ps(*$d.add($rr * $nb + $bb));
+                    let dw = ($dw)($d, $rr * $nb + $bb);
                     if let Some(o) = off {
                         // One 4-wide product per weight row (the activation sums side by side).
                         let ob = *o.off.get_unchecked($rr * $nb + $bb);
@@ -334,6 +407,29 @@ mod x86 {
             }
             out
         }};
+    }
+
+    /// Block `i`'s scale in every lane (Q4, Q8_0).
+    #[inline(always)]
+    unsafe fn one_scale(d: *const f32, i: usize) -> __m256 {
+        _mm256_set1_ps(*d.add(i))
+    }
+
+    /// Block `i`'s scales: [`two_scales`] for Q6_K rows, [`one_scale`] otherwise.
+    #[inline(always)]
+    unsafe fn scales<const SIX: bool>(d: *const f32, i: usize) -> __m256 {
+        if SIX {
+            two_scales(d, i)
+        } else {
+            one_scale(d, i)
+        }
+    }
+
+    /// Block `i`'s two group scales (Q6_K: `d[2i]` for values 0..16, lanes 0–3 of the integer
+    /// products; `d[2i + 1]` for values 16..32, lanes 4–7).
+    #[inline(always)]
+    unsafe fn two_scales(d: *const f32, i: usize) -> __m256 {
+        _mm256_set_m128(_mm_set1_ps(*d.add(2 * i + 1)), _mm_set1_ps(*d.add(2 * i)))
     }
 
     /// A Q4 block's 32 nibbles as bytes: values `0..16` (low nibbles) then `16..32`.
@@ -425,7 +521,11 @@ mod x86 {
             }
 
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $q8<const M: usize, W: FnMut(usize, usize, f32)>(
+            pub(super) unsafe fn $q8<
+                const M: usize,
+                const SIX: bool,
+                W: FnMut(usize, usize, f32),
+            >(
                 qs: *const i8,
                 d: *const f32,
                 x: &[ActRow<'_>; M],
@@ -433,8 +533,10 @@ mod x86 {
                 write: &mut W,
             ) {
                 let none: Option<Q4Offset<'_>> = None;
+                // Q6_K rows have two scales per block.
+                let per_block = if SIX { 2 } else { 1 };
                 row_loop!(rows, M, write, |j, n| {
-                    let (qs, d) = (qs.add(j * nb * 32), d.add(j * nb));
+                    let (qs, d) = (qs.add(j * nb * 32), d.add(j * nb * per_block));
                     if n == 4 {
                         tile!(
                             4,
@@ -445,7 +547,8 @@ mod x86 {
                             nb,
                             |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
                             $q8x,
-                            $q8dp
+                            $q8dp,
+                            scales::<SIX>
                         )
                     } else {
                         let t = tile!(
@@ -457,7 +560,8 @@ mod x86 {
                             nb,
                             |r, b| { $q8w(_mm256_loadu_si256(qs.add((r * nb + b) * 32).cast())) },
                             $q8x,
-                            $q8dp
+                            $q8dp,
+                            scales::<SIX>
                         );
                         pad4(t)
                     }
@@ -479,70 +583,5 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::llm::backend::quant::act::ActQ8;
-
-    fn data(nb: usize, rows: usize, m: usize) -> (Vec<u8>, Vec<i8>, Vec<f32>, ActQ8) {
-        let q4: Vec<u8> = (0..rows * nb * 16)
-            .map(|i| ((i * 97 + 13) % 256) as u8)
-            .collect();
-        let q8: Vec<i8> = (0..rows * nb * 32)
-            .map(|i| ((i * 61 + 5) % 256) as u8 as i8)
-            .collect();
-        let d: Vec<f32> = (0..rows * nb)
-            .map(|i| 0.01 + (i % 7) as f32 * 0.003)
-            .collect();
-        let x: Vec<f32> = (0..m * nb * 32)
-            .map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.7)
-            .collect();
-        (q4, q8, d, ActQ8::new(&x, nb * 32))
-    }
-
-    /// Every instruction set this CPU has gives the reference's value for every (weight row,
-    /// activation row) of a tile (the integer sums are exact; only the f32 accumulation order
-    /// differs). Q8 weights include −128, the value the VNNI path's unsigned shift must handle.
-    #[test]
-    fn tiles_match_the_portable_reference() {
-        let (nb, rows, m) = (5, 5, 3);
-        let (q4, q8, d, x) = data(nb, rows, m);
-        assert!(q8.contains(&-128) && q8.contains(&127));
-        let acts: [ActRow<'_>; 3] = std::array::from_fn(|i| {
-            let (q, d, s) = x.row(i);
-            ActRow { q, d, s }
-        });
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-            if matches!(Isa::get(), Isa::Vnni | Isa::Vnni512) {
-                isas.push(Isa::Vnni);
-            }
-        }
-        for isa in isas {
-            let o = Q4Offset {
-                off: &d,
-                scale: -8.0,
-            };
-            // 4 weight rows and 1 more (a tile of 4, then one of 1), 3 activation rows.
-            let mut a = vec![[0f32; 3]; rows];
-            q4_rows::<3>(isa, (&q4, &d), o, &acts, rows, &mut |t, r, v| a[r][t] = v);
-            let mut b = vec![[0f32; 3]; rows];
-            q8_rows::<3>(isa, (&q8, &d), &acts, rows, &mut |t, r, v| b[r][t] = v);
-            for r in 0..rows {
-                for (i, act) in acts.iter().enumerate() {
-                    let o: f32 = (0..nb).map(|b| d[r * nb + b] * act.s[b]).sum();
-                    let want4 =
-                        q4_portable(&q4[r * nb * 16..], &d[r * nb..], act.q, act.d) - 8.0 * o;
-                    let want8 = q8_portable(&q8[r * nb * 32..], &d[r * nb..], act.q, act.d);
-                    let close = |g: f32, w: f32| (g - w).abs() <= 1e-4 * w.abs().max(1.0);
-                    assert!(close(a[r][i], want4), "{isa:?} q4 [{r}][{i}]");
-                    assert!(close(b[r][i], want8), "{isa:?} q8 [{r}][{i}]");
-                }
-            }
-        }
-    }
-}
+#[path = "dot_tests.rs"]
+mod tests;

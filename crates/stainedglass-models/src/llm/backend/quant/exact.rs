@@ -135,7 +135,19 @@ impl QMatrix {
                         qs: &qs[g * nb * QK..(g + ROWS_PER_PASS) * nb * QK],
                         d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
                     }),
-                    Part::Ggml(_) | Part::Bf16Panels(_) => None,
+                    Part::Q4K(q) => {
+                        let (mut d, mut m) = (
+                            vec![0f32; ROWS_PER_PASS * nb],
+                            vec![0f32; ROWS_PER_PASS * nb],
+                        );
+                        q.expand(g, ROWS_PER_PASS, nb, &mut d, &mut m);
+                        Some(Fused::Q4K {
+                            qs: &q.qs[g * nb * 16..(g + ROWS_PER_PASS) * nb * 16],
+                            d,
+                            m,
+                        })
+                    }
+                    Part::Q6K(_) | Part::Ggml(_) | Part::Bf16Panels(_) => None,
                 };
             }
         }
@@ -195,6 +207,12 @@ enum Fused<'a> {
         qs: &'a [i8],
         d: &'a [f32],
     },
+    /// Q4_K rows with their scales and minimums expanded (`q4k.rs`).
+    Q4K {
+        qs: &'a [u8],
+        d: Vec<f32>,
+        m: Vec<f32>,
+    },
     Half {
         kind: HalfKind,
         vals: &'a [u16],
@@ -208,20 +226,24 @@ impl Fused<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `fused_pass` checked AVX2 and FMA, and sliced eight rows of `nb` blocks.
         unsafe {
-            match *self {
-                Fused::Q4 { qs, d, m: Some(m) } => {
+            match self {
+                &Fused::Q4 { qs, d, m: Some(m) } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
                     x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
                 }
-                Fused::Q4 { qs, d, m: None } => {
+                &Fused::Q4 { qs, d, m: None } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * 16);
                     x86::q4::<ROWS_PER_PASS, false>(qs, d, d.as_ptr(), x, nb)
                 }
-                Fused::Q8 { qs, d } => {
+                Fused::Q4K { qs, d, m } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
+                    x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
+                }
+                &Fused::Q8 { qs, d } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK);
                     x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
                 }
-                Fused::Half { kind, vals } => {
+                &Fused::Half { kind, vals } => {
                     super::half_rows::dot_rows::<ROWS_PER_PASS>(kind, vals, x)
                 }
             }

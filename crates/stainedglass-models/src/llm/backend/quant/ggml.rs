@@ -1,5 +1,5 @@
-//! Weight rows in any other GGUF storage type (the K-quants Q2_K…Q6_K, Q5_0, Q5_1, f32; f16
-//! and bf16 are ours, `half_rows.rs`), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
+//! Weight rows in any other GGUF storage type (the K-quants Q2_K, Q3_K, Q5_K, Q5_0, Q5_1, f32;
+//! Q4_K and Q6_K are ours, `q4k.rs` and `q6k.rs`, f16 and bf16 too, `half_rows.rs`), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
 //! K-quants) after the activations are quantized to the type's partner format (Q8_K for the
 //! K-quants). Only the row loop is ours, so these run in the same parallel pass as our own
 //! Q4/Q8 kernels (`dot.rs`).

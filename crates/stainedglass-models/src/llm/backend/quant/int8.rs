@@ -1,14 +1,14 @@
 //! The 8-bit product: activations quantized per block of 32 (`act.rs`), integer block sums
-//! (`dot.rs` for Q4_0/Q4_1/Q8_0, candle's per-type dot products for the rest), f32
+//! (`dot.rs` for Q4_0/Q4_1/Q4_K/Q8_0, candle's per-type dot products for the rest), f32
 //! accumulation — llama.cpp's numerics, the fastest path, not the f32 model's numbers.
 
 use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
 use super::dot512;
 use super::out_ptr::OutPtr;
-#[cfg(target_arch = "x86_64")]
-use super::tile16;
 use super::{ggml, Part, QMatrix};
+#[cfg(target_arch = "x86_64")]
+use super::{tile16, tile8};
 use crate::llm::backend::gemv::dot;
 
 impl QMatrix {
@@ -19,10 +19,12 @@ impl QMatrix {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);
         let isa = Isa::get();
-        let own = self
-            .parts
-            .iter()
-            .any(|p| matches!(p, Part::Q4 { .. } | Part::Q8 { .. }));
+        let own = self.parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Q4 { .. } | Part::Q4K(_) | Part::Q6K(_) | Part::Q8 { .. }
+            )
+        });
         let act = own.then(|| ActQ8::new(x, k));
         let preps: Vec<Option<ggml::Prepared>> = self
             .parts
@@ -73,10 +75,34 @@ impl QMatrix {
                         }
                     }
                 }
-                part => {
+                Part::Q4 { d, m: mins, qs, .. } => {
                     let Some(act) = &act else { return };
-                    own_rows(isa, part, act, k / QK, (r0, r1), m, write);
+                    let view = View::Q4(qs, d, mins.as_deref());
+                    own_rows(isa, view, act, k / QK, (r0, r1), m, write);
                 }
+                Part::Q8 { d, qs, .. } => {
+                    let Some(act) = &act else { return };
+                    own_rows(isa, View::Q8(qs, d), act, k / QK, (r0, r1), m, write);
+                }
+                Part::Q6K(q) => {
+                    let Some(act) = &act else { return };
+                    own_rows(isa, View::Q6(&q.qs, &q.ds), act, k / QK, (r0, r1), m, write);
+                }
+                Part::Q4K(q) => {
+                    let Some(act) = &act else { return };
+                    // Rows in tiles of 16, each tile's scales expanded once for every
+                    // activation row.
+                    let nb = k / QK;
+                    let (mut d, mut mins) = (vec![0f32; Q4K_ROWS * nb], vec![0f32; Q4K_ROWS * nb]);
+                    for c0 in (r0..r1).step_by(Q4K_ROWS) {
+                        let rows = Q4K_ROWS.min(r1 - c0);
+                        q.expand(c0, rows, nb, &mut d, &mut mins);
+                        let view = View::Q4(&q.qs[c0 * nb * 16..], &d, Some(&mins));
+                        let write = |ar: usize, j: usize, v: f32| write(ar, c0 + j, v);
+                        own_rows(isa, view, act, nb, (0, rows), m, write);
+                    }
+                }
+                Part::Bf16Panels(_) => {}
             }
         };
         super::spin_pool(tasks.len(), |range| tasks[range].iter().for_each(&run));
@@ -89,10 +115,19 @@ const M: usize = 4;
 /// Weight rows per task are a multiple of this (whole tiles of `tile16.rs`).
 const R: usize = 16;
 
+/// Q4, Q8_0 or Q6_K rows as the kernels take them: quants and scales from the first row on
+/// (Q4: with the Q4_1 minimums, absent for Q4_0; Q6_K: two scales per block, `q6k.rs`).
+#[derive(Clone, Copy)]
+enum View<'a> {
+    Q4(&'a [u8], &'a [f32], Option<&'a [f32]>),
+    Q8(&'a [i8], &'a [f32]),
+    Q6(&'a [i8], &'a [f32]),
+}
+
 /// Rows `r0..r1` of one of our parts with every activation row, `M` activation rows at a time.
 fn own_rows(
     isa: Isa,
-    part: &Part,
+    part: View<'_>,
     act: &ActQ8,
     nb: usize,
     rows: (usize, usize),
@@ -100,21 +135,18 @@ fn own_rows(
     write: impl Fn(usize, usize, f32),
 ) {
     #[cfg(target_arch = "x86_64")]
-    let rows = match part {
-        Part::Q4 { d, m: mins, qs, .. } if isa == Isa::Vnni512 && m >= TILE16_MIN_ROWS => {
-            let done = wide(act, Wide::Q4(qs, d, mins.as_deref()), nb, rows, m, &write);
-            (rows.0 + done, rows.1)
-        }
-        Part::Q8 { d, qs, .. } if isa == Isa::Vnni512 && m >= TILE16_MIN_ROWS => {
-            let done = wide(act, Wide::Q8(qs, d), nb, rows, m, &write);
-            (rows.0 + done, rows.1)
-        }
-        _ => rows,
+    let tiled = matches!(isa, Isa::Vnni512 | Isa::Avx2) && !matches!(part, View::Q6(..));
+    let rows = if m >= TILE16_MIN_ROWS && tiled {
+        let done = wide(isa, act, part, nb, rows, m, &write);
+        (rows.0 + done, rows.1)
+    } else {
+        rows
     };
     if rows.0 == rows.1 {
         return;
     }
-    if isa == Isa::Vnni512 && matches!(part, Part::Q4 { .. } | Part::Q8 { .. }) {
+    // Q6_K rows have no 512-bit tiles: their 256-bit ones take `M` activation rows.
+    if isa == Isa::Vnni512 && !matches!(part, View::Q6(..)) {
         let mut i = 0;
         while i + dot512::M_MAX <= m {
             group::<{ dot512::M_MAX }>(isa, part, act, nb, rows, i, &write);
@@ -156,22 +188,15 @@ const TILE16_MIN_ROWS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const TILE16_PASS_ROWS: usize = 128;
 
-/// A part's rows, as the tiles of 16 take them.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-enum Wide<'a> {
-    /// Quants, scales, Q4_1 minimums (absent: Q4_0).
-    Q4(&'a [u8], &'a [f32], Option<&'a [f32]>),
-    Q8(&'a [i8], &'a [f32]),
-}
-
 /// Q4 or Q8_0 weight rows `r0..` in tiles of 16 times all `m` activation rows (in passes of
 /// [`TILE16_PASS_ROWS`]); returns how many weight rows were done (whole tiles). The caller
-/// has checked `Isa::Vnni512`.
+/// has checked `Isa::Vnni512` (tiles of 16) or `Isa::Avx2` (tiles of 8).
 #[cfg(target_arch = "x86_64")]
+#[inline(never)]
 fn wide(
+    isa: Isa,
     act: &ActQ8,
-    part: Wide<'_>,
+    part: View<'_>,
     nb: usize,
     (r0, r1): (usize, usize),
     m: usize,
@@ -185,23 +210,37 @@ fn wide(
                 ActRow { q, d, s }
             })
             .collect();
-        let mut put = |t: usize, j: usize, v: &[f32; tile16::ROWS]| {
+        let put = |t: usize, j: usize, v: &[f32]| {
             for (r, &val) in v.iter().enumerate() {
                 write(t0 + t, r0 + j + r, val);
             }
         };
-        // SAFETY: the caller checked `Isa::Vnni512` (AVX-512 F, BW and VNNI).
+        let mut put16 = |t: usize, j: usize, v: &[f32; tile16::ROWS]| put(t, j, v);
+        // SAFETY: `Isa::get` saw AVX-512 F, BW and VNNI for `Vnni512`, AVX2 and FMA for
+        // `Avx2`.
         done = unsafe {
             match part {
-                Wide::Q4(qs, d, mins) => {
+                View::Q4(qs, d, mins) => {
                     let o = q4_offset(d, mins, r0 * nb);
                     let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
-                    tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put)
+                    if isa == Isa::Vnni512 {
+                        tile16::q4_tiles16(w, o, &x, r1 - r0, &mut put16)
+                    } else {
+                        let mut put8 = |t: usize, j: usize, v: &[f32; tile8::ROWS]| put(t, j, v);
+                        tile8::q4_tiles8(w, o, &x, r1 - r0, &mut put8)
+                    }
                 }
-                Wide::Q8(qs, d) => {
+                View::Q8(qs, d) => {
                     let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
-                    tile16::q8_tiles16(w, &x, r1 - r0, &mut put)
+                    if isa == Isa::Vnni512 {
+                        tile16::q8_tiles16(w, &x, r1 - r0, &mut put16)
+                    } else {
+                        let mut put8 = |t: usize, j: usize, v: &[f32; tile8::ROWS]| put(t, j, v);
+                        tile8::q8_tiles8(w, &x, r1 - r0, &mut put8)
+                    }
                 }
+                // No tiles of 8 or 16 for Q6_K rows (they take `group`'s tiles of 4).
+                View::Q6(..) => 0,
             }
         };
     }
@@ -226,7 +265,7 @@ fn q4_offset<'a>(d: &'a [f32], mins: Option<&'a [f32]>, from: usize) -> Q4Offset
 /// Weight rows `r0..r1` times activation rows `i..i + MM`.
 fn group<const MM: usize>(
     isa: Isa,
-    part: &Part,
+    part: View<'_>,
     act: &ActQ8,
     nb: usize,
     (r0, r1): (usize, usize),
@@ -239,8 +278,8 @@ fn group<const MM: usize>(
     });
     let mut put = |t: usize, r: usize, v: f32| write(i + t, r0 + r, v);
     match part {
-        Part::Q4 { d, m: mins, qs, .. } => {
-            let o = q4_offset(d, mins.as_deref(), r0 * nb);
+        View::Q4(qs, d, mins) => {
+            let o = q4_offset(d, mins, r0 * nb);
             let w = (&qs[r0 * nb * 16..], &d[r0 * nb..]);
             let done = if isa == Isa::Vnni512 {
                 dot512::q4_tiles::<MM>(w, o, &x, r1 - r0, &mut put)
@@ -258,7 +297,7 @@ fn group<const MM: usize>(
                 dot::q4_rows::<MM>(isa, w, o, &x, r1 - r0 - done, &mut put);
             }
         }
-        Part::Q8 { d, qs, .. } => {
+        View::Q8(qs, d) => {
             let w = (&qs[r0 * nb * QK..], &d[r0 * nb..]);
             let done = if isa == Isa::Vnni512 {
                 dot512::q8_tiles::<MM>(w, &x, r1 - r0, &mut put)
@@ -271,6 +310,79 @@ fn group<const MM: usize>(
                 dot::q8_rows::<MM>(isa, w, &x, r1 - r0 - done, &mut put);
             }
         }
-        Part::Half { .. } | Part::Ggml(_) | Part::Bf16Panels(_) => {}
+        View::Q6(qs, d) => {
+            let w = (&qs[r0 * nb * QK..], &d[r0 * nb * 2..]);
+            dot::q6_rows::<MM>(isa, w, &x, r1 - r0, &mut put);
+        }
+    }
+}
+
+/// Q4_K rows whose scales are expanded at once (a multiple of [`R`]).
+const Q4K_ROWS: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instruction set this CPU can run gives the portable rows' values, for Q4_0, Q4_1,
+    /// Q8_0 and Q6_K, for activation row counts below, at and past the tiles' thresholds and the
+    /// pass length (so an AVX-512 machine also checks the AVX2 tiles of 8 of `tile8.rs`).
+    #[test]
+    fn every_isa_matches_the_portable_rows() {
+        let (nb, rows) = (3, 37);
+        let q4: Vec<u8> = (0..rows * nb * 16)
+            .map(|i| ((i * 97 + 13) % 256) as u8)
+            .collect();
+        let q8: Vec<i8> = (0..rows * nb * QK)
+            .map(|i| ((i * 61 + 5) % 256) as u8 as i8)
+            .collect();
+        let d: Vec<f32> = (0..rows * nb)
+            .map(|i| 0.01 + (i % 7) as f32 * 0.003)
+            .collect();
+        let mins: Vec<f32> = (0..rows * nb)
+            .map(|i| -0.05 + (i % 5) as f32 * 0.02)
+            .collect();
+        let d6: Vec<f32> = (0..rows * nb * 2)
+            .map(|i| 0.02 - (i % 9) as f32 * 0.004)
+            .collect();
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if Isa::get() == Isa::Vnni512 {
+                isas.push(Isa::Vnni512);
+            }
+        }
+        for m in [1, 3, 4, 9, 130] {
+            let x: Vec<f32> = (0..m * nb * QK)
+                .map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.7)
+                .collect();
+            let act = ActQ8::new(&x, nb * QK);
+            let views = [
+                View::Q4(&q4, &d, None),
+                View::Q4(&q4, &d, Some(&mins)),
+                View::Q8(&q8, &d),
+                View::Q6(&q8, &d6),
+            ];
+            for (vi, view) in views.into_iter().enumerate() {
+                let run = |isa: Isa| {
+                    let out: Vec<std::cell::Cell<f32>> =
+                        (0..m * rows).map(|_| f32::NAN.into()).collect();
+                    own_rows(isa, view, &act, nb, (0, rows), m, |t, r, v| {
+                        out[t * rows + r].set(v)
+                    });
+                    out.into_iter().map(|c| c.get()).collect::<Vec<f32>>()
+                };
+                let want = run(Isa::Portable);
+                for &isa in &isas {
+                    for (i, (g, w)) in run(isa).iter().zip(&want).enumerate() {
+                        let close = (g - w).abs() <= 1e-4 * w.abs().max(1.0);
+                        assert!(close, "{isa:?} view {vi} m={m} [{i}]: {g} vs {w}");
+                    }
+                }
+            }
+        }
     }
 }

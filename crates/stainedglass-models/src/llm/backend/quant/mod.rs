@@ -1,9 +1,11 @@
 //! Weights kept as stored: a matrix of GGUF-quantized rows ([`QMatrix`]) multiplied in
 //! quantized form, or of 16-bit floats (bf16/f16, e.g. from safetensors; `half.rs`) widened to
-//! f32 on use. The activations are quantized per row to 8-bit blocks (`act.rs`); Q4_0, Q4_1
-//! and Q8_0 rows run our kernels (`dot.rs`), every other quantized type candle's per-type dot
-//! products (`ggml.rs`). One parallel pass covers every part of a fused matrix (e.g. `[q | k |
-//! v]` with a Q6_K `v`), so a decode step pays one dispatch per product.
+//! f32 on use. The activations are quantized per row to 8-bit blocks (`act.rs`); Q4_0, Q4_1,
+//! Q4_K (re-packed as Q4_1 blocks with 6-bit scales, `q4k.rs`), Q6_K (re-packed as signed
+//! bytes with a scale per 16 values, `q6k.rs`) and Q8_0 rows run our kernels (`dot.rs`), every
+//! other quantized type candle's per-type dot products (`ggml.rs`). One parallel pass covers
+//! every part of a fused matrix (e.g. `[q | k | v]` with a Q5_K `v`), so a decode step pays one
+//! dispatch per product.
 //!
 //! Numerics ([`Activations`]): by default the f32 model's, bit for bit (`exact.rs`); or, for
 //! decoding, llama.cpp's (8-bit activations, integer block sums, f32 accumulation; `int8.rs`).
@@ -21,8 +23,12 @@ mod half_rows;
 mod int8;
 mod out_ptr;
 mod parse;
+mod q4k;
+mod q6k;
 #[cfg(target_arch = "x86_64")]
 mod tile16;
+#[cfg(target_arch = "x86_64")]
+mod tile8;
 
 use candle_core::quantized::GgmlDType;
 
@@ -34,17 +40,28 @@ pub use parse::GgufPiece;
 
 /// The most activation rows the 8-bit product takes (a decode step of up to this many
 /// requests); more rows are a prefill, faster in f32 through the BLAS — except for a matrix
-/// of Q4_0/Q4_1/Q8_0 rows only on a CPU with 512-bit VNNI, whose tiles of 16 weight rows
-/// (`tile16.rs`) take any number (a 256-token prefill 1.3–2.1× the BLAS path).
+/// of Q4_0/Q4_1/Q4_K/Q8_0 rows only on a CPU with 512-bit VNNI, whose tiles of 16 weight rows
+/// (`tile16.rs`) take any number (a 256-token prefill 1.3–2.1× the BLAS path), or of Q4 rows
+/// only on a CPU with AVX2 (`tile8.rs`); see also [`GGML_INT8_MAX_ROWS`] and
+/// [`AVX2_Q8_INT8_MAX_ROWS`].
 pub const INT8_MAX_ROWS: usize = 128;
 
-/// The most activation rows the 8-bit product takes for a matrix with a K-quant (or other
+/// The most activation rows the 8-bit product takes for a matrix with a Q5_K (or other
 /// candle-multiplied) part: candle's per-row dot products reuse no weights across activation
 /// rows, so they stay at 20–45 GMAC/s on two cores whatever the row count, and the f32 BLAS
 /// overtakes them between 16 and 32 rows (`q4_int8_speed` on 3072 × 768, 3 alternating
 /// rounds, `docs/bench-runs/kquant-int8-speed.jsonl`: Q4_K 26–44 against 21–23 GMAC/s at 16
 /// rows, 20–30 against 29–34 at 32; Q6_K 36 against 25–28, then 35–38 against 40–42).
 pub const GGML_INT8_MAX_ROWS: usize = 16;
+
+/// The most activation rows the 8-bit product takes for a matrix with Q8_0 rows on a CPU with
+/// AVX2 and no VNNI: `tile8.rs`'s Q8_0 tiles (no `vpdpbusd`: signed weights cost a sign and a
+/// widening per word) level off near 70 GMAC/s on two cores, and the f32 BLAS overtakes them
+/// between 64 and 256 rows (`q4_int8_speed`, the bundled model's 49152 × 576 Q8_0 LM head, 2
+/// alternating rounds on an AVX2-only AMD EPYC: 52–53 against 35–37 GMAC/s at 16 rows, 63–70
+/// against 62–67 at 64, 69–75 against 81–85 at 256). Matrices of Q4 rows only take any number
+/// on such a CPU (`tile8.rs`: 70–87 against 43–77 GMAC/s at 256 rows).
+pub const AVX2_Q8_INT8_MAX_ROWS: usize = 64;
 
 impl std::str::FromStr for Activations {
     type Err = String;
@@ -73,6 +90,10 @@ pub(super) enum Part {
         m: Option<Vec<f32>>,
         qs: Vec<u8>,
     },
+    /// Q4_K, re-packed as Q4_1 blocks with 6-bit scales (`q4k.rs`).
+    Q4K(q4k::Q4K),
+    /// Q6_K, re-packed as signed bytes with a scale per 16 values (`q6k.rs`).
+    Q6K(q6k::Q6K),
     /// Q8_0: value = q·d.
     Q8 {
         rows: usize,
@@ -94,6 +115,8 @@ impl Part {
     pub(super) fn rows(&self) -> usize {
         match self {
             Part::Q4 { rows, .. } | Part::Q8 { rows, .. } | Part::Half { rows, .. } => *rows,
+            Part::Q4K(q) => q.rows,
+            Part::Q6K(q) => q.rows,
             Part::Ggml(g) => g.rows(),
             Part::Bf16Panels(p) => p.rows(),
         }
@@ -104,6 +127,9 @@ impl Part {
             Part::Q4 { m: None, .. } => "Q4_0".into(),
             Part::Q4 { m: Some(_), .. } => "Q4_1".into(),
             Part::Q8 { .. } => "Q8_0".into(),
+            // candle's name, as the other K-quants have it.
+            Part::Q4K(_) => "Q4K".into(),
+            Part::Q6K(_) => "Q6K".into(),
             Part::Half { kind, .. } => kind.name().into(),
             Part::Ggml(g) => format!("{:?}", g.dtype()),
             Part::Bf16Panels(_) => "BF16 (panels)".into(),
@@ -124,7 +150,7 @@ pub struct QMatrix {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
     /// Quantized to 8 bits per block of 32, integer block sums (llama.cpp's numerics), in
-    /// decoding and, for Q4_0/Q4_1/Q8_0 matrices on a 512-bit VNNI CPU, in prefill too
+    /// decoding and, for Q4_0/Q4_1/Q4_K/Q8_0 matrices on a 512-bit VNNI CPU, in prefill too
     /// (elsewhere prefills beyond [`INT8_MAX_ROWS`] rows run in f32): about twice as fast as
     /// [`Activations::F32`], and greedy replies may differ from the f32 model's where its top
     /// two tokens are close.
@@ -186,8 +212,8 @@ impl QMatrix {
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`: up to
     /// [`INT8_MAX_ROWS`] rows (decoding, a batch of decoding requests) with the matrix's
     /// [`Activations`], more (prefill) in f32 through the BLAS on dequantized tiles (faster
-    /// there than 8-bit row products, and exact) — unless every part is Q4_0/Q4_1/Q8_0 and the
-    /// CPU has 512-bit VNNI: then `Int8` takes any number of rows.
+    /// there than 8-bit row products, and exact) — unless the tiles of 16 or of 8 take every
+    /// part (see [`INT8_MAX_ROWS`]): then `Int8` takes any number of rows.
     ///
     /// # Panics
     /// If `x` is not `m × cols` or `out` not `m × rows` (checked before any work starts).
@@ -227,11 +253,16 @@ impl QMatrix {
         let tiled = self
             .parts
             .iter()
-            .all(|p| matches!(p, Part::Q4 { .. } | Part::Q8 { .. }));
-        if tiled && Isa::get() == Isa::Vnni512 {
-            usize::MAX
-        } else {
-            INT8_MAX_ROWS
+            .all(|p| matches!(p, Part::Q4 { .. } | Part::Q4K(_) | Part::Q8 { .. }));
+        let q8 = self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Q8 { .. } | Part::Q6K(_)));
+        match Isa::get() {
+            Isa::Vnni512 if tiled => usize::MAX,
+            Isa::Avx2 if tiled && !q8 => usize::MAX,
+            Isa::Avx2 if q8 => AVX2_Q8_INT8_MAX_ROWS,
+            _ => INT8_MAX_ROWS,
         }
     }
 
@@ -282,6 +313,8 @@ impl QMatrix {
                     4 * d.len() + m.as_ref().map_or(0, |m| 4 * m.len()) + qs.len()
                 }
                 Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
+                Part::Q4K(q) => q.bytes(),
+                Part::Q6K(q) => q.bytes(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
                 Part::Bf16Panels(p) => p.bytes(),
@@ -315,6 +348,8 @@ impl QMatrix {
                 match p {
                     Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
                     Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
+                    Part::Q4K(q) => q.dequantize_row(g0 + i, row),
+                    Part::Q6K(q) => q.dequantize_row(g0 + i, row),
                     Part::Half { kind, vals, .. } => {
                         half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
                     }

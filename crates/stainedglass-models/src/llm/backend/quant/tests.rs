@@ -86,22 +86,51 @@ fn products_match_the_dequantized_f32_product() {
     }
 }
 
-/// A K-quant matrix with 8-bit activations multiplies up to [`GGML_INT8_MAX_ROWS`] rows in 8
-/// bits and more in f32 (faster there): past the limit its values are the f32 path's bit for
-/// bit, at the limit they are not.
+/// A matrix of candle-multiplied rows (Q5_K) with 8-bit activations multiplies up to
+/// [`GGML_INT8_MAX_ROWS`] rows in 8 bits and more in f32 (faster there): past the limit its
+/// values are the f32 path's bit for bit, at the limit they are not.
 #[test]
 fn k_quant_products_past_the_limit_run_in_f32() {
     let (n, k) = (8, 256);
-    let (mut qm, _) = quantized(GgmlDType::Q4K, n, k, 4);
+    let (mut qm, _) = quantized(GgmlDType::Q5K, n, k, 4);
     for (m, same) in [(GGML_INT8_MAX_ROWS + 1, true), (GGML_INT8_MAX_ROWS, false)] {
-        let x = weights(m, k, 9);
-        let mut exact = vec![0f32; m * n];
-        qm.set_activations(Activations::F32);
-        qm.product(&x, m, &mut exact, false);
-        let mut int8 = vec![0f32; m * n];
-        qm.set_activations(Activations::Int8);
-        qm.product(&x, m, &mut int8, false);
-        assert_eq!(exact == int8, same, "{m} rows");
+        assert_eq!(int8_is_exact(&mut qm, m, 9), same, "{m} rows");
+    }
+}
+
+/// Whether `m` activation rows (of seed `seed`) give the same values with 8-bit activations
+/// as with f32 ones.
+fn int8_is_exact(qm: &mut QMatrix, m: usize, seed: u64) -> bool {
+    let (n, k) = qm.dims();
+    let x = weights(m, k, seed);
+    let mut exact = vec![0f32; m * n];
+    qm.set_activations(Activations::F32);
+    qm.product(&x, m, &mut exact, false);
+    let mut int8 = vec![0f32; m * n];
+    qm.set_activations(Activations::Int8);
+    qm.product(&x, m, &mut int8, false);
+    exact == int8
+}
+
+/// A Q8_0 matrix (the LM head) with 8-bit activations multiplies in f32 past this CPU's
+/// limit for it (64 rows with AVX2 alone, 128 with 256-bit VNNI, none with 512-bit VNNI): the
+/// f32 path's values bit for bit past the limit, not at it.
+#[test]
+fn q8_products_past_this_cpus_limit_run_in_f32() {
+    let (n, k) = (8, 64);
+    let (mut qm, _) = quantized(GgmlDType::Q8_0, n, k, 6);
+    let limit = qm.int8_max_rows();
+    let expected = match Isa::get() {
+        Isa::Vnni512 => usize::MAX,
+        Isa::Avx2 => AVX2_Q8_INT8_MAX_ROWS,
+        _ => INT8_MAX_ROWS,
+    };
+    assert_eq!(limit, expected);
+    if limit == usize::MAX {
+        return;
+    }
+    for (m, same) in [(limit + 1, true), (limit, false)] {
+        assert_eq!(int8_is_exact(&mut qm, m, 10), same, "{m} rows");
     }
 }
 
@@ -267,20 +296,20 @@ proptest! {
         }
     }
 
-    /// The 8-bit product of Q4_0, Q4_1 and Q8_0 matrices of any row count, for any number of
+    /// The 8-bit product of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K matrices of any row count, for any number of
     /// activation rows (the tiles of 16 and of 4, the portable rows, passes of 128 activation
     /// rows), stays within the activations' rounding of the f32 product of the same rows, and
     /// accumulating adds exactly that product.
     #[test]
     fn int8_products_of_any_shape_match_the_f32_product(
-        t in 0usize..3,
+        t in 0usize..5,
         n in 1usize..70,
         blocks in 1usize..4,
         m in 1usize..300,
         seed in 0u64..1000,
     ) {
-        let dtype = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0][t];
-        let k = blocks * 32;
+        let dtype = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K][t];
+        let k = blocks * if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) { 256 } else { 32 };
         let (mut qm, deq) = quantized(dtype, n, k, seed);
         qm.set_activations(Activations::Int8);
         let x = weights(m, k, seed + 1);
@@ -372,5 +401,148 @@ fn q4_int8_speed() {
                 );
             }
         }
+    }
+}
+
+/// Neighbouring Q4_K tensors become one part of ours (re-packed for the Q4 kernels) that
+/// holds about the file's bytes (152 per 256 values against 144), not f32 scales.
+#[test]
+fn q4k_pieces_merge_into_a_part_near_the_files_size() {
+    let (rows, k) = (6, 512);
+    let w = Tensor::from_vec(weights(rows, k, 8), (rows, k), &Device::Cpu).expect("w");
+    let data = QTensor::quantize(&w, GgmlDType::Q4K)
+        .and_then(|q| q.data().map(|d| d.to_vec()))
+        .expect("quantize");
+    let half = data.len() / 2;
+    let piece = |data: &'static [u8]| GgufPiece {
+        dtype: GgmlDType::Q4K,
+        data,
+        rows: rows / 2,
+        order: None,
+    };
+    let data: &'static [u8] = Box::leak(data.into_boxed_slice());
+    let qm = QMatrix::from_gguf_pieces(&[piece(&data[..half]), piece(&data[half..])], k)
+        .expect("matrix");
+    assert_eq!(qm.storage(), "Q4K");
+    assert_eq!(qm.bytes() * 144, data.len() * 152);
+}
+
+/// What Q4_K's scale expansion costs: the 8-bit product of the same weights as Q4_K and as
+/// Q4_1 (the same kernels once the scales are expanded), alternating (`cargo test --release
+/// -p stainedglass-models q4k_against_q4_1_speed -- --ignored --nocapture`): a measurement,
+/// not a check.
+#[test]
+#[ignore]
+fn q4k_against_q4_1_speed() {
+    let (n, k) = (3072, 768);
+    let (q4k, _) = quantized(GgmlDType::Q4K, n, k, 21);
+    let (q41, _) = quantized(GgmlDType::Q4_1, n, k, 21);
+    for m in [1, 4, 16] {
+        let x = weights(m, k, 5);
+        let mut out = vec![0f32; m * n];
+        let iters = (4000 / m).max(2);
+        for _ in 0..3 {
+            let mut rate = |qm: &QMatrix| {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    qm.product_int8(&x, m, &mut out, false);
+                }
+                (m * n * k * iters) as f64 / t.elapsed().as_secs_f64() / 1e9
+            };
+            let (a, b) = (rate(&q4k), rate(&q41));
+            println!(
+                "{{\"isa\":\"{}\",\"n\":{n},\"k\":{k},\"m\":{m},\"q4k_gmac_per_s\":{a:.1},\"q4_1_gmac_per_s\":{b:.1},\"ratio\":{:.2}}}",
+                Isa::get().name(),
+                a / b
+            );
+        }
+    }
+}
+
+/// Q6_K rows multiplied by our Q8 kernels against candle's Q6_K dot products (what they ran
+/// before `q6k.rs`) and against the f32 product, on the same weights, alternating (`cargo test
+/// --release -p stainedglass-models q6k_speed -- --ignored --nocapture`): a measurement, not a
+/// check.
+#[test]
+#[ignore]
+fn q6k_speed() {
+    let (n, k) = (3072, 768);
+    let w = Tensor::from_vec(weights(n, k, 21), (n, k), &Device::Cpu).expect("w");
+    let data = QTensor::quantize(&w, GgmlDType::Q6K)
+        .and_then(|q| q.data().map(|d| d.to_vec()))
+        .expect("quantize");
+    let ours = QMatrix::from_gguf(GgmlDType::Q6K, &data, n, k).expect("matrix");
+    let candle = QMatrix {
+        rows: n,
+        cols: k,
+        parts: vec![Part::Ggml(
+            ggml::rows_for(GgmlDType::Q6K, &data, n, k).expect("candle rows"),
+        )],
+        activations: Activations::Int8,
+    };
+    for m in [1, 4, 16, 64, 128, 256] {
+        let x = weights(m, k, 5);
+        let mut out = vec![0f32; m * n];
+        let iters = (2000 / m).max(2);
+        for _ in 0..3 {
+            let mut rate = |qm: &QMatrix, int8: bool| {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    if int8 {
+                        qm.product_int8(&x, m, &mut out, false);
+                    } else {
+                        qm.product_f32(&x, m, &mut out, false);
+                    }
+                }
+                (m * n * k * iters) as f64 / t.elapsed().as_secs_f64() / 1e9
+            };
+            let (a, b, c) = (rate(&ours, true), rate(&candle, true), rate(&ours, false));
+            println!(
+                "{{\"isa\":\"{}\",\"n\":{n},\"k\":{k},\"m\":{m},\"ours_gmac_per_s\":{a:.1},\"candle_gmac_per_s\":{b:.1},\"f32_gmac_per_s\":{c:.1},\"ours_over_candle\":{:.2},\"ours_over_f32\":{:.2}}}",
+                Isa::get().name(),
+                a / b,
+                a / c
+            );
+        }
+    }
+}
+
+/// Q6_K tensors become one part of ours (signed bytes and a scale per 16 values: 320 bytes
+/// per 256 values against the file's 210), with the file's row order applied.
+#[test]
+fn q6k_pieces_merge_into_one_part() {
+    let (rows, k) = (6, 512);
+    let w = Tensor::from_vec(weights(rows, k, 8), (rows, k), &Device::Cpu).expect("w");
+    let q = QTensor::quantize(&w, GgmlDType::Q6K).expect("quantize");
+    let deq = q
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .expect("dequantize");
+    let data: &'static [u8] = Box::leak(q.data().expect("bytes").to_vec().into_boxed_slice());
+    let half = data.len() / 2;
+    let order = vec![2, 0, 1];
+    let pieces = [
+        GgufPiece {
+            dtype: GgmlDType::Q6K,
+            data: &data[..half],
+            rows: rows / 2,
+            order: Some(order.clone()),
+        },
+        GgufPiece {
+            dtype: GgmlDType::Q6K,
+            data: &data[half..],
+            rows: rows / 2,
+            order: None,
+        },
+    ];
+    let qm = QMatrix::from_gguf_pieces(&pieces, k).expect("matrix");
+    assert_eq!(qm.storage(), "Q6K");
+    assert_eq!(qm.bytes() * 210, data.len() * 320);
+    let mut row = vec![0f32; k];
+    // The first piece's rows in its order, then the second's.
+    let sources = order.iter().copied().chain(3..rows);
+    for (r, src) in sources.enumerate() {
+        qm.dequantize_row(r, &mut row);
+        assert_eq!(row, deq[src * k..(src + 1) * k], "row {r}");
     }
 }
