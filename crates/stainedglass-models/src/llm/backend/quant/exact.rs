@@ -147,7 +147,7 @@ impl QMatrix {
                             m,
                         })
                     }
-                    Part::Q6K(_) | Part::Ggml(_) | Part::Bf16Panels(_) => None,
+                    Part::Ggml(_) | Part::Bf16Panels(_) => None,
                 };
             }
         }

@@ -1,5 +1,6 @@
-//! Weight rows in any other GGUF storage type (the K-quants Q2_K, Q3_K, Q5_K, Q5_0, Q5_1, f32;
-//! Q4_K and Q6_K are ours, `q4k.rs` and `q6k.rs`, f16 and bf16 too, `half_rows.rs`), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
+//! Weight rows in any other GGUF storage type (the K-quants Q2_K, Q3_K, Q5_K, Q6_K, Q5_0, Q5_1,
+//! f32; Q4_K is ours, `q4k.rs`, f16 and bf16 too, `half_rows.rs`; Q6_K rows are unpacked for
+//! our kernels when a product has more than one activation row, `q6k.rs`), multiplied with candle's own per-type dot products (`GgmlType::vec_dot`, AVX2 for the
 //! K-quants) after the activations are quantized to the type's partner format (Q8_K for the
 //! K-quants). Only the row loop is ours, so these run in the same parallel pass as our own
 //! Q4/Q8 kernels (`dot.rs`).
@@ -26,6 +27,8 @@ pub(crate) trait GgmlRows: Send + Sync {
     /// Reorders the rows: new row `i` is old row `perm[i]`.
     fn permute(&mut self, perm: &[usize]);
     fn bytes(&self) -> usize;
+    /// The blocks as the file stores them.
+    fn raw(&self) -> &[u8];
 }
 
 struct Rows<T: GgmlType> {
@@ -84,6 +87,12 @@ where
 
     fn bytes(&self) -> usize {
         std::mem::size_of_val(self.blocks.as_slice())
+    }
+
+    fn raw(&self) -> &[u8] {
+        // SAFETY: the block types are plain old data (integers and halves, `repr(C)`, no
+        // padding: candle asserts their sizes), so their bytes are the file's, as copied in.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<u8>(), self.bytes()) }
     }
 }
 

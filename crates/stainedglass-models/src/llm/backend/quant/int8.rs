@@ -6,10 +6,11 @@ use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
 use super::dot512;
 use super::out_ptr::OutPtr;
-use super::{ggml, Part, QMatrix};
+use super::{ggml, q6k, Part, QMatrix};
 #[cfg(target_arch = "x86_64")]
 use super::{tile16, tile8};
 use crate::llm::backend::gemv::dot;
+use candle_core::quantized::GgmlDType;
 
 impl QMatrix {
     /// `out (m × rows) = x (m × cols) · Wᵀ`, added to `out` when `accumulate`, with the
@@ -19,18 +20,19 @@ impl QMatrix {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);
         let isa = Isa::get();
+        // Q6_K rows (candle's blocks) take our tiles from `Q6K_OWN_MIN_ROWS` activation rows.
+        let unpack_q6k = |p: &Part| {
+            m >= Q6K_OWN_MIN_ROWS && matches!(p, Part::Ggml(g) if g.dtype() == GgmlDType::Q6K)
+        };
         let own = self.parts.iter().any(|p| {
-            matches!(
-                p,
-                Part::Q4 { .. } | Part::Q4K(_) | Part::Q6K(_) | Part::Q8 { .. }
-            )
+            matches!(p, Part::Q4 { .. } | Part::Q4K(_) | Part::Q8 { .. }) || unpack_q6k(p)
         });
         let act = own.then(|| ActQ8::new(x, k));
         let preps: Vec<Option<ggml::Prepared>> = self
             .parts
             .iter()
             .map(|p| match p {
-                Part::Ggml(g) => Some(g.prepare(x)),
+                Part::Ggml(g) if !unpack_q6k(p) => Some(g.prepare(x)),
                 _ => None,
             })
             .collect();
@@ -57,6 +59,18 @@ impl QMatrix {
                 }
             };
             match &self.parts[pi] {
+                p @ Part::Ggml(g) if unpack_q6k(p) => {
+                    let Some(act) = &act else { return };
+                    // As Q4_K: 64 rows unpacked at a time, shared by every activation row.
+                    let nb = k / QK;
+                    let (mut qs, mut ds) = (vec![0i8; Q4K_ROWS * k], vec![0f32; Q4K_ROWS * nb * 2]);
+                    for c0 in (r0..r1).step_by(Q4K_ROWS) {
+                        let rows = Q4K_ROWS.min(r1 - c0);
+                        q6k::unpack_rows(g.raw(), (c0, rows, k), &mut qs, &mut ds);
+                        let write = |ar: usize, j: usize, v: f32| write(ar, c0 + j, v);
+                        own_rows(isa, View::Q6(&qs, &ds), act, nb, (0, rows), m, write);
+                    }
+                }
                 Part::Ggml(g) => {
                     let Some(prep) = &preps[pi] else { return };
                     for j in r0..r1 {
@@ -84,10 +98,6 @@ impl QMatrix {
                     let Some(act) = &act else { return };
                     own_rows(isa, View::Q8(qs, d), act, k / QK, (r0, r1), m, write);
                 }
-                Part::Q6K(q) => {
-                    let Some(act) = &act else { return };
-                    own_rows(isa, View::Q6(&q.qs, &q.ds), act, k / QK, (r0, r1), m, write);
-                }
                 Part::Q4K(q) => {
                     let Some(act) = &act else { return };
                     // Rows in tiles of 16, each tile's scales expanded once for every
@@ -108,6 +118,10 @@ impl QMatrix {
         super::spin_pool(tasks.len(), |range| tasks[range].iter().for_each(&run));
     }
 }
+
+/// The fewest activation rows for which Q6_K rows are unpacked for our tiles (`q6k.rs`): one
+/// row runs candle's dot product, which reads the file's blocks once.
+const Q6K_OWN_MIN_ROWS: usize = 2;
 
 /// Activation rows per tile (the tiles are 4 weight rows × `M`: each weight block is unpacked
 /// once for `M` activation rows, each activation block loaded once for 4 weight rows).
@@ -317,7 +331,8 @@ fn group<const MM: usize>(
     }
 }
 
-/// Q4_K rows whose scales are expanded at once (a multiple of [`R`]).
+/// Q4_K rows whose scales are expanded at once, and Q6_K rows unpacked at once (a multiple
+/// of [`R`]).
 const Q4K_ROWS: usize = 64;
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Weights kept as stored: a matrix of GGUF-quantized rows ([`QMatrix`]) multiplied in
 //! quantized form, or of 16-bit floats (bf16/f16, e.g. from safetensors; `half.rs`) widened to
 //! f32 on use. The activations are quantized per row to 8-bit blocks (`act.rs`); Q4_0, Q4_1,
-//! Q4_K (re-packed as Q4_1 blocks with 6-bit scales, `q4k.rs`), Q6_K (re-packed as signed
-//! bytes with a scale per 16 values, `q6k.rs`) and Q8_0 rows run our kernels (`dot.rs`), every
-//! other quantized type candle's per-type dot products (`ggml.rs`). One parallel pass covers
+//! Q4_K (re-packed as Q4_1 blocks with 6-bit scales, `q4k.rs`) and Q8_0 rows run our kernels
+//! (`dot.rs`), Q6_K rows candle's dot product for one activation row and our kernels for more
+//! (`q6k.rs`), every other quantized type candle's per-type dot products (`ggml.rs`). One parallel pass covers
 //! every part of a fused matrix (e.g. `[q | k | v]` with a Q5_K `v`), so a decode step pays one
 //! dispatch per product.
 //!
@@ -92,8 +92,6 @@ pub(super) enum Part {
     },
     /// Q4_K, re-packed as Q4_1 blocks with 6-bit scales (`q4k.rs`).
     Q4K(q4k::Q4K),
-    /// Q6_K, re-packed as signed bytes with a scale per 16 values (`q6k.rs`).
-    Q6K(q6k::Q6K),
     /// Q8_0: value = q·d.
     Q8 {
         rows: usize,
@@ -116,7 +114,6 @@ impl Part {
         match self {
             Part::Q4 { rows, .. } | Part::Q8 { rows, .. } | Part::Half { rows, .. } => *rows,
             Part::Q4K(q) => q.rows,
-            Part::Q6K(q) => q.rows,
             Part::Ggml(g) => g.rows(),
             Part::Bf16Panels(p) => p.rows(),
         }
@@ -129,7 +126,6 @@ impl Part {
             Part::Q8 { .. } => "Q8_0".into(),
             // candle's name, as the other K-quants have it.
             Part::Q4K(_) => "Q4K".into(),
-            Part::Q6K(_) => "Q6K".into(),
             Part::Half { kind, .. } => kind.name().into(),
             Part::Ggml(g) => format!("{:?}", g.dtype()),
             Part::Bf16Panels(_) => "BF16 (panels)".into(),
@@ -247,7 +243,13 @@ impl QMatrix {
 
     /// The most activation rows the 8-bit product takes for this matrix on this CPU.
     fn int8_max_rows(&self) -> usize {
-        if self.parts.iter().any(|p| matches!(p, Part::Ggml(_))) {
+        // Q6_K rows are candle's blocks, unpacked for our tiles of 4 (`q6k.rs`).
+        let q6k = |p: &Part| matches!(p, Part::Ggml(g) if g.dtype() == GgmlDType::Q6K);
+        if self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Ggml(_)) && !q6k(p))
+        {
             return GGML_INT8_MAX_ROWS;
         }
         let tiled = self
@@ -257,7 +259,7 @@ impl QMatrix {
         let q8 = self
             .parts
             .iter()
-            .any(|p| matches!(p, Part::Q8 { .. } | Part::Q6K(_)));
+            .any(|p| matches!(p, Part::Q8 { .. }) || q6k(p));
         match Isa::get() {
             Isa::Vnni512 if tiled => usize::MAX,
             Isa::Avx2 if tiled && !q8 => usize::MAX,
@@ -314,7 +316,6 @@ impl QMatrix {
                 }
                 Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
                 Part::Q4K(q) => q.bytes(),
-                Part::Q6K(q) => q.bytes(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
                 Part::Bf16Panels(p) => p.bytes(),
@@ -349,7 +350,6 @@ impl QMatrix {
                     Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
                     Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
                     Part::Q4K(q) => q.dequantize_row(g0 + i, row),
-                    Part::Q6K(q) => q.dequantize_row(g0 + i, row),
                     Part::Half { kind, vals, .. } => {
                         half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
                     }

@@ -1,13 +1,13 @@
 //! Building a [`QMatrix`] from GGUF tensor bytes: one or several tensors stacked by rows (a
 //! fused `[q | k | v]`), each optionally read in another row order. Neighbouring tensors of
-//! one of our types (Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, F16, BF16) become one part whose buffers are allocated once at
+//! one of our types (Q4_0, Q4_1, Q4_K, Q8_0, F16, BF16) become one part whose buffers are allocated once at
 //! their final size; a load's memory is the model's own, without copies or growth.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use super::act::QK;
-use super::{ggml, half_rows, q4k, q6k, Activations, HalfKind, Part, QMatrix};
+use super::{ggml, half_rows, q4k, Activations, HalfKind, Part, QMatrix};
 
 /// One GGUF tensor's rows, as [`QMatrix::from_gguf_pieces`] reads them.
 pub struct GgufPiece<'a> {
@@ -26,14 +26,13 @@ fn block_bytes(dtype: GgmlDType) -> Option<usize> {
         GgmlDType::Q4_1 => Some(20),
         GgmlDType::Q8_0 => Some(34),
         GgmlDType::Q4K => Some(q4k::BLOCK_BYTES),
-        GgmlDType::Q6K => Some(q6k::BLOCK_BYTES),
         _ => None,
     }
 }
 
 /// Values per block of our types.
 fn block_values(dtype: GgmlDType) -> usize {
-    if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
+    if dtype == GgmlDType::Q4K {
         q4k::QK_K
     } else {
         QK
@@ -196,15 +195,6 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
             }
             Part::Q4K(part)
         }
-        GgmlDType::Q6K => {
-            let mut part = q6k::Q6K::with_capacity(rows, cols);
-            for p in run {
-                p.rows_in_order(q6k::BLOCK_BYTES * cols / q6k::QK_K)
-                    .flat_map(|r| r.chunks_exact(q6k::BLOCK_BYTES))
-                    .for_each(|b| part.push_block(b));
-            }
-            Part::Q6K(part)
-        }
         GgmlDType::F16 | GgmlDType::BF16 => {
             let mut vals = Vec::with_capacity(rows * cols);
             for p in run {
@@ -227,7 +217,6 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
         Part::Q4 { d, m, .. } => d.iter().chain(m.iter().flatten()).any(|v| !v.is_finite()),
         Part::Q8 { d, .. } => d.iter().any(|v| !v.is_finite()),
         Part::Q4K(q) => !q.finite(),
-        Part::Q6K(q) => !q.finite(),
         Part::Half { kind, vals, .. } => !half_rows::all_finite(*kind, vals),
         // Never parsed from a file (made from f32 weights in memory).
         Part::Bf16Panels(_) => false,

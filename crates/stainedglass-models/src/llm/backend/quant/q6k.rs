@@ -1,97 +1,113 @@
-//! Q6_K rows run by our Q8 kernels. A Q6_K super-block of 256 values is sixteen groups of 16,
+//! Q6_K rows for our Q8 kernels. A Q6_K super-block of 256 values is sixteen groups of 16,
 //! each `value = d·sc·(q − 32)` with a 6-bit `q`, a signed 8-bit `sc` and the super-block's
-//! f16 `d`. Re-packed once at load as signed bytes `q − 32` (−32..=31) in Q8_0's layout (32 per
-//! block) with one f32 scale `d·sc` per group of 16 — two per block of 32. `d·sc` is exact in
-//! f32 (11 + 8 bits) and `(d·sc)·(q − 32)` is candle's `d · sc · (q − 32)` to the bit, so the
-//! f32 path (`deq.rs`'s buffer) computes on exactly the values candle dequantizes.
+//! f16 `d`. The matrix keeps the file's blocks (candle's `BlockQ6K`, `ggml.rs`): a single
+//! activation row (one decoding request) runs candle's dot product, which reads the 210 bytes
+//! per 256 values once and applies the scales in integers. For more rows a product unpacks
+//! 64 weight rows at a time ([`unpack_rows`]) into signed bytes `q − 32` (Q8_0's layout, 32
+//! per block) and f32 group scales `d·sc` (two per block), shared by every activation row, and
+//! runs the Q8 tiles with one change (`dot.rs`'s `q6_rows`): the 32-bit lanes of a block's
+//! integer products (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd`) hold values `4i..4i + 4`, so
+//! lanes 0–3 are the first group of 16 and lanes 4–7 the second, and each block's scale is a
+//! vector of the two groups' scales instead of one broadcast. `d·sc` is exact in f32 (11 + 8
+//! bits), so the values are candle's to the bit.
 //!
-//! The 8-bit product is Q8_0's with one change: the 32-bit lanes of a block's integer products
-//! (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd`) hold values `4i..4i + 4`, so lanes 0–3 are the
-//! first group of 16 and lanes 4–7 the second; each block's scale is a vector of the two groups'
-//! scales (four lanes each) instead of one broadcast (`dot.rs`'s `q6_rows`). Candle's own Q6_K
-//! products (activations quantized per 256, one row at a time) reused no weights across a
-//! decoding batch, and a fused matrix with a Q6_K part (a Q4_K_M model's `[q | k | v]`) had to
-//! prefill in f32 past 16 rows.
-//!
-//! Memory: 320 bytes per 256 values against the file's 210 (1.52×): unpacking the 6 bits and
-//! the 8-bit scales in the kernel would keep the file's size, at a few more instructions per
-//! block; a Q4_K_M file holds about a quarter of its weights as Q6_K, so about +13% in all.
+//! Measured on the way (`docs/serving/stored-weights.md`): holding the unpacked bytes (320
+//! bytes per 256 values) made batches 2× candle's speed but single-request decoding slower, by
+//! the bytes it read; a re-packed 6-bit form (212 bytes) kept the size, but unpacking in the
+//! kernel made a single row 1.4× slower than candle's. Candle's own products reuse no weights
+//! across a batch's rows (32–35 GMAC/s at any row count on two cores), which is what the
+//! unpacked tiles fix.
 
 /// Values per super-block.
 pub(super) const QK_K: usize = 256;
-/// Values per group sharing a scale.
-pub(super) const GROUP: usize = 16;
 /// Bytes of one stored Q6_K super-block: 128 of low nibbles, 64 of high bit pairs, 16 scales,
 /// the f16 `d`.
 pub(super) const BLOCK_BYTES: usize = 210;
 
-/// Rows of Q6_K, re-packed (see the module doc).
-pub(crate) struct Q6K {
-    pub(super) rows: usize,
-    /// `q − 32` as signed bytes, in order (Q8_0's layout: 32 per block).
-    pub(super) qs: Vec<i8>,
-    /// `d·sc` of each group of 16 values (two per block of 32).
-    pub(super) ds: Vec<f32>,
+/// Rows `r0..r0 + rows` of the file's Q6_K blocks `raw` (rows of `k` values) as signed bytes
+/// `q − 32` into the front of `qs` (`rows·k`) and group scales `d·sc` into the front of `ds`
+/// (`rows·k/16`), candle's values to the bit.
+///
+/// # Panics
+/// If the rows are out of range or the buffers too short.
+pub(super) fn unpack_rows(
+    raw: &[u8],
+    (r0, rows, k): (usize, usize, usize),
+    qs: &mut [i8],
+    ds: &mut [f32],
+) {
+    let nsb = k / QK_K;
+    let raw = &raw[r0 * nsb * BLOCK_BYTES..(r0 + rows) * nsb * BLOCK_BYTES];
+    let (qs, ds) = (&mut qs[..rows * k], &mut ds[..rows * k / 16]);
+    for ((b, q), d) in raw
+        .chunks_exact(BLOCK_BYTES)
+        .zip(qs.chunks_exact_mut(QK_K))
+        .zip(ds.chunks_exact_mut(QK_K / 16))
+    {
+        let f = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+        for (d, &s) in d.iter_mut().zip(&b[192..208]) {
+            *d = f * f32::from(s as i8);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; `b` is one block, `q` 256 values.
+            unsafe { unpack_avx2(b, q) };
+            continue;
+        }
+        unpack_plain(b, q);
+    }
 }
 
-impl Q6K {
-    /// An empty part for `rows` rows of `cols` values (`cols` a multiple of 256), filled by
-    /// [`Q6K::push_block`].
-    pub(super) fn with_capacity(rows: usize, cols: usize) -> Self {
-        Self {
-            rows,
-            qs: Vec::with_capacity(rows * cols),
-            ds: Vec::with_capacity(rows * cols / GROUP),
+/// One block's `q − 32` in order: value `128h + 32j + l` (half `h`, `j` = 0..4) takes nibble
+/// `j / 2` of low byte `64h + l + 32·(j % 2)` and bits `2j..2j + 2` of high byte `32h + l`
+/// (ggml's layout).
+fn unpack_plain(b: &[u8], q: &mut [i8]) {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    for h in 0..2 {
+        for j in 0..4 {
+            for l in 0..32 {
+                let lo = (ql[64 * h + l + 32 * (j % 2)] >> (4 * (j / 2))) & 0x0f;
+                let hi = (qh[32 * h + l] >> (2 * j)) & 3;
+                q[128 * h + 32 * j + l] = (lo | (hi << 4)) as i8 - 32;
+            }
         }
     }
+}
 
-    /// Appends one stored super-block (`BLOCK_BYTES` bytes): ggml's unpacking, in order.
-    pub(super) fn push_block(&mut self, b: &[u8]) {
-        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
-        let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
-        self.ds.extend(sc.iter().map(|&s| d * f32::from(s as i8)));
-        // Each half of 128 values: 64 bytes of low nibbles, 32 of high bit pairs; value
-        // `32j + l` (j = 0..4) takes nibble j / 2 of byte `l + 32·(j % 2)` and bits 2j..2j + 2
-        // of high byte `l`.
-        for half in 0..2 {
-            let (ql, qh) = (
-                &ql[64 * half..64 * half + 64],
-                &qh[32 * half..32 * half + 32],
+/// [`unpack_plain`] with AVX2: 32 values per step, from 32 low bytes and the 32 high bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_avx2(b: &[u8], q: &mut [i8]) {
+    use std::arch::x86_64::*;
+    assert!(b.len() >= 192 && q.len() >= QK_K);
+    let (mask4, mask2, off) = (
+        _mm256_set1_epi8(0x0f),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
+    for h in 0..2 {
+        let l0 = _mm256_loadu_si256(b.as_ptr().add(64 * h).cast());
+        let l1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast());
+        let hb = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
+        // Nibble j / 2 of l0 (j even) or l1 (j odd); 16-bit shifts, then a byte mask.
+        let lows = [
+            _mm256_and_si256(l0, mask4),
+            _mm256_and_si256(l1, mask4),
+            _mm256_and_si256(_mm256_srli_epi16(l0, 4), mask4),
+            _mm256_and_si256(_mm256_srli_epi16(l1, 4), mask4),
+        ];
+        let highs = [
+            _mm256_and_si256(hb, mask2),
+            _mm256_and_si256(_mm256_srli_epi16(hb, 2), mask2),
+            _mm256_and_si256(_mm256_srli_epi16(hb, 4), mask2),
+            _mm256_and_si256(_mm256_srli_epi16(hb, 6), mask2),
+        ];
+        for (j, (lo, hi)) in lows.into_iter().zip(highs).enumerate() {
+            let v = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+            _mm256_storeu_si256(
+                q.as_mut_ptr().add(128 * h + 32 * j).cast(),
+                _mm256_sub_epi8(v, off),
             );
-            for j in 0..4 {
-                self.qs.extend((0..32).map(|l| {
-                    let lo = (ql[l + 32 * (j % 2)] >> (4 * (j / 2))) & 0x0f;
-                    let hi = (qh[l] >> (2 * j)) & 3;
-                    ((lo | (hi << 4)) as i8) - 32
-                }));
-            }
-        }
-    }
-
-    /// Whether every scale is finite (then so is every value).
-    pub(super) fn finite(&self) -> bool {
-        self.ds.iter().all(|v| v.is_finite())
-    }
-
-    pub(super) fn bytes(&self) -> usize {
-        self.qs.len() + 4 * self.ds.len()
-    }
-
-    /// Row `row` as f32 values (`out`: the row's `cols` values), candle's to the bit.
-    pub(super) fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        let k = out.len();
-        let (qs, ds) = (
-            &self.qs[row * k..(row + 1) * k],
-            &self.ds[row * k / GROUP..(row + 1) * k / GROUP],
-        );
-        for ((o, q), d) in out
-            .chunks_exact_mut(GROUP)
-            .zip(qs.chunks_exact(GROUP))
-            .zip(ds)
-        {
-            for (o, &q) in o.iter_mut().zip(q) {
-                *o = d * f32::from(q);
-            }
         }
     }
 }
@@ -102,9 +118,9 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    /// Every row reads back as candle dequantizes the stored blocks, bit for bit, for
-    /// candle's own quantization and for super-blocks of arbitrary bytes (any scales, any
-    /// 6-bit values).
+    /// Unpacked rows times their group scales are candle's dequantized values bit for bit,
+    /// for candle's own quantization and for blocks of arbitrary bytes (any scales, any 6-bit
+    /// values), with the SIMD unpacking and without.
     #[test]
     fn rows_are_candles_to_the_bit() {
         let (rows, cols) = (5, 512);
@@ -142,18 +158,26 @@ mod tests {
                 .dequantize(&Device::Cpu)
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                 .expect("dequantize");
-            let mut part = Q6K::with_capacity(rows, cols);
-            data.chunks_exact(BLOCK_BYTES)
-                .for_each(|b| part.push_block(b));
-            assert!(part.finite());
-            let mut row = vec![0f32; cols];
-            for r in 0..rows {
-                part.dequantize_row(r, &mut row);
-                let same = row
-                    .iter()
-                    .zip(&want[r * cols..(r + 1) * cols])
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "row {r}");
+            // Rows 1..4, at the front of the buffers.
+            let (mut qs, mut ds) = (vec![0i8; 3 * cols], vec![0f32; 3 * cols / 16]);
+            unpack_rows(&data, (1, 3, cols), &mut qs, &mut ds);
+            let got: Vec<f32> = qs
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| ds[i / 16] * f32::from(q))
+                .collect();
+            let same = got
+                .iter()
+                .zip(&want[cols..4 * cols])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same);
+            let mut plain = vec![0i8; QK_K];
+            for (b, q) in data[BLOCK_BYTES * 2..]
+                .chunks_exact(BLOCK_BYTES)
+                .zip(qs.chunks_exact(QK_K))
+            {
+                unpack_plain(b, &mut plain);
+                assert_eq!(plain, q, "SIMD and plain unpacking");
             }
         }
     }
