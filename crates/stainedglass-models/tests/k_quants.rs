@@ -137,7 +137,10 @@ fn q4_k_and_q6_k_models_run_as_stored() {
     let f32_model = Llama::load(&path, &Device::Cpu).expect("f32 model");
     let exact = Llama::load_stored_with(&path, &Device::Cpu, Activations::F32).expect("stored");
     let int8 = Llama::load_stored_with(&path, &Device::Cpu, Activations::Int8).expect("stored");
-    assert_eq!(exact.storage_summary(), "Q4K ×7, Q4K+Q6K ×1, Q6K ×2");
+    assert_eq!(
+        exact.storage_summary(),
+        "Q4K ×4, Q4K+Q4K ×2, Q4K+Q4K+Q4K ×1, Q4K+Q4K+Q6K ×1, Q6K ×2"
+    );
     assert!(exact.weight_bytes() * 4 < f32_model.weight_bytes());
     // A short prefill (8-bit products throughout) and a long one (past 128 rows: the Q6_K
     // matrices' f32 route, the Q4_K ones' tiles where the CPU has them).

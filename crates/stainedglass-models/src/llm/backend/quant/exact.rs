@@ -19,6 +19,8 @@ use super::{HalfKind, QMatrix};
 use crate::llm::backend::blas::{for_column_blocks, sgemm_strided};
 use crate::llm::backend::gemv::{dot, dot_rows};
 use crate::llm::backend::ops::GEMV_MAX_ROWS;
+#[cfg(target_arch = "x86_64")]
+use candle_core::quantized::GgmlDType;
 
 /// Weight rows per parallel task, and per pass, as `gemv::gemv_rows` has them.
 const BLOCK: usize = 64;
@@ -135,17 +137,15 @@ impl QMatrix {
                         qs: &qs[g * nb * QK..(g + ROWS_PER_PASS) * nb * QK],
                         d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
                     }),
-                    Part::Q4K(q) => {
-                        let (mut d, mut m) = (
+                    Part::Ggml(q) if q.dtype() == GgmlDType::Q4K => {
+                        let (mut qs, mut d, mut m) = (
+                            vec![0u8; ROWS_PER_PASS * nb * 16],
                             vec![0f32; ROWS_PER_PASS * nb],
                             vec![0f32; ROWS_PER_PASS * nb],
                         );
-                        q.expand(g, ROWS_PER_PASS, nb, &mut d, &mut m);
-                        Some(Fused::Q4K {
-                            qs: &q.qs[g * nb * 16..(g + ROWS_PER_PASS) * nb * 16],
-                            d,
-                            m,
-                        })
+                        let rows = (g, ROWS_PER_PASS, self.cols);
+                        super::q4k::unpack_rows(q.raw(), rows, &mut qs, &mut d, &mut m);
+                        Some(Fused::Q4K { qs, d, m })
                     }
                     Part::Ggml(_) | Part::Bf16Panels(_) => None,
                 };
@@ -207,9 +207,9 @@ enum Fused<'a> {
         qs: &'a [i8],
         d: &'a [f32],
     },
-    /// Q4_K rows with their scales and minimums expanded (`q4k.rs`).
+    /// Q4_K rows unpacked (`q4k.rs`).
     Q4K {
-        qs: &'a [u8],
+        qs: Vec<u8>,
         d: Vec<f32>,
         m: Vec<f32>,
     },

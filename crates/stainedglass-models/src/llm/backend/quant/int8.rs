@@ -6,7 +6,7 @@ use super::act::{ActQ8, QK};
 use super::dot::{self, ActRow, Isa, Q4Offset};
 use super::dot512;
 use super::out_ptr::OutPtr;
-use super::{ggml, q6k, Part, QMatrix};
+use super::{ggml, q4k, q6k, Part, QMatrix};
 #[cfg(target_arch = "x86_64")]
 use super::{tile16, tile8};
 use crate::llm::backend::gemv::dot;
@@ -20,19 +20,22 @@ impl QMatrix {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);
         let isa = Isa::get();
-        // Q6_K rows (candle's blocks) take our tiles from `Q6K_OWN_MIN_ROWS` activation rows.
-        let unpack_q6k = |p: &Part| {
-            m >= Q6K_OWN_MIN_ROWS && matches!(p, Part::Ggml(g) if g.dtype() == GgmlDType::Q6K)
+        // Q4_K and Q6_K rows (candle's blocks) take our tiles from `K_OWN_MIN_ROWS` activation
+        // rows on.
+        let unpack = |p: &Part, t: GgmlDType| {
+            m >= K_OWN_MIN_ROWS && matches!(p, Part::Ggml(g) if g.dtype() == t)
         };
+        let unpack_q4k = |p: &Part| unpack(p, GgmlDType::Q4K);
+        let unpack_q6k = |p: &Part| unpack(p, GgmlDType::Q6K);
         let own = self.parts.iter().any(|p| {
-            matches!(p, Part::Q4 { .. } | Part::Q4K(_) | Part::Q8 { .. }) || unpack_q6k(p)
+            matches!(p, Part::Q4 { .. } | Part::Q8 { .. }) || unpack_q4k(p) || unpack_q6k(p)
         });
         let act = own.then(|| ActQ8::new(x, k));
         let preps: Vec<Option<ggml::Prepared>> = self
             .parts
             .iter()
             .map(|p| match p {
-                Part::Ggml(g) if !unpack_q6k(p) => Some(g.prepare(x)),
+                Part::Ggml(g) if !unpack_q4k(p) && !unpack_q6k(p) => Some(g.prepare(x)),
                 _ => None,
             })
             .collect();
@@ -59,6 +62,20 @@ impl QMatrix {
                 }
             };
             match &self.parts[pi] {
+                p @ Part::Ggml(g) if unpack_q4k(p) => {
+                    let Some(act) = &act else { return };
+                    // 64 rows unpacked at a time, shared by every activation row.
+                    let nb = k / QK;
+                    let mut qs = vec![0u8; Q4K_ROWS * nb * 16];
+                    let (mut d, mut mins) = (vec![0f32; Q4K_ROWS * nb], vec![0f32; Q4K_ROWS * nb]);
+                    for c0 in (r0..r1).step_by(Q4K_ROWS) {
+                        let rows = Q4K_ROWS.min(r1 - c0);
+                        q4k::unpack_rows(g.raw(), (c0, rows, k), &mut qs, &mut d, &mut mins);
+                        let view = View::Q4(&qs, &d, Some(&mins));
+                        let write = |ar: usize, j: usize, v: f32| write(ar, c0 + j, v);
+                        own_rows(isa, view, act, nb, (0, rows), m, write);
+                    }
+                }
                 p @ Part::Ggml(g) if unpack_q6k(p) => {
                     let Some(act) = &act else { return };
                     // As Q4_K: 64 rows unpacked at a time, shared by every activation row.
@@ -98,20 +115,6 @@ impl QMatrix {
                     let Some(act) = &act else { return };
                     own_rows(isa, View::Q8(qs, d), act, k / QK, (r0, r1), m, write);
                 }
-                Part::Q4K(q) => {
-                    let Some(act) = &act else { return };
-                    // Rows in tiles of 16, each tile's scales expanded once for every
-                    // activation row.
-                    let nb = k / QK;
-                    let (mut d, mut mins) = (vec![0f32; Q4K_ROWS * nb], vec![0f32; Q4K_ROWS * nb]);
-                    for c0 in (r0..r1).step_by(Q4K_ROWS) {
-                        let rows = Q4K_ROWS.min(r1 - c0);
-                        q.expand(c0, rows, nb, &mut d, &mut mins);
-                        let view = View::Q4(&q.qs[c0 * nb * 16..], &d, Some(&mins));
-                        let write = |ar: usize, j: usize, v: f32| write(ar, c0 + j, v);
-                        own_rows(isa, view, act, nb, (0, rows), m, write);
-                    }
-                }
                 Part::Bf16Panels(_) => {}
             }
         };
@@ -119,9 +122,9 @@ impl QMatrix {
     }
 }
 
-/// The fewest activation rows for which Q6_K rows are unpacked for our tiles (`q6k.rs`): one
-/// row runs candle's dot product, which reads the file's blocks once.
-const Q6K_OWN_MIN_ROWS: usize = 2;
+/// The fewest activation rows for which Q4_K and Q6_K rows are unpacked for our tiles
+/// (`q4k.rs`, `q6k.rs`): one row runs candle's dot product, which reads the file's blocks once.
+const K_OWN_MIN_ROWS: usize = 2;
 
 /// Activation rows per tile (the tiles are 4 weight rows × `M`: each weight block is unpacked
 /// once for `M` activation rows, each activation block loaded once for 4 weight rows).

@@ -90,8 +90,6 @@ pub(super) enum Part {
         m: Option<Vec<f32>>,
         qs: Vec<u8>,
     },
-    /// Q4_K, re-packed as Q4_1 blocks with 6-bit scales (`q4k.rs`).
-    Q4K(q4k::Q4K),
     /// Q8_0: value = q·d.
     Q8 {
         rows: usize,
@@ -113,7 +111,6 @@ impl Part {
     pub(super) fn rows(&self) -> usize {
         match self {
             Part::Q4 { rows, .. } | Part::Q8 { rows, .. } | Part::Half { rows, .. } => *rows,
-            Part::Q4K(q) => q.rows,
             Part::Ggml(g) => g.rows(),
             Part::Bf16Panels(p) => p.rows(),
         }
@@ -124,8 +121,6 @@ impl Part {
             Part::Q4 { m: None, .. } => "Q4_0".into(),
             Part::Q4 { m: Some(_), .. } => "Q4_1".into(),
             Part::Q8 { .. } => "Q8_0".into(),
-            // candle's name, as the other K-quants have it.
-            Part::Q4K(_) => "Q4K".into(),
             Part::Half { kind, .. } => kind.name().into(),
             Part::Ggml(g) => format!("{:?}", g.dtype()),
             Part::Bf16Panels(_) => "BF16 (panels)".into(),
@@ -243,19 +238,23 @@ impl QMatrix {
 
     /// The most activation rows the 8-bit product takes for this matrix on this CPU.
     fn int8_max_rows(&self) -> usize {
-        // Q6_K rows are candle's blocks, unpacked for our tiles of 4 (`q6k.rs`).
-        let q6k = |p: &Part| matches!(p, Part::Ggml(g) if g.dtype() == GgmlDType::Q6K);
+        // Q4_K and Q6_K rows are candle's blocks, unpacked for our tiles (`q4k.rs`, `q6k.rs`).
+        let k_quant = |p: &Part, t: GgmlDType| matches!(p, Part::Ggml(g) if g.dtype() == t);
+        let (q4k, q6k) = (
+            |p: &Part| k_quant(p, GgmlDType::Q4K),
+            |p: &Part| k_quant(p, GgmlDType::Q6K),
+        );
         if self
             .parts
             .iter()
-            .any(|p| matches!(p, Part::Ggml(_)) && !q6k(p))
+            .any(|p| matches!(p, Part::Ggml(_)) && !q4k(p) && !q6k(p))
         {
             return GGML_INT8_MAX_ROWS;
         }
         let tiled = self
             .parts
             .iter()
-            .all(|p| matches!(p, Part::Q4 { .. } | Part::Q4K(_) | Part::Q8 { .. }));
+            .all(|p| matches!(p, Part::Q4 { .. } | Part::Q8 { .. }) || q4k(p));
         let q8 = self
             .parts
             .iter()
@@ -315,7 +314,6 @@ impl QMatrix {
                     4 * d.len() + m.as_ref().map_or(0, |m| 4 * m.len()) + qs.len()
                 }
                 Part::Q8 { d, qs, .. } => 4 * d.len() + qs.len(),
-                Part::Q4K(q) => q.bytes(),
                 Part::Half { vals, .. } => 2 * vals.len(),
                 Part::Ggml(g) => g.bytes(),
                 Part::Bf16Panels(p) => p.bytes(),
@@ -349,7 +347,6 @@ impl QMatrix {
                 match p {
                     Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
                     Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
-                    Part::Q4K(q) => q.dequantize_row(g0 + i, row),
                     Part::Half { kind, vals, .. } => {
                         half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
                     }

@@ -1,13 +1,13 @@
 //! Building a [`QMatrix`] from GGUF tensor bytes: one or several tensors stacked by rows (a
 //! fused `[q | k | v]`), each optionally read in another row order. Neighbouring tensors of
-//! one of our types (Q4_0, Q4_1, Q4_K, Q8_0, F16, BF16) become one part whose buffers are allocated once at
+//! one of our types (Q4_0, Q4_1, Q8_0, F16, BF16) become one part whose buffers are allocated once at
 //! their final size; a load's memory is the model's own, without copies or growth.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use super::act::QK;
-use super::{ggml, half_rows, q4k, Activations, HalfKind, Part, QMatrix};
+use super::{ggml, half_rows, Activations, HalfKind, Part, QMatrix};
 
 /// One GGUF tensor's rows, as [`QMatrix::from_gguf_pieces`] reads them.
 pub struct GgufPiece<'a> {
@@ -25,17 +25,7 @@ fn block_bytes(dtype: GgmlDType) -> Option<usize> {
         GgmlDType::Q4_0 => Some(18),
         GgmlDType::Q4_1 => Some(20),
         GgmlDType::Q8_0 => Some(34),
-        GgmlDType::Q4K => Some(q4k::BLOCK_BYTES),
         _ => None,
-    }
-}
-
-/// Values per block of our types.
-fn block_values(dtype: GgmlDType) -> usize {
-    if dtype == GgmlDType::Q4K {
-        q4k::QK_K
-    } else {
-        QK
     }
 }
 
@@ -79,15 +69,14 @@ impl GgufPiece<'_> {
             }
         }
         if let Some(size) = block_bytes(dtype) {
-            let per = block_values(dtype);
-            if !cols.is_multiple_of(per) {
+            if !cols.is_multiple_of(QK) {
                 return Err(format!(
-                    "{dtype:?} rows of {cols} values: not blocks of {per}"
+                    "{dtype:?} rows of {cols} values: not blocks of {QK}"
                 ));
             }
             let want = self
                 .rows
-                .checked_mul(cols / per)
+                .checked_mul(cols / QK)
                 .and_then(|b| b.checked_mul(size))
                 .ok_or_else(|| {
                     format!(
@@ -186,15 +175,6 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
             }
             Part::Q8 { rows, d, qs }
         }
-        GgmlDType::Q4K => {
-            let mut part = q4k::Q4K::with_capacity(rows, cols);
-            for p in run {
-                p.rows_in_order(q4k::BLOCK_BYTES * cols / q4k::QK_K)
-                    .flat_map(|r| r.chunks_exact(q4k::BLOCK_BYTES))
-                    .for_each(|b| part.push_block(b));
-            }
-            Part::Q4K(part)
-        }
         GgmlDType::F16 | GgmlDType::BF16 => {
             let mut vals = Vec::with_capacity(rows * cols);
             for p in run {
@@ -216,7 +196,6 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
     let bad = match &part {
         Part::Q4 { d, m, .. } => d.iter().chain(m.iter().flatten()).any(|v| !v.is_finite()),
         Part::Q8 { d, .. } => d.iter().any(|v| !v.is_finite()),
-        Part::Q4K(q) => !q.finite(),
         Part::Half { kind, vals, .. } => !half_rows::all_finite(*kind, vals),
         // Never parsed from a file (made from f32 weights in memory).
         Part::Bf16Panels(_) => false,
