@@ -199,6 +199,20 @@ fn parse_run(run: &[GgufPiece<'_>], cols: usize) -> Result<Part, String> {
         Part::Half { kind, vals, .. } => !half_rows::all_finite(*kind, vals),
         // Never parsed from a file (made from f32 weights in memory).
         Part::Bf16Panels(_) => false,
+        // A Q4_K or Q6_K value is its super-block's f16 factors times small integers: finite
+        // factors (`d`, `dmin` at bytes 0..4 of a Q4_K block; `d` at 208..210 of a Q6_K one)
+        // make every value finite, without dequantizing the matrix.
+        Part::Ggml(g) if matches!(g.dtype(), GgmlDType::Q4K | GgmlDType::Q6K) => {
+            let (size, at): (usize, &[usize]) = if g.dtype() == GgmlDType::Q4K {
+                (144, &[0, 2])
+            } else {
+                (210, &[208])
+            };
+            let finite = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).is_finite();
+            g.raw()
+                .chunks_exact(size)
+                .any(|b| at.iter().any(|&i| !finite(b, i)))
+        }
         Part::Ggml(g) => {
             let mut row = vec![0f32; cols];
             (0..g.rows()).any(|r| {

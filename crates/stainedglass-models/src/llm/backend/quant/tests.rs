@@ -296,6 +296,50 @@ proptest! {
         }
     }
 
+    /// Q4_K and Q6_K blocks of arbitrary bytes of the right size load exactly when every
+    /// super-block factor is finite (the check reads only the factors), and then every value
+    /// and every product is finite.
+    #[test]
+    fn any_k_quant_blocks_load_when_their_factors_are_finite(
+        six in any::<bool>(),
+        rows in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let (dtype, size, at): (GgmlDType, usize, &[usize]) = if six {
+            (GgmlDType::Q6K, 210, &[208])
+        } else {
+            (GgmlDType::Q4K, 144, &[0, 2])
+        };
+        let mut h = seed | 1;
+        let data: Vec<u8> = (0..rows * size)
+            .map(|_| {
+                h ^= h << 13;
+                h ^= h >> 7;
+                h ^= h << 17;
+                // Mostly small factors (high byte below an f16 exponent of all ones), and now
+                // and then an Inf or NaN.
+                (h >> 24) as u8
+            })
+            .collect();
+        let finite = data.chunks_exact(size).all(|b| {
+            at.iter()
+                .all(|&i| half::f16::from_le_bytes([b[i], b[i + 1]]).is_finite())
+        });
+        let loaded = QMatrix::from_gguf(dtype, &data, rows, 256);
+        prop_assert_eq!(loaded.is_ok(), finite);
+        if let Ok(m) = loaded {
+            let mut row = vec![0f32; 256];
+            for r in 0..rows {
+                m.dequantize_row(r, &mut row);
+                prop_assert!(row.iter().all(|v| v.is_finite()));
+            }
+            let x = vec![0.5f32; 2 * 256];
+            let mut out = vec![0f32; 2 * rows];
+            m.product(&x, 2, &mut out, false);
+            prop_assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+
     /// The 8-bit product of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K matrices of any row count, for any number of
     /// activation rows (the tiles of 16 and of 4, the portable rows, passes of 128 activation
     /// rows), stays within the activations' rounding of the f32 product of the same rows, and
