@@ -157,38 +157,15 @@ pub fn q4_rows<const M: usize>(
 #[inline]
 pub fn q8_rows<const M: usize>(
     isa: Isa,
-    (qs, d): (&[i8], &[f32]),
+    w: (&[i8], &[f32]),
     x: &[ActRow<'_>; M],
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) {
-    let nb = q8_blocks((qs, d), x, rows);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::get` saw the features; the lengths are checked above.
-        Isa::Vnni | Isa::Vnni512 => unsafe {
-            x86::q8_vnni::<M, false, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe {
-            x86::q8_avx2::<M, false, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
-        },
-        _ => {
-            for r in 0..rows {
-                for (t, a) in x.iter().enumerate() {
-                    write(
-                        t,
-                        r,
-                        q8_portable(&qs[r * nb * QK..], &d[r * nb..], a.q, a.d),
-                    );
-                }
-            }
-        }
-    }
+    signed_rows::<M, false>(isa, w, x, rows, write)
 }
 
-/// `rows` Q6_K rows as `q6k.rs` re-packs them (`qs`: `rows·nb·32` signed bytes, `d`:
+/// `rows` Q6_K rows as `q6k.rs` unpacks them (`qs`: `rows·nb·32` signed bytes, `d`:
 /// `rows·nb·2` group scales) times `M` activation rows, as [`q8_rows`].
 ///
 /// # Panics
@@ -196,33 +173,47 @@ pub fn q8_rows<const M: usize>(
 #[inline]
 pub fn q6_rows<const M: usize>(
     isa: Isa,
+    w: (&[i8], &[f32]),
+    x: &[ActRow<'_>; M],
+    rows: usize,
+    write: &mut impl FnMut(usize, usize, f32),
+) {
+    signed_rows::<M, true>(isa, w, x, rows, write)
+}
+
+/// Rows of signed bytes with one scale per block (Q8_0) or two (`SIX`: Q6_K's groups of 16).
+#[inline]
+fn signed_rows<const M: usize, const SIX: bool>(
+    isa: Isa,
     (qs, d): (&[i8], &[f32]),
     x: &[ActRow<'_>; M],
     rows: usize,
     write: &mut impl FnMut(usize, usize, f32),
 ) {
-    let nb = x.first().map_or(0, |a| a.d.len());
-    assert!(qs.len() >= rows * nb * QK && d.len() >= rows * nb * 2);
-    assert!(x.iter().all(|a| a.d.len() == nb && a.q.len() >= nb * QK));
+    let per_block = if SIX { 2 } else { 1 };
+    let nb = q8_blocks((qs, d), x, rows);
+    assert!(d.len() >= rows * nb * per_block);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::get` saw the features; the lengths are checked above.
         Isa::Vnni | Isa::Vnni512 => unsafe {
-            x86::q8_vnni::<M, true, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+            x86::q8_vnni::<M, SIX, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe {
-            x86::q8_avx2::<M, true, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
+            x86::q8_avx2::<M, SIX, _>(qs.as_ptr(), d.as_ptr(), x, (nb, rows), write)
         },
         _ => {
             for r in 0..rows {
+                let (qs, d) = (&qs[r * nb * QK..], &d[r * nb * per_block..]);
                 for (t, a) in x.iter().enumerate() {
-                    write(
-                        t,
-                        r,
-                        q6_portable(&qs[r * nb * QK..], &d[r * nb * 2..], a.q, a.d),
-                    );
+                    let v = if SIX {
+                        q6_portable(qs, d, a.q, a.d)
+                    } else {
+                        q8_portable(qs, d, a.q, a.d)
+                    };
+                    write(t, r, v);
                 }
             }
         }

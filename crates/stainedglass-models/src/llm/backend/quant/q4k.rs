@@ -116,8 +116,8 @@ unsafe fn repack_avx2(src: &[u8], q: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use crate::llm::backend::quant::tests::candle_blocks;
+    use candle_core::quantized::GgmlDType;
 
     /// Unpacked rows read back (through Q4_1's dequantization, `deq.rs`) as candle dequantizes
     /// the stored blocks, bit for bit, for candle's own quantization and for super-blocks of
@@ -125,39 +125,8 @@ mod tests {
     #[test]
     fn rows_are_candles_to_the_bit() {
         let (rows, cols) = (5, 512);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).expect("tensor");
-        let quantized = QTensor::quantize(&t, GgmlDType::Q4K)
-            .and_then(|q| q.data().map(|d| d.to_vec()))
-            .expect("quantize");
-        let mut noise = quantized.clone();
-        let mut h = 0x2545_f491_4f6c_dd1du64;
-        for (i, v) in noise.iter_mut().enumerate() {
-            h ^= h << 13;
-            h ^= h >> 7;
-            h ^= h << 17;
-            // Keep the f16 factors (bytes 0..4 of each block) finite.
-            if i % BLOCK_BYTES >= 4 {
-                *v = h as u8;
-            }
-        }
-        for data in [quantized, noise] {
-            let q = QTensor::new(
-                candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Borrowed(&data),
-                    &Device::Cpu,
-                    GgmlDType::Q4K,
-                )
-                .expect("storage"),
-                (rows, cols),
-            )
-            .expect("qtensor");
-            let want = q
-                .dequantize(&Device::Cpu)
-                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .expect("dequantize");
+        // Noise everywhere but the f16 factors, kept finite.
+        for (data, want) in candle_blocks(GgmlDType::Q4K, (rows, cols), |i| i % BLOCK_BYTES < 4) {
             // Rows 1..4, at the front of the buffers.
             let nb = cols / QK;
             let (mut qs, mut d, mut m) = (

@@ -115,8 +115,8 @@ unsafe fn unpack_avx2(b: &[u8], q: &mut [i8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use crate::llm::backend::quant::tests::candle_blocks;
+    use candle_core::quantized::GgmlDType;
 
     /// Unpacked rows times their group scales are candle's dequantized values bit for bit,
     /// for candle's own quantization and for blocks of arbitrary bytes (any scales, any 6-bit
@@ -124,40 +124,10 @@ mod tests {
     #[test]
     fn rows_are_candles_to_the_bit() {
         let (rows, cols) = (5, 512);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).expect("tensor");
-        let quantized = QTensor::quantize(&t, GgmlDType::Q6K)
-            .and_then(|q| q.data().map(|d| d.to_vec()))
-            .expect("quantize");
-        assert_eq!(quantized.len(), rows * cols / QK_K * BLOCK_BYTES);
-        let mut noise = quantized.clone();
-        let mut h = 0x2545_f491_4f6c_dd1du64;
-        for (i, v) in noise.iter_mut().enumerate() {
-            h ^= h << 13;
-            h ^= h >> 7;
-            h ^= h << 17;
-            // Keep the f16 factor (the last two bytes of each block) finite.
-            if i % BLOCK_BYTES < 208 {
-                *v = h as u8;
-            }
-        }
-        for data in [quantized, noise] {
-            let q = QTensor::new(
-                candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Borrowed(&data),
-                    &Device::Cpu,
-                    GgmlDType::Q6K,
-                )
-                .expect("storage"),
-                (rows, cols),
-            )
-            .expect("qtensor");
-            let want = q
-                .dequantize(&Device::Cpu)
-                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .expect("dequantize");
+        // Noise everywhere but the f16 factors, kept finite.
+        for (data, want) in candle_blocks(GgmlDType::Q6K, (rows, cols), |i| i % BLOCK_BYTES >= 208)
+        {
+            assert_eq!(data.len(), rows * cols / QK_K * BLOCK_BYTES);
             // Rows 1..4, at the front of the buffers.
             let (mut qs, mut ds) = (vec![0i8; 3 * cols], vec![0f32; 3 * cols / 16]);
             unpack_rows(&data, (1, 3, cols), &mut qs, &mut ds);

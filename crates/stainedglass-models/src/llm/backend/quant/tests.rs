@@ -29,6 +29,50 @@ fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QMatrix,
     )
 }
 
+/// K-quant blocks for the unpacking tests (`q4k.rs`, `q6k.rs`): candle's quantization of a
+/// `rows × cols` ramp, and the same blocks with every byte `keep` refuses replaced by noise
+/// (the f16 factors kept finite), each with candle's dequantized values.
+pub(super) fn candle_blocks(
+    dtype: GgmlDType,
+    (rows, cols): (usize, usize),
+    keep: impl Fn(usize) -> bool,
+) -> [(Vec<u8>, Vec<f32>); 2] {
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
+    let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).expect("tensor");
+    let quantized = QTensor::quantize(&t, dtype)
+        .and_then(|q| q.data().map(|d| d.to_vec()))
+        .expect("quantize");
+    let mut noise = quantized.clone();
+    let mut h = 0x2545_f491_4f6c_dd1du64;
+    for (i, v) in noise.iter_mut().enumerate() {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        if !keep(i) {
+            *v = h as u8;
+        }
+    }
+    [quantized, noise].map(|data| {
+        let q = QTensor::new(
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&data),
+                &Device::Cpu,
+                dtype,
+            )
+            .expect("storage"),
+            (rows, cols),
+        )
+        .expect("qtensor");
+        let want = q
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("dequantize");
+        (data, want)
+    })
+}
+
 fn reference(w: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for r in 0..m {
