@@ -12,7 +12,7 @@ pub mod index;
 pub mod quick;
 
 pub use index::{top_k_of_row, EmbeddingIndex, Ranked};
-pub use quick::{privacy_profile, quick_eval, PrivacyProfile, QuickEval};
+pub use quick::{privacy_profile, quick_eval, quick_eval_served, PrivacyProfile, QuickEval};
 
 /// What can fail while measuring.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,20 @@ pub fn quick_eval(
     rng: &mut NoiseRng,
     transform: bool,
 ) -> Result<QuickEval> {
+    quick_eval_served(model, model, cloak, index, rows, rng, transform)
+}
+
+/// [`quick_eval`] where the provider serves `served` (e.g. with a served adapter in its first
+/// layers) to the transformed inputs; agreement is against `model` on the clean inputs.
+pub fn quick_eval_served(
+    model: &Llama,
+    served: &Llama,
+    cloak: &TransformerCloak,
+    index: &EmbeddingIndex,
+    rows: &[EncodedPrompt],
+    rng: &mut NoiseRng,
+    transform: bool,
+) -> Result<QuickEval> {
     let dev = model.device();
     let (mut hit_c, mut hit_l, mut hit_f, mut n_tr) = (0usize, 0usize, 0usize, 0usize);
     let (mut agree, mut kl, mut n_pred) = (0usize, 0f64, 0usize);
@@ -82,7 +96,7 @@ pub fn quick_eval(
             .forward_embeds(&x, Some(&am), Stop::Logits)?
             .squeeze(0)?
             .index_select(&pidx, 0)?;
-        let lt = model
+        let lt = served
             .forward_embeds(&xt.detach(), Some(&am), Stop::Logits)?
             .squeeze(0)?
             .index_select(&pidx, 0)?;

@@ -190,6 +190,81 @@ fn the_in_training_adversary_trains_logs_and_resumes_bit_exactly() {
     assert!(max_diff_layers(&full.join("sgt"), &plain.join("sgt")) > 0.0);
 }
 
+/// The layer-0 tensors of the served model under `dir`, by name, and one of layer 1.
+fn served_layers(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let m = Llama::load(dir, &Device::Cpu).expect("served model");
+    m.hf_tensors()
+        .expect("tensors")
+        .into_iter()
+        .filter(|(n, _)| {
+            n.starts_with("model.layers.0.") || n == "model.layers.1.mlp.down_proj.weight"
+        })
+        .map(|(n, t)| {
+            (
+                n,
+                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+            )
+        })
+        .collect()
+}
+
+/// With `[adapter]` the served model's first layer trains beside the SGT: the run writes the
+/// served model (layer 0 changed, layer 1 the base's), checkpoints the adapter, and a resumed
+/// run ends with the same served model bit for bit.
+#[test]
+fn the_served_adapter_trains_saves_the_served_model_and_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = data(dir.path());
+    let opts = RunOptions::default();
+    let cfg = config_with(&d, 4, "[adapter]\nlayers = 1\nlearning_rate = 0.001\n");
+    let full = dir.path().join("full");
+    let s = train(&cfg, model(), tok(), &full, &opts, None).expect("train");
+    let served = s.served_model_dir.expect("a served model");
+    assert!(full
+        .join("checkpoints/step-00000004/adapter.safetensors")
+        .exists());
+    let base: std::collections::HashMap<String, Vec<f32>> = model()
+        .hf_tensors()
+        .expect("base")
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+            )
+        })
+        .collect();
+    let got = served_layers(&served);
+    assert!(got.len() >= 10, "{} tensors", got.len());
+    for (n, v) in &got {
+        let same = &base[n] == v;
+        if n.starts_with("model.layers.1.") {
+            assert!(same, "{n} is not the base model's");
+        } else if n.ends_with("down_proj.weight") || n.ends_with("q_proj.weight") {
+            assert!(!same, "{n} did not train");
+        }
+    }
+    let resumed = dir.path().join("resumed");
+    copy_dir(&full, &resumed);
+    let ck = resumed.join("checkpoints");
+    std::fs::remove_dir_all(ck.join("step-00000004")).expect("rm");
+    std::fs::write(ck.join("latest"), "step-00000002").expect("latest");
+    std::fs::remove_dir_all(resumed.join("served_model")).expect("rm served");
+    let s2 = train(&cfg, model(), tok(), &resumed, &opts, None).expect("resume");
+    assert_eq!(s2.resumed_from, Some(2));
+    assert!(
+        served_layers(&resumed.join("served_model")) == got,
+        "resume is not bit-exact"
+    );
+    // The adapter must stop before the distillation layer.
+    let e = TextTrainConfig::from_toml(
+        "[loss]\ndistillation_layer_index = 1\n[adapter]\nlayers = 1\n",
+        Path::new("t.toml"),
+    )
+    .expect_err("adapter reaching the distillation layer");
+    assert!(e.to_string().contains("adapter.layers"), "{e}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir") {

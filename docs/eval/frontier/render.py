@@ -28,6 +28,8 @@ LABELS = {
     "adv-club-0.03": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.03",
     "l15-noise-m75": "SGT σ·ε, layer 15 on response positions, 75% of features masked",
     "l15-noise-seed1": "SGT σ·ε, layer 15 on response positions, training seed 1",
+    "l15-noise-a1": "SGT σ·ε, layer 15 on response positions + served adapter (layer 0 trained with it)",
+    "l15-mean-a1": "SGT μ(x), layer 15 on response positions + served adapter (layer 0 trained with it)",
 }
 
 

@@ -33,6 +33,17 @@ pub fn run_convert_hf(a: ConvertHfArgs) -> Result<()> {
     };
     stainedglass_models::llm::hf::save_hf_folder(&model, &a.out, a.shards, dtype)
         .with_context(|| format!("writing {}", a.out.display()))?;
+    write_tokenizer_files(&tok, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Writes `tok` into the Hugging Face folder `out` (tokenizer.json, tokenizer_config.json with
+/// the special tokens and chat template, generation_config.json), so the folder loads alone.
+pub fn write_tokenizer_files(
+    tok: &stainedglass_text::TextTokenizer,
+    out: &std::path::Path,
+) -> Result<()> {
     let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
     let mut cfg = serde_json::json!({
         "bos_token": name(tok.bos_id()),
@@ -43,9 +54,9 @@ pub fn run_convert_hf(a: ConvertHfArgs) -> Result<()> {
     if let Ok(t) = tok.chat_template() {
         cfg["chat_template"] = serde_json::json!(t.source());
     }
-    stainedglass_core::io::atomic_write(&a.out.join("tokenizer.json"), tok.to_json().as_bytes())?;
+    stainedglass_core::io::atomic_write(&out.join("tokenizer.json"), tok.to_json().as_bytes())?;
     stainedglass_core::io::atomic_write(
-        &a.out.join("tokenizer_config.json"),
+        &out.join("tokenizer_config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
     let gen = serde_json::json!({
@@ -54,9 +65,8 @@ pub fn run_convert_hf(a: ConvertHfArgs) -> Result<()> {
         "pad_token_id": tok.pad_id(),
     });
     stainedglass_core::io::atomic_write(
-        &a.out.join("generation_config.json"),
+        &out.join("generation_config.json"),
         gen.to_string().as_bytes(),
     )?;
-    eprintln!("wrote {}", a.out.display());
     Ok(())
 }

@@ -182,9 +182,25 @@ fn train(a: TrainArgs) -> Result<()> {
         periodic.as_mut().map(|p| p as &mut dyn PrivacyCheck),
     )
     .with_context(|| format!("training into {}", a.output.display()))?;
+    // With a served adapter the provider's model is the served one: its probes read it.
+    let served = match &summary.served_model_dir {
+        Some(dir) => {
+            crate::lm::convert::write_tokenizer_files(&tok, dir)?;
+            eprintln!(
+                "  wrote the served model (base with the trained adapter) to {}; serve and \
+                 evaluate it with --model {0}",
+                dir.display()
+            );
+            Some(
+                stainedglass_models::llm::Llama::load(dir, model.device())
+                    .with_context(|| format!("loading the served model from {}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
     let fresh = fresh_attacks(
         &cfg,
-        &model,
+        served.as_ref().unwrap_or(&model),
         &tok,
         (&summary.sgt_dir, Default::default()),
         &a.attacks,

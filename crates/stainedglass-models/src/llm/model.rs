@@ -198,7 +198,34 @@ impl Llama {
         let (b, t, _) = self.check_embeds(embeds)?;
         let mask = self.mask_vec(attention_mask, b, t)?;
         let mut cache = KvCache::new(self.cfg.num_layers, b);
-        self.run(embeds, &mask, &mut cache, stop, false, None)
+        self.run(embeds, &mask, &mut cache, (0, stop), false, None)
+    }
+
+    /// Layers `first..` up to `stop` on `hidden (b, t, hidden)`, the residual stream entering
+    /// layer `first` — e.g. the output of a served adapter that stands in for layers
+    /// `0..first`. `first = 0` is [`Self::forward_embeds`].
+    pub fn forward_from_layer(
+        &self,
+        first: usize,
+        hidden: &Tensor,
+        attention_mask: Option<&Tensor>,
+        stop: Stop,
+    ) -> Result<Tensor> {
+        let last = match stop {
+            Stop::AtLayer(k) => k,
+            Stop::Logits => self.cfg.num_layers,
+        };
+        if first > last {
+            return Err(Error::Shape {
+                what: format!("a pass from layer {first}"),
+                expected: format!("a first layer in 0..={last} (the pass stops at layer {last})"),
+                got: vec![first],
+            });
+        }
+        let (b, t, _) = self.check_embeds(hidden)?;
+        let mask = self.mask_vec(attention_mask, b, t)?;
+        let mut cache = KvCache::new(self.cfg.num_layers, b);
+        self.run(hidden, &mask, &mut cache, (first, stop), false, None)
     }
 
     /// The full pass, also returning every residual-stream state: `states[k]` is the input of
@@ -219,7 +246,7 @@ impl Llama {
             embeds,
             &mask,
             &mut cache,
-            Stop::Logits,
+            (0, Stop::Logits),
             false,
             Some(&mut states),
         )?;
@@ -247,7 +274,7 @@ impl Llama {
             });
         }
         let mask = self.mask_vec(attention_mask, b, t)?;
-        self.run(embeds, &mask, cache, Stop::Logits, true, None)
+        self.run(embeds, &mask, cache, (0, Stop::Logits), true, None)
     }
 
     fn check_embeds(&self, embeds: &Tensor) -> Result<(usize, usize, usize)> {
@@ -293,7 +320,7 @@ impl Llama {
         embeds: &Tensor,
         mask: &[u8],
         cache: &mut KvCache,
-        stop: Stop,
+        (first, stop): (usize, Stop),
         last_only: bool,
         mut states: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
@@ -324,7 +351,7 @@ impl Llama {
         // On the CPU the layers run as one op (`llm::stack`): a differentiable one for
         // uncached passes, a host pass for cached inference (prefill and decoding).
         let cached_with_grad = last_only && embeds.track_op();
-        if !cached_with_grad && states.is_none() && n_layers > 0 && is_cpu_f32(embeds) {
+        if !cached_with_grad && states.is_none() && n_layers > first && is_cpu_f32(embeds) {
             let dims = StackDims {
                 hidden: self.cfg.hidden_size,
                 hq,
@@ -339,7 +366,7 @@ impl Llama {
                 key_valid.clone(),
                 embeds.track_op(),
             );
-            let op = DecoderStack::new(self.layers.clone(), n_layers, pass);
+            let op = DecoderStack::new(self.layers.clone(), n_layers, pass).starting_at(first);
             let x = embeds.contiguous()?;
             if last_only {
                 let x = op.forward_cached(&x, cache, past)?;
@@ -354,7 +381,7 @@ impl Llama {
         }
         let rope = Rope::new(self.rope.clone(), positions);
         let attn = Attention { key_valid };
-        for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+        for (li, blk) in self.layers.iter().enumerate().take(n_layers).skip(first) {
             let [wqkv, wo, wgu, wdown] = blk.f32_mats().ok_or_else(|| {
                 self.io
                     .needs_f32("per-layer states and gradients through a cached pass")

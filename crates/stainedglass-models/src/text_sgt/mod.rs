@@ -10,8 +10,10 @@
 //! - `forward.rs`: μ, σ, the noise and the masked combination (training and client paths);
 //! - `estimator_layer.rs`, `noise_head.rs`: the fused CPU training ops;
 //! - `precision.rs`: [`Precision`], f32 or bf16 products when a trained layer is applied;
-//! - `noisy.rs`: the noisy model wrapper.
+//! - `noisy.rs`: the noisy model wrapper;
+//! - `adapter.rs`: [`ServedAdapter`], the served model's first layers trained with the SGT.
 
+mod adapter;
 mod cloak;
 mod config;
 mod estimator;
@@ -21,6 +23,7 @@ mod noise_head;
 mod noisy;
 mod precision;
 
+pub use adapter::ServedAdapter;
 pub use cloak::{mean_sigma, TransformerCloak};
 pub use config::{CloakSettings, MaskedFill, TransformerCloakConfig};
 pub use noisy::{NoiseMaskedNoisyTransformerModel, NoisyLmOutput};

@@ -2,6 +2,7 @@
 //! defaults, so a config names only what it changes; unknown keys are errors.
 
 use super::adversary::AdversarySection;
+use super::served::AdapterSection;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::DistillationConfig;
@@ -96,6 +97,8 @@ pub struct TextTrainConfig {
     pub train: TrainSection,
     /// An inverter trained online against the SGT (off unless `weight > 0`).
     pub adversary: AdversarySection,
+    /// The served model's first layers trained with the SGT (off unless `layers > 0`).
+    pub adapter: AdapterSection,
 }
 
 impl TextTrainConfig {
@@ -135,6 +138,7 @@ impl TextTrainConfig {
             return bad("data.max_length must be at least 8 tokens".into());
         }
         self.loss.validate()?;
+        self.adapter.validate(self.loss.distillation_layer_index)?;
         self.adversary.validate()
     }
 

@@ -12,6 +12,7 @@ use super::adversary::{transformed_rows, Adversary};
 use super::batch::{collate, encode_all, eval_seed};
 use super::config::TextTrainConfig;
 use super::privacy_check::{PrivacyCheck, PrivacyReading};
+use super::served::{AdapterRun, SERVED_DIR};
 use super::sgt_io::save_sgt;
 use crate::batches::epoch_batches;
 use crate::checkpoint::{clear, Checkpoints};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use stainedglass_core::loss::{distillation_loss_factory, DistillationInputs, DistillationLoss};
 use stainedglass_core::optim::{AdamW, AdamWConfig};
 use stainedglass_core::{NoiseLayer, NoiseRng};
-use stainedglass_metrics::{quick_eval, EmbeddingIndex, QuickEval};
+use stainedglass_metrics::{quick_eval_served, EmbeddingIndex, QuickEval};
 use stainedglass_models::llm::{Llama, Stop};
 use stainedglass_models::text_sgt::{mean_sigma, TransformerCloak, TransformerCloakConfig};
 use stainedglass_text::{EncodedPrompt, TextTokenizer};
@@ -109,6 +110,9 @@ pub struct TrainSummary {
     pub final_privacy: Option<PrivacyReading>,
     pub clean_eval: QuickEval,
     pub sgt_dir: PathBuf,
+    /// The served model (base with the trained adapter), when the run had an `[adapter]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_model_dir: Option<PathBuf>,
 }
 
 /// AdamW (weight decay 0) for the weights and, at its own learning rate, the head biases.
@@ -155,6 +159,8 @@ struct Run<'a> {
     ckpts: Checkpoints,
     /// The in-training inverter (`[adversary]`), when enabled.
     adversary: Option<Adversary>,
+    /// The served model's trained first layers (`[adapter]`), when enabled.
+    adapter: Option<AdapterRun>,
 }
 
 /// The checkpoint groups of a run: the layer, its optimizers, and the adversary when enabled.
@@ -163,6 +169,7 @@ fn groups(cfg: &TextTrainConfig) -> Vec<&'static str> {
     if cfg.adversary.enabled() {
         g.extend(["adversary", "optimizer_adversary"]);
     }
+    g.extend(super::served::groups(cfg));
     g
 }
 
@@ -189,6 +196,16 @@ impl<'a> Run<'a> {
             )?),
             false => None,
         };
+        let adapter = AdapterRun::start(
+            cfg,
+            model,
+            resumed.as_ref().and_then(|ck| {
+                Some((
+                    ck.tensors.get("adapter")?,
+                    ck.tensors.get("optimizer_adapter")?,
+                ))
+            }),
+        )?;
         let (cloak, (opt, opt_bias), start) = match resumed {
             Some(ck) => {
                 if ck.state.config != *cfg {
@@ -229,6 +246,7 @@ impl<'a> Run<'a> {
             stop,
             ckpts,
             adversary,
+            adapter,
         })
     }
 
@@ -253,7 +271,12 @@ impl<'a> Run<'a> {
         let noise = self
             .cloak
             .forward_masked(&x, Some(&b.am), Some(&b.nm), &mut rng)?;
-        let tr = model.forward_embeds(&noise.transformed, Some(&b.am_t), self.stop)?;
+        let tr = match &self.adapter {
+            Some(a) => a
+                .adapter
+                .forward(model, &noise.transformed, &b.am, &b.am_t, self.stop)?,
+            None => model.forward_embeds(&noise.transformed, Some(&b.am_t), self.stop)?,
+        };
         let rec = self.loss.compute(&DistillationInputs {
             clean: &clean,
             transformed: &tr,
@@ -302,7 +325,10 @@ impl<'a> Run<'a> {
         self.opt_bias
             .set_learning_rate(cfg.schedule(step) * cfg.train.bias_learning_rate);
         let micro = cfg.train.grad_accumulation as u64;
-        let params = self.cloak.parameters();
+        let mut params = self.cloak.parameters();
+        if let Some(a) = &self.adapter {
+            params.extend(a.adapter.parameters());
+        }
         let mut acc: Option<Vec<Tensor>> = None;
         let mut grads = None;
         let mut stats = StepStats {
@@ -351,6 +377,10 @@ impl<'a> Run<'a> {
                 what: "the gradient norm".into(),
             });
         }
+        if let Some(a) = self.adapter.as_mut() {
+            let lr = cfg.schedule(step) * cfg.adapter.learning_rate;
+            a.step(&mut grads, lr, clip, step)?;
+        }
         self.opt.step(&grads)?;
         self.opt_bias.step(&grads)?;
         Ok(stats)
@@ -371,6 +401,9 @@ impl<'a> Run<'a> {
             let (weights, opt) = adv.state()?;
             groups.extend([("adversary", weights), ("optimizer_adversary", opt)]);
         }
+        if let Some(a) = &self.adapter {
+            groups.extend(a.groups()?);
+        }
         self.ckpts.save(done, &groups, &state)?;
         Ok(())
     }
@@ -389,7 +422,7 @@ impl HeldOut<'_> {
     /// reading when there is one.
     fn record(
         &self,
-        cloak: &TransformerCloak,
+        (cloak, served): (&TransformerCloak, Option<&Llama>),
         done: u64,
         check: Option<&mut (dyn PrivacyCheck + '_)>,
     ) -> Result<EvalRecord> {
@@ -403,15 +436,22 @@ impl HeldOut<'_> {
         Ok(EvalRecord {
             kind: "eval".into(),
             step: done,
-            eval: self.eval(cloak, true)?,
+            eval: self.eval(cloak, served, true)?,
             privacy,
         })
     }
 
-    fn eval(&self, cloak: &TransformerCloak, transform: bool) -> Result<QuickEval> {
+    /// With a served model (a run with an adapter) the transformed inputs go through it.
+    fn eval(
+        &self,
+        cloak: &TransformerCloak,
+        served: Option<&Llama>,
+        transform: bool,
+    ) -> Result<QuickEval> {
         let mut rng = NoiseRng::seeded(self.seed);
-        Ok(quick_eval(
+        Ok(quick_eval_served(
             self.model,
+            served.unwrap_or(self.model),
             cloak,
             &self.index,
             &self.rows,
@@ -471,7 +511,7 @@ pub fn train(
         seed: eval_seed(cfg),
     };
     let mut metrics = MetricsLog::open(&output.join("metrics.jsonl"))?;
-    let clean_eval = held.eval(&run.cloak, false)?;
+    let clean_eval = held.eval(&run.cloak, None, false)?;
     let pb = progress_bar(cfg.train.steps, run.start, "text sgt");
     if !opts.progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -510,7 +550,8 @@ pub fn train(
         pb.set_message(msg);
         let last = done == cfg.train.steps;
         if done % cfg.train.eval_every == 0 || last {
-            let rec = held.record(&run.cloak, done, check.as_deref_mut())?;
+            let served = AdapterRun::served_of(&run.adapter, model)?;
+            let rec = held.record((&run.cloak, served.as_ref()), done, check.as_deref_mut())?;
             metrics.write(&rec)?;
             pb.println(rec.line());
             last_privacy = rec.privacy;
@@ -525,7 +566,14 @@ pub fn train(
     save_sgt(&run.cloak, &sgt_dir)?;
     let final_eval = match last_eval {
         Some(e) => e,
-        None => held.eval(&run.cloak, true)?,
+        None => {
+            let served = AdapterRun::served_of(&run.adapter, model)?;
+            held.eval(&run.cloak, served.as_ref(), true)?
+        }
+    };
+    let served_model_dir = match &run.adapter {
+        Some(a) => Some(a.save_served(model, &output.join(SERVED_DIR))?),
+        None => None,
     };
     Ok(TrainSummary {
         steps: cfg.train.steps,
@@ -534,5 +582,6 @@ pub fn train(
         final_privacy: last_privacy,
         clean_eval,
         sgt_dir,
+        served_model_dir,
     })
 }

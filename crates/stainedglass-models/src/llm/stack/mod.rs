@@ -28,6 +28,9 @@ use layer::op_error;
 pub(crate) struct DecoderStack {
     pub layers: Arc<[Block]>,
     pub n: usize,
+    /// The first layer run (layers `first..n`; 0 unless a served adapter stands in for the
+    /// layers before it).
+    pub first: usize,
     pub pass: LayerPass,
     tape: Arc<Mutex<Vec<LayerTape>>>,
 }
@@ -97,9 +100,16 @@ impl DecoderStack {
         Self {
             layers,
             n,
+            first: 0,
             pass,
             tape: Arc::default(),
         }
+    }
+
+    /// The same op starting at layer `first` (its input is the residual stream entering it).
+    pub fn starting_at(mut self, first: usize) -> Self {
+        self.first = first.min(self.n);
+        self
     }
 }
 
@@ -124,7 +134,7 @@ impl DecoderStack {
             )));
         }
         let mut tapes = Vec::new();
-        for (li, blk) in self.layers.iter().take(self.n).enumerate() {
+        for (li, blk) in self.layers.iter().enumerate().take(self.n).skip(self.first) {
             let c = cache.as_mut().map(|(c, past)| (&mut **c, *past));
             // Frozen weights are packed for the repeated large products of training.
             let pack = pass.keep && b * t > GEMV_MAX_ROWS;
@@ -176,14 +186,15 @@ impl CustomOp1 for DecoderStack {
             .tape
             .lock()
             .map_err(|_| op_error("decoder stack: tape lock poisoned"))?;
-        if tapes.len() != self.n {
+        if tapes.len() != self.n - self.first {
             return Err(op_error(
                 "decoder stack: backward without a recorded forward pass",
             ));
         }
         let (b, t, _) = arg.dims3()?;
         let mut dy = with_host(grad, <[f32]>::to_vec)?;
-        for (blk, tape) in self.layers.iter().take(self.n).zip(tapes.iter()).rev() {
+        let run = self.layers.iter().take(self.n).skip(self.first);
+        for (blk, tape) in run.zip(tapes.iter()).rev() {
             dy = with_weights(blk, false, |lw| {
                 self.pass.layer_backward(lw, tape, dy, (b, t), None)
             })?;
