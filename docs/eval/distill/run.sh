@@ -7,11 +7,12 @@
 # layer. Judged only by attacks trained afresh on the frozen layer: `sgt text train` ends with
 # them, `sgt text eval` adds the provider's probes, `sgt eval text` the learned transformer and
 # answers on 20 questions, over the noise factors ×1, ×1.5, ×2 and ×4.
-# The `-a1` variants (item 2d) also train the served model's first decoder layer with the SGT
-# (`[adapter] layers = 1`): the provider serves `$R/$v/served_model`, so every evaluation of
-# them loads it (`--model`): answers, agreement and the provider's probes read the served model.
+# The `-a1`, `-a4`, `-a8` variants (item 2d) also train the served model's first 1, 4 or 8
+# decoder layers with the SGT (`[adapter] layers`; learning rate 5e-5, or 5e-4 for `-fast`):
+# the provider serves `$R/$v/served_model`, so every evaluation of them loads it (`--model`):
+# answers, agreement and the provider's probes read the served model.
 #   docs/eval/distill/run.sh          # logits: ~25 min of training per variant on 2 cores
-#   VARIANTS=l15-noise-a1 docs/eval/distill/run.sh
+#   VARIANTS="l15-noise-a1 l15-noise-a4-fast l15-noise-a8-fast" docs/eval/distill/run.sh
 # Then: python3 docs/eval/frontier/render.py runs/variants   (needs matplotlib)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -29,6 +30,9 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
     l15-noise-seed1) fill=noise; at='distillation_layer_index = 15' ;;  # l15-noise, training seed 1
     l15-noise-a1) fill=noise; at='distillation_layer_index = 15' ;;  # l15-noise + served adapter
     l15-mean-a1) fill=mean; at='distillation_layer_index = 15' ;;   # μ(x) fill + served adapter
+    l15-noise-a1-fast) fill=noise; at='distillation_layer_index = 15' ;;  # adapter lr 5e-4
+    l15-noise-a4-fast) fill=noise; at='distillation_layer_index = 15' ;;  # 4 adapter layers, lr 5e-4
+    l15-noise-a8-fast) fill=noise; at='distillation_layer_index = 15' ;;  # 8 adapter layers, lr 5e-4
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
   sed -e "s|^\[data\]|[data]\nconversations = \"$R/conversations.jsonl\"|" \
@@ -38,7 +42,12 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
       -e "s|^distillation_layer_index = 6|$at|" configs/text-sgt-quickstart.toml > "$R/$v.toml"
   case $v in *-seed1) sed -i 's|^seed = 0|seed = 1|' "$R/$v.toml" ;; esac
   case $v in *-m75) sed -i 's|^percent_to_mask = 0.5|percent_to_mask = 0.75|' "$R/$v.toml" ;; esac
-  case $v in *-a1) printf '\n[adapter]\nlayers = 1\nlearning_rate = %s\n' "${ADAPTER_LR:-5e-5}" >> "$R/$v.toml" ;; esac
+  case $v in
+    *-a1) printf '\n[adapter]\nlayers = 1\nlearning_rate = 5e-5\n' >> "$R/$v.toml" ;;
+    *-a1-fast) printf '\n[adapter]\nlayers = 1\nlearning_rate = 5e-4\n' >> "$R/$v.toml" ;;
+    *-a4-fast) printf '\n[adapter]\nlayers = 4\nlearning_rate = 5e-4\n' >> "$R/$v.toml" ;;
+    *-a8-fast) printf '\n[adapter]\nlayers = 8\nlearning_rate = 5e-4\n' >> "$R/$v.toml" ;;
+  esac
   case $v in kl-*) sed -i 's|^distillation_layer_cosine_distance_loss_weight = .*|distillation_layer_cosine_distance_loss_weight = 0.0|' "$R/$v.toml" ;; esac
   [ -f "$R/$v/fresh_attacks.json" ] || $S text train --config "$R/$v.toml" --output "$R/$v" > "$R/$v.train.json"
   M=(); [ -d "$R/$v/served_model" ] && M=(--model "$R/$v/served_model")

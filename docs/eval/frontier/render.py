@@ -28,8 +28,11 @@ LABELS = {
     "adv-club-0.03": "SGT σ·ε + in-training adversary, CLUB bound, weight 0.03",
     "l15-noise-m75": "SGT σ·ε, layer 15 on response positions, 75% of features masked",
     "l15-noise-seed1": "SGT σ·ε, layer 15 on response positions, training seed 1",
-    "l15-noise-a1": "SGT σ·ε, layer 15 on response positions + served adapter (layer 0 trained with it)",
-    "l15-mean-a1": "SGT μ(x), layer 15 on response positions + served adapter (layer 0 trained with it)",
+    "l15-noise-a1": "SGT σ·ε, layer 15 on response positions + adapter, 1 layer",
+    "l15-mean-a1": "SGT μ(x), layer 15 on response positions + adapter, 1 layer",
+    "l15-noise-a1-fast": "SGT σ·ε, layer 15 on response positions + adapter, 1 layer, lr 5e-4",
+    "l15-noise-a4-fast": "SGT σ·ε, layer 15 on response positions + adapter, 4 layers, lr 5e-4",
+    "l15-noise-a8-fast": "SGT σ·ε, layer 15 on response positions + adapter, 8 layers, lr 5e-4",
 }
 
 
@@ -152,7 +155,7 @@ verdict = {
 }
 
 # The plot: strongest attack against answers, one curve per variant and baseline.
-fig, ax = plt.subplots(figsize=(11, 5.5))
+fig, ax = plt.subplots(figsize=(12, 5.5))
 style = {"gaussian": ("Gaussian noise (input-independent)", "0.45", "s"),
          "metric-dp": ("metric-DP (snapped to tokens)", "0.7", "D")}
 for kind, (label, colour, marker) in style.items():
