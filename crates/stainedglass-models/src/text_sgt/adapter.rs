@@ -87,7 +87,6 @@ impl ServedAdapter {
         base: &Llama,
         x: &Tensor,
         attention_mask: &[u8],
-        mask: &Tensor,
         stop: Stop,
     ) -> Result<Tensor> {
         if let Stop::AtLayer(k) = stop {
@@ -99,7 +98,9 @@ impl ServedAdapter {
             }
         }
         let h = self.est.hidden(x, attention_mask, Grad::Track)?;
-        base.forward_from_layer(self.layers, &h, Some(mask), stop)
+        let (b, t, _) = x.dims3()?;
+        let mask = Tensor::from_vec(attention_mask.to_vec(), (b, t), x.device())?;
+        base.forward_from_layer(self.layers, &h, Some(&mask), stop)
     }
 
     /// The adapter's layers under their Hugging Face names (q, k, v and gate, up unfused).
@@ -189,9 +190,7 @@ mod tests {
         let want = m
             .forward_embeds(&x, Some(&mask), Stop::Logits)
             .expect("base");
-        let got = a
-            .forward(&m, &x, &am, &mask, Stop::Logits)
-            .expect("adapted");
+        let got = a.forward(&m, &x, &am, Stop::Logits).expect("adapted");
         assert!(max_diff(&want, &got) < 1e-4, "{}", max_diff(&want, &got));
         let served = a.served_model(&m).expect("served");
         let s = served
@@ -204,9 +203,7 @@ mod tests {
         let down = a.parameters()[5].clone();
         down.set(&(down.as_tensor() * 3.0).expect("scale"))
             .expect("set");
-        let got = a
-            .forward(&m, &x, &am, &mask, Stop::Logits)
-            .expect("adapted");
+        let got = a.forward(&m, &x, &am, Stop::Logits).expect("adapted");
         let s = a
             .served_model(&m)
             .and_then(|s| s.forward_embeds(&x, Some(&mask), Stop::Logits))
@@ -235,7 +232,7 @@ mod tests {
         let mask = Tensor::from_vec(am.clone(), (1, 4), &Device::Cpu).expect("mask");
         let a = ServedAdapter::from_base(&m, 1).expect("adapter");
         let y = a
-            .forward(&m, x.as_tensor(), &am, &mask, Stop::AtLayer(2))
+            .forward(&m, x.as_tensor(), &am, Stop::AtLayer(2))
             .expect("pass");
         let g = y
             .sqr()
@@ -263,9 +260,7 @@ mod tests {
                 .expect("norm");
             assert!(n > 0.0 && n.is_finite(), "gradient norm {n}");
         }
-        assert!(a
-            .forward(&m, x.as_tensor(), &am, &mask, Stop::AtLayer(0))
-            .is_err());
+        assert!(a.forward(&m, x.as_tensor(), &am, Stop::AtLayer(0)).is_err());
         assert!(
             ServedAdapter::from_base(&m, 3).is_err(),
             "every layer is not an adapter"

@@ -274,7 +274,7 @@ impl<'a> Run<'a> {
         let tr = match &self.adapter {
             Some(a) => a
                 .adapter
-                .forward(model, &noise.transformed, &b.am, &b.am_t, self.stop)?,
+                .forward(model, &noise.transformed, &b.am, self.stop)?,
             None => model.forward_embeds(&noise.transformed, Some(&b.am_t), self.stop)?,
         };
         let rec = self.loss.compute(&DistillationInputs {
