@@ -265,5 +265,7 @@ mod tests {
             ServedAdapter::from_base(&m, 3).is_err(),
             "every layer is not an adapter"
         );
+        let e = m.forward_from_layer(2, x.as_tensor(), Some(&mask), Stop::AtLayer(1));
+        assert!(e.is_err(), "a pass that starts after it stops");
     }
 }
