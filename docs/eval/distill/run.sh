@@ -33,6 +33,8 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
     l15-noise-a1-fast) fill=noise; at='distillation_layer_index = 15' ;;  # adapter lr 5e-4
     l15-noise-a4-fast) fill=noise; at='distillation_layer_index = 15' ;;  # 4 adapter layers, lr 5e-4
     l15-noise-a8-fast) fill=noise; at='distillation_layer_index = 15' ;;  # 8 adapter layers, lr 5e-4
+    # The near-clean point of ../fill/ (σ·ε fill, layer 6, every position) + 4 adapter layers.
+    all6-noise-a4-fast) fill=noise; at='distillation_layer_index = 6' ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
   sed -e "s|^\[data\]|[data]\nconversations = \"$R/conversations.jsonl\"|" \
@@ -41,6 +43,7 @@ for v in ${VARIANTS:-kl-noise kl-mean}; do
       -e "s|^percent_to_mask = 0.5|percent_to_mask = 0.5\nmasked_fill = \"$fill\"|" \
       -e "s|^distillation_layer_index = 6|$at|" configs/text-sgt-quickstart.toml > "$R/$v.toml"
   case $v in *-seed1) sed -i 's|^seed = 0|seed = 1|' "$R/$v.toml" ;; esac
+  case $v in all6-*) sed -i 's|^ignore_prompt_loss = true|ignore_prompt_loss = false|' "$R/$v.toml" ;; esac
   case $v in *-m75) sed -i 's|^percent_to_mask = 0.5|percent_to_mask = 0.75|' "$R/$v.toml" ;; esac
   case $v in
     *-a1) printf '\n[adapter]\nlayers = 1\nlearning_rate = 5e-5\n' >> "$R/$v.toml" ;;

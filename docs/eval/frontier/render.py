@@ -33,6 +33,7 @@ LABELS = {
     "l15-noise-a1-fast": "SGT σ·ε, layer 15 on response positions + adapter, 1 layer, lr 5e-4",
     "l15-noise-a4-fast": "SGT σ·ε, layer 15 on response positions + adapter, 4 layers, lr 5e-4",
     "l15-noise-a8-fast": "SGT σ·ε, layer 15 on response positions + adapter, 8 layers, lr 5e-4",
+    "all6-noise-a4-fast": "SGT σ·ε (layer 6, every position) + adapter, 4 layers, lr 5e-4",
 }
 
 
