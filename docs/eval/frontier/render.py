@@ -156,7 +156,8 @@ verdict = {
 }
 
 # The plot: strongest attack against answers, one curve per variant and baseline.
-fig, ax = plt.subplots(figsize=(12, 5.5))
+fig, ax = plt.subplots(figsize=(14, 5.5))
+ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more variants than the default ten colours
 style = {"gaussian": ("Gaussian noise (input-independent)", "0.45", "s"),
          "metric-dp": ("metric-DP (snapped to tokens)", "0.7", "D")}
 for kind, (label, colour, marker) in style.items():
