@@ -183,7 +183,7 @@ ax.set_ylim(0, 103)
 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 ax.grid(alpha=0.3)
 fig.tight_layout()
-fig.savefig(out / "frontier.png", dpi=110)
+fig.savefig(out / "frontier.png", dpi=110, bbox_inches="tight")
 
 rows = []
 order = ["clean"] + curves + singles + ["gaussian", "metric-dp"]
