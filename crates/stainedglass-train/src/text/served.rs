@@ -3,7 +3,6 @@
 //! model written beside the SGT (`served_model/`, a Hugging Face folder that `--model` loads).
 //! What it assumes: the provider serves these modified first layers to the SGT's clients.
 
-use super::config::TextTrainConfig;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -76,11 +75,10 @@ pub(crate) struct AdapterRun {
 impl AdapterRun {
     /// A fresh adapter from `model`, or the checkpoint's `(weights, optimizer)` groups.
     pub fn start(
-        cfg: &TextTrainConfig,
+        a: &AdapterSection,
         model: &Llama,
         resumed: Option<(&Named, &Named)>,
     ) -> Result<Option<Self>> {
-        let a = &cfg.adapter;
         if !a.enabled() {
             return Ok(None);
         }
@@ -141,8 +139,8 @@ impl AdapterRun {
 }
 
 /// The served model's checkpoint group names, when the config has an adapter.
-pub(crate) fn groups(cfg: &TextTrainConfig) -> &'static [&'static str] {
-    match cfg.adapter.enabled() {
+pub(crate) fn groups(a: &AdapterSection) -> &'static [&'static str] {
+    match a.enabled() {
         true => &["adapter", "optimizer_adapter"],
         false => &[],
     }

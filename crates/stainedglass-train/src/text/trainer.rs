@@ -169,7 +169,7 @@ fn groups(cfg: &TextTrainConfig) -> Vec<&'static str> {
     if cfg.adversary.enabled() {
         g.extend(["adversary", "optimizer_adversary"]);
     }
-    g.extend(super::served::groups(cfg));
+    g.extend(super::served::groups(&cfg.adapter));
     g
 }
 
@@ -197,7 +197,7 @@ impl<'a> Run<'a> {
             false => None,
         };
         let adapter = AdapterRun::start(
-            cfg,
+            &cfg.adapter,
             model,
             resumed.as_ref().and_then(|ck| {
                 Some((
