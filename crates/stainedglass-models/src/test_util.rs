@@ -5,6 +5,13 @@ use crate::llm::{Llama, LlamaConfig};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("diff")
+}
+
 /// A CPU tensor of `shape` with values uniform in `(-scale, scale)`.
 pub fn rand(shape: &[usize], r: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
     let n: usize = shape.iter().product();

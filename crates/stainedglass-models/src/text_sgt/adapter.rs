@@ -162,15 +162,9 @@ impl ServedAdapter {
 mod tests {
     use super::ServedAdapter;
     use crate::llm::Stop;
-    use crate::test_util::{rand, tiny_model};
+    use crate::test_util::{max_diff, rand, tiny_model};
     use candle_core::{DType, Device, Tensor};
     use rand::SeedableRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     /// A fresh adapter is the base model's first layers: its pass, the served model and the
     /// base model agree; after its weights change, the served model follows the adapter

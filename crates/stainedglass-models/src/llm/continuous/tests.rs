@@ -1,13 +1,7 @@
 use super::*;
 use crate::llm::generate::Prompt;
-use crate::test_util::{rand, tiny_model};
+use crate::test_util::{max_diff, rand, tiny_model};
 use rand::SeedableRng;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-        .expect("diff")
-}
 
 /// Rows that join a running cache at different times, leave it (the last row moving into
 /// the hole) and go through a compaction each get the logits they get alone.

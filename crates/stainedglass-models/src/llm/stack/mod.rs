@@ -206,15 +206,9 @@ impl CustomOp1 for DecoderStack {
 #[cfg(test)]
 mod tests {
     use crate::llm::Stop;
-    use crate::test_util::{rand, tiny_model as tiny};
+    use crate::test_util::{max_diff, rand, tiny_model as tiny};
     use candle_core::{DType, Device, Tensor, Var};
     use rand::SeedableRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     /// The fused stack (uncached `forward_embeds`) against the layer-by-layer path that
     /// `forward_with_states` runs: same activations at every layer and same input gradient,

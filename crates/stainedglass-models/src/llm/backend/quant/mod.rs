@@ -373,4 +373,6 @@ impl QMatrix {
 }
 
 #[cfg(test)]
+mod speed_tests;
+#[cfg(test)]
 mod tests;
