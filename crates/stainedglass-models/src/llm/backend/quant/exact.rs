@@ -22,8 +22,12 @@ use crate::llm::backend::ops::GEMV_MAX_ROWS;
 #[cfg(target_arch = "x86_64")]
 use candle_core::quantized::GgmlDType;
 
-/// Weight rows per parallel task, and per pass, as `gemv::gemv_rows` has them.
-const BLOCK: usize = 64;
+/// Weight rows per pass, as `gemv::gemv_rows` has them, and per parallel task. Each row's sum
+/// depends only on whether it lies in a pass of 8 (`dot_rows`) or in a block's tail (`dot`),
+/// and with any multiple of 8 rows per task the tail is the matrix's last `rows % 8`, as in
+/// `gemv_rows`'s blocks of 64. Tasks of 32 rows split the 576-row products of the bundled
+/// model 9 : 9 between two threads, where blocks of 64 split them 5 : 4.
+const BLOCK: usize = 32;
 const ROWS_PER_PASS: usize = 8;
 /// Most f32 values a task dequantizes for one BLAS call: up to this, a task's whole column
 /// block (as `par_sgemm` splits it) goes in one call, which gives `par_sgemm`'s numbers bit
@@ -226,6 +230,24 @@ impl Fused<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `fused_pass` checked AVX2 and FMA, and sliced eight rows of `nb` blocks.
         unsafe {
+            if super::exact512::available() {
+                // Same lengths; the CPU passed `available`.
+                match self {
+                    &Fused::Q4 { qs, d, m: Some(m) } => {
+                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
+                        return super::exact512::q4::<true>(qs, d, m.as_ptr(), x, nb);
+                    }
+                    &Fused::Q4 { qs, d, m: None } => {
+                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && d.len() >= 8 * nb);
+                        return super::exact512::q4::<false>(qs, d, d.as_ptr(), x, nb);
+                    }
+                    Fused::Q4K { qs, d, m } => {
+                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
+                        return super::exact512::q4::<true>(qs, d, m.as_ptr(), x, nb);
+                    }
+                    Fused::Q8 { .. } | Fused::Half { .. } => {}
+                }
+            }
             match self {
                 &Fused::Q4 { qs, d, m: Some(m) } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
@@ -254,6 +276,15 @@ impl Fused<'_> {
             unreachable!("fused passes are made on x86-64 only")
         }
     }
+}
+
+/// The 256-bit Q4_1 pass, for `exact512.rs`'s speed comparison.
+///
+/// # Safety
+/// As [`x86::q4`]: AVX2 and FMA, eight rows of `nb` blocks.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) unsafe fn x86_q4_for_tests(qs: &[u8], d: &[f32], x: &[f32], nb: usize) -> [f32; 8] {
+    x86::q4::<ROWS_PER_PASS, true>(qs, d, d.as_ptr(), x, nb)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -18,6 +18,8 @@ mod deq;
 mod dot;
 mod dot512;
 mod exact;
+#[cfg(target_arch = "x86_64")]
+mod exact512;
 mod ggml;
 mod half_rows;
 mod int8;
