@@ -8,13 +8,16 @@
 //! Q4 rows take a table instead of a conversion per value: a block's 16 possible values
 //! (`q·d + m` for Q4_1, `(q − 8)·d` for Q4_0, with candle's separate roundings) are computed
 //! once, and each nibble picks its value with one `vpermt2ps` over the two rows' tables side
-//! by side (the high row's indices carry bit 4). Per 16 weights that is a widening, a permute
-//! and a multiply-add, where the 256-bit pass spends a widening, a conversion, a multiply, an
-//! add and a multiply-add per 8. Hand-written because the compiler cannot know that the table
+//! by side (the high row's indices carry bit 4). A block's 16 bytes of both rows are widened
+//! once (bytes `j` and `8 + j` into 32-bit lane `j`) and each chunk of 8 values is a shift and
+//! a mask away, so per 16 weights that is about a shift, a mask, a permute and a
+//! multiply-add, where the 256-bit pass spends a widening, a conversion, a multiply, an add and
+//! a multiply-add per 8. Hand-written because the compiler cannot know that the table
 //! gives candle's values, and because no crate multiplies our parts' layout.
 //!
-//! Single-threaded on the bundled model's shapes (`pair_pass_speed`): 1.55–1.57× the 256-bit
-//! pass (14.5–15.0 GMAC/s against 9.2–9.6). Q8_0 rows stay on the 256-bit pass: the same
+//! Single-threaded on the bundled model's shapes (`pair_pass_speed`): 1.45–1.53× the 256-bit
+//! pass (14.4–15.7 GMAC/s against 9.8–10.3; a first form that widened each chunk's 16 nibbles
+//! separately ran at 14.5–15.1). Q8_0 rows stay on the 256-bit pass: the same
 //! pairing without a table (widen, convert, multiply, multiply-add per 16 values) measured
 //! 0.93–1.04× of it, since this CPU's 512-bit arithmetic has one port where 256-bit has two.
 
@@ -54,14 +57,6 @@ unsafe fn broadcast8(p: *const f32) -> __m512 {
     _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))))
 }
 
-/// Bytes `0..8` of `a` in the low half, of `b` in the high half.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn two_halves(a: *const u8, b: *const u8) -> __m128i {
-    let lo = _mm_loadl_epi64(a.cast());
-    _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), b.cast()))
-}
-
 /// The eight Q4 rows `qs` (16 bytes a block, `nb` blocks a row; scales `d`, Q4_1 minimums at
 /// `m` when `MIN`) against `x`, in `gemv::dot_rows`'s order and arithmetic.
 ///
@@ -87,9 +82,13 @@ pub(super) unsafe fn q4<const MIN: bool>(
     } else {
         _mm512_sub_ps(iota, _mm512_set1_ps(8.0))
     };
-    let mask = _mm_set1_epi8(0x0f);
-    // The high row's lanes index the second table: bit 4 of their bytes.
-    let second = _mm_set_epi64x(0x1010_1010_1010_1010, 0);
+    let mask = _mm512_set1_epi32(0x0f);
+    // The high row's lanes index the second table: bit 4.
+    let second = _mm512_maskz_set1_epi32(0xff00, 0x10);
+    let pairs = _mm256_setr_epi8(
+        0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5,
+        13, 6, 14, 7, 15,
+    );
     let table = |i: usize| {
         let v = _mm512_mul_ps(base, _mm512_set1_ps(*d.get_unchecked(i)));
         if MIN {
@@ -105,15 +104,24 @@ pub(super) unsafe fn q4<const MIN: bool>(
         for (p, a) in acc.iter_mut().enumerate() {
             let (i0, i1) = (2 * p * nb + b, (2 * p + 1) * nb + b);
             let (t0, t1) = (table(i0), table(i1));
-            let (q0, q1) = (qp.add(i0 * 16), qp.add(i1 * 16));
-            // Bytes 0..8 hold values 0..8 (low nibbles) and 16..24 (high); bytes 8..16 the rest.
-            let front = two_halves(q0, q1);
-            let back = two_halves(q0.add(8), q1.add(8));
-            let low = |v: __m128i| _mm_or_si128(_mm_and_si128(v, mask), second);
-            let high = |v: __m128i| low(_mm_srli_epi16(v, 4));
-            let idx = [low(front), low(back), high(front), high(back)];
+            // Row 2p's 16 bytes in the low 128 bits, row 2p + 1's in the high; then per half
+            // the bytes `j` and `8 + j` side by side, widened to 32-bit lane `j` (value `j`
+            // and `16 + j` in byte `j`'s nibbles, `8 + j` and `24 + j` in byte `8 + j`'s).
+            let raw = _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(qp.add(i0 * 16).cast())),
+                _mm_loadu_si128(qp.add(i1 * 16).cast()),
+            );
+            let w = _mm512_cvtepu16_epi32(_mm256_shuffle_epi8(raw, pairs));
+            // `(v & 15) | second` in one instruction; chunk c's nibble sits at bit 0, 8, 4, 12.
+            let pick = |v: __m512i| _mm512_ternarylogic_epi32::<0xEA>(v, mask, second);
+            let idx = [
+                pick(w),
+                pick(_mm512_srli_epi32::<8>(w)),
+                pick(_mm512_srli_epi32::<4>(w)),
+                pick(_mm512_srli_epi32::<12>(w)),
+            ];
             for (c, xv) in idx.into_iter().zip(xs) {
-                let w = _mm512_permutex2var_ps(t0, _mm512_cvtepu8_epi32(c), t1);
+                let w = _mm512_permutex2var_ps(t0, c, t1);
                 *a = _mm512_fmadd_ps(w, xv, *a);
             }
         }
