@@ -230,22 +230,19 @@ impl Fused<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `fused_pass` checked AVX2 and FMA, and sliced eight rows of `nb` blocks.
         unsafe {
-            if super::exact512::available() {
-                // Same lengths; the CPU passed `available`.
+            if let Some(level) = super::exact512::level() {
+                // The CPU has `level`; `q4` checks the lengths.
                 match self {
-                    &Fused::Q4 { qs, d, m: Some(m) } => {
-                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
-                        return super::exact512::q4::<true>(qs, d, m.as_ptr(), x, nb);
+                    &Fused::Q4 { qs, d, m: Some(m) } if m.len() == d.len() => {
+                        return super::exact512::q4::<true>(level, qs, d, m.as_ptr(), x, nb);
                     }
                     &Fused::Q4 { qs, d, m: None } => {
-                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && d.len() >= 8 * nb);
-                        return super::exact512::q4::<false>(qs, d, d.as_ptr(), x, nb);
+                        return super::exact512::q4::<false>(level, qs, d, d.as_ptr(), x, nb);
                     }
-                    Fused::Q4K { qs, d, m } => {
-                        assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
-                        return super::exact512::q4::<true>(qs, d, m.as_ptr(), x, nb);
+                    Fused::Q4K { qs, d, m } if m.len() == d.len() => {
+                        return super::exact512::q4::<true>(level, qs, d, m.as_ptr(), x, nb);
                     }
-                    Fused::Q8 { .. } | Fused::Half { .. } => {}
+                    _ => {}
                 }
             }
             match self {
