@@ -17,9 +17,12 @@
 //!
 //! Single-threaded on the bundled model's shapes (`pair_pass_speed`): 1.45–1.53× the 256-bit
 //! pass (14.4–15.7 GMAC/s against 9.8–10.3; a first form that widened each chunk's 16 nibbles
-//! separately ran at 14.5–15.1). Q8_0 rows stay on the 256-bit pass: the same
-//! pairing without a table (widen, convert, multiply, multiply-add per 16 values) measured
-//! 0.93–1.04× of it, since this CPU's 512-bit arithmetic has one port where 256-bit has two.
+//! separately ran at 14.5–15.1; the VBMI form below 1.61–1.79×). Q8_0 rows stay on the
+//! 256-bit pass: 256 possible values make no table, and both 512-bit forms tried were
+//! bound by their float work (convert, multiply, multiply-add per 16 values), which this
+//! CPU runs on one port at 512 bits and on two at 256. Widening and converting measured
+//! 0.93–1.04× of the 256-bit pass; a zero-masked byte permute to the top byte of each lane
+//! (`q·2²⁴` converts exactly, then `× d·2⁻²⁴`; bit-exact) 0.78–0.83×.
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
