@@ -1,7 +1,7 @@
 //! The f32 product of stored weights: rows dequantized (`deq.rs`, candle's arithmetic) into a
 //! per-thread buffer and multiplied by the f32 model's own kernels in the f32 model's order —
-//! for a few activation rows `gemv::dot_rows` over the same 64-row blocks and 8-row passes as
-//! `gemv::gemv_rows`, for more the BLAS over the same column split as `blas::par_sgemm`. A
+//! for a few activation rows `gemv::dot_rows` over the same 8-row passes as `gemv::gemv_rows`
+//! (on AVX-512, `exact512.rs`'s pass, the same arithmetic), for more the BLAS over the same column split as `blas::par_sgemm`. A
 //! decode step therefore gives the f32 model's logits bit for bit (tested), while reading
 //! 4–8× fewer bytes of weights. What is ever in f32 is a per-thread buffer: 8 rows for
 //! decoding, a task's whole column block for prefill (up to 16 MiB per thread; beyond that,
@@ -25,9 +25,10 @@ use candle_core::quantized::GgmlDType;
 /// Weight rows per pass, as `gemv::gemv_rows` has them, and per parallel task. Each row's sum
 /// depends only on whether it lies in a pass of 8 (`dot_rows`) or in a block's tail (`dot`),
 /// and with any multiple of 8 rows per task the tail is the matrix's last `rows % 8`, as in
-/// `gemv_rows`'s blocks of 64. Tasks of 32 rows split the 576-row products of the bundled
-/// model 9 : 9 between two threads, where blocks of 64 split them 5 : 4.
-const BLOCK: usize = 32;
+/// `gemv_rows`'s blocks of 64. candle's pool hands tasks out in chunks of an eighth of a
+/// thread's share: with 16 rows a task the bundled model's 576-row products split 288 : 288
+/// between two threads, with 64 (or 32) rows 320 : 256.
+const BLOCK: usize = 16;
 const ROWS_PER_PASS: usize = 8;
 /// Most f32 values a task dequantizes for one BLAS call: up to this, a task's whole column
 /// block (as `par_sgemm` splits it) goes in one call, which gives `par_sgemm`'s numbers bit
