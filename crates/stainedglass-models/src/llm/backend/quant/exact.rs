@@ -38,6 +38,37 @@ const TILE: usize = 128;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static UNPACKED: RefCell<Unpacked> = const { RefCell::new(Unpacked::new()) };
+}
+
+/// Eight K-quant rows unpacked for a fused pass, kept per thread so a pass allocates nothing:
+/// Q4_K as Q4_1 blocks (`q4`, scales `a`, minimums `b`), Q6_K as signed bytes `q − 32`
+/// (`signed`) with a scale per 16 values (`a`).
+struct Unpacked {
+    q4: Vec<u8>,
+    signed: Vec<i8>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Unpacked {
+    const fn new() -> Self {
+        Unpacked {
+            q4: Vec::new(),
+            signed: Vec::new(),
+            a: Vec::new(),
+            b: Vec::new(),
+        }
+    }
+}
+
+/// `v` at least `len` long.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn grown<T: Default + Clone>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
 }
 
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
@@ -77,9 +108,10 @@ impl QMatrix {
             let j0 = bi * BLOCK;
             let rows = BLOCK.min(n - j0);
             let passes = rows / ROWS_PER_PASS * ROWS_PER_PASS;
+            let mut unpacked = UNPACKED.with(|u| u.replace(Unpacked::new()));
             with_scratch(ROWS_PER_PASS * k, |buf| {
                 for jj in (0..passes).step_by(ROWS_PER_PASS) {
-                    if let Some(fused) = self.fused_pass(j0 + jj) {
+                    if let Some(fused) = self.fused_pass(j0 + jj, &mut unpacked) {
                         for r in 0..m {
                             let d = fused.dots(&x[r * k..(r + 1) * k]);
                             for (q, v) in d.into_iter().enumerate() {
@@ -103,13 +135,16 @@ impl QMatrix {
                     }
                 }
             });
+            UNPACKED.with(|u| u.replace(unpacked));
         };
         super::spin_pool(n.div_ceil(BLOCK), |range| range.for_each(block));
     }
 
-    /// Rows `g..g + 8` when they lie in one of our parts and the CPU has AVX2 (and F16C for
-    /// f16): dequantized in registers instead of through the buffer.
-    fn fused_pass(&self, mut g: usize) -> Option<Fused<'_>> {
+    /// Rows `g..g + 8` when they lie in one of our parts, or in Q4_K or Q6_K rows (unpacked
+    /// into `u`), and the CPU has AVX2 (and F16C for f16): dequantized in registers instead of
+    /// through the buffer.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn fused_pass<'a>(&'a self, mut g: usize, u: &'a mut Unpacked) -> Option<Fused<'a>> {
         #[cfg(target_arch = "x86_64")]
         {
             // Both SIMD kernel sets imply AVX2 and FMA.
@@ -143,14 +178,21 @@ impl QMatrix {
                         d: &d[g * nb..(g + ROWS_PER_PASS) * nb],
                     }),
                     Part::Ggml(q) if q.dtype() == GgmlDType::Q4K => {
-                        let (mut qs, mut d, mut m) = (
-                            vec![0u8; ROWS_PER_PASS * nb * 16],
-                            vec![0f32; ROWS_PER_PASS * nb],
-                            vec![0f32; ROWS_PER_PASS * nb],
+                        let n = ROWS_PER_PASS * nb;
+                        let (qs, d, m) = (
+                            grown(&mut u.q4, n * 16),
+                            grown(&mut u.a, n),
+                            grown(&mut u.b, n),
                         );
                         let rows = (g, ROWS_PER_PASS, self.cols);
-                        super::q4k::unpack_rows(q.raw(), rows, &mut qs, &mut d, &mut m);
-                        Some(Fused::Q4K { qs, d, m })
+                        super::q4k::unpack_rows(q.raw(), rows, qs, d, m);
+                        Some(Fused::Q4 { qs, d, m: Some(m) })
+                    }
+                    Part::Ggml(q) if q.dtype() == GgmlDType::Q6K => {
+                        let n = ROWS_PER_PASS * self.cols;
+                        let (qs, ds) = (grown(&mut u.signed, n), grown(&mut u.a, n / 16));
+                        super::q6k::unpack_rows(q.raw(), (g, ROWS_PER_PASS, self.cols), qs, ds);
+                        Some(Fused::Q6 { qs, ds })
                     }
                     Part::Ggml(_) | Part::Bf16Panels(_) => None,
                 };
@@ -212,11 +254,10 @@ enum Fused<'a> {
         qs: &'a [i8],
         d: &'a [f32],
     },
-    /// Q4_K rows unpacked (`q4k.rs`).
-    Q4K {
-        qs: Vec<u8>,
-        d: Vec<f32>,
-        m: Vec<f32>,
+    /// Q6_K rows unpacked (`q6k.rs`): signed bytes and a scale per 16 values.
+    Q6 {
+        qs: &'a [i8],
+        ds: &'a [f32],
     },
     Half {
         kind: HalfKind,
@@ -233,37 +274,34 @@ impl Fused<'_> {
         unsafe {
             if let Some(level) = super::exact512::level() {
                 // The CPU has `level`; `q4` checks the lengths.
-                match self {
-                    &Fused::Q4 { qs, d, m: Some(m) } if m.len() == d.len() => {
+                match *self {
+                    Fused::Q4 { qs, d, m: Some(m) } if m.len() == d.len() => {
                         return super::exact512::q4::<true>(level, qs, d, m.as_ptr(), x, nb);
                     }
-                    &Fused::Q4 { qs, d, m: None } => {
+                    Fused::Q4 { qs, d, m: None } => {
                         return super::exact512::q4::<false>(level, qs, d, d.as_ptr(), x, nb);
-                    }
-                    Fused::Q4K { qs, d, m } if m.len() == d.len() => {
-                        return super::exact512::q4::<true>(level, qs, d, m.as_ptr(), x, nb);
                     }
                     _ => {}
                 }
             }
-            match self {
-                &Fused::Q4 { qs, d, m: Some(m) } => {
+            match *self {
+                Fused::Q4 { qs, d, m: Some(m) } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
                     x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
                 }
-                &Fused::Q4 { qs, d, m: None } => {
+                Fused::Q4 { qs, d, m: None } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * 16);
                     x86::q4::<ROWS_PER_PASS, false>(qs, d, d.as_ptr(), x, nb)
                 }
-                Fused::Q4K { qs, d, m } => {
-                    assert!(qs.len() == ROWS_PER_PASS * nb * 16 && m.len() == d.len());
-                    x86::q4::<ROWS_PER_PASS, true>(qs, d, m.as_ptr(), x, nb)
+                Fused::Q6 { qs, ds } => {
+                    assert!(qs.len() == ROWS_PER_PASS * nb * QK && ds.len() == 2 * qs.len() / QK);
+                    x86::q6::<ROWS_PER_PASS>(qs, ds, x, nb)
                 }
-                &Fused::Q8 { qs, d } => {
+                Fused::Q8 { qs, d } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK);
                     x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
                 }
-                &Fused::Half { kind, vals } => {
+                Fused::Half { kind, vals } => {
                     super::half_rows::dot_rows::<ROWS_PER_PASS>(kind, vals, x)
                 }
             }
@@ -328,6 +366,33 @@ mod x86 {
                     } else {
                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)), s)
                     };
+                    *a = _mm256_fmadd_ps(w, xv, *a);
+                }
+            }
+        }
+        std::array::from_fn(|r| lane_sum(acc[r]))
+    }
+
+    /// `R` unpacked Q6_K rows against `x` (signed bytes `q − 32`, a scale `d·sc` per 16
+    /// values), dequantized as candle does: `d·sc` is exact (11 + 8 bits), so `(q − 32)·(d·sc)`
+    /// is candle's `d · sc · (q − 32)` to the bit.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q6<const R: usize>(
+        qs: &[i8],
+        ds: &[f32],
+        x: &[f32],
+        nb: usize,
+    ) -> [f32; R] {
+        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(b * 32 + o)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let s = [ds[2 * i], ds[2 * i + 1]].map(|v| _mm256_set1_ps(v));
+                for (c, xv) in xs.into_iter().enumerate() {
+                    let raw = _mm_loadl_epi64(qp.add(i * 32 + c * 8).cast());
+                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), s[c / 2]);
                     *a = _mm256_fmadd_ps(w, xv, *a);
                 }
             }

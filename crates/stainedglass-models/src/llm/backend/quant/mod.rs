@@ -342,24 +342,36 @@ impl QMatrix {
                 continue;
             }
             let take = (pr - g0).min(count - done);
-            for (i, row) in out[done * k..(done + take) * k]
-                .chunks_exact_mut(k)
-                .enumerate()
-            {
-                match p {
-                    Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
-                    Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
-                    Part::Half { kind, vals, .. } => {
-                        half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
-                    }
-                    Part::Ggml(g) => g.dequantize_row(g0 + i, row),
-                    Part::Bf16Panels(p) => p.row_f32(g0 + i, row),
+            let dst = &mut out[done * k..(done + take) * k];
+            match p {
+                Part::Ggml(q) if q.dtype() == GgmlDType::Q4K => {
+                    q4k::rows_f32(q.raw(), (g0, take, k), dst)
                 }
+                Part::Ggml(q) if q.dtype() == GgmlDType::Q6K => {
+                    q6k::rows_f32(q.raw(), (g0, take, k), dst)
+                }
+                _ => self.part_rows_f32(p, g0, dst),
             }
             done += take;
             g0 = 0;
             if done == count {
                 return;
+            }
+        }
+    }
+
+    /// Rows `g0..` of one part into `out` (whole rows), candle's values.
+    fn part_rows_f32(&self, p: &Part, g0: usize, out: &mut [f32]) {
+        let k = self.cols;
+        for (i, row) in out.chunks_exact_mut(k).enumerate() {
+            match p {
+                Part::Q4 { d, m, qs, .. } => deq::q4(qs, d, m.as_deref(), g0 + i, row),
+                Part::Q8 { d, qs, .. } => deq::q8(qs, d, g0 + i, row),
+                Part::Half { kind, vals, .. } => {
+                    half_rows::widen(*kind, &vals[(g0 + i) * k..(g0 + i + 1) * k], row)
+                }
+                Part::Ggml(g) => g.dequantize_row(g0 + i, row),
+                Part::Bf16Panels(p) => p.row_f32(g0 + i, row),
             }
         }
     }

@@ -36,6 +36,28 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Rows `r0..r0 + rows` of the file's Q4_K blocks `raw` (rows of `k` values) as f32 into
+/// `out` (`rows·k`), candle's `to_float` to the bit: unpacked into Q4_1 blocks, whose `q·d + m`
+/// are candle's values (see the module doc), and dequantized as Q4_1.
+pub(super) fn rows_f32(raw: &[u8], (r0, rows, k): (usize, usize, usize), out: &mut [f32]) {
+    // Eight rows at a time, so a prefill's tile of thousands of rows needs no large buffer.
+    let step = 8.min(rows);
+    let n = step * k;
+    let (mut qs, mut d, mut m) = (vec![0u8; n / 2], vec![0f32; n / QK], vec![0f32; n / QK]);
+    for (c, dst) in out[..rows * k].chunks_mut(n).enumerate() {
+        unpack_rows(
+            raw,
+            (r0 + c * step, dst.len() / k, k),
+            &mut qs,
+            &mut d,
+            &mut m,
+        );
+        for (i, row) in dst.chunks_exact_mut(k).enumerate() {
+            super::deq::q4(&qs, &d, Some(&m), i, row);
+        }
+    }
+}
+
 /// Rows `r0..r0 + rows` of the file's Q4_K blocks `raw` (rows of `k` values) into the front of
 /// `qs` (Q4's layout, `rows·k/2` bytes), `d` and `m` (a scale and a minimum per block of 32,
 /// `rows·k/32` each), candle's values to the bit.

@@ -269,6 +269,7 @@ fn f32_activations_reproduce_the_f32_kernels_bit_for_bit() {
         GgmlDType::Q4_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
+        GgmlDType::Q6K,
     ] {
         let (mut qm, deq) = quantized(dtype, n, k, 9);
         qm.set_activations(Activations::F32);
