@@ -1,5 +1,5 @@
-//! The f32 product of stored weights: rows dequantized (`deq.rs`, candle's arithmetic) into a
-//! per-thread buffer and multiplied by the f32 model's own kernels in the f32 model's order —
+//! The f32 product of stored weights: rows dequantized with candle's arithmetic (`deq.rs`; Q4_K
+//! and Q6_K through `q4k.rs` and `q6k.rs`, candle's values to the bit) into a per-thread buffer and multiplied by the f32 model's own kernels in the f32 model's order —
 //! for a few activation rows `gemv::dot_rows` over the same 8-row passes as `gemv::gemv_rows`
 //! (on AVX-512, `exact512.rs`'s pass, the same arithmetic), for more the BLAS over the same column split as `blas::par_sgemm`. A
 //! decode step therefore gives the f32 model's logits bit for bit (tested), while reading
@@ -44,6 +44,7 @@ thread_local! {
 /// Eight K-quant rows unpacked for a fused pass, kept per thread so a pass allocates nothing:
 /// Q4_K as Q4_1 blocks (`q4`, scales `a`, minimums `b`), Q6_K as signed bytes `q − 32`
 /// (`signed`) with a scale per 16 values (`a`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Unpacked {
     q4: Vec<u8>,
     signed: Vec<i8>,
@@ -242,7 +243,8 @@ impl QMatrix {
     }
 }
 
-/// Eight consecutive rows of one of our parts (made on x86-64 only).
+/// Eight consecutive rows of one of our parts, or of Q4_K or Q6_K rows unpacked (made on x86-64
+/// only).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Fused<'a> {
     Q4 {

@@ -40,6 +40,9 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
 /// `out` (`rows·k`), candle's `to_float` to the bit: unpacked into Q4_1 blocks, whose `q·d + m`
 /// are candle's values (see the module doc), and dequantized as Q4_1.
 pub(super) fn rows_f32(raw: &[u8], (r0, rows, k): (usize, usize, usize), out: &mut [f32]) {
+    if rows == 0 {
+        return;
+    }
     // Eight rows at a time, so a prefill's tile of thousands of rows needs no large buffer.
     let step = 8.min(rows);
     let n = step * k;

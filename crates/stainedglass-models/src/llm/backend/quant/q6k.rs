@@ -29,6 +29,9 @@ pub(super) const BLOCK_BYTES: usize = 210;
 /// Unpacked with the AVX2 kernel where candle's `to_float` is a scalar loop (55% of a Q4_K_M
 /// model's decoding time with f32 activations, before).
 pub(super) fn rows_f32(raw: &[u8], (r0, rows, k): (usize, usize, usize), out: &mut [f32]) {
+    if rows == 0 {
+        return;
+    }
     // Eight rows at a time, so a prefill's tile of thousands of rows needs no large buffer.
     let step = 8.min(rows);
     let (mut qs, mut ds) = (vec![0i8; step * k], vec![0f32; step * k / 16]);

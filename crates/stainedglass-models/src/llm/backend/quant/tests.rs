@@ -294,6 +294,25 @@ fn f32_activations_reproduce_the_f32_kernels_bit_for_bit() {
     }
 }
 
+/// K-quant rows read back through our unpackers, eight at a time, from an offset and with a
+/// partial last group: candle's dequantization to the bit.
+#[test]
+fn k_quant_rows_read_back_from_any_offset() {
+    let (n, k) = (20, 512);
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let (qm, deq) = quantized(dtype, n, k, 13);
+        for (r0, rows) in [(1, 13), (0, 20), (7, 1), (19, 1), (3, 0)] {
+            let mut out = vec![f32::NAN; rows * k];
+            qm.rows_f32(r0, &mut out);
+            assert_eq!(
+                out,
+                deq[r0 * k..(r0 + rows) * k],
+                "{dtype:?} rows {r0}+{rows}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_bytes_are_refused() {
     let (_, _) = quantized(GgmlDType::Q4_1, 2, 64, 1);
