@@ -17,7 +17,7 @@
 //!
 //! Single-threaded on the bundled model's shapes (`pair_pass_speed`): 1.45–1.53× the 256-bit
 //! pass (14.4–15.7 GMAC/s against 9.8–10.3; a first form that widened each chunk's 16 nibbles
-//! separately ran at 14.5–15.1; the VBMI form below 1.61–1.79×). Q8_0 rows stay on the
+//! separately ran at 14.5–15.1; the VBMI form below 1.61–1.92×). Q8_0 rows stay on the
 //! 256-bit pass: 256 possible values make no table, and both 512-bit forms tried were
 //! bound by their float work (convert, multiply, multiply-add per 16 values), which this
 //! CPU runs on one port at 512 bits and on two at 256. Widening and converting measured
