@@ -297,11 +297,11 @@ impl Fused<'_> {
                 }
                 Fused::Q6 { qs, ds } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK && ds.len() == 2 * qs.len() / QK);
-                    x86::q6::<ROWS_PER_PASS>(qs, ds, x, nb)
+                    x86::signed::<ROWS_PER_PASS, 2>(qs, ds, x, nb)
                 }
                 Fused::Q8 { qs, d } => {
                     assert!(qs.len() == ROWS_PER_PASS * nb * QK);
-                    x86::q8::<ROWS_PER_PASS>(qs, d, x, nb)
+                    x86::signed::<ROWS_PER_PASS, 1>(qs, d, x, nb)
                 }
                 Fused::Half { kind, vals } => {
                     super::half_rows::dot_rows::<ROWS_PER_PASS>(kind, vals, x)
@@ -375,11 +375,12 @@ mod x86 {
         std::array::from_fn(|r| lane_sum(acc[r]))
     }
 
-    /// `R` unpacked Q6_K rows against `x` (signed bytes `q − 32`, a scale `d·sc` per 16
-    /// values), dequantized as candle does: `d·sc` is exact (11 + 8 bits), so `(q − 32)·(d·sc)`
-    /// is candle's `d · sc · (q − 32)` to the bit.
+    /// `R` rows of signed bytes against `x`, each value its byte times its group's scale
+    /// (`SCALES` groups per block of 32: one for Q8_0, `q·d`; two for unpacked Q6_K, whose
+    /// `(q − 32)·(d·sc)` is candle's `d · sc · (q − 32)` to the bit, `d·sc` being exact in f32,
+    /// 11 + 8 bits), in `gemv::dot_rows`'s order.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q6<const R: usize>(
+    pub(super) unsafe fn signed<const R: usize, const SCALES: usize>(
         qs: &[i8],
         ds: &[f32],
         x: &[f32],
@@ -391,34 +392,12 @@ mod x86 {
             let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(b * 32 + o)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let i = r * nb + b;
-                let s = [ds[2 * i], ds[2 * i + 1]].map(|v| _mm256_set1_ps(v));
+                let s: [__m256; SCALES] =
+                    std::array::from_fn(|j| _mm256_set1_ps(ds[SCALES * i + j]));
                 for (c, xv) in xs.into_iter().enumerate() {
                     let raw = _mm_loadl_epi64(qp.add(i * 32 + c * 8).cast());
-                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), s[c / 2]);
-                    *a = _mm256_fmadd_ps(w, xv, *a);
-                }
-            }
-        }
-        std::array::from_fn(|r| lane_sum(acc[r]))
-    }
-
-    /// `R` Q8_0 rows against `x`, dequantized as candle does (`q·d`).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q8<const R: usize>(
-        qs: &[i8],
-        d: &[f32],
-        x: &[f32],
-        nb: usize,
-    ) -> [f32; R] {
-        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nb {
-            let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(b * 32 + o)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let s = _mm256_set1_ps(d[r * nb + b]);
-                for (c, xv) in xs.into_iter().enumerate() {
-                    let raw = _mm_loadl_epi64(qp.add((r * nb + b) * 32 + c * 8).cast());
-                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), s);
+                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+                    let w = _mm256_mul_ps(q, s[c * SCALES / 4]);
                     *a = _mm256_fmadd_ps(w, xv, *a);
                 }
             }
